@@ -1,0 +1,116 @@
+"""Shared fixtures and the rule that integration tests must not be skipped silently in CI.
+
+Integration tests live in tests/integration and are marked ``integration`` automatically. When
+``CLAWPOT_REQUIRE_INTEGRATION=1`` (set by scripts/test.sh, hence by CI), a skipped integration test
+fails the run: on the machines CI runs on, every one of them can and must run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from clawpot.paths import assets_dir
+
+REQUIRE_INTEGRATION_ENV = "CLAWPOT_REQUIRE_INTEGRATION"
+_INTEGRATION_DIR = Path(__file__).parent / "integration"
+
+
+@dataclass(frozen=True)
+class InstalledAssets:
+    kernel: Path
+    rootfs: Path
+    firecracker: Path
+    jailer: Path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _INTEGRATION_DIR in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+_skipped_integration: list[str] = []
+_ran_integration: list[str] = []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "integration" not in report.keywords:
+        return
+    if report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _skipped_integration.append(f"{report.nodeid}: {reason}")
+    elif report.when == "call":
+        _ran_integration.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get(REQUIRE_INTEGRATION_ENV) != "1":
+        return
+    problems = []
+    if _skipped_integration:
+        problems.append(f"{len(_skipped_integration)} integration test(s) were skipped")
+    if not _ran_integration and session.testscollected:
+        problems.append("no integration test ran")
+    if problems:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_sep("!", f"{REQUIRE_INTEGRATION_ENV}=1: " + "; ".join(problems), red=True)
+            for line in _skipped_integration:
+                reporter.write_line(f"  skipped: {line}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (VMs, TAP devices, network namespaces)")
+
+
+@pytest.fixture(scope="session")
+def installed_assets() -> InstalledAssets:
+    """The assets installed by `clawpot assets install` (scripts/test.sh runs it before pytest)."""
+    base = assets_dir()
+    assets = InstalledAssets(
+        kernel=base / "vmlinux",
+        rootfs=base / "rootfs.ext4",
+        firecracker=base / "firecracker",
+        jailer=base / "jailer",
+    )
+    missing = [p for p in (assets.kernel, assets.rootfs, assets.firecracker) if not p.exists()]
+    if missing:
+        pytest.skip(
+            f"VM assets not installed ({', '.join(str(p) for p in missing)}): run `clawpot assets install`"
+        )
+    return assets
+
+
+@pytest.fixture(scope="session")
+def firecracker_bin() -> Path:
+    """The real Firecracker binary: the installed asset, else one on PATH."""
+    candidate = assets_dir() / "firecracker"
+    if candidate.exists():
+        return candidate
+    found = shutil.which("firecracker")
+    if found:
+        return Path(found)
+    pytest.skip("firecracker binary not found: run `clawpot assets install`")
+
+
+@pytest.fixture(scope="session")
+def qemu_bin() -> Path:
+    found = shutil.which("qemu-system-x86_64")
+    if not found:
+        pytest.skip("qemu-system-x86_64 not installed (Debian package qemu-system-x86)")
+    return Path(found)
+
+
+@pytest.fixture
+def root_required() -> Iterator[None]:
+    require_root()
+    yield
