@@ -1,0 +1,165 @@
+"""The server's persistent VM registry, in SQLite.
+
+One row per VM the server knows about. Rows are written before side effects (state Starting) and
+deleted after teardown, so a crash at any point leaves a row that reconcile-at-start can act on.
+The network package keeps its address allocations in the same database file.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from clawpot.vm.state import VmState
+from clawpot.vmm.spec import BackendKind
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS vms (
+    id          TEXT PRIMARY KEY,
+    state       TEXT NOT NULL,
+    backend     TEXT NOT NULL,
+    vcpus       INTEGER NOT NULL,
+    memory_mib  INTEGER NOT NULL,
+    ip_address  TEXT NOT NULL DEFAULT '',
+    labels      TEXT NOT NULL DEFAULT '{}',
+    created_at  REAL NOT NULL,
+    error       TEXT NOT NULL DEFAULT '',
+    vm_dir      TEXT NOT NULL,
+    pid         INTEGER,
+    allow_peers INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+@dataclass(frozen=True)
+class VmRecord:
+    id: str
+    state: VmState
+    backend: BackendKind
+    vcpus: int
+    memory_mib: int
+    vm_dir: Path
+    created_at: float = field(default_factory=time.time)
+    ip_address: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+    pid: int | None = None
+    allow_peers: bool = False
+
+    def with_(self, **changes: object) -> VmRecord:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+class StoreError(Exception):
+    """Root of store errors."""
+
+
+class DuplicateVm(StoreError):
+    pass
+
+
+class Store:
+    """Thread-safe wrapper over one SQLite connection (the server is one process)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        # isolation_level=None: we issue BEGIN ourselves so each write is one explicit transaction.
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        return self._db
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def insert(self, rec: VmRecord) -> None:
+        try:
+            with self._tx() as db:
+                db.execute(
+                    "INSERT INTO vms (id, state, backend, vcpus, memory_mib, ip_address, labels,"
+                    " created_at, error, vm_dir, pid, allow_peers)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    _row(rec),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateVm(f"VM {rec.id} already exists") from exc
+
+    def update(self, rec: VmRecord) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE vms SET state=?, backend=?, vcpus=?, memory_mib=?, ip_address=?, labels=?,"
+                " created_at=?, error=?, vm_dir=?, pid=?, allow_peers=? WHERE id=?",
+                (*_row(rec)[1:], rec.id),
+            )
+
+    def delete(self, vm_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM vms WHERE id=?", (vm_id,))
+
+    def get(self, vm_id: str) -> VmRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM vms WHERE id=?", (vm_id,)).fetchone()
+        return _record(row) if row else None
+
+    def list(self) -> list[VmRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM vms ORDER BY created_at").fetchall()
+        return [_record(r) for r in rows]
+
+
+def _row(rec: VmRecord) -> tuple[object, ...]:
+    return (
+        rec.id,
+        rec.state.value,
+        rec.backend.value,
+        rec.vcpus,
+        rec.memory_mib,
+        rec.ip_address,
+        json.dumps(rec.labels, sort_keys=True),
+        rec.created_at,
+        rec.error,
+        str(rec.vm_dir),
+        rec.pid,
+        int(rec.allow_peers),
+    )
+
+
+def _record(row: sqlite3.Row) -> VmRecord:
+    return VmRecord(
+        id=row["id"],
+        state=VmState(row["state"]),
+        backend=BackendKind(row["backend"]),
+        vcpus=row["vcpus"],
+        memory_mib=row["memory_mib"],
+        ip_address=row["ip_address"],
+        labels=json.loads(row["labels"]),
+        created_at=row["created_at"],
+        error=row["error"],
+        vm_dir=Path(row["vm_dir"]),
+        pid=row["pid"],
+        allow_peers=bool(row["allow_peers"]),
+    )
