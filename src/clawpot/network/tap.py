@@ -1,0 +1,75 @@
+"""Per-VM TAP devices: persistent, named after the VM, attached to the bridge, deleted by exact name.
+
+A TAP is created persistent (TUNSETPERSIST) so it exists before the VMM opens it and survives the
+VMM process; Firecracker and QEMU then open it by name. Its alias records the VM id, so an operator
+(and reconcile) can tell whose it is.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from clawpot.network.config import NetworkConfig
+from clawpot.network.errors import LinkError
+from clawpot.network.links import LinkInfo, delete_link, find_link, list_links, netlink_errors
+from clawpot.network.naming import tap_name_pattern
+
+ALIAS_PREFIX = "clawpot:"
+IFALIASZ_MAX = 255
+
+
+def ensure_tap(ipr: Any, config: NetworkConfig, name: str, bridge_index: int, vm_id: str) -> int:
+    """The TAP ``name`` exists, is enslaved to the bridge and up; returns its ifindex."""
+    link = find_link(ipr, name)
+    if link is None:
+        options: dict[str, Any] = {"mode": "tap", "ifr": {"no_pi": True}}
+        if config.tap_uid is not None:
+            options["uid"] = config.tap_uid
+        if config.tap_gid is not None:
+            options["gid"] = config.tap_gid
+        with netlink_errors(f"create TAP {name}"):
+            try:
+                ipr.link("add", ifname=name, kind="tuntap", **options)
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise
+            except OSError as exc:  # pyroute2 creates TAPs with ioctl on /dev/net/tun
+                if exc.errno == errno.ENOENT:
+                    raise LinkError(
+                        f"create TAP {name}: /dev/net/tun is missing (kernel CONFIG_TUN)"
+                    ) from None
+                raise
+        link = find_link(ipr, name)
+        if link is None:
+            raise LinkError(f"TAP {name} vanished right after it was created")
+    # An existing port of our bridge is accepted whatever its kind (tests plug veth pairs in its place).
+    if link.kind != "tun" and link.master != bridge_index:
+        raise LinkError(f"interface {name} exists and is a {link.kind or 'plain device'}, not a TAP")
+    with netlink_errors(f"attach TAP {name} to bridge {config.bridge}"):
+        alias = (ALIAS_PREFIX + vm_id)[:IFALIASZ_MAX]
+        ipr.link("set", index=link.index, master=bridge_index, ifalias=alias, state="up")
+    return link.index
+
+
+def delete_tap(ipr: Any, name: str) -> bool:
+    return delete_link(ipr, name)
+
+
+def clawpot_taps(ipr: Any, config: NetworkConfig) -> list[LinkInfo]:
+    """Links that are Clawpot's TAPs: exactly ``<prefix><hex>`` and a TAP, ours by alias or bridge."""
+    pattern = tap_name_pattern(config.tap_prefix)
+    links = list_links(ipr)
+    bridge = next((link.index for link in links if link.name == config.bridge), None)
+    return [
+        link
+        for link in links
+        if pattern.match(link.name)
+        and (
+            link.kind == "tun"
+            or (link.alias or "").startswith(ALIAS_PREFIX)
+            or (bridge is not None and link.master == bridge)
+        )
+    ]
