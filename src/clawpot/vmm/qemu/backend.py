@@ -1,0 +1,135 @@
+"""``QemuBackend``: finds qemu-system-x86_64, chooses the accelerator and the agent transport,
+and hands out ``QemuProcess`` objects.
+
+Accelerator: the constructor's ``accel``, else ``$CLAWPOT_QEMU_ACCEL`` (``kvm``/``tcg``), else the
+probe in ``clawpot.vmm.probe`` (cached per host kernel). Agent transport: vhost-vsock when
+/dev/vhost-vsock can be opened (each VM gets its own random CID), else a virtio-serial port.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+from clawpot.vmm.base import Capabilities, VmmBackend, VmmConfigError, VmmUnsupported
+from clawpot.vmm.probe import cached_probe, probe_accelerator
+from clawpot.vmm.qemu.cmdline import QEMU_BINARY, Accel
+from clawpot.vmm.qemu.process import QemuProcess
+from clawpot.vmm.spec import BackendKind, VmSpec
+
+ACCEL_ENV = "CLAWPOT_QEMU_ACCEL"
+BINARY_ENV = "CLAWPOT_QEMU_BIN"
+VHOST_VSOCK = Path("/dev/vhost-vsock")
+# CIDs 0-2 are reserved (hypervisor, local, host); keep clear of the 32-bit edge.
+_CID_RANGE = (3, 2**31)
+
+
+def find_qemu(explicit: Path | str | None = None) -> str | None:
+    """The binary to run: explicit path, ``$CLAWPOT_QEMU_BIN``, then PATH."""
+    candidate = str(explicit or os.environ.get(BINARY_ENV) or QEMU_BINARY)
+    return shutil.which(candidate)
+
+
+def vhost_vsock_usable(device: Path = VHOST_VSOCK) -> bool:
+    try:
+        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+class QemuBackend(VmmBackend):
+    """Runs VMs under ``qemu-system-x86_64 -M microvm``.
+
+    ``qmp_socket`` pins the QMP socket path (single-VM launches such as ``clawpot-driver --socket``).
+    ``vsock``: True/False forces the agent transport; None picks vhost-vsock when the host has it.
+    """
+
+    kind = BackendKind.QEMU
+
+    def __init__(
+        self,
+        binary: Path | str | None = None,
+        *,
+        accel: Accel | None = None,
+        qmp_socket: Path | None = None,
+        data: Path | None = None,
+        vsock: bool | None = None,
+        start_timeout: float = 10.0,
+        die_with_parent: bool = True,
+    ) -> None:
+        self._requested_binary = binary
+        self._binary = find_qemu(binary)
+        self.qmp_socket = qmp_socket
+        self.data = data
+        self.vsock = vhost_vsock_usable() if vsock is None else vsock
+        self.start_timeout = start_timeout
+        self.die_with_parent = die_with_parent
+        env_accel = os.environ.get(ACCEL_ENV)
+        if accel is None and env_accel:
+            try:
+                accel = Accel(env_accel.lower())
+            except ValueError:
+                raise VmmConfigError(f"{ACCEL_ENV}={env_accel!r}: expected kvm or tcg") from None
+        self.accel = accel
+
+    @property
+    def binary(self) -> str:
+        if self._binary is None:
+            raise VmmUnsupported(self._missing())
+        return self._binary
+
+    def _missing(self) -> str:
+        wanted = self._requested_binary or os.environ.get(BINARY_ENV) or QEMU_BINARY
+        return f"{wanted} not found (install the Debian package qemu-system-x86, or set {BINARY_ENV})"
+
+    def capabilities(self) -> Capabilities:
+        if self._binary is None:
+            return Capabilities(self.kind, available=False, detail=self._missing(), boots_guests=False)
+        if self.accel is not None:
+            accel = f"accelerator {self.accel.value} (forced)"
+        elif (probe := cached_probe(self.data)) is not None:
+            accel = f"accelerator {probe.summary()}"
+        else:
+            accel = "accelerator chosen by a KVM probe at the first start"
+        transport = "vhost-vsock" if self.vsock else "virtio-serial"
+        # TCG always works, so QEMU boots guests wherever it is installed.
+        return Capabilities(
+            self.kind,
+            available=True,
+            detail=f"{self._binary}; {accel}; agent over {transport}",
+            boots_guests=True,
+        )
+
+    async def choose_accel(self, spec: VmSpec) -> Accel:
+        """The forced accelerator, else the probe's answer (booting the VM's own kernel and root image
+        under KVM once per host kernel)."""
+        if self.accel is None:
+            probe = await probe_accelerator(
+                spec.kernel, spec.root_drive.path, data=self.data, binary=self.binary
+            )
+            self.accel = probe.accel
+        return self.accel
+
+    def prepare(self, spec: VmSpec, vm_dir: Path) -> QemuProcess:
+        if not spec.drives:
+            raise VmmConfigError("a QEMU VM needs at least its root drive")
+        return QemuProcess(
+            spec,
+            vm_dir,
+            accel=self.accel or self.choose_accel,
+            binary=self.binary,
+            vsock_cid=_random_cid() if self.vsock else None,
+            qmp_socket=self.qmp_socket,
+            start_timeout=self.start_timeout,
+            die_with_parent=self.die_with_parent,
+        )
+
+
+def _random_cid() -> int:
+    # Random rather than counted: CIDs are host-wide, shared with VMs that other processes start.
+    low, high = _CID_RANGE
+    return low + secrets.randbelow(high - low)

@@ -1,0 +1,163 @@
+"""The ``qemu-system-x86_64 -M microvm`` command line for one ``VmSpec``: pure, no I/O.
+
+Everything QEMU needs is on the command line (no QMP configuration phase), so this module is the whole
+device model: kernel + command line, virtio-blk drives in spec order, virtio-net on TAPs, the agent
+channel (virtio-serial port on a unix-socket chardev, or vhost-vsock), a virtio-rng (python3 in the
+guest wants entropy early), the serial console into a file and QMP on a unix socket.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from clawpot.agent.protocol import SERIAL_PORT_NAME
+from clawpot.vmm.base import VmmConfigError
+from clawpot.vmm.spec import VmSpec
+
+QEMU_BINARY = "qemu-system-x86_64"
+
+# Without these the TCG guest hangs after "Marking TSC unstable" (DESIGN §2): TCG's TSC is not
+# calibratable, so give the kernel its frequency and loop count instead of measuring them.
+TCG_BOOT_ARGS: tuple[str, ...] = ("tsc_early_khz=2000000", "lpj=4000000", "no_timer_check")
+
+# sun_path is 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH = 107
+# QEMU ids: a letter, then letters, digits, '-', '.', '_'.
+_QEMU_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+_TAP = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+class Accel(enum.StrEnum):
+    KVM = "kvm"
+    TCG = "tcg"
+
+
+@dataclass(frozen=True)
+class QemuFiles:
+    """The files one QEMU process owns inside its VM directory (short names: sockets have a length cap)."""
+
+    qmp_socket: Path
+    agent_socket: Path
+    serial_log: Path
+    qemu_log: Path
+
+    @classmethod
+    def in_dir(cls, vm_dir: Path, *, qmp_socket: Path | None = None) -> QemuFiles:
+        """The standard layout; ``qmp_socket`` pins the QMP socket elsewhere (``clawpot-driver --socket``)."""
+        return cls(
+            qmp_socket=qmp_socket or vm_dir / "qmp.sock",
+            agent_socket=vm_dir / "agent.sock",
+            serial_log=vm_dir / "console.log",
+            qemu_log=vm_dir / "qemu.log",
+        )
+
+    @property
+    def sockets(self) -> tuple[Path, ...]:
+        return (self.qmp_socket, self.agent_socket)
+
+
+def kernel_cmdline(boot_args: str, accel: Accel) -> str:
+    """The spec's command line plus what the accelerator needs (never duplicating a given option).
+
+    Additions go before a ``--``: the kernel hands everything after it to init as arguments.
+    """
+    if accel is not Accel.TCG:
+        return boot_args
+    words = boot_args.split()
+    split = words.index("--") if "--" in words else len(words)
+    kernel_words, init_words = words[:split], words[split:]
+    present = {word.split("=", 1)[0] for word in kernel_words}
+    extra = [arg for arg in TCG_BOOT_ARGS if arg.split("=", 1)[0] not in present]
+    return " ".join([*kernel_words, *extra, *init_words])
+
+
+def validate(spec: VmSpec, files: QemuFiles) -> None:
+    """Reject what QEMU would reject (or misparse), with one clear line, before anything is spawned."""
+    if not spec.kernel.is_file():
+        raise VmmConfigError(f"kernel not found: {spec.kernel}")
+    if spec.vcpus < 1:
+        raise VmmConfigError(f"vcpus must be at least 1, got {spec.vcpus}")
+    if spec.memory_mib < 32:
+        raise VmmConfigError(f"memory_mib must be at least 32, got {spec.memory_mib}")
+    seen: set[str] = set()
+    for drive in spec.drives:
+        if not _QEMU_ID.match(drive.drive_id):
+            raise VmmConfigError(f"drive id {drive.drive_id!r}: use a letter, then letters, digits, -._")
+        if drive.drive_id in seen:
+            raise VmmConfigError(f"duplicate drive id {drive.drive_id!r}")
+        seen.add(drive.drive_id)
+        if not drive.path.is_file():
+            raise VmmConfigError(f"drive {drive.drive_id}: image not found: {drive.path}")
+        # QEMU's -drive syntax splits on ',' (escaped as ',,'); refuse rather than escape, as a comma
+        # in an image path is far more likely a mistake than intent.
+        if "," in str(drive.path):
+            raise VmmConfigError(f"drive {drive.drive_id}: path contains ',': {drive.path}")
+    for nic in spec.network_interfaces:
+        if not _TAP.match(nic.tap_name):
+            raise VmmConfigError(f"invalid TAP device name {nic.tap_name!r}")
+        if not _MAC.match(nic.mac):
+            raise VmmConfigError(f"invalid MAC address {nic.mac!r}")
+    for sock in files.sockets:
+        if len(str(sock)) > MAX_SOCKET_PATH:
+            raise VmmConfigError(f"socket path too long for a unix socket ({len(str(sock))} bytes): {sock}")
+    if any("," in str(p) for p in (spec.kernel, *files.sockets, files.serial_log)):
+        raise VmmConfigError("kernel and VM directory paths must not contain ','")
+
+
+def build_command(
+    spec: VmSpec,
+    files: QemuFiles,
+    accel: Accel,
+    *,
+    binary: str = QEMU_BINARY,
+    vsock_cid: int | None = None,
+    name: str = "clawpot",
+) -> list[str]:
+    """The argv for ``spec``. With ``vsock_cid`` the agent channel is vhost-vsock, else virtio-serial."""
+    cmd = [
+        binary,
+        "-name", name,
+        "-M", "microvm",
+        "-accel", accel.value,
+        # KVM: expose the host CPU. TCG: "max" gives the guest the instructions TCG can emulate
+        # (the default qemu64 model lacks ones glibc picks at runtime).
+        "-cpu", "host" if accel is Accel.KVM else "max",
+        "-smp", str(spec.vcpus),
+        "-m", f"{spec.memory_mib}M",
+        "-nodefaults", "-no-user-config", "-no-reboot",
+        "-display", "none",
+        # A guest that escapes into QEMU still may not exec, setuid or use obsolete syscalls.
+        "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        "-kernel", str(spec.kernel),
+        "-append", kernel_cmdline(spec.boot_args, accel),
+        "-serial", f"file:{files.serial_log}",
+        "-qmp", f"unix:{files.qmp_socket},server=on,wait=off",
+        "-object", "rng-random,id=rng0,filename=/dev/urandom",
+        "-device", "virtio-rng-device,rng=rng0",
+    ]  # fmt: skip
+    # microvm gives virtio-mmio slots to devices in command-line order and the guest probes them in
+    # that order, so drives come first to make drives[0] vda, drives[1] vdb, ...
+    for drive in spec.drives:
+        opts = [f"if=none,id={drive.drive_id},file={drive.path},format=raw"]
+        opts.append("readonly=on" if drive.read_only else "discard=unmap")
+        cmd += ["-drive", ",".join(opts), "-device", f"virtio-blk-device,drive={drive.drive_id}"]
+    for index, nic in enumerate(spec.network_interfaces):
+        netdev = f"net{index}"
+        cmd += [
+            "-netdev", f"tap,id={netdev},ifname={nic.tap_name},script=no,downscript=no",
+            "-device", f"virtio-net-device,netdev={netdev},mac={nic.mac}",
+        ]  # fmt: skip
+    if spec.agent_channel:
+        if vsock_cid is not None:
+            cmd += ["-device", f"vhost-vsock-device,guest-cid={vsock_cid}"]
+        else:
+            cmd += [
+                "-chardev", f"socket,id=agent,path={files.agent_socket},server=on,wait=off",
+                "-device", "virtio-serial-device",
+                "-device", f"virtserialport,chardev=agent,name={SERIAL_PORT_NAME}",
+            ]  # fmt: skip
+    return cmd

@@ -1,0 +1,280 @@
+"""One QEMU process: spawn, wait until the guest CPU runs, notice the exit at once, reap, clean up.
+
+The process is watched through a pidfd registered with the event loop: readable the moment QEMU
+exits, whatever the reason (guest poweroff, crash, ``kill -9`` from outside), so ``wait()`` resolves
+within one loop iteration. Holding the pidfd until the exit is reaped also means signals go to our
+QEMU and never to a recycled PID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from clawpot.guest.endpoints import AgentEndpoint, SerialSocketEndpoint, VsockEndpoint
+from clawpot.vmm.base import ExitInfo, VmmConfigError, VmmProcess, VmmStartError
+from clawpot.vmm.qemu.cmdline import QEMU_BINARY, Accel, QemuFiles, build_command, validate
+from clawpot.vmm.qemu.qmp import QmpControl, QmpError
+from clawpot.vmm.spec import BackendKind, VmSpec
+
+_POLL = 0.01
+# After QMP `quit` or SIGTERM, how long QEMU gets before the next, harder step.
+_STEP_TIMEOUT = 2.0
+_PR_SET_PDEATHSIG = 1
+
+AccelChooser = Callable[[VmSpec], Awaitable[Accel]]
+
+
+class QemuProcess(VmmProcess):
+    kind = BackendKind.QEMU
+
+    def __init__(
+        self,
+        spec: VmSpec,
+        vm_dir: Path,
+        *,
+        accel: Accel | AccelChooser,
+        binary: str = QEMU_BINARY,
+        vsock_cid: int | None = None,
+        qmp_socket: Path | None = None,
+        start_timeout: float = 10.0,
+        die_with_parent: bool = True,
+    ) -> None:
+        self.spec = spec
+        self.vm_dir = vm_dir
+        # Chosen at start() when given as a chooser (it may have to probe, which is async).
+        self.accel: Accel | None = accel if isinstance(accel, Accel) else None
+        self._choose_accel = None if isinstance(accel, Accel) else accel
+        self.binary = binary
+        self.vsock_cid = vsock_cid
+        self.start_timeout = start_timeout
+        self.die_with_parent = die_with_parent
+        self.files = QemuFiles.in_dir(vm_dir, qmp_socket=qmp_socket)
+        self.qmp = QmpControl(self.files.qmp_socket)
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._pidfd: int | None = None
+        self._exited: asyncio.Future[ExitInfo] | None = None
+        self._exit_info: ExitInfo | None = None
+
+    @property
+    def command(self) -> list[str]:
+        if self.accel is None:
+            raise VmmStartError("the accelerator is chosen when the VM starts")
+        name = "clawpot-" + re.sub(r"[^A-Za-z0-9_.-]", "_", self.vm_dir.name)
+        return build_command(
+            self.spec, self.files, self.accel, binary=self.binary, vsock_cid=self.vsock_cid, name=name
+        )
+
+    @property
+    def pid(self) -> int | None:
+        return self._popen.pid if self._popen is not None else None
+
+    @property
+    def control_socket(self) -> Path:
+        """The QMP socket (recorded in the VM's metadata)."""
+        return self.files.qmp_socket
+
+    @property
+    def serial_log(self) -> Path:
+        return self.files.serial_log
+
+    @property
+    def agent_endpoint(self) -> AgentEndpoint | None:
+        if not self.spec.agent_channel:
+            return None
+        if self.vsock_cid is not None:
+            return VsockEndpoint(self.vsock_cid)
+        return SerialSocketEndpoint(self.files.agent_socket)
+
+    @property
+    def exit_info(self) -> ExitInfo | None:
+        return self._exit_info
+
+    async def start(self) -> None:
+        if self._popen is not None:
+            raise VmmStartError("this QEMU process was already started")
+        validate(self.spec, self.files)
+        if self._choose_accel is not None and self.accel is None:
+            self.accel = await self._choose_accel(self.spec)
+        command = self.command
+        self.vm_dir.mkdir(parents=True, exist_ok=True)
+        # A socket left by an earlier QEMU in this directory would make the readiness check below
+        # talk to nobody; QEMU would replace it anyway.
+        self._remove_sockets()
+        loop = asyncio.get_running_loop()
+        try:
+            # Popen rather than asyncio's subprocess: exits are watched through our own pidfd, and
+            # asyncio's child watcher would race us to reap. Spawning takes a few milliseconds.
+            with open(self.files.qemu_log, "wb") as log:  # noqa: ASYNC230
+                self._popen = subprocess.Popen(  # noqa: ASYNC220
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    # Own session: a Ctrl+C at the terminal reaches our cleanup, not QEMU directly.
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent() if self.die_with_parent else None,
+                )
+        except OSError as exc:
+            self._remove_files()
+            raise VmmStartError(f"cannot run {self.binary}: {exc.strerror or exc}") from exc
+        self._pidfd = os.pidfd_open(self._popen.pid)
+        self._exited = loop.create_future()
+        loop.add_reader(self._pidfd, self._on_exit)
+        try:
+            await self._wait_running()
+        except BaseException:
+            await self.kill()
+            self._remove_files()
+            raise
+
+    async def _wait_running(self) -> None:
+        assert self._exited is not None
+        deadline = time.monotonic() + self.start_timeout
+        last_error = "QMP socket never appeared"
+        while time.monotonic() < deadline:
+            if self._exited.done():
+                # QEMU quitting before the guest runs means it refused the configuration
+                # (missing TAP, locked image, unknown device, KVM refused, ...).
+                raise VmmConfigError(f"QEMU did not start: {self._exited.result().reason}")
+            if self.files.qmp_socket.exists():
+                try:
+                    status = await self.qmp.status()
+                except QmpError as exc:
+                    last_error = str(exc)
+                else:
+                    if status == "running":
+                        return
+                    last_error = f"QEMU status is {status!r}"
+            await asyncio.sleep(_POLL)
+        raise VmmStartError(f"QEMU not running after {self.start_timeout:.0f} s: {last_error}")
+
+    def _on_exit(self) -> None:
+        assert self._popen is not None and self._pidfd is not None and self._exited is not None
+        returncode = self._popen.poll()
+        if returncode is None:
+            return  # readable without an exit should not happen; stay registered
+        asyncio.get_running_loop().remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._pidfd = None
+        self._exit_info = _exit_info(returncode, _last_error_line(self.files.qemu_log))
+        if not self._exited.done():
+            self._exited.set_result(self._exit_info)
+
+    async def wait(self) -> ExitInfo:
+        if self._exited is None:
+            raise VmmStartError("QEMU was never started")
+        return await asyncio.shield(self._exited)
+
+    async def request_shutdown(self) -> None:
+        """ACPI power button. The guest may ignore it (no acpid in a minimal guest): ``stop`` copes."""
+        if self._exit_info is None:
+            await self.qmp.system_powerdown()
+
+    async def stop(self, grace: float = 5.0) -> ExitInfo:
+        if self._exited is None:
+            raise VmmStartError("QEMU was never started")
+        if self._exit_info is None and grace > 0:
+            try:
+                await self.qmp.system_powerdown()
+            except QmpError:
+                pass  # QMP gone or wedged: the harder steps below still work
+            else:
+                await self._wait_exit(grace)
+        if self._exit_info is None:
+            try:
+                await self.qmp.quit()
+            except QmpError:
+                pass
+            else:
+                await self._wait_exit(_STEP_TIMEOUT)
+        if self._exit_info is None:
+            self._signal(signal.SIGTERM)
+            await self._wait_exit(_STEP_TIMEOUT)
+        if self._exit_info is None:
+            self._signal(signal.SIGKILL)
+        info = await self.wait()
+        self._remove_sockets()
+        return info
+
+    async def kill(self) -> ExitInfo:
+        if self._exited is None:
+            raise VmmStartError("QEMU was never started")
+        self._signal(signal.SIGKILL)
+        info = await self.wait()
+        self._remove_sockets()
+        return info
+
+    async def _wait_exit(self, seconds: float) -> None:
+        assert self._exited is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(self._exited), seconds)
+        except TimeoutError:
+            pass
+
+    def _signal(self, sig: signal.Signals) -> None:
+        # Until the exit is reaped the pidfd pins the process; afterwards there is nothing to signal.
+        if self._pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self._pidfd, sig)
+            except ProcessLookupError:
+                pass  # exited a moment ago; _on_exit reaps it
+
+    def _remove_sockets(self) -> None:
+        for path in self.files.sockets:
+            path.unlink(missing_ok=True)
+
+    def _remove_files(self) -> None:
+        self._remove_sockets()
+        for path in (self.files.serial_log, self.files.qemu_log):
+            path.unlink(missing_ok=True)
+
+
+def _exit_info(returncode: int, last_error: str) -> ExitInfo:
+    if returncode < 0:
+        sig = -returncode
+        reason = f"qemu killed by {signal.Signals(sig).name}"
+        info = ExitInfo(returncode=None, signal=sig, reason=reason)
+    elif returncode == 0:
+        info = ExitInfo(0, None, "qemu exited: the guest powered off or rebooted")
+    else:
+        info = ExitInfo(returncode, None, f"qemu exited with code {returncode}")
+    if last_error:
+        return ExitInfo(info.returncode, info.signal, f"{info.reason}: {last_error}")
+    return info
+
+
+def _last_error_line(log: Path, max_bytes: int = 4096) -> str:
+    """QEMU's complaint on stderr, without the program-name prefix: the first line saying "error"
+    (later lines are usually its consequences, like an assertion), else the last line."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - max_bytes))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [re.sub(r"^qemu-system-\w+: ", "", line.strip()) for line in tail.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return next((line for line in lines if "error" in line.lower()), lines[-1])
+
+
+def _die_with_parent() -> Callable[[], None]:
+    """A preexec hook: the kernel SIGKILLs QEMU if we die without stopping it (no orphans).
+
+    libc is resolved before fork, so the child only makes one plain syscall.
+    """
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+    return hook

@@ -1,0 +1,68 @@
+"""Control of one QEMU through QMP (``qemu.qmp``'s ``QMPClient``): status, power button, quit.
+
+One short connection per command: QEMU's QMP socket serves a single client at a time, and a
+connection held open would tie a background reader task to one event loop for the VM's whole life.
+Connect + greeting + capabilities negotiation costs about a millisecond. A lock serialises commands so
+two callers never race for the one connection slot. Library errors become ``QmpError`` here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import ExecInterruptedError, QMPClient, QMPError
+
+from clawpot.vmm.base import VmmError
+
+# qemu.qmp logs every hang-up at ERROR level; a VM that quits is routine for us.
+logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
+
+
+class QmpError(VmmError):
+    """A QMP command could not be delivered or QEMU rejected it."""
+
+
+class QmpControl:
+    def __init__(self, socket_path: Path, *, timeout: float = 5.0) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self._lock = asyncio.Lock()
+
+    async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> object:
+        async with self._lock:
+            client = QMPClient("clawpot")
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await client.connect(str(self.socket_path))
+                    return await client.execute(command, arguments)
+            except (QMPError, OSError, EOFError, TimeoutError) as exc:
+                detail = str(exc) or type(exc).__name__
+                raise QmpError(f"QMP {command} on {self.socket_path}: {detail}") from exc
+            finally:
+                try:
+                    await client.disconnect()
+                except (QMPError, OSError, EOFError):
+                    pass  # the peer hung up first (e.g. after `quit`): nothing left to close
+
+    async def status(self) -> str:
+        """QEMU's run state: "running", "paused", "shutdown", "internal-error", ..."""
+        reply = await self.execute("query-status")
+        status = reply.get("status") if isinstance(reply, dict) else None
+        if not isinstance(status, str):
+            raise QmpError(f"QMP query-status: unexpected reply {reply!r}")
+        return status
+
+    async def system_powerdown(self) -> None:
+        """Press the ACPI power button; the guest decides what to do with it."""
+        await self.execute("system_powerdown")
+
+    async def quit(self) -> None:
+        """Make QEMU exit now. The reply may be lost as QEMU closes the socket: that is success too."""
+        try:
+            await self.execute("quit")
+        except QmpError as exc:
+            if not isinstance(exc.__cause__, ExecInterruptedError):
+                raise
