@@ -1,0 +1,99 @@
+"""``FirecrackerBackend``: finds the firecracker binary and hands out ``FirecrackerVmm`` handles."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from clawpot import paths
+from clawpot.vmm.base import Capabilities, VmmBackend, VmmUnsupported
+from clawpot.vmm.firecracker.handle import FirecrackerVmm
+from clawpot.vmm.spec import BackendKind, VmSpec
+
+BINARY_ENV = "CLAWPOT_FIRECRACKER_BIN"
+KVM_DEVICE = Path("/dev/kvm")
+NOT_FOUND = f"firecracker not found (set {BINARY_ENV}, run `clawpot assets install`, or put it on PATH)"
+
+
+def find_firecracker(explicit: Path | None = None) -> Path | None:
+    """The binary to run: explicit path, ``$CLAWPOT_FIRECRACKER_BIN``, installed assets, then PATH."""
+    if explicit is not None:
+        return explicit
+    env = os.environ.get(BINARY_ENV)
+    if env:
+        return Path(env)
+    installed = paths.assets_dir() / "firecracker"
+    if installed.is_file():
+        return installed
+    on_path = shutil.which("firecracker")
+    return Path(on_path) if on_path else None
+
+
+def firecracker_version(binary: Path) -> str:
+    """``1.12.1`` for a firecracker binary (``--version`` prints ``Firecracker v1.12.1``)."""
+    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=10, check=True)
+    first = out.stdout.splitlines()[0] if out.stdout else ""
+    return first.removeprefix("Firecracker").strip().removeprefix("v")
+
+
+class FirecrackerBackend(VmmBackend):
+    """Runs VMs under firecracker.
+
+    ``api_socket`` pins the API socket path (``clawpot-driver --socket``); it only makes sense for a
+    backend that launches a single VM. Otherwise each VM's socket lives in its own directory.
+    """
+
+    kind = BackendKind.FIRECRACKER
+
+    def __init__(
+        self,
+        binary: Path | None = None,
+        *,
+        api_socket: Path | None = None,
+        api_timeout: float = 10.0,
+        die_with_parent: bool = True,
+    ) -> None:
+        self._binary = find_firecracker(binary)
+        self.api_socket = api_socket
+        self.api_timeout = api_timeout
+        self.die_with_parent = die_with_parent
+
+    @property
+    def binary(self) -> Path:
+        if self._binary is None:
+            raise VmmUnsupported(NOT_FOUND)
+        return self._binary
+
+    def capabilities(self) -> Capabilities:
+        problem = self._problem()
+        if problem:
+            return Capabilities(self.kind, available=False, detail=problem)
+        return Capabilities(self.kind, available=True, detail=f"firecracker {self.binary}")
+
+    def _problem(self) -> str | None:
+        if self._binary is None:
+            return NOT_FOUND
+        if not self._binary.is_file():
+            return f"firecracker binary {self._binary} does not exist"
+        if not os.access(self._binary, os.X_OK):
+            return f"firecracker binary {self._binary} is not executable"
+        if not KVM_DEVICE.exists():
+            return f"{KVM_DEVICE} does not exist (firecracker needs KVM)"
+        if not os.access(KVM_DEVICE, os.R_OK | os.W_OK):
+            return f"{KVM_DEVICE} is not readable and writable by this user"
+        return None
+
+    def prepare(self, spec: VmSpec, vm_dir: Path) -> FirecrackerVmm:
+        problem = self._problem()
+        if problem:
+            raise VmmUnsupported(problem)
+        return FirecrackerVmm(
+            self.binary,
+            spec,
+            vm_dir,
+            api_socket=self.api_socket,
+            api_timeout=self.api_timeout,
+            die_with_parent=self.die_with_parent,
+        )
