@@ -5,6 +5,8 @@ the file freely. Given a ``sqlite3.Connection`` (the server's store), calls run 
 by a lock; if the caller already has a transaction open, the work joins it through a SAVEPOINT, so
 the server can insert its VM row and allocate the address in one commit (it should then have
 started that transaction with ``BEGIN IMMEDIATE``, or two writers can deadlock on the upgrade).
+A shared connection must not be used by other threads while a call runs (the lock here only
+serialises this package's own calls): when in doubt, pass the path.
 """
 
 from __future__ import annotations

@@ -43,6 +43,10 @@ class AddressInUse(AllocationError):
         super().__init__(message)
         self.owner = owner
 
+    def __reduce__(self) -> tuple[type[AddressInUse], tuple[str, str]]:
+        # Keeps the error intact across processes (pickle would otherwise drop ``owner``).
+        return (type(self), (str(self.args[0]), self.owner))
+
 
 class LinkError(NetworkError):
     pass

@@ -172,12 +172,14 @@ class IpAllocator:
             ).fetchone()
         return None if row is None else str(row[0])
 
-    def allocations(self) -> list[Allocation]:
-        """Every allocation, by address."""
-        with self.db.read() as conn:
-            rows = conn.execute(
-                "SELECT vm_id, address, allow_peers, allocated_at FROM ip_allocations"
-            ).fetchall()
+    def allocations(self, conn: sqlite3.Connection | None = None) -> list[Allocation]:
+        """Every allocation, by address; read through ``conn`` when inside one of its transactions."""
+        query = "SELECT vm_id, address, allow_peers, allocated_at FROM ip_allocations"
+        if conn is not None:
+            rows = conn.execute(query).fetchall()
+        else:
+            with self.db.read() as own:
+                rows = own.execute(query).fetchall()
         return sorted((_row_to_allocation(r) for r in rows), key=lambda a: int(a.address))
 
     def free_count(self) -> int:

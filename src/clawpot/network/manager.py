@@ -83,8 +83,9 @@ class NetworkManager:
 
     def sync_rules(self) -> None:
         """Re-render and atomically apply the ruleset from the allocation table."""
-        with self.db.write():
-            self.firewall.apply(self.slots())
+        with self.db.write() as conn:
+            allocations = self.allocator.allocations(conn)
+            self.firewall.apply([NetworkSlot.from_allocation(self.config, a) for a in allocations])
 
     # -- per VM -----------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import os
 import pickle
 import secrets
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -227,6 +228,55 @@ def stop(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
+
+
+def netns_unavailable_reason() -> str | None:
+    """Why namespace tests cannot run here (for pytest.skip), or None when they can."""
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces, bridges, TAPs and nftables rules"
+    for tool, package in (("ip", "iproute2"), ("nft", "nftables")):
+        if not (shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")):
+            return f"{tool} not found: install the {package} package"
+    if not Path("/dev/net/tun").exists():
+        return "/dev/net/tun is missing (kernel CONFIG_TUN)"
+    return None
+
+
+def snapshot(ns: NetNamespace) -> dict[str, Any]:
+    """Everything a test compares to prove nothing else in the namespace changed."""
+    ruleset = json.loads(ns.run(["nft", "-j", "list", "ruleset"]).stdout or '{"nftables": []}')
+    return {
+        "links": ns.ip_json("link", "show"),
+        "addresses": ns.ip_json("address", "show"),
+        "routes4": ns.ip_json("-4", "route", "show", "table", "all"),
+        "routes6": ns.ip_json("-6", "route", "show", "table", "all"),
+        "nft": [_without_handles(item) for item in ruleset["nftables"] if "metainfo" not in item],
+        "ip_forward": ns.run(["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip(),
+    }
+
+
+def _without_handles(value: Any) -> Any:
+    # Handles number objects in creation order: an atomically replaced table gets new ones.
+    if isinstance(value, dict):
+        return {k: _without_handles(v) for k, v in value.items() if k != "handle"}
+    if isinstance(value, list):
+        return [_without_handles(v) for v in value]
+    return value
+
+
+def nft_rules(ns: NetNamespace, family: str, table: str) -> list[Any]:
+    """The rules of one table as (chain, expression) JSON, handles dropped; [] if there is none."""
+    proc = ns.run(["nft", "-j", "list", "table", family, table], check=False)
+    if proc.returncode != 0:
+        return []
+    items = json.loads(proc.stdout)["nftables"]
+    return [(i["rule"]["chain"], i["rule"]["expr"]) for i in items if "rule" in i]
+
+
+def nft_set(ns: NetNamespace, family: str, table: str, name: str) -> list[Any]:
+    items = json.loads(ns.run(["nft", "-j", "list", "set", family, table, name]).stdout)["nftables"]
+    elements: list[Any] = next(i["set"] for i in items if "set" in i).get("elem", [])
+    return elements
 
 
 # -- emulated guests --------------------------------------------------------------------------------

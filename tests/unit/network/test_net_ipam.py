@@ -170,3 +170,17 @@ def test_failed_allocation_inside_a_caller_transaction_keeps_the_callers_work(db
     conn.execute("COMMIT")
     assert conn.execute("SELECT id FROM vms").fetchall() == [("vm-b",)]
     conn.close()
+
+
+def test_works_on_a_store_style_connection_with_row_factory_and_wal(db: Path) -> None:
+    conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    ipam = IpAllocator(conn, SMALL)
+    ipam.allocate("vm-a", "10.9.0.3")
+    assert str(ipam.allocate("vm-b").address) == "10.9.0.2"
+    with pytest.raises(AddressInUse, match="vm-a"):
+        ipam.allocate("vm-c", "10.9.0.3")
+    assert [a.vm_id for a in ipam.allocations()] == ["vm-b", "vm-a"]
+    assert IpAllocator(db, SMALL).owner_of("10.9.0.3") == "vm-a"  # a second connection by path agrees
+    conn.close()
