@@ -20,6 +20,7 @@ from clawpot.network import (
     NetworkConfig,
     NetworkManager,
     NetworkSlot,
+    ToolMissing,
 )
 from clawpot.network.links import iproute
 from clawpot.network.tap import clawpot_taps
@@ -123,6 +124,16 @@ def test_attach_before_setup_fails_cleanly(ns: NetNamespace, db: Path) -> None:
         ns.call(lambda: NetworkManager(db).attach_vm("vm-1"))
     assert ns.call(lambda: NetworkManager(db).slots()) == []
     assert [link["ifname"] for link in ns.ip_json("link", "show")] == ["lo"]
+
+
+def test_attach_failing_half_way_leaves_nothing_behind(ns: NetNamespace, db: Path) -> None:
+    ns.call(lambda: NetworkManager(db).setup())
+    # The TAP gets created, then applying the rules fails: both the TAP and the address are undone.
+    with pytest.raises(ToolMissing, match="nftables"):
+        ns.call(lambda: NetworkManager(db, nft="/nonexistent/nft").attach_vm("vm-1"))
+    assert ns.call(lambda: NetworkManager(db).slots()) == []
+    assert ns.call(tap_names, NetworkConfig()) == []
+    assert nft_set(ns, "bridge", "clawpot", "ports") == []
 
 
 def test_exhausting_a_slash_29_raises_and_leaks_nothing(ns: NetNamespace, db: Path) -> None:

@@ -13,6 +13,7 @@ can never leave a stale set behind and the last writer always saw every committe
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterable
 from ipaddress import IPv4Address
@@ -21,7 +22,7 @@ from pathlib import Path
 from clawpot.network.bridge import delete_bridge, ensure_bridge, read_ip_forward, write_ip_forward
 from clawpot.network.config import NetworkConfig
 from clawpot.network.db import Database
-from clawpot.network.errors import LinkError
+from clawpot.network.errors import LinkError, NetworkError
 from clawpot.network.firewall import Firewall
 from clawpot.network.ipam import Allocation, IpAllocator
 from clawpot.network.links import find_link, iproute
@@ -109,11 +110,13 @@ class NetworkManager:
                 ensure_tap(ipr, self.config, slot.tap_name, bridge.index, vm_id)
             self.sync_rules()
         except BaseException:
+            # Undo what this call added; an undo failing must not hide the error that caused it.
             if tap_created:
-                with iproute() as ipr:
+                with contextlib.suppress(NetworkError), iproute() as ipr:
                     delete_tap(ipr, slot.tap_name)
             if previous is None:
-                self.allocator.release(vm_id)
+                with contextlib.suppress(NetworkError, sqlite3.Error):
+                    self.allocator.release(vm_id)
             raise
         return slot
 

@@ -13,7 +13,7 @@ from typing import Any
 from pyroute2.netlink.exceptions import NetlinkError
 
 from clawpot.network.config import NetworkConfig
-from clawpot.network.errors import LinkError
+from clawpot.network.errors import LinkError, ToolMissing
 from clawpot.network.links import LinkInfo, delete_link, find_link, list_links, netlink_errors
 from clawpot.network.naming import tap_name_pattern
 
@@ -38,7 +38,7 @@ def ensure_tap(ipr: Any, config: NetworkConfig, name: str, bridge_index: int, vm
                     raise
             except OSError as exc:  # pyroute2 creates TAPs with ioctl on /dev/net/tun
                 if exc.errno == errno.ENOENT:
-                    raise LinkError(
+                    raise ToolMissing(
                         f"create TAP {name}: /dev/net/tun is missing (kernel CONFIG_TUN)"
                     ) from None
                 raise
