@@ -37,4 +37,24 @@ class VsockEndpoint:
     port: int = AGENT_VSOCK_PORT
 
 
-AgentEndpoint = HybridVsockEndpoint | SerialSocketEndpoint | VsockEndpoint
+@dataclass(frozen=True)
+class UnixSocketEndpoint:
+    """A plain unix socket the agent listens on itself (``--listen-unix``): tests and benchmarks."""
+
+    path: Path
+
+
+AgentEndpoint = HybridVsockEndpoint | SerialSocketEndpoint | VsockEndpoint | UnixSocketEndpoint
+
+
+def describe(endpoint: AgentEndpoint) -> str:
+    """One human-readable phrase naming the endpoint, for error messages and logs."""
+    match endpoint:
+        case HybridVsockEndpoint(uds_path=path, port=port):
+            return f"hybrid vsock {path} port {port}"
+        case SerialSocketEndpoint(path=path):
+            return f"serial socket {path}"
+        case VsockEndpoint(cid=cid, port=port):
+            return f"vsock cid {cid} port {port}"
+        case UnixSocketEndpoint(path=path):
+            return f"unix socket {path}"

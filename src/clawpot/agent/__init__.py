@@ -1,0 +1,22 @@
+"""The in-guest agent and its wire protocol. Standard library only, Python 3.11.
+
+This directory is copied into the guest as the top-level package ``clawpot_agent`` and started by the
+init as ``python3 -m clawpot_agent --guest``; hence every import between its modules is relative.
+On a host it runs as ``python -m clawpot.agent --listen-unix PATH`` (tests, benchmarks).
+
+Modules:
+
+- ``protocol``    the wire contract shared with the host client: constants, frames, handshake lines.
+- ``main``        command line, listeners, READY line, signals, stop / power-off.
+- ``links``       byte streams served: stream sockets, and serial lines that outlive host connections.
+- ``connection``  one host session: handshake, frame parsing, routing frames to sessions.
+- ``session``     base class of an operation's session (credit windows, END / ERROR, cleanup).
+- ``ops``         the operations by name; ``shutdown``.
+- ``execution``   the ``exec`` operation: process groups, pipes or PTY, stdin, signals, timeout.
+- ``files``       the ``put`` (atomic) and ``get`` operations, streamed.
+- ``reaper``      SIGCHLD-driven reaping of child processes.
+- ``power``       guarded sync, read-only remount and reboot(2) that end the VM.
+
+Exceptions never leave a connection: ``SessionError`` becomes an ERROR frame, ``FrameError`` ends
+the host session (the only exception types defined here; neither crosses the package boundary).
+"""

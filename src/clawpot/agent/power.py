@@ -1,0 +1,93 @@
+"""Power the guest off cleanly: sync, remount filesystems read-only, reboot(2).
+
+The VMMs run guests so that a reboot ends the VM (Firecracker exits; QEMU runs with -no-reboot), and
+reboot works on both where power-off does not. All of this is guarded: it only ever runs when the agent
+was started with ``--guest`` *and* is PID 1 or a child of PID 1 (tini), so the agent run on a host for
+tests can never reboot that host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RB_AUTOBOOT = 0x01234567
+MS_RDONLY = 1
+MS_REMOUNT = 32
+
+# Filesystems without a disk behind them: nothing to make consistent.
+_VIRTUAL_FS = frozenset(
+    {
+        "proc",
+        "sysfs",
+        "devtmpfs",
+        "devpts",
+        "tmpfs",
+        "ramfs",
+        "cgroup",
+        "cgroup2",
+        "mqueue",
+        "debugfs",
+        "tracefs",
+        "securityfs",
+        "pstore",
+        "bpf",
+        "hugetlbfs",
+        "configfs",
+        "fusectl",
+        "binfmt_misc",
+        "autofs",
+        "rpc_pipefs",
+        "nsfs",
+    }
+)
+
+
+def may_power_off(guest_flag: bool) -> bool:
+    return guest_flag and (os.getpid() == 1 or os.getppid() == 1)
+
+
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _mount_points() -> list[tuple[str, str]]:
+    """(mount point, fs type), deepest last as listed by the kernel."""
+    points = []
+    with contextlib.suppress(OSError), open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if len(fields) >= 3:
+                # /proc/mounts escapes spaces and the like as octal (\040).
+                target = fields[1].encode().decode("unicode_escape")
+                points.append((target, fields[2]))
+    return points
+
+
+def remount_read_only() -> None:
+    libc = _libc()
+    for target, fstype in reversed(_mount_points()):
+        if fstype in _VIRTUAL_FS:
+            continue
+        if libc.mount(None, target.encode(), None, MS_REMOUNT | MS_RDONLY, None) != 0:
+            err = ctypes.get_errno()
+            log.warning("remount %s (%s) read-only failed: %s", target, fstype, os.strerror(err))
+
+
+def power_off(guest_flag: bool) -> None:
+    """Sync, remount read-only, reboot. Returns only if refused (not a guest) or reboot(2) failed."""
+    if not may_power_off(guest_flag):
+        log.error("refusing to power off: not running as the guest agent (--guest, child of PID 1)")
+        return
+    log.info("powering off: sync, remount read-only, reboot")
+    os.sync()
+    remount_read_only()
+    os.sync()
+    libc = _libc()
+    if libc.reboot(RB_AUTOBOOT) != 0:
+        log.error("reboot(2) failed: %s", os.strerror(ctypes.get_errno()))

@@ -1,0 +1,58 @@
+"""The host side of the agent channel: connect to a VM's agent, run processes, move files.
+
+Modules:
+
+- ``endpoints``   how to reach an agent: Firecracker hybrid vsock, QEMU serial socket, AF_VSOCK, unix socket.
+- ``transport``   open the byte stream for an endpoint (and Firecracker's ``CONNECT``/``OK`` exchange).
+- ``connection``  one connection: handshake, reader task, multiplexed streams with credit-based flow control.
+- ``process``     a remote process: output events, stdin, signals, resize, exit status.
+- ``files``       streamed, atomic upload and download.
+- ``client``      ``AgentClient`` (exec, run, put_file, get_file, ping, shutdown), ``wait_ready``.
+- ``errors``      ``GuestError`` and its subclasses.
+
+Typical use::
+
+    async with await wait_ready(vm.agent_endpoint, deadline=60) as agent:
+        result = await agent.run(["uname", "-a"])
+"""
+
+from clawpot.guest.client import AgentClient, PtySize, connect, wait_ready
+from clawpot.guest.connection import AgentInfo
+from clawpot.guest.endpoints import (
+    AgentEndpoint,
+    HybridVsockEndpoint,
+    SerialSocketEndpoint,
+    UnixSocketEndpoint,
+    VsockEndpoint,
+    describe,
+)
+from clawpot.guest.errors import AgentDisconnected, AgentUnreachable, GuestError, ProtocolError, RemoteError
+from clawpot.guest.files import Download, RemoteFile
+from clawpot.guest.process import ExecEvent, ExecProcess, ExecResult, Exited, ExitStatus, Output
+
+__all__ = [
+    "AgentClient",
+    "AgentDisconnected",
+    "AgentEndpoint",
+    "AgentInfo",
+    "AgentUnreachable",
+    "Download",
+    "ExecEvent",
+    "ExecProcess",
+    "ExecResult",
+    "ExitStatus",
+    "Exited",
+    "GuestError",
+    "HybridVsockEndpoint",
+    "Output",
+    "ProtocolError",
+    "PtySize",
+    "RemoteError",
+    "RemoteFile",
+    "SerialSocketEndpoint",
+    "UnixSocketEndpoint",
+    "VsockEndpoint",
+    "connect",
+    "describe",
+    "wait_ready",
+]

@@ -1,0 +1,277 @@
+"""``AgentClient``: exec, files, ping and shutdown over one agent connection; ``connect`` and ``wait_ready``.
+
+One client per VM: many operations run concurrently over its single connection. A serial-port endpoint
+serves exactly one host connection at a time, so never open a second client to the same serial socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from clawpot.agent.protocol import DEFAULT_WINDOW, FrameType, decode_json
+from clawpot.guest import files
+from clawpot.guest.connection import AgentConnection, AgentInfo, RunState
+from clawpot.guest.endpoints import AgentEndpoint, HybridVsockEndpoint, SerialSocketEndpoint, describe
+from clawpot.guest.errors import AgentDisconnected, AgentUnreachable, GuestError, ProtocolError
+from clawpot.guest.process import ExecProcess, ExecResult, Exited
+from clawpot.guest.transport import hybrid_vsock_connect, open_stream
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ATTEMPT_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class PtySize:
+    rows: int = 24
+    cols: int = 80
+
+
+class AgentClient:
+    def __init__(self, conn: AgentConnection, endpoint: AgentEndpoint | None = None) -> None:
+        self._conn = conn
+        self.endpoint = endpoint
+
+    @classmethod
+    async def from_streams(
+        cls,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        name: str = "stream",
+        handshake_timeout: float = 10.0,
+    ) -> AgentClient:
+        """Talk to an agent over any byte stream (the handshake must finish within the timeout)."""
+        try:
+            async with asyncio.timeout(handshake_timeout):
+                conn = await AgentConnection.open(reader, writer, name)
+        except BaseException:
+            writer.close()
+            raise
+        return cls(conn)
+
+    @property
+    def info(self) -> AgentInfo:
+        return self._conn.info
+
+    @property
+    def name(self) -> str:
+        return self._conn.name
+
+    @property
+    def connected(self) -> bool:
+        return self._conn.state is RunState.RUNNING
+
+    async def ping(self) -> float:
+        """Round-trip time to the agent in seconds."""
+        return await self._conn.ping()
+
+    # --- exec ------------------------------------------------------------------------------------------
+
+    async def exec(
+        self,
+        argv: Sequence[str] | str,
+        *,
+        shell: bool = False,
+        env: Mapping[str, str] | None = None,
+        clear_env: bool = False,
+        cwd: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - enforced by the agent on the remote process
+        pty: PtySize | bool | None = None,
+        stdin: bool = True,
+        window: int = DEFAULT_WINDOW,
+    ) -> ExecProcess:
+        """Start a process; returns once it runs (RemoteError ``spawn_failed`` if it cannot start).
+
+        ``argv`` runs without a shell unless ``shell=True``, which takes one command string for /bin/sh.
+        ``timeout`` is enforced by the agent: it kills the whole process group. With ``pty`` stdout and
+        stderr arrive merged as stdout.
+        """
+        request: dict[str, Any] = {"op": "exec", "stdin": stdin, "clear_env": clear_env}
+        if shell:
+            if not isinstance(argv, str):
+                raise TypeError("shell=True takes the command as one string")
+            request["command"] = argv
+        else:
+            if isinstance(argv, str):
+                raise TypeError("argv must be a sequence of strings (or pass shell=True)")
+            request["argv"] = list(argv)
+        if env:
+            request["env"] = dict(env)
+        if cwd is not None:
+            request["cwd"] = cwd
+        if timeout is not None:
+            request["timeout"] = timeout
+        if pty:
+            size = pty if isinstance(pty, PtySize) else PtySize()
+            request["pty"] = {"rows": size.rows, "cols": size.cols}
+        stream = self._conn.open_stream(request, window)
+        try:
+            info = decode_json((await stream.recv_until(FrameType.INFO)).payload)
+        except BaseException:
+            stream.close()
+            raise
+        pid = info.get("pid")
+        return ExecProcess(stream, pid if isinstance(pid, int) else None, bool(pty))
+
+    async def run(
+        self,
+        argv: Sequence[str] | str,
+        *,
+        input: bytes | None = None,
+        shell: bool = False,
+        env: Mapping[str, str] | None = None,
+        clear_env: bool = False,
+        cwd: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - enforced by the agent on the remote process
+        pty: PtySize | bool | None = None,
+    ) -> ExecResult:
+        """Run to completion and collect the output. Without ``input`` stdin is /dev/null."""
+        proc = await self.exec(
+            argv,
+            shell=shell,
+            env=env,
+            clear_env=clear_env,
+            cwd=cwd,
+            timeout=timeout,
+            pty=pty,
+            stdin=input is not None,
+        )
+        async with proc:
+            feeder = asyncio.create_task(self._feed(proc, input)) if input is not None else None
+            out, err = bytearray(), bytearray()
+            try:
+                async for event in proc:
+                    if isinstance(event, Exited):
+                        break
+                    (err if event.stream == "stderr" else out).extend(event.data)
+            finally:
+                if feeder is not None:
+                    if not feeder.done():
+                        feeder.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, GuestError):
+                        await feeder
+        assert proc.status is not None
+        return ExecResult(proc.status, bytes(out), bytes(err))
+
+    @staticmethod
+    async def _feed(proc: ExecProcess, data: bytes) -> None:
+        # A process may exit without reading its input: the stream then ends under us, which is fine.
+        with contextlib.suppress(GuestError):
+            await proc.write(data)
+            await proc.close_stdin()
+
+    # --- files -----------------------------------------------------------------------------------------
+
+    async def put_file(
+        self, source: files.Source, remote: str, *, mode: int | None = None, mkdirs: bool = False
+    ) -> int:
+        """Upload a local Path, bytes or async iterable of chunks to ``remote``; returns bytes written.
+
+        The guest file is replaced atomically. ``mode`` defaults to the local file's (0o644 otherwise).
+        """
+        return await files.put_file(self._conn, source, remote, mode=mode, mkdirs=mkdirs)
+
+    async def get_file(self, remote: str, local: Path) -> files.RemoteFile:
+        """Download ``remote`` into ``local`` (replaced atomically, mode bits kept)."""
+        return await files.get_file(self._conn, remote, local)
+
+    async def open_file(self, remote: str) -> files.Download:
+        """Stream a guest file: ``async with await client.open_file(p) as d: async for chunk in d``."""
+        return await files.open_download(self._conn, remote)
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Ask the agent to power the guest off (on a host: to exit); then close the client."""
+        stream = self._conn.open_stream({"op": "shutdown"})
+        try:
+            await stream.recv_until(FrameType.END)
+        except AgentDisconnected:
+            pass  # the agent may be gone before its answer got out
+        finally:
+            stream.close()
+            await self.close()
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    async def wait_closed(self) -> str:
+        """Wait for the agent to drop the connection; returns the reason."""
+        return await self._conn.wait_closed()
+
+    async def __aenter__(self) -> AgentClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+async def connect(endpoint: AgentEndpoint, *, attempt_timeout: float = 10.0) -> AgentClient:
+    """One connection attempt, including the handshake, bounded by ``attempt_timeout`` seconds."""
+    stage = "connect"
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(attempt_timeout):
+            reader, writer = await open_stream(endpoint)
+            if isinstance(endpoint, HybridVsockEndpoint):
+                stage = f"CONNECT {endpoint.port}"
+                await hybrid_vsock_connect((reader, writer), endpoint.port)
+            stage = "CLAWPOT-HELLO"
+            conn = await AgentConnection.open(reader, writer, describe(endpoint))
+    except TimeoutError:
+        if writer is not None:
+            writer.close()
+        raise TimeoutError(f"no reply to {stage} within {attempt_timeout:.3g} s") from None
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        raise
+    return AgentClient(conn, endpoint)
+
+
+async def wait_ready(
+    endpoint: AgentEndpoint,
+    deadline: float = 60.0,
+    *,
+    attempt_timeout: float | None = None,
+    retry_interval: float = 0.2,
+) -> AgentClient:
+    """Connect to the agent, retrying with fresh connections for up to ``deadline`` seconds.
+
+    Each attempt is bounded by ``attempt_timeout`` (default 2 s; for a serial socket the whole remaining
+    deadline, since the agent reads the HELLO queued on the port whenever it starts). Raises
+    ``AgentUnreachable`` naming the endpoint and the last error, or ``ProtocolError`` at once when an agent
+    answered but cannot be talked to.
+    """
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    per_attempt = attempt_timeout or (
+        deadline if isinstance(endpoint, SerialSocketEndpoint) else DEFAULT_ATTEMPT_TIMEOUT
+    )
+    attempts = 0
+    last_error = "no attempt was made"
+    while (remaining := end - loop.time()) > 0:
+        attempts += 1
+        try:
+            return await connect(endpoint, attempt_timeout=min(per_attempt, remaining))
+        except ProtocolError:
+            raise
+        except (OSError, TimeoutError, GuestError) as exc:
+            last_error = str(exc) or type(exc).__name__
+            if isinstance(exc, OSError) and exc.strerror:
+                last_error = exc.strerror if not exc.filename else f"{exc.strerror}: {exc.filename}"
+            log.debug("agent at %s not ready (attempt %d): %s", describe(endpoint), attempts, last_error)
+        await asyncio.sleep(max(0.0, min(retry_interval, end - loop.time())))
+    if isinstance(endpoint, SerialSocketEndpoint) and "no reply" in last_error:
+        last_error += " (a serial port serves one host connection at a time: is another client connected?)"
+    raise AgentUnreachable(describe(endpoint), deadline, last_error, attempts)

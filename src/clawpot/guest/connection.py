@@ -1,0 +1,395 @@
+"""One connection to an agent: handshake, a reader task, and the streams multiplexed over it.
+
+Shaped like qemu.qmp's protocol class: an explicit run state guarding the public methods, replies matched
+to requests through a pending map, and one disconnect path that every reader or writer error goes through
+and that fails every waiter with the same clear error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from clawpot.agent.protocol import (
+    DEFAULT_WINDOW,
+    MAX_LINE,
+    MAX_PAYLOAD,
+    REJECT,
+    RESIZE_PAYLOAD,
+    SIGNAL_PAYLOAD,
+    WELCOME,
+    WINDOW_PAYLOAD,
+    ErrorCode,
+    Frame,
+    FrameDecoder,
+    FrameError,
+    FrameType,
+    Pipe,
+    decode_json,
+    encode_frame,
+    encode_json,
+    find_line,
+    hello_line,
+)
+from clawpot.guest.errors import AgentDisconnected, GuestError, ProtocolError, RemoteError
+
+log = logging.getLogger(__name__)
+
+_READ_SIZE = 256 * 1024
+# Bytes of a previous connection the handshake may skip (serial lines deliver stale output after a
+# reconnect: at most what was queued in the VMM, far below this).
+_MAX_STALE = 16 * 1024 * 1024
+
+
+class RunState(enum.Enum):
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    """What the agent said about itself in its WELCOME line."""
+
+    version: int
+    pid: int | None
+    hostname: str
+    guest: bool
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _remote_error(frame: Frame) -> RemoteError:
+    try:
+        body = decode_json(frame.payload)
+    except ValueError:
+        body = {}
+    return RemoteError(str(body.get("code", "unknown")), str(body.get("message", "agent reported an error")))
+
+
+class Stream:
+    """One session on the connection, from the host's side."""
+
+    def __init__(self, conn: AgentConnection, stream_id: int, window: int) -> None:
+        self.id = stream_id
+        self._conn = conn
+        self._frames: asyncio.Queue[Frame | None] = asyncio.Queue()
+        self._window = window
+        self._unacked = 0
+        self._recv_credit = window  # DATA the agent may still send us
+        self._credit = asyncio.Event()
+        self.send_window = DEFAULT_WINDOW
+        self.final: Frame | None = None  # END or ERROR
+        self._lost: GuestError | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.final is not None or self._lost is not None
+
+    # --- called by the reader task ---------------------------------------------------------------------
+
+    def _deliver(self, frame: Frame) -> None:
+        if frame.type == FrameType.DATA:
+            self._recv_credit -= len(frame.payload)
+            if self._recv_credit < 0:
+                # Our memory bound depends on the agent honouring the window: refuse to buffer more.
+                raise FrameError(ErrorCode.WINDOW_EXCEEDED, f"agent overran the window of stream {self.id}")
+        elif frame.type == FrameType.WINDOW:
+            if len(frame.payload) == WINDOW_PAYLOAD.size:
+                self.send_window += WINDOW_PAYLOAD.unpack(frame.payload)[0]
+                self._credit.set()
+            return
+        if frame.type in (FrameType.END, FrameType.ERROR):
+            self.final = frame
+            self._credit.set()
+        self._frames.put_nowait(frame)
+
+    def _fail(self, exc: GuestError) -> None:
+        self._lost = exc
+        self._credit.set()
+        self._frames.put_nowait(None)
+
+    # --- receiving -------------------------------------------------------------------------------------
+
+    async def recv(self) -> Frame:
+        frame = await self._frames.get()
+        if frame is None:
+            self._frames.put_nowait(None)  # later calls see the loss too
+            assert self._lost is not None
+            raise self._lost
+        return frame
+
+    async def recv_until(self, *types: FrameType) -> Frame:
+        """Next frame of one of ``types``; an ERROR raises RemoteError."""
+        while True:
+            frame = await self.recv()
+            if frame.type == FrameType.ERROR:
+                raise _remote_error(frame)
+            if frame.type in types:
+                return frame
+
+    def consumed(self, nbytes: int) -> None:
+        """The caller took ``nbytes`` of DATA: give the agent that much credit back (batched)."""
+        self._unacked += nbytes
+        if self._unacked >= self._window // 4 and not self.finished:
+            self._conn.send_nowait(FrameType.WINDOW, self.id, WINDOW_PAYLOAD.pack(self._unacked))
+            self._recv_credit += self._unacked
+            self._unacked = 0
+
+    # --- sending ---------------------------------------------------------------------------------------
+
+    def _raise_if_finished(self) -> None:
+        if self._lost is not None:
+            raise self._lost
+        if self.final is not None:
+            if self.final.type == FrameType.ERROR:
+                raise _remote_error(self.final)
+            raise AgentDisconnected(f"stream {self.id} already ended")
+
+    async def send_data(self, data: bytes, pipe: Pipe = Pipe.STDIN) -> None:
+        """Send ``data``, waiting for credit from the agent as needed."""
+        view = memoryview(data)
+        while view:
+            while self.send_window <= 0:
+                self._raise_if_finished()
+                self._credit.clear()
+                await self._credit.wait()
+            self._raise_if_finished()
+            n = min(len(view), MAX_PAYLOAD, self.send_window)
+            self.send_window -= n
+            self._conn.send_nowait(FrameType.DATA, self.id, bytes(view[:n]), pipe)
+            view = view[n:]
+            await self._conn.drain()
+
+    async def send_eof(self, pipe: Pipe = Pipe.STDIN) -> None:
+        self._raise_if_finished()
+        self._conn.send_nowait(FrameType.EOF, self.id, b"", pipe)
+        await self._conn.drain()
+
+    async def send_signal(self, signo: int, group: bool = True) -> None:
+        self._raise_if_finished()
+        self._conn.send_nowait(FrameType.SIGNAL, self.id, SIGNAL_PAYLOAD.pack(signo, int(group)))
+        await self._conn.drain()
+
+    async def send_resize(self, rows: int, cols: int) -> None:
+        self._raise_if_finished()
+        self._conn.send_nowait(FrameType.RESIZE, self.id, RESIZE_PAYLOAD.pack(rows, cols))
+        await self._conn.drain()
+
+    def close(self) -> None:
+        """Forget the stream; if the agent has not ended it, ask it to (kills an exec's processes)."""
+        if not self.finished and self._conn.state is RunState.RUNNING:
+            self._conn.send_nowait(FrameType.CANCEL, self.id)
+        self._conn._forget(self)
+
+
+class AgentConnection:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        name: str,
+        info: AgentInfo,
+        leftover: bytes,
+    ) -> None:
+        self.name = name
+        self.info = info
+        self.state = RunState.RUNNING
+        self._reader = reader
+        self._writer = writer
+        self._streams: dict[int, Stream] = {}
+        self._next_id = 1
+        self._pings: dict[bytes, asyncio.Future[None]] = {}
+        self._agent_error: str | None = None
+        self._closed_reason = ""
+        self._reader_task = asyncio.create_task(self._read_loop(leftover), name=f"agent-reader {name}")
+
+    @classmethod
+    async def open(
+        cls, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, name: str
+    ) -> AgentConnection:
+        """Run the handshake on a fresh byte stream. The caller bounds it with a timeout."""
+        info, leftover = await _handshake(reader, writer, name)
+        return cls(reader, writer, name, info, leftover)
+
+    # --- sending ---------------------------------------------------------------------------------------
+
+    def _check_running(self) -> None:
+        if self.state is not RunState.RUNNING:
+            raise AgentDisconnected(f"connection to agent at {self.name} is closed: {self._closed_reason}")
+
+    def send_nowait(self, ftype: FrameType, stream: int, payload: bytes = b"", flags: int = 0) -> None:
+        self._check_running()
+        self._writer.write(encode_frame(ftype, stream, payload, flags))
+
+    async def drain(self) -> None:
+        try:
+            await self._writer.drain()
+        except (ConnectionError, OSError) as exc:
+            self._disconnect(f"write failed: {exc}")
+            self._check_running()
+
+    def open_stream(self, request: dict[str, Any], window: int = DEFAULT_WINDOW) -> Stream:
+        self._check_running()
+        stream = Stream(self, self._next_id, window)
+        self._next_id += 1
+        self._streams[stream.id] = stream
+        self.send_nowait(FrameType.OPEN, stream.id, encode_json({**request, "window": window}))
+        return stream
+
+    def _forget(self, stream: Stream) -> None:
+        self._streams.pop(stream.id, None)
+
+    async def ping(self) -> float:
+        """Round trip to the agent's event loop, in seconds."""
+        token = secrets.token_bytes(8)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pings[token] = fut
+        started = time.perf_counter()
+        try:
+            self.send_nowait(FrameType.PING, 0, token)
+            await self.drain()
+            await fut
+        finally:
+            self._pings.pop(token, None)
+        return time.perf_counter() - started
+
+    # --- receiving -------------------------------------------------------------------------------------
+
+    async def _read_loop(self, leftover: bytes) -> None:
+        decoder = FrameDecoder()
+        decoder.feed(leftover)
+        reason = "agent closed the connection"
+        try:
+            while True:
+                while (frame := decoder.next()) is not None:
+                    self._dispatch(frame)
+                data = await self._reader.read(_READ_SIZE)
+                if not data:
+                    break
+                decoder.feed(data)
+        except FrameError as exc:
+            reason = f"protocol violation by the agent: {exc}"
+        except (ConnectionError, OSError) as exc:
+            reason = f"read failed: {exc}"
+        except asyncio.CancelledError:
+            reason = "closed by the client"
+        finally:
+            if self._agent_error and self.state is RunState.RUNNING:
+                reason = f"{reason} ({self._agent_error})"
+            self._disconnect(reason)
+
+    def _dispatch(self, frame: Frame) -> None:
+        ftype = frame.type
+        if frame.stream and ftype not in (FrameType.PING, FrameType.PONG):
+            stream = self._streams.get(frame.stream)
+            if stream is not None:  # else: a stream we already let go of
+                if ftype in (FrameType.END, FrameType.ERROR):
+                    self._streams.pop(frame.stream, None)
+                stream._deliver(frame)
+            return
+        if ftype == FrameType.PONG:
+            fut = self._pings.get(frame.payload)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        elif ftype == FrameType.PING:
+            self.send_nowait(FrameType.PONG, frame.stream, frame.payload)
+        elif ftype == FrameType.ERROR:
+            error = _remote_error(frame)
+            log.warning("agent at %s reports: %s", self.name, error)
+            self._agent_error = str(error)
+        else:
+            log.debug("agent at %s: ignoring frame type 0x%02x on stream 0", self.name, ftype)
+
+    # --- disconnect ------------------------------------------------------------------------------------
+
+    def _disconnect(self, reason: str) -> None:
+        if self.state is RunState.CLOSED:
+            return
+        was_closing = self.state is RunState.CLOSING
+        self.state = RunState.CLOSED
+        self._closed_reason = reason
+        if not was_closing:
+            log.info("connection to agent at %s lost: %s", self.name, reason)
+        error = AgentDisconnected(f"connection to agent at {self.name} lost: {reason}")
+        for stream in list(self._streams.values()):
+            stream._fail(error)
+        self._streams.clear()
+        for fut in self._pings.values():
+            if not fut.done():
+                fut.set_exception(error)
+        self._writer.close()
+
+    async def close(self) -> None:
+        if self.state is RunState.RUNNING:
+            self.state = RunState.CLOSING
+            self._closed_reason = "closed by the client"
+            self._writer.close()
+        self._reader_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader_task
+        with contextlib.suppress(ConnectionError, OSError):
+            await self._writer.wait_closed()
+
+    async def wait_closed(self) -> str:
+        """Wait until the agent side goes away; returns why."""
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(self._reader_task)
+        return self._closed_reason
+
+
+async def _handshake(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, name: str
+) -> tuple[AgentInfo, bytes]:
+    """Send HELLO with a fresh nonce and skip everything up to the agent's answer carrying that nonce."""
+    nonce = secrets.token_hex(8)
+    writer.write(hello_line(nonce))
+    await writer.drain()
+    welcome = WELCOME + nonce.encode() + b" "
+    rejects = (REJECT + nonce.encode() + b" ", REJECT + b"- ")
+    buf = bytearray()
+    skipped = 0
+    while True:
+        for prefix in rejects:
+            if (found := find_line(buf, prefix)) is not None:
+                reason = bytes(buf[found[0] + len(prefix) : found[1]]).decode(errors="replace")
+                raise ProtocolError(f"agent at {name} rejected the handshake: {reason}")
+        if (found := find_line(buf, welcome)) is not None:
+            at, newline = found
+            return _parse_welcome(bytes(buf[at + len(welcome) : newline]), name), bytes(buf[newline + 1 :])
+        # Keep only what could still become one of our lines.
+        keep_from = min((i for i in (buf.find(p) for p in (welcome, *rejects)) if i >= 0), default=-1)
+        if keep_from < 0:
+            keep_from = max(0, len(buf) - len(welcome))
+        elif len(buf) - keep_from > 64 * MAX_LINE:
+            raise ProtocolError(f"agent at {name} sent an overlong handshake line")
+        skipped += keep_from
+        del buf[:keep_from]
+        if skipped > _MAX_STALE:
+            raise ProtocolError(f"agent at {name}: no handshake reply in {skipped} bytes")
+        chunk = await reader.read(_READ_SIZE)
+        if not chunk:
+            raise ConnectionResetError("connection closed before the agent answered the handshake")
+        buf += chunk
+
+
+def _parse_welcome(rest: bytes, name: str) -> AgentInfo:
+    version_text, _, info_text = rest.partition(b" ")
+    try:
+        version = int(version_text)
+        details = decode_json(info_text) if info_text else {}
+    except ValueError as exc:
+        raise ProtocolError(f"agent at {name} sent a malformed welcome: {exc}") from None
+    pid = details.get("pid")
+    return AgentInfo(
+        version=version,
+        pid=pid if isinstance(pid, int) else None,
+        hostname=str(details.get("hostname", "")),
+        guest=bool(details.get("guest", False)),
+        details=details,
+    )

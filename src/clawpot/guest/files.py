@@ -1,0 +1,149 @@
+"""File transfer to and from the guest, streamed in chunks: neither side ever holds a whole file.
+
+Local disk I/O runs in worker threads so a slow disk never stalls the event loop (and with it every
+other session on the connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+from clawpot.agent.protocol import MAX_PAYLOAD, FrameType, Pipe, decode_json
+from clawpot.guest.connection import AgentConnection, Stream
+from clawpot.guest.errors import GuestError, ProtocolError
+
+_LOCAL_CHUNK = 4 * MAX_PAYLOAD
+
+Source = Path | bytes | AsyncIterable[bytes]
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    size: int
+    mode: int
+
+
+async def _read_local(path: Path) -> AsyncIterator[bytes]:
+    f: BinaryIO = await asyncio.to_thread(open, path, "rb")
+    try:
+        while chunk := await asyncio.to_thread(f.read, _LOCAL_CHUNK):
+            yield chunk
+    finally:
+        await asyncio.to_thread(f.close)
+
+
+async def _from_bytes(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def put_file(
+    conn: AgentConnection, source: Source, remote: str, *, mode: int | None = None, mkdirs: bool = False
+) -> int:
+    """Upload ``source`` to the absolute guest path ``remote`` (atomically replaced); returns its size."""
+    chunks: AsyncIterable[bytes]
+    if isinstance(source, Path):
+        if mode is None:
+            mode = (await asyncio.to_thread(source.stat)).st_mode & 0o7777
+        chunks = _read_local(source)
+    elif isinstance(source, bytes | bytearray | memoryview):
+        chunks = _from_bytes(bytes(source))
+    else:
+        chunks = source
+    stream = conn.open_stream(
+        {"op": "put", "path": remote, "mode": 0o644 if mode is None else mode, "mkdirs": mkdirs}
+    )
+    try:
+        try:
+            async for chunk in chunks:
+                await stream.send_data(chunk, Pipe.STDIN)
+            await stream.send_eof(Pipe.STDIN)
+        except GuestError:
+            if stream.final is None:  # not ended by the agent: the real error is ours
+                raise
+        end = await stream.recv_until(FrameType.END)
+        size = decode_json(end.payload).get("size")
+        if not isinstance(size, int):
+            raise ProtocolError("malformed put result from the agent")
+        return size
+    finally:
+        stream.close()
+
+
+class Download:
+    """A guest file being read: ``async for chunk in download``; use as an async context manager."""
+
+    def __init__(self, stream: Stream, info: RemoteFile) -> None:
+        self._stream = stream
+        self.info = info
+        self.received = 0
+        self.complete = False
+
+    def __aiter__(self) -> Download:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.complete:
+            raise StopAsyncIteration
+        frame = await self._stream.recv_until(FrameType.DATA, FrameType.END)
+        if frame.type == FrameType.END:
+            self.complete = True
+            self._stream.close()
+            if self.received != self.info.size:
+                # The file changed while we read it; what we got is still a consistent byte stream.
+                self.info = RemoteFile(self.info.path, self.received, self.info.mode)
+            raise StopAsyncIteration
+        self.received += len(frame.payload)
+        self._stream.consumed(len(frame.payload))
+        return frame.payload
+
+    async def __aenter__(self) -> Download:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        with contextlib.suppress(GuestError):
+            self._stream.close()
+
+
+async def open_download(conn: AgentConnection, remote: str) -> Download:
+    stream = conn.open_stream({"op": "get", "path": remote})
+    try:
+        info = decode_json((await stream.recv_until(FrameType.INFO)).payload)
+    except BaseException:
+        stream.close()
+        raise
+    size, mode = info.get("size"), info.get("mode")
+    if not isinstance(size, int) or not isinstance(mode, int):
+        stream.close()
+        raise ProtocolError("malformed file info from the agent")
+    return Download(stream, RemoteFile(remote, size, mode))
+
+
+async def get_file(conn: AgentConnection, remote: str, local: Path) -> RemoteFile:
+    """Download ``remote`` to ``local`` (written to a temporary file, then renamed; mode bits kept)."""
+    tmp = local.with_name(f".{local.name}.{secrets.token_hex(4)}.part")
+    async with await open_download(conn, remote) as download:
+        f: BinaryIO = await asyncio.to_thread(open, tmp, "wb")
+        try:
+            try:
+                async for chunk in download:
+                    await asyncio.to_thread(f.write, chunk)
+            finally:
+                await asyncio.to_thread(f.close)
+            await asyncio.to_thread(os.chmod, tmp, download.info.mode & 0o777)
+            await asyncio.to_thread(os.replace, tmp, local)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        return download.info
