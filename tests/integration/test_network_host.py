@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from clawpot.network import (
@@ -208,3 +209,34 @@ def test_qemu_opens_the_tap(ns: NetNamespace, db: Path, qemu_bin: Path) -> None:
         qemu.kill()
         _, err = qemu.communicate(timeout=30)
     assert "could not" not in err.lower(), err
+
+
+def test_firecracker_opens_the_tap(ns: NetNamespace, db: Path, tmp_path: Path, firecracker_bin: Path) -> None:
+    """Firecracker opens the TAP when its network interface is configured (no guest is booted)."""
+
+    def attach() -> NetworkSlot:
+        manager = NetworkManager(db)
+        manager.setup()
+        return manager.attach_vm("vm-fc")
+
+    slot = ns.call(attach)
+    sock = tmp_path / "fc.sock"
+    fc = ns.popen(
+        [str(firecracker_bin), "--api-sock", str(sock)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists() and time.monotonic() < deadline and fc.poll() is None:
+            time.sleep(0.05)
+        with httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://fc", timeout=10
+        ) as api:
+            reply = api.put(
+                "/network-interfaces/eth0",
+                json={"iface_id": "eth0", "host_dev_name": slot.tap_name, "guest_mac": slot.mac},
+            )
+        assert reply.status_code == 204, reply.text
+        assert "LOWER_UP" in ns.ip_json("link", "show", slot.tap_name)[0]["flags"]
+    finally:
+        fc.kill()
+        fc.communicate(timeout=30)

@@ -322,7 +322,7 @@ def _checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def icmp_echo(dst: str, timeout: float = 1.0, source: str | None = None) -> bool:
+def icmp_echo(dst: str, timeout: float = 5.0, source: str | None = None) -> bool:
     """One ICMP echo request (raw socket, root); True if the matching reply came back in time."""
     ident, seq = os.getpid() & 0xFFFF, 1
     payload = b"clawpot-test"
@@ -349,7 +349,7 @@ def icmp_echo(dst: str, timeout: float = 1.0, source: str | None = None) -> bool
     return False
 
 
-def tcp_exchange(dst: str, port: int, timeout: float = 2.0) -> str:
+def tcp_exchange(dst: str, port: int, timeout: float = 5.0) -> str:
     """Connect and read what the server says: the peer address it saw, or the error's errno name."""
     try:
         with socket.create_connection((dst, port), timeout=timeout) as sock:
