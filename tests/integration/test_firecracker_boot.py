@@ -1,0 +1,160 @@
+"""The real kernel on the real Firecracker: configuration accepted, InstanceStart, the kernel's own
+console output, and the VM's end detected.
+
+On kvm_pvm hosts the guest dies ~10 s in with KVM_EXIT_INTERNAL_ERROR; on real KVM hosts it boots on.
+Neither is required: if the guest is still running when the exit test comes, the test kills
+firecracker itself, which is the same "unexpected exit" from the VM's point of view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from firecracker_helpers import process_gone, require_available, wait_until
+
+from clawpot.vm import procfs
+from clawpot.vm.config import VmConfig
+from clawpot.vm.machine import Vm
+from clawpot.vm.state import VmState
+from clawpot.vmm.firecracker import models
+from clawpot.vmm.firecracker.backend import FirecrackerBackend
+from clawpot.vmm.firecracker.handle import FirecrackerVmm
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+# The guest prints its command line in its first second; under a loaded 2-core host give it room.
+CONSOLE_DEADLINE = 120.0
+# How long the exit test lets a natural guest exit happen before causing one.
+NATURAL_EXIT_WAIT = 60.0
+
+
+@dataclass
+class Booted:
+    vm: Vm
+    vmm: FirecrackerVmm
+    pid: int
+    ticks: int | None
+    instance: models.InstanceInfo
+    machine: models.MachineConfigurationInfo
+    gone_at: list[float]  # when /proc stopped showing the process (filled by a watcher thread)
+
+
+def watch_pid(pid: int, ticks: int | None, gone_at: list[float]) -> None:
+    """Independent of the VM's own watcher: note when the process disappears from /proc."""
+
+    def poll() -> None:
+        while not process_gone(pid, ticks) and procfs.is_alive(pid, ticks):
+            time.sleep(0.005)
+        gone_at.append(time.time())
+
+    threading.Thread(target=poll, daemon=True).start()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def booted(
+    installed_assets: Any, firecracker_bin: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Booted]:
+    backend = FirecrackerBackend(firecracker_bin)
+    require_available(backend.capabilities())
+    config = VmConfig(
+        installed_assets.kernel, installed_assets.rootfs, vcpus=1, memory_mib=256, wait_ready=False
+    )
+    vm = Vm(config, backend, root=tmp_path_factory.mktemp("vms"), stop_grace=1.0)
+    try:
+        await vm.start()
+        vmm = vm.vmm
+        assert isinstance(vmm, FirecrackerVmm) and vmm.pid is not None
+        ticks = procfs.start_ticks(vmm.pid)
+        gone_at: list[float] = []
+        watch_pid(vmm.pid, ticks, gone_at)
+        # Read right after InstanceStart was acknowledged, before the guest can have died.
+        instance = await vmm.client.instance_info()
+        machine = await vmm.client.machine_config()
+        yield Booted(vm, vmm, vmm.pid, ticks, instance, machine, gone_at)
+    finally:
+        await vm.stop(grace=0)
+
+
+async def test_configuration_accepted_and_instance_started(booted: Booted) -> None:
+    assert [t.target for t in booted.vm.machine.history][:2] == [VmState.STARTING, VmState.RUNNING]
+    assert booted.instance.state is models.InstanceState.RUNNING
+    assert (booted.machine.vcpu_count, booted.machine.mem_size_mib) == (1, 256)
+    log = booted.vmm.log_path.read_text()
+    for resource in (
+        "/machine-config",
+        "/boot-source",
+        "/drives/rootfs",
+        "/drives/scratch",
+        "/vsock",
+        "/actions",
+    ):
+        assert f'Put request on "{resource}"' in log, resource
+    assert "Status code: 400" not in log
+
+
+async def test_serial_console_shows_the_kernel_and_the_exact_boot_args(booted: Booted) -> None:
+    serial = booted.vmm.serial_log
+    spec = booted.vm.spec
+    assert spec is not None
+    expected = f"Command line: {spec.boot_args}"
+
+    def printed() -> bool:
+        text = serial.read_text(errors="replace")
+        return "Linux version" in text and expected in text
+
+    await asyncio.to_thread(wait_until, printed, CONSOLE_DEADLINE, 0.1)
+    text = serial.read_text(errors="replace")
+    assert "Linux version" in text, text[-2000:]
+    assert expected in text, text[-2000:]
+    # Firecracker only appends its virtio-mmio devices; our arguments come first and intact.
+    command_line = next(line for line in text.splitlines() if "Command line: " in line)
+    print(f"\n{command_line.strip()}")
+    assert "clawpot.overlay=/dev/vdb" in command_line and "virtio_mmio.device=" in command_line
+
+
+async def test_unexpected_exit_moves_the_vm_to_error_and_reaps(booted: Booted) -> None:
+    vm = booted.vm
+    caused = False
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(NATURAL_EXIT_WAIT):
+            await vm.wait_for(VmState.ERROR)
+    if vm.state is VmState.RUNNING:
+        # The guest booted on (a real KVM host): make the exit happen.
+        caused = True
+        booted.vmm.process.send_signal(signal.SIGKILL)
+        async with asyncio.timeout(30):
+            await vm.wait_for(VmState.ERROR)
+    assert vm.state is VmState.ERROR
+    reason = vm.reason
+    assert reason.startswith("firecracker exited with code") or reason.startswith("firecracker killed by")
+    if caused:
+        assert reason == "firecracker killed by SIGKILL"
+    error = vm.machine.history[-1]
+    assert (error.source, error.target, error.reason) == (VmState.RUNNING, VmState.ERROR, reason)
+    assert process_gone(booted.pid, booted.ticks), "firecracker must be reaped, not left a zombie"
+    await asyncio.to_thread(wait_until, lambda: bool(booted.gone_at), 5)
+    delay = error.at - booted.gone_at[0] if booted.gone_at else float("nan")
+    print(f"\nexit {'caused by the test' if caused else 'by the guest'}: {reason}")
+    print(f"Error recorded {delay:+.3f}s after the process left /proc (negative: before the poller saw it)")
+
+
+async def test_stop_after_the_error_removes_everything(booted: Booted) -> None:
+    vm = booted.vm
+    directory = vm.directory
+    assert directory is not None and directory.exists()
+    assert (directory.path / "serial.log").exists()  # kept while in Error, for inspection
+    await vm.stop()
+    assert vm.state is VmState.STOPPED
+    assert [t.target for t in vm.machine.history][-2:] == [VmState.STOPPING, VmState.STOPPED]
+    assert not directory.path.exists()
+    assert not booted.vmm.api_socket.exists() and not booted.vmm.vsock_path.exists()
