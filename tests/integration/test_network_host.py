@@ -240,3 +240,10 @@ def test_firecracker_opens_the_tap(ns: NetNamespace, db: Path, tmp_path: Path, f
     finally:
         fc.kill()
         fc.communicate(timeout=30)
+
+
+def test_setup_without_nft_changes_nothing(ns: NetNamespace, db: Path) -> None:
+    before = snapshot(ns)
+    with pytest.raises(ToolMissing, match="install the nftables package"):
+        ns.call(lambda: NetworkManager(db, nft="/nonexistent/nft").setup())
+    assert snapshot(ns) == before

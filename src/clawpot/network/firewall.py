@@ -17,6 +17,7 @@ no packet ever sees a half-applied state.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
@@ -128,6 +129,8 @@ class Firewall:
     def nft(self) -> str:
         if self._nft is None:
             self._nft = find_nft()
+        elif not os.access(self._nft, os.X_OK):
+            raise ToolMissing(f"{self._nft} is not an executable nft: install the nftables package")
         return self._nft
 
     def apply(self, slots: Sequence[NetworkSlot]) -> None:
