@@ -9,8 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from clawpot.vmm import probe
+import pytest
+
+from clawpot.paths import DATA_DIR_ENV
+from clawpot.vmm import probe, registry
 from clawpot.vmm.qemu.cmdline import Accel
+from clawpot.vmm.spec import BackendKind
 
 
 class InstalledAssets(Protocol):  # the part of tests/conftest.py's fixture value used here
@@ -56,3 +60,18 @@ async def test_probe_of_a_guest_that_dies_early(installed_assets: InstalledAsset
     booted, why = await probe.boot_probe(installed_assets.kernel, empty, accel=Accel.TCG, boot_timeout=60)
     assert not booted
     assert why.startswith("guest ended before userland")
+
+
+async def test_auto_backend_follows_the_probe(
+    installed_assets: InstalledAssets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
+    result = await probe.probe_accelerator(installed_assets.kernel, installed_assets.rootfs)
+    expected = BackendKind.FIRECRACKER if result.kvm_boots_guests else BackendKind.QEMU
+    assert registry.resolve("auto") is expected
+    assert registry.resolve("qemu") is BackendKind.QEMU
+    backend = registry.get_backend("qemu")
+    capabilities = backend.capabilities()
+    assert capabilities.available and capabilities.boots_guests
+    if result.method == "boot":
+        assert result.summary() in capabilities.detail

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ import pytest
 from clawpot.vm import procfs
 from clawpot.vmm.base import VmmConfigError
 from clawpot.vmm.qemu.cmdline import Accel
+from clawpot.vmm.qemu.facts import qemu_facts
 from clawpot.vmm.qemu.process import QemuProcess
 from clawpot.vmm.qemu.qmp import QmpControl, QmpError
 from clawpot.vmm.spec import Drive, VmSpec
@@ -65,6 +67,15 @@ async def test_running_vm_answers_qmp(idle_vm: QemuProcess) -> None:
         await idle_vm.qmp.execute("no-such-command")
     # The failed command did not break the channel.
     assert await idle_vm.qmp.status() == "running"
+
+
+async def test_status_facts(idle_vm: QemuProcess, tmp_path: Path) -> None:
+    facts = await qemu_facts(idle_vm.control_socket, data=tmp_path)
+    assert facts["vmm_state"] == "running"
+    assert (facts["vcpus"], facts["memory_mib"], facts["accelerator"]) == (1, 128, "tcg")
+    assert re.fullmatch(r"qemu \d+\.\d+\.\d+", facts["vmm_version"])
+    gone = await qemu_facts(tmp_path / "nothing.sock", data=tmp_path)
+    assert "vmm_error" in gone and "vmm_state" not in gone
 
 
 async def test_kill_9_from_outside_is_seen_at_once(idle_vm: QemuProcess) -> None:

@@ -4,6 +4,7 @@
 - ``qmp``      control over QMP via ``qemu.qmp``: status, ACPI power button, quit (``QmpError``).
 - ``process``  ``QemuProcess``: spawn, wait for the guest CPU to run, pidfd exit watch, stop, reap.
 - ``backend``  ``QemuBackend``: binary lookup, accelerator and agent-transport choice, ``prepare``.
+- ``facts``    ``qemu_facts``: a running VM's state, size, version and accelerator, for status reports.
 
 The accelerator probe lives in ``clawpot.vmm.probe`` (it is about the host, not about QEMU only).
 Errors are ``clawpot.vmm.base.VmmError`` subclasses; ``qmp.QmpError`` is the only one added here.

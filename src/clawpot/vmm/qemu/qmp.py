@@ -32,15 +32,27 @@ class QmpControl:
         self._lock = asyncio.Lock()
 
     async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> object:
+        return (await self.execute_all((command, arguments)))[0]
+
+    async def query(self, *commands: str) -> list[object]:
+        """Several argument-less commands over one connection (``query-*`` for a status report)."""
+        return await self.execute_all(*((command, None) for command in commands))
+
+    async def execute_all(self, *calls: tuple[str, dict[str, Any] | None]) -> list[object]:
         async with self._lock:
             client = QMPClient("clawpot")
+            command = "connect"
             try:
                 async with asyncio.timeout(self.timeout):
                     await client.connect(str(self.socket_path))
-                    return await client.execute(command, arguments)
+                    replies = []
+                    for command, arguments in calls:
+                        replies.append(await client.execute(command, arguments))
+                    return replies
             except (QMPError, OSError, EOFError, TimeoutError) as exc:
                 detail = str(exc) or type(exc).__name__
-                raise QmpError(f"QMP {command} on {self.socket_path}: {detail}") from exc
+                what = command if command != "connect" else calls[0][0]
+                raise QmpError(f"QMP {what} on {self.socket_path}: {detail}") from exc
             finally:
                 try:
                     await client.disconnect()
