@@ -26,8 +26,9 @@ from clawpot.vmm.base import ExitInfo, VmmStartError
 
 log = logging.getLogger(__name__)
 
-# How often the API socket is polled while firecracker starts (it usually takes a few ms).
-_API_POLL_INTERVAL = 0.005
+# How often the API socket is polled while firecracker starts: it appears within a few ms, so a coarse
+# interval would dominate the wait.
+_API_POLL_INTERVAL = 0.001
 # The tail of the log read when explaining an exit; errors are always near the end.
 _LOG_TAIL_BYTES = 64 * 1024
 # Error lines Firecracker prints on every failing exit; they only repeat the exit code.
