@@ -32,7 +32,9 @@ CREATE TABLE IF NOT EXISTS vms (
     error       TEXT NOT NULL DEFAULT '',
     vm_dir      TEXT NOT NULL,
     pid         INTEGER,
-    allow_peers INTEGER NOT NULL DEFAULT 0
+    allow_peers INTEGER NOT NULL DEFAULT 0,
+    vmm_start_ticks INTEGER,
+    agent_endpoint  TEXT NOT NULL DEFAULT ''
 );
 """
 
@@ -51,6 +53,9 @@ class VmRecord:
     error: str = ""
     pid: int | None = None
     allow_peers: bool = False
+    # Identify the VMM process across server restarts (PID + start time) and how to reach its agent.
+    vmm_start_ticks: int | None = None
+    agent_endpoint: str = ""
 
     def with_(self, **changes: object) -> VmRecord:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -101,8 +106,8 @@ class Store:
             with self._tx() as db:
                 db.execute(
                     "INSERT INTO vms (id, state, backend, vcpus, memory_mib, ip_address, labels,"
-                    " created_at, error, vm_dir, pid, allow_peers)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " created_at, error, vm_dir, pid, allow_peers, vmm_start_ticks, agent_endpoint)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     _row(rec),
                 )
         except sqlite3.IntegrityError as exc:
@@ -112,7 +117,8 @@ class Store:
         with self._tx() as db:
             db.execute(
                 "UPDATE vms SET state=?, backend=?, vcpus=?, memory_mib=?, ip_address=?, labels=?,"
-                " created_at=?, error=?, vm_dir=?, pid=?, allow_peers=? WHERE id=?",
+                " created_at=?, error=?, vm_dir=?, pid=?, allow_peers=?, vmm_start_ticks=?, agent_endpoint=?"
+                " WHERE id=?",
                 (*_row(rec)[1:], rec.id),
             )
 
@@ -145,6 +151,8 @@ def _row(rec: VmRecord) -> tuple[object, ...]:
         str(rec.vm_dir),
         rec.pid,
         int(rec.allow_peers),
+        rec.vmm_start_ticks,
+        rec.agent_endpoint,
     )
 
 
@@ -162,4 +170,6 @@ def _record(row: sqlite3.Row) -> VmRecord:
         vm_dir=Path(row["vm_dir"]),
         pid=row["pid"],
         allow_peers=bool(row["allow_peers"]),
+        vmm_start_ticks=row["vmm_start_ticks"],
+        agent_endpoint=row["agent_endpoint"],
     )

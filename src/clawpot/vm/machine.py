@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from clawpot import paths
 from clawpot.assets.bootargs import guest_cmdline
 from clawpot.assets.scratch import make_scratch_disk
+from clawpot.guest import AgentClient, wait_ready
 from clawpot.guest.endpoints import AgentEndpoint
 from clawpot.vm import procfs, validation
 from clawpot.vm.config import VmConfig
@@ -73,6 +73,8 @@ class Vm:
         self.directory: VmDirectory | None = None
         self.spec: VmSpec | None = None
         self.vmm: VmmProcess | None = None
+        # The agent connection readiness opened (when the boot waited for it); closed on stop.
+        self.agent: AgentClient | None = None
         self.created_at = time.time()
         self.started_at: float | None = None
         self._cleanup = contextlib.AsyncExitStack()
@@ -295,32 +297,33 @@ async def _start_vmm(vm: Vm) -> Undo:
     return kill
 
 
-async def _wait_for_agent(vm: Vm) -> None:
+async def _wait_for_agent(vm: Vm) -> Undo:
     assert vm.vmm is not None
     endpoint = vm.vmm.agent_endpoint
     if endpoint is None:
         raise VmError("cannot wait for the agent: the VM has no agent channel")
-    ready = asyncio.create_task(_agent_ready(endpoint, vm.config.ready_timeout))
+    ready = asyncio.create_task(wait_ready(endpoint, vm.config.ready_timeout))
     exited = asyncio.create_task(vm.vmm.wait())
     try:
         done, _ = await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (ready, exited):
-            task.cancel()
-    if exited in done:
+        exited.cancel()
+        if not ready.done():
+            ready.cancel()
+    if ready not in done:
+        with contextlib.suppress(BaseException):
+            await ready
         raise VmError(exited.result().reason)
-    ready.result()
+    # Kept open and handed to whoever uses the VM next: a serial-port channel serves exactly one host
+    # connection, so closing this one and opening another would only add a reconnect.
+    agent = ready.result()
+    vm.agent = agent
 
+    async def close() -> None:
+        vm.agent = None
+        await agent.close()
 
-async def _agent_ready(endpoint: AgentEndpoint, seconds: float) -> None:
-    # clawpot.guest provides the client; looked up at call time so this layer does not need it to
-    # exist for VMs started without readiness (the driver on hosts where guests never reach userland).
-    guest = importlib.import_module("clawpot.guest")
-    wait_ready: Callable[[AgentEndpoint, float], Awaitable[object]] | None
-    wait_ready = getattr(guest, "wait_ready", None)
-    if wait_ready is None:
-        raise VmError("the agent client (clawpot.guest.wait_ready) is not available")
-    await wait_ready(endpoint, seconds)
+    return close
 
 
 def boot_steps(config: VmConfig) -> list[Step]:

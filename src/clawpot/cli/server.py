@@ -1,0 +1,89 @@
+"""`clawpot-server`: run the gRPC service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from clawpot.paths import data_dir as default_data_dir
+from clawpot.server.app import DEFAULT_LISTEN, ServerConfig, serve
+from clawpot.server.manager import ManagerConfig, ManagerError
+from clawpot.vmm.spec import BackendKind
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--listen",
+    "listen",
+    multiple=True,
+    metavar="ADDR",
+    help=f"HOST:PORT or unix:/path (repeatable; unix sockets are mode 0600). Default {DEFAULT_LISTEN}.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="CLAWPOT_DATA_DIR",
+    help="Assets, VM directories and state.db live here (default /var/lib/clawpot).",
+)
+@click.option(
+    "--vmm",
+    type=click.Choice(["auto", "firecracker", "qemu"]),
+    default="auto",
+    show_default=True,
+    help="Default hypervisor for VMs that do not ask for one; auto probes the host's KVM.",
+)
+@click.option("--bridge", default="clawpot-br0", show_default=True, help="Bridge the VMs' TAPs attach to.")
+@click.option("--subnet", default="192.168.100.0/24", show_default=True, help="VM subnet; gateway is .1.")
+@click.option("--no-network", is_flag=True, help="Create VMs without network interfaces (no bridge/NAT).")
+@click.option(
+    "--ready-timeout",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="Seconds a new VM's agent has to answer before the VM goes to Error.",
+)
+@click.option(
+    "--stop-vms-on-exit",
+    is_flag=True,
+    help="On SIGTERM stop every VM. Default: leave them running; the next start adopts them.",
+)
+@click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
+def main(
+    listen: tuple[str, ...],
+    data_dir: Path | None,
+    vmm: str,
+    bridge: str,
+    subnet: str,
+    no_network: bool,
+    ready_timeout: float,
+    stop_vms_on_exit: bool,
+    verbose: bool,
+) -> None:
+    """Serve the Clawpot API: create, list, delete VMs and exec/copy files in them."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = ServerConfig(
+        listen=listen or (DEFAULT_LISTEN,),
+        stop_vms_on_exit=stop_vms_on_exit,
+        manager=ManagerConfig(
+            data_dir=default_data_dir(data_dir),
+            default_backend=None if vmm == "auto" else BackendKind(vmm),
+            bridge=None if no_network else bridge,
+            subnet=subnet,
+            ready_timeout=ready_timeout,
+        ),
+    )
+    try:
+        asyncio.run(serve(config))
+    except ManagerError as exc:
+        click.echo(f"clawpot-server: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"clawpot-server: {exc}", err=True)
+        sys.exit(1)
