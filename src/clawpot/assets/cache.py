@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -94,7 +95,7 @@ class BuildCache:
             # Rename first so a crash mid-delete cannot leave a damaged entry under its real name.
             doomed = self._tmp_root() / f"discard-{kind}-{key}.{os.getpid()}"
             os.replace(path, doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
+            remove_tree(doomed)
 
     def _tmp_root(self) -> Path:
         tmp = self.root / "tmp"
@@ -115,7 +116,7 @@ class BuildCache:
             yield staging
             self._commit(kind, key, staging)
         finally:
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)
             os.close(lock_fd)
 
     def _commit(self, kind: str, key: str, staging: Staging) -> None:
@@ -162,6 +163,38 @@ class BuildCache:
                     continue  # a live build
                 finally:
                     os.close(fd)
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)
             removed.append(path)
         return removed
+
+
+def mounts_under(path: Path) -> list[Path]:
+    """Mount points at or below ``path``, deepest first (from /proc/self/mountinfo)."""
+    root = os.path.realpath(path)
+    found = []
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        # Field 5 is the mount point, with spaces and the like octal-escaped.
+        point = line.split(" ")[4].encode().decode("unicode_escape")
+        if point == root or point.startswith(root + "/"):
+            found.append(Path(point))
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a build directory, never reaching into a mount inside it.
+
+    A build killed hard (mmdebstrap mounts /proc, /sys and parts of /dev in its chroot) can leave
+    mounts behind; deleting through them would delete host files. They are ours (they lie inside our
+    temporary directory), so they are detached first; if that fails the directory is left in place.
+    """
+    if not path.exists():
+        return
+    for point in mounts_under(path):
+        subprocess.run(["umount", "--lazy", str(point)], capture_output=True, check=False)
+    if mounts_under(path):
+        return
+    shutil.rmtree(path, ignore_errors=True)

@@ -165,8 +165,7 @@ class Installer:
                 continue
             name = check.name
             mode = 0o755 if name in _EXECUTABLES else 0o644
-            with self.reporter.step(f"installing {name}"):
-                digest = atomic_copy(entry.file(name), self.assets_dir / name, mode)
+            digest = atomic_copy(entry.file(name), self.assets_dir / name, mode)
             if digest != entry.files[name]:
                 self.cache.discard(recipe.kind, key)
                 raise VerifyError(f"{entry.file(name)} changed while being copied; run the install again")

@@ -43,7 +43,7 @@ DPKG_OPTIONS = (
     "path-exclude=/usr/share/locale/*",
     "path-exclude=/usr/share/lintian/*",
 )
-BASE_RECIPE_VERSION = "1"
+BASE_RECIPE_VERSION = "2"
 IMAGE_RECIPE_VERSION = "1"
 BASE_KIND = "rootfs-base"
 BASE_OUTPUT = "base.tar"
@@ -125,9 +125,11 @@ class BaseRecipe:
             *mirrors,
         ]
         with reporter.step(f"building the Debian {SUITE} base with mmdebstrap (about a minute)") as step:
-            run_logged(argv, log=log, step=step, what="mmdebstrap")
+            # Its chroot lives in our build directory, so a killed build's leftovers are cleaned with it.
+            env = {**os.environ, "TMPDIR": str(staging.work)}
+            run_logged(argv, log=log, step=step, what="mmdebstrap", env=env)
         python = _package_version(staging.out / BASE_OUTPUT)
-        staging.meta.update(version=f"debian {SUITE}, python3-minimal {python}", source=self.describe())
+        staging.meta.update(version=f"{SUITE}, python3 {python}", source=self.describe())
 
 
 def _package_version(tarball: Path, package: str = "python3-minimal") -> str:
@@ -232,7 +234,7 @@ class ImageRecipe:
             )
             run_logged([e2fsck, "-fn", image], log=log, step=step, what="checking the new image")
         staging.meta.update(
-            version=f"{base.meta.get('version', SUITE)}, agent {self.key()[:12]}",
+            version=f"{base.meta.get('version', SUITE)}, agent {self.key()[:8]}",
             source=self.describe(),
             size_mib=str(size_mib),
         )

@@ -103,8 +103,11 @@ def status_command(dirs: _Dirs, output: str) -> None:
         click.echo(json.dumps({"assets": rows}, indent=2))
     else:
         table = Table(title=f"assets in {paths.assets_dir(dirs.data)}", title_justify="left")
-        for column in ("asset", "state", "version", "size", "sha256", "source"):
-            table.add_column(column)
+        table.add_column("asset", no_wrap=True)
+        table.add_column("state")
+        table.add_column("version")
+        table.add_column("size", justify="right", no_wrap=True)
+        table.add_column("sha256", no_wrap=True)
         colors = {State.OK: "green", State.MISSING: "yellow", State.CORRUPT: "red"}
         for c in checks:
             state = f"[{colors[c.state]}]{c.state.value}[/]" + (f" [dim]({c.detail})[/]" if c.detail else "")
@@ -114,8 +117,7 @@ def status_command(dirs: _Dirs, output: str) -> None:
                 state,
                 rec.version if rec else "-",
                 f"{rec.size / 1e6:.1f} MB" if rec else "-",
-                rec.sha256[:16] if rec else "-",
-                rec.source if rec else "-",
+                rec.sha256[:12] if rec else "-",
             )
         Console().print(table)
     if any(c.state is not State.OK for c in checks):
