@@ -204,6 +204,10 @@ def test_stale_socket_is_recovered(env: Env, drivers: list[Driver]) -> None:
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(env.socket))
     stale.close()
+    status = env.run("status", "--socket", str(env.socket))
+    assert (status.returncode, status.stderr.strip()) == (
+        1, f"clawpot-driver: stale socket {env.socket}: no VMM is listening on it",
+    )  # fmt: skip
     driver = launch(env, drivers)
     driver.wait_running()
     assert (
@@ -236,6 +240,31 @@ def test_a_killed_driver_takes_firecracker_with_it_and_the_next_start_recovers(
     second.proc.send_signal(signal.SIGINT)
     assert second.wait_exit() == 0, second.stderr
     assert_nothing_left(env, second)
+
+
+def test_stop_a_firecracker_no_driver_owns(env: Env) -> None:
+    # Started by hand, API only: `stop` asks for Ctrl+Alt+Del (refused before boot), then SIGTERMs it.
+    (env.tmp / "fc.log").touch()
+    firecracker = subprocess.Popen(
+        [str(env.firecracker), "--api-sock", str(env.socket), "--log-path", str(env.tmp / "fc.log")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert wait_until(env.socket.exists, 10)
+        ticks = procfs.start_ticks(firecracker.pid)
+        status = env.run("status", "--socket", str(env.socket))
+        assert status.returncode == 0 and "Not started (firecracker: Not started)" in status.stdout, status
+        stop = env.run("stop", "--socket", str(env.socket), "--grace", "0.2")
+        assert stop.returncode == 0, stop.stderr
+        assert stop.stderr.strip() == (
+            f"clawpot-driver: stopped firecracker (pid {firecracker.pid}) and removed {env.socket}"
+        )
+        assert firecracker.wait(10) == -signal.SIGTERM
+        assert process_gone(firecracker.pid, ticks) and not env.socket.exists()
+    finally:
+        if firecracker.poll() is None:
+            firecracker.kill()
+            firecracker.wait()
 
 
 def test_a_vm_firecracker_rejects_exits_1_and_leaves_nothing(env: Env, drivers: list[Driver]) -> None:

@@ -38,7 +38,7 @@ from clawpot.vm.sockets import SocketStatus, probe_socket, socket_owners
 from clawpot.vm.state import VmState
 from clawpot.vm.validation import problems
 from clawpot.vmm.base import VmmError
-from clawpot.vmm.registry import BackendOptions, VmmChoice, get_backend
+from clawpot.vmm.registry import BackendOptions, VmmChoice, get_backend, resolve
 from clawpot.vmm.spec import BackendKind
 
 EXIT_OK = 0
@@ -144,8 +144,14 @@ _socket_option = click.option(
     help="auto: Firecracker where this host's KVM boots guests, else QEMU.",
 )
 @click.option(
-    "--firecracker", "vmm_binary", type=click.Path(path_type=Path), default=None, help="VMM binary to run."
+    "--firecracker",
+    "firecracker_bin",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Firecracker binary [installed asset, then PATH].",
 )
+@click.option("--qemu", "qemu_bin", type=click.Path(path_type=Path), default=None,
+              help="qemu-system-x86_64 binary [PATH].")  # fmt: skip
 @click.option("--boot-args", default=None, help="Replace the whole kernel command line.")
 @click.option(
     "--writable-layer/--no-writable-layer",
@@ -172,7 +178,8 @@ def start(
     memory_mib: int,
     socket_path: Path,
     vmm: str,
-    vmm_binary: Path | None,
+    firecracker_bin: Path | None,
+    qemu_bin: Path | None,
     boot_args: str | None,
     writable_layer: bool,
     wait_ready: bool,
@@ -194,7 +201,9 @@ def start(
     )
     socket_path = socket_path.absolute()
     try:
-        backend = get_backend(vmm, BackendOptions(binary=vmm_binary, control_socket=socket_path))
+        kind = resolve(vmm)
+        binary = firecracker_bin if kind is BackendKind.FIRECRACKER else qemu_bin
+        backend = get_backend(kind.value, BackendOptions(binary=binary, control_socket=socket_path))
     except VmmError as exc:
         _finish(EXIT_USAGE, str(exc))
     found = problems(
@@ -340,8 +349,13 @@ def _status(ctx: _Context, socket_path: Path, as_json: bool) -> int:
         }
         if meta.started_at is not None:
             info["uptime_s"] = round(time.time() - meta.started_at, 1)
-    if sock is SocketStatus.LIVE and (meta is None or meta.backend == BackendKind.FIRECRACKER):
+    if sock is SocketStatus.LIVE and meta is not None and meta.backend == BackendKind.QEMU:
+        from clawpot.vmm.qemu.facts import qemu_facts
+
+        info |= asyncio.run(qemu_facts(socket_path, data=ctx.data_dir))
+    elif sock is SocketStatus.LIVE:
         info |= asyncio.run(_firecracker_facts(socket_path))
+        info.setdefault("backend", str(BackendKind.FIRECRACKER))
         info.setdefault("state", info.get("vmm_state", "unknown"))
         if "uptime_s" not in info:
             owners = socket_owners(socket_path)
@@ -382,7 +396,7 @@ async def _firecracker_facts(socket_path: Path) -> dict[str, Any]:
 def _print_status(info: dict[str, Any]) -> None:
     state = str(info.get("state", "unknown"))
     if "vmm_state" in info:
-        state += f" (firecracker: {info['vmm_state']})"
+        state += f" ({info.get('backend', 'vmm')}: {info['vmm_state']})"
     if info.get("reason") and info.get("state") == str(VmState.ERROR):
         state += f": {info['reason']}"
     rows = [
@@ -393,13 +407,14 @@ def _print_status(info: dict[str, Any]) -> None:
         ("memory", f"{info['memory_mib']} MiB" if "memory_mib" in info else None),
         ("uptime", _format_uptime(info["uptime_s"]) if "uptime_s" in info else None),
         ("vmm", info.get("vmm_version") or info.get("backend")),
+        ("accelerator", info.get("accelerator")),
         ("vmm pid", info.get("vmm_pid")),
         ("serial log", info.get("serial_log")),
         ("vmm error", info.get("vmm_error")),
     ]
     for name, value in rows:
         if value is not None:
-            click.echo(f"{name + ':':<12}{value}")
+            click.echo(f"{name + ':':<13}{value}")
 
 
 def _format_uptime(seconds: float) -> str:
