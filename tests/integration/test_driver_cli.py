@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 from firecracker_helpers import (
@@ -30,6 +31,12 @@ from firecracker_helpers import (
 
 from clawpot.vm import procfs
 from clawpot.vmm.firecracker.backend import FirecrackerBackend, firecracker_version
+
+
+class InstalledAssets(Protocol):  # the part of tests/conftest.py's fixture value used here
+    kernel: Path
+    rootfs: Path
+
 
 RUNNING = re.compile(r"VM (?P<id>\w+) running: firecracker pid (?P<pid>\d+), socket (?P<socket>\S+),")
 START_DEADLINE = 60.0
@@ -140,10 +147,9 @@ def drivers() -> Iterator[list[Driver]]:
             os.kill(driver.vmm_pid, signal.SIGKILL)
 
 
-def launch(env: Env, drivers: list[Driver], *extra: str) -> Driver:
-    proc = subprocess.Popen(
-        env.start_args(*extra), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
-    )
+def launch(env: Env, drivers: list[Driver], *extra: str, stdout: Path | None = None) -> Driver:
+    with open(stdout or os.devnull, "wb") as out:
+        proc = subprocess.Popen(env.start_args(*extra), stderr=subprocess.PIPE, stdout=out, text=True)
     driver = Driver(proc)
     drivers.append(driver)
     return driver
@@ -182,6 +188,30 @@ def test_start_status_refuse_second_then_ctrl_c(env: Env, drivers: list[Driver])
     driver.proc.send_signal(signal.SIGINT)
     assert driver.wait_exit() == 0, driver.stderr
     assert "SIGINT: stopping the VM" in driver.stderr
+    assert_nothing_left(env, driver)
+
+
+def test_the_real_kernel_with_its_console_on_stdout(
+    env: Env, drivers: list[Driver], installed_assets: InstalledAssets
+) -> None:
+    # The stock kernel: on kvm_pvm hosts it dies ~10 s in and the driver exits 1 with the reason by
+    # itself; elsewhere it keeps running and Ctrl+C ends it. Either way nothing may be left.
+    console = env.tmp / "console.out"
+    driver = launch(
+        env, drivers, "--kernel", str(installed_assets.kernel), "--rootfs", str(installed_assets.rootfs),
+        "--memory", "256", "--console", stdout=console,
+    )  # fmt: skip
+    driver.wait_running()
+    assert wait_until(lambda: "Linux version" in console.read_text(errors="replace"), 120, 0.1), driver.stderr
+    if driver.proc.poll() is None:
+        driver.proc.send_signal(signal.SIGINT)
+    code = driver.wait_exit()
+    if code == 1:
+        assert re.search(
+            rf"VM {driver.vm_id} failed: firecracker (exited with code|killed by)", driver.stderr
+        )
+    else:
+        assert code == 0, driver.stderr
     assert_nothing_left(env, driver)
 
 

@@ -176,3 +176,19 @@ async def test_pinned_api_socket(config: VmConfig, firecracker_bin: Path, tmp_pa
     await vm.stop()
     assert not socket.exists()
     assert leftovers(vm, vmm, pid, ticks) == []
+
+
+async def test_bad_config_fails_validation_before_anything_exists(
+    config: VmConfig, backend: FirecrackerBackend, tmp_path: Path
+) -> None:
+    bad = VmConfig(tmp_path / "missing-kernel", config.rootfs, vcpus=0, wait_ready=False)
+    vm = Vm(bad, backend, root=tmp_path / "vms")
+    with pytest.raises(VmStartError) as info:
+        await vm.start()
+    assert info.value.step == "validate"
+    assert info.value.reason.splitlines() == [
+        "vcpus must be between 1 and 32, got 0",
+        f"kernel {tmp_path / 'missing-kernel'} does not exist",
+    ]
+    assert vm.state is VmState.ERROR and vm.vmm is None
+    assert not (tmp_path / "vms").exists()

@@ -255,7 +255,7 @@ async def _foreground(vm: Vm, socket_path: Path, console: bool) -> int:
 
     for signum in signals:
         loop.add_signal_handler(signum, on_signal, signum)
-    tail: asyncio.Task[None] | None = None
+    copy: _ConsoleCopy | None = None
     try:
         boot = asyncio.create_task(vm.start())
         interrupted = asyncio.create_task(stop_requested.wait())
@@ -275,7 +275,7 @@ async def _foreground(vm: Vm, socket_path: Path, console: bool) -> int:
             _say(f"VM {vm.id} failed to start: {exc}")
             return EXIT_FAILED
         if console and vm.serial_log is not None:
-            tail = asyncio.create_task(_copy_console(vm.serial_log))
+            copy = _ConsoleCopy(vm.serial_log)
         pid = vm.vmm.pid if vm.vmm else None
         _say(
             f"VM {vm.id} running: {vm.backend.kind} pid {pid}, socket {socket_path},"
@@ -286,6 +286,8 @@ async def _foreground(vm: Vm, socket_path: Path, console: bool) -> int:
         await asyncio.wait({failed, interrupted}, return_when=asyncio.FIRST_COMPLETED)
         failed.cancel()
         interrupted.cancel()
+        if copy is not None:
+            copy.finish()  # the last output often explains a failure; the file goes with the VM
         code = EXIT_OK
         if vm.state is VmState.ERROR:
             _say(f"VM {vm.id} failed: {vm.reason}")
@@ -294,24 +296,43 @@ async def _foreground(vm: Vm, socket_path: Path, console: bool) -> int:
         _say(f"VM {vm.id} stopped; socket and VM directory removed")
         return code
     finally:
-        if tail is not None:
-            tail.cancel()
+        if copy is not None:
+            copy.finish()
         # Whatever happened above, nothing may outlive the driver.
         await vm.stop(grace=0)
         for signum in signals:
             loop.remove_signal_handler(signum)
 
 
-async def _copy_console(serial_log: Path) -> None:
-    out = sys.stdout.buffer
-    with open(serial_log, "rb") as serial:  # noqa: ASYNC230 - a local file read in small chunks
-        while True:
-            chunk = serial.read(64 * 1024)
-            if chunk:
-                out.write(chunk)
-                out.flush()
-            else:
-                await asyncio.sleep(0.1)
+class _ConsoleCopy:
+    """Copies the guest's serial console to stdout as the file grows."""
+
+    def __init__(self, serial_log: Path) -> None:
+        self.serial_log = serial_log
+        self.offset = 0
+        self.task = asyncio.create_task(self._run())
+
+    def copy_new(self) -> bool:
+        try:
+            with open(self.serial_log, "rb") as serial:
+                serial.seek(self.offset)
+                chunk = serial.read()
+        except OSError:
+            return False
+        if chunk:
+            self.offset += len(chunk)
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+        return bool(chunk)
+
+    async def _run(self) -> None:
+        # A growing regular file offers nothing to wait on (poll/epoll say "readable" forever): poll it.
+        while True:  # noqa: ASYNC110
+            await asyncio.sleep(0 if self.copy_new() else 0.1)
+
+    def finish(self) -> None:
+        self.task.cancel()
+        self.copy_new()
 
 
 # -- status ------------------------------------------------------------------------------------------
