@@ -128,6 +128,7 @@ async def main() -> int:
     else:
         accel, accel_why = Accel(args.accel), "forced by --accel"
     backend = QemuBackend(qemu, accel=accel)
+    load_before = os.getloadavg()[0]
 
     bare: list[float] = []
     clawpot: list[float] = []
@@ -150,7 +151,12 @@ async def main() -> int:
         "runs": args.runs,
         "accel": accel.value,
         "accel_reason": accel_why,
-        "host": {"kernel": platform.release(), "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
+        "host": {
+            "kernel": platform.release(),
+            "cpus": os.cpu_count(),
+            "load_avg_1m_before": load_before,
+            "load_avg_1m_after": os.getloadavg()[0],
+        },
         "bare_qemu": summary(bare),
         "clawpot": summary(clawpot),
         "ratio_median_clawpot_over_bare": round(statistics.median(clawpot) / statistics.median(bare), 3),

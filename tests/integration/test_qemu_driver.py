@@ -20,6 +20,7 @@ from typing import Protocol
 import pytest
 
 from clawpot.vm import procfs
+from clawpot.vmm.probe import cached_probe
 
 READY_DEADLINE = 120.0
 
@@ -90,6 +91,11 @@ def test_driver_start_qemu_foreground_then_ctrl_c(
         assert status.returncode == 0, status.stderr
         info = json.loads(status.stdout)
         assert (info["backend"], info["state"], info["vmm_pid"]) == ("qemu", "Running", qemu_pid)
+        # The accelerator QEMU really runs on, and the probe's explanation of that choice.
+        probe = cached_probe(data_dir)
+        assert probe is not None
+        assert info["accelerator"] == probe.accel.value
+        assert info["accelerator_probe"] == probe.summary()
 
         driver.send_signal(signal.SIGINT)
         assert driver.wait(timeout=60) == 0, stderr_path.read_text()

@@ -10,6 +10,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Protocol
 import pytest
 
 from clawpot.vm import procfs
-from clawpot.vmm.base import VmmConfigError
+from clawpot.vmm.base import VmmConfigError, VmmStartError
 from clawpot.vmm.qemu.cmdline import Accel
 from clawpot.vmm.qemu.facts import qemu_facts
 from clawpot.vmm.qemu.process import QemuProcess
@@ -138,3 +139,29 @@ async def test_rejected_config_is_one_line_and_leaves_nothing(qemu_bin: Path, tm
 async def test_qmp_to_nobody_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(QmpError, match=r"QMP query-status on .*missing\.sock"):
         await QmpControl(tmp_path / "missing.sock", timeout=1.0).status()
+
+
+async def test_stale_socket_is_replaced_live_one_refused(
+    installed_assets: InstalledAssets, qemu_bin: Path, tmp_path: Path
+) -> None:
+    spec = _spec(installed_assets, "/bin/sleep -- 600")
+    vm_dir = tmp_path / "vm"
+    vm_dir.mkdir()
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(vm_dir / "qmp.sock"))
+    stale.close()  # the file stays, nobody listens: what a SIGKILLed QEMU leaves behind
+    process = QemuProcess(spec, vm_dir, accel=Accel.TCG, binary=str(qemu_bin))
+    await process.start()
+    try:
+        assert await process.qmp.status() == "running"
+    finally:
+        await process.kill()
+
+    with socket.socket(socket.AF_UNIX) as live:
+        pinned = tmp_path / "busy.sock"
+        live.bind(str(pinned))
+        live.listen()
+        other = QemuProcess(spec, tmp_path / "vm2", accel=Accel.TCG, binary=str(qemu_bin), qmp_socket=pinned)
+        with pytest.raises(VmmStartError, match="is in use by another process"):
+            await other.start()
+        assert other.pid is None and pinned.is_socket()

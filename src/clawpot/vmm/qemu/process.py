@@ -13,6 +13,8 @@ import ctypes
 import os
 import re
 import signal
+import socket
+import stat
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -105,9 +107,8 @@ class QemuProcess(VmmProcess):
             self.accel = await self._choose_accel(self.spec)
         command = self.command
         self.vm_dir.mkdir(parents=True, exist_ok=True)
-        # A socket left by an earlier QEMU in this directory would make the readiness check below
-        # talk to nobody; QEMU would replace it anyway.
-        self._remove_sockets()
+        for path in self.files.sockets:
+            _clear_stale_socket(path)
         loop = asyncio.get_running_loop()
         try:
             # Popen rather than asyncio's subprocess: exits are watched through our own pidfd, and
@@ -235,6 +236,29 @@ class QemuProcess(VmmProcess):
         self._remove_sockets()
         for path in (self.files.serial_log, self.files.qemu_log):
             path.unlink(missing_ok=True)
+
+
+def _clear_stale_socket(path: Path) -> None:
+    """Remove a socket a dead QEMU left behind; refuse to touch one that is alive or not a socket.
+
+    QEMU would silently replace a live socket, cutting another VM off from its controller.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise VmmStartError(f"{path} exists and is not a socket; refusing to replace it")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink(missing_ok=True)
+            return
+        except OSError as exc:
+            raise VmmStartError(f"socket {path} is unusable: {exc.strerror or exc}") from exc
+    raise VmmStartError(f"socket {path} is in use by another process")
 
 
 def _exit_info(returncode: int, last_error: str) -> ExitInfo:
