@@ -22,11 +22,11 @@ import pytest_asyncio
 
 from clawpot.agent.protocol import READY_LINE
 from clawpot.assets.hashing import sha256_file
-from clawpot.guest import AgentClient, wait_ready
+from clawpot.guest import AgentClient
 from clawpot.vm import procfs
 from clawpot.vm.config import VmConfig
 from clawpot.vm.errors import VmStartError
-from clawpot.vm.machine import Step, Undo, Vm, boot_steps
+from clawpot.vm.machine import Vm
 from clawpot.vm.state import VmState
 from clawpot.vmm.qemu.backend import QemuBackend
 
@@ -44,30 +44,15 @@ class InstalledAssets(Protocol):  # the part of tests/conftest.py's fixture valu
 class Booted:
     a: Vm
     b: Vm
-    agents: dict[str, AgentClient]
     base_sha256: str
     rootfs: Path
     guest_release: str
 
-    def agent(self, vm: Vm) -> AgentClient:
-        return self.agents[vm.id]
-
-
-def _keeping_agent(config: VmConfig, agents: dict[str, AgentClient]) -> list[Step]:
-    """The default boot steps, with a readiness step that keeps the agent connection for the tests.
-
-    The default step drops the client it got from ``wait_ready``; a serial port serves one host
-    connection at a time, so the tests could not connect again. The VM still becomes Running only
-    after the agent answered: this step runs before the Running transition, as the default one does.
-    """
-
-    async def wait_for_agent(vm: Vm) -> Undo:
-        assert vm.vmm is not None and vm.vmm.agent_endpoint is not None
-        client = await wait_ready(vm.vmm.agent_endpoint, config.ready_timeout)
-        agents[vm.id] = client
-        return client.close
-
-    return [Step(s.name, wait_for_agent) if s.name == "wait for agent" else s for s in boot_steps(config)]
+    @staticmethod
+    def agent(vm: Vm) -> AgentClient:
+        # The connection readiness opened, kept by the VM (a serial port serves one host connection).
+        assert vm.agent is not None
+        return vm.agent
 
 
 def _guest_release(kernel: Path) -> str:
@@ -83,15 +68,14 @@ async def booted(
     work = tmp_path_factory.mktemp("qvm")
     backend = QemuBackend(qemu_bin, data=work / "data")  # accelerator: the real probe, cached in work/
     config = VmConfig(installed_assets.kernel, installed_assets.rootfs, ready_timeout=READY_TIMEOUT)
-    agents: dict[str, AgentClient] = {}
-    vms = [Vm(config, backend, root=work / "vms", steps=_keeping_agent(config, agents)) for _ in "ab"]
+    vms = [Vm(config, backend, root=work / "vms") for _ in "ab"]
     base_sha = sha256_file(installed_assets.rootfs)
     try:
         started = time.monotonic()
         await asyncio.gather(*(vm.start() for vm in vms))
         elapsed = time.monotonic() - started
         print(f"\ntwo QEMU VMs ({backend.accel}) running, agents ready, in {elapsed:.1f} s")
-        yield Booted(vms[0], vms[1], agents, base_sha, installed_assets.rootfs, _guest_release(config.kernel))
+        yield Booted(vms[0], vms[1], base_sha, installed_assets.rootfs, _guest_release(config.kernel))
     finally:
         await asyncio.gather(*(vm.stop(grace=0) for vm in vms), return_exceptions=True)
 
@@ -148,8 +132,7 @@ async def test_stop_leaves_no_process_socket_or_directory(booted: Booted) -> Non
         assert vm.vmm is not None and vm.directory is not None
         pid, directory = vm.vmm.pid, vm.directory.path
         sockets = [p for p in directory.iterdir() if p.is_socket()]
-        await booted.agents.pop(vm.id).close()
-        await vm.stop(grace=0.5)  # the power button first (this guest ignores it), then QMP quit
+        await vm.stop()  # Running: the agent powers the guest off; Error: only the clean-up is left
         assert vm.state is VmState.STOPPED
         assert pid is not None and not procfs.is_alive(pid)
         assert not directory.exists()
