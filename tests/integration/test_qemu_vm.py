@@ -112,6 +112,12 @@ async def test_writes_stay_in_their_vm_and_base_image_unchanged(booted: Booted) 
     assert (await agent_a.run(["cat", path])).stdout == b"written-by-a\n"
     assert (await agent_b.run(["cat", path])).stdout == b"written-by-b\n"
     assert sha256_file(booted.rootfs) == booted.base_sha256
+    # Creating a VM never copied the base image: each VM directory holds only a sparse layer.
+    base_size = booted.rootfs.stat().st_size
+    for vm in (booted.a, booted.b):
+        assert vm.directory is not None
+        allocated = sum(p.stat().st_blocks * 512 for p in vm.directory.path.iterdir() if p.is_file())
+        assert allocated < base_size / 4, f"{vm.directory.path} holds {allocated} bytes"
 
 
 async def test_kill_9_puts_that_vm_in_error_within_1s(booted: Booted) -> None:
