@@ -137,6 +137,11 @@ class Connection:
         if not self.closed:
             self.link.write(encode_frame(ftype, stream, payload, flags))
 
+    def send_raw(self, frames: bytes) -> None:
+        """Already encoded frames."""
+        if not self.closed:
+            self.link.write(frames)
+
     def send_error(self, stream: int, code: ErrorCode, message: str, *, fatal: bool = False) -> None:
         log.warning("%s: stream %d: %s: %s", self.link.name, stream, code, message)
         self.send(FrameType.ERROR, stream, error_payload(code, message, fatal=fatal))

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 _VALID_SIGNALS = frozenset(int(s) for s in signal.valid_signals())
 _MAX_TIMEOUT = 10.0 * 365 * 24 * 3600
+_READ_CHUNK = 4 * MAX_PAYLOAD
 
 
 def _take_controlling_tty() -> None:
@@ -184,6 +185,10 @@ class ExecSession(Session):
             child_fds.append(w)
             self._outputs[self._own(r)] = Pipe.STDERR
             stderr = w
+            for fd in self._outputs:
+                # Fewer, larger reads: a fast writer wakes the agent once per 256 KiB, not per 64 KiB.
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _READ_CHUNK)
         return subprocess.Popen(
             self.argv,
             stdin=stdin,
@@ -217,7 +222,7 @@ class ExecSession(Session):
             self._stop_reading(fd)  # resumed by on_window / on_writable
             return
         try:
-            data = os.read(fd, min(MAX_PAYLOAD, self.send_window))
+            data = os.read(fd, min(_READ_CHUNK, self.send_window))
         except BlockingIOError:
             return
         except OSError as exc:
@@ -228,7 +233,7 @@ class ExecSession(Session):
             self._output_closed(fd)
             return
         self.send_window -= len(data)
-        self.send(FrameType.DATA, data, self._outputs[fd])
+        self.send_data(data, self._outputs[fd])
 
     def _output_closed(self, fd: int) -> None:
         self._stop_reading(fd)

@@ -33,6 +33,20 @@ _VIRTIO_PORTS = Path("/sys/class/virtio-ports")
 _TERM_GRACE = 2.0
 
 
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 < port < 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"vsock port out of range: {text}")
+    return port
+
+
+def _fd(text: str) -> int:
+    fd = int(text)
+    if fd < 3:
+        raise argparse.ArgumentTypeError(f"not an inherited descriptor: {text}")
+    return fd
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="clawpot-agent", description="Clawpot guest agent.")
     p.add_argument(
@@ -42,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--vsock-port",
-        type=int,
+        type=_port,
         metavar="PORT",
         help=f"listen on AF_VSOCK PORT (default {AGENT_VSOCK_PORT} when no listener is given)",
     )
@@ -57,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--fd",
         action="append",
-        type=int,
+        type=_fd,
         default=[],
         metavar="N",
         help="serve an inherited connected stream socket",
@@ -65,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--serial-fd",
         action="append",
-        type=int,
+        type=_fd,
         default=[],
         metavar="N",
         help="serve an inherited stream like a serial line (host sessions resynchronise)",

@@ -48,8 +48,11 @@ _VIRTUAL_FS = frozenset(
 )
 
 
-def may_power_off(guest_flag: bool) -> bool:
-    return guest_flag and (os.getpid() == 1 or os.getppid() == 1)
+def may_power_off(guest_flag: bool, pid: int | None = None, ppid: int | None = None) -> bool:
+    """Only the guest's agent, started by the init (PID 1, or tini as PID 1 and its parent)."""
+    pid = os.getpid() if pid is None else pid
+    ppid = os.getppid() if ppid is None else ppid
+    return guest_flag and (pid == 1 or ppid == 1)
 
 
 def _libc() -> Any:

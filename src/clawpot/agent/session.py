@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .protocol import (
     DEFAULT_WINDOW,
+    MAX_PAYLOAD,
     MAX_WINDOW,
     RESIZE_PAYLOAD,
     SIGNAL_PAYLOAD,
@@ -18,6 +19,7 @@ from .protocol import (
     ErrorCode,
     Frame,
     FrameType,
+    encode_frame,
     encode_json,
     error_payload,
 )
@@ -84,6 +86,18 @@ class Session:
 
     def send(self, ftype: FrameType, payload: bytes = b"", flags: int = 0) -> None:
         self.conn.send(ftype, self.id, payload, flags)
+
+    def send_data(self, data: bytes, pipe: int) -> None:
+        """DATA frames for ``data`` (split at MAX_PAYLOAD), handed to the link in one write."""
+        if len(data) <= MAX_PAYLOAD:
+            self.send(FrameType.DATA, data, pipe)
+            return
+        view = memoryview(data)
+        frames = [
+            encode_frame(FrameType.DATA, self.id, bytes(view[i : i + MAX_PAYLOAD]), pipe)
+            for i in range(0, len(data), MAX_PAYLOAD)
+        ]
+        self.conn.send_raw(b"".join(frames))
 
     def grant(self, consumed: int, *, flush: bool = False) -> None:
         """Give the host back credit for ``consumed`` bytes, batched into few WINDOW frames."""

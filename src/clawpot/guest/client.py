@@ -47,11 +47,15 @@ class AgentClient:
         *,
         name: str = "stream",
         handshake_timeout: float = 10.0,
+        resync: bool = False,
     ) -> AgentClient:
-        """Talk to an agent over any byte stream (the handshake must finish within the timeout)."""
+        """Talk to an agent over any byte stream (the handshake must finish within the timeout).
+
+        ``resync=True`` for a serial line that earlier connections used (it may carry their leftovers).
+        """
         try:
             async with asyncio.timeout(handshake_timeout):
-                conn = await AgentConnection.open(reader, writer, name)
+                conn = await AgentConnection.open(reader, writer, name, resync=resync)
         except BaseException:
             writer.close()
             raise
@@ -227,7 +231,8 @@ async def connect(endpoint: AgentEndpoint, *, attempt_timeout: float = 10.0) -> 
                 stage = f"CONNECT {endpoint.port}"
                 await hybrid_vsock_connect((reader, writer), endpoint.port)
             stage = "CLAWPOT-HELLO"
-            conn = await AgentConnection.open(reader, writer, describe(endpoint))
+            serial = isinstance(endpoint, SerialSocketEndpoint)
+            conn = await AgentConnection.open(reader, writer, describe(endpoint), resync=serial)
     except TimeoutError:
         if writer is not None:
             writer.close()

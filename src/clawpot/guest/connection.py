@@ -18,6 +18,7 @@ from typing import Any
 
 from clawpot.agent.protocol import (
     DEFAULT_WINDOW,
+    HEADER_SIZE,
     MAX_LINE,
     MAX_PAYLOAD,
     REJECT,
@@ -45,6 +46,7 @@ _READ_SIZE = 256 * 1024
 # Bytes of a previous connection the handshake may skip (serial lines deliver stale output after a
 # reconnect: at most what was queued in the VMM, far below this).
 _MAX_STALE = 16 * 1024 * 1024
+RESYNC_FILLER = bytes(HEADER_SIZE + MAX_PAYLOAD)
 
 
 class RunState(enum.Enum):
@@ -211,10 +213,13 @@ class AgentConnection:
 
     @classmethod
     async def open(
-        cls, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, name: str
+        cls, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, name: str, *, resync: bool = False
     ) -> AgentConnection:
-        """Run the handshake on a fresh byte stream. The caller bounds it with a timeout."""
-        info, leftover = await _handshake(reader, writer, name)
+        """Run the handshake on a fresh byte stream. The caller bounds it with a timeout.
+
+        ``resync``: the stream is a serial line that outlives connections (see ``_handshake``).
+        """
+        info, leftover = await _handshake(reader, writer, name, resync)
         return cls(reader, writer, name, info, leftover)
 
     # --- sending ---------------------------------------------------------------------------------------
@@ -344,10 +349,17 @@ class AgentConnection:
 
 
 async def _handshake(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, name: str
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, name: str, resync: bool
 ) -> tuple[AgentInfo, bytes]:
-    """Send HELLO with a fresh nonce and skip everything up to the agent's answer carrying that nonce."""
+    """Send HELLO with a fresh nonce and skip everything up to the agent's answer carrying that nonce.
+
+    On a serial line the agent may still be inside a frame of the previous host (if it missed the
+    disconnect): zeros the size of the largest frame complete that frame, then fail as a header (bad
+    magic), which makes the agent drop the old session and scan for our HELLO.
+    """
     nonce = secrets.token_hex(8)
+    if resync:
+        writer.write(RESYNC_FILLER)
     writer.write(hello_line(nonce))
     await writer.drain()
     welcome = WELCOME + nonce.encode() + b" "

@@ -70,6 +70,7 @@ def start_agent(
     cwd: Path | None = None,
     pass_fds: tuple[int, ...] = (),
     listen: bool = True,
+    wrapper: tuple[str, ...] = (),
 ) -> AgentProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     sock = workdir / "agent.sock"
@@ -77,7 +78,7 @@ def start_agent(
     listen_args = ["--listen-unix", str(sock)] if listen else []
     with open(log, "ab") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, *python_args, "-m", module, *listen_args, *args],
+            [*wrapper, sys.executable, *python_args, "-m", module, *listen_args, *args],
             stdout=subprocess.PIPE,
             stderr=log_file,
             cwd=cwd,
