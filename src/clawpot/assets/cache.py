@@ -53,11 +53,15 @@ class CacheEntry:
 
 @dataclass
 class Staging:
-    """A build in progress: put outputs in ``out``, scratch files in ``work``."""
+    """A build in progress: put outputs in ``out``, scratch files in ``work``.
+
+    Commands of the build must inherit ``hold`` (``pass_fds``): the lock on the build directory.
+    """
 
     path: Path
     out: Path
     work: Path
+    hold: tuple[int, ...] = ()
     meta: dict[str, str] = field(default_factory=dict)
 
 
@@ -109,7 +113,7 @@ class BuildCache:
         path = Path(tempfile.mkdtemp(prefix=f"{kind}-{key[:16]}.", dir=self._tmp_root()))
         lock_fd = os.open(path / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
-        staging = Staging(path, path / "out", path / "work")
+        staging = Staging(path, path / "out", path / "work", (lock_fd,))
         staging.out.mkdir()
         staging.work.mkdir()
         try:

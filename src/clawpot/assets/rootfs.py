@@ -127,7 +127,7 @@ class BaseRecipe:
         with reporter.step(f"building the Debian {SUITE} base with mmdebstrap (about a minute)") as step:
             # Its chroot lives in our build directory, so a killed build's leftovers are cleaned with it.
             env = {**os.environ, "TMPDIR": str(staging.work)}
-            run_logged(argv, log=log, step=step, what="mmdebstrap", env=env)
+            run_logged(argv, log=log, pass_fds=staging.hold, step=step, what="mmdebstrap", env=env)
         python = _package_version(staging.out / BASE_OUTPUT)
         staging.meta.update(version=f"{SUITE}, python3 {python}", source=self.describe())
 
@@ -186,6 +186,7 @@ class ImageRecipe:
                     tree,
                 ],
                 log=log,
+                pass_fds=staging.hold,
                 step=step,
                 what="unpacking the base",
             )
@@ -205,6 +206,7 @@ class ImageRecipe:
                     str(AGENT_ROOT),
                 ],
                 log=log,
+                pass_fds=staging.hold,
                 step=step,
                 what="compiling Python bytecode",
             )
@@ -229,10 +231,17 @@ class ImageRecipe:
                     f"{size_mib}M",
                 ],
                 log=log,
+                pass_fds=staging.hold,
                 step=step,
                 what="mkfs.ext4 -d",
             )
-            run_logged([e2fsck, "-fn", image], log=log, step=step, what="checking the new image")
+            run_logged(
+                [e2fsck, "-fn", image],
+                log=log,
+                pass_fds=staging.hold,
+                step=step,
+                what="checking the new image",
+            )
         staging.meta.update(
             version=f"{base.meta.get('version', SUITE)}, agent {self.key()[:8]}",
             source=self.describe(),

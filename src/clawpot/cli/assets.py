@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import click
 from rich.console import Console
@@ -32,6 +34,10 @@ def _fail(exc: AssetError) -> None:
         err.print(f"[dim]--- last lines of {exc.log} ---[/]", highlight=False)
         err.print(exc.tail.rstrip(), highlight=False, markup=False)
     sys.exit(1)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 @click.group()
@@ -62,11 +68,20 @@ def assets(ctx: click.Context, data_dir: Path | None, cache_dir: Path | None) ->
 def install_command(dirs: _Dirs, jobs: int, quiet: bool) -> None:
     """Build (or take from the cache) and install every asset. Safe to run again: only repairs and updates."""
     installer = Installer(dirs.data, dirs.cache, Reporter(quiet=quiet), jobs=jobs)
+    # A TERM (CI timeout, systemd stop) cleans up like Ctrl+C: stop the build, remove its temp files.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         report = installer.install()
     except AssetError as exc:
         _fail(exc)
         return
+    except OSError as exc:
+        hint = " (run as root, or pass --data-dir/--cache-dir)" if isinstance(exc, PermissionError) else ""
+        _fail(AssetError(f"{exc.strerror}: {exc.filename}{hint}"))
+        return
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted: the build was stopped; nothing was left half-installed")
+        sys.exit(130)
     table = Table(title=f"assets in {installer.assets_dir}", title_justify="left")
     for column in ("asset", "result", "how"):
         table.add_column(column)

@@ -82,3 +82,22 @@ def test_failed_command_raises_with_the_log_tail(tmp_path: Path) -> None:
     assert "exit 3" in str(info.value) and str(log) in str(info.value)
     assert "error: boom" in info.value.tail
     assert "compiling" in log.read_text()
+
+
+def test_plain_progress_prints_heartbeats_with_an_estimate(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from clawpot.assets import progress
+
+    out = io.StringIO()
+    reporter = progress.Reporter(Console(file=out, width=200))
+    monkeypatch.setattr(progress, "_HEARTBEAT_S", 0.0)
+    with reporter.step("building vmlinux") as step:
+        step.expect(4)
+        run_logged(["sh", "-c", "echo CC a; echo CC b"], log=Path(os.devnull), step=step, what="make")
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "  building vmlinux ..."
+    assert "~25% CC a" in lines[1] and "~50% CC b" in lines[2]
+    assert lines[-1].startswith("  building vmlinux: done in")
