@@ -24,6 +24,7 @@ from firecracker_helpers import process_gone, require_available, wait_until
 
 from clawpot.vm import procfs
 from clawpot.vm.config import VmConfig
+from clawpot.vm.errors import VmStartError
 from clawpot.vm.machine import Vm
 from clawpot.vm.state import VmState
 from clawpot.vmm.firecracker import models
@@ -158,3 +159,27 @@ async def test_stop_after_the_error_removes_everything(booted: Booted) -> None:
     assert [t.target for t in vm.machine.history][-2:] == [VmState.STOPPING, VmState.STOPPED]
     assert not directory.path.exists()
     assert not booted.vmm.api_socket.exists() and not booted.vmm.vsock_path.exists()
+
+
+async def test_waiting_for_the_agent_ends_either_ready_or_with_the_reason(
+    installed_assets: Any, firecracker_bin: Path, tmp_path: Path
+) -> None:
+    # On a real KVM host the agent answers over Firecracker's hybrid vsock; here the guest dies first
+    # and readiness must end with the VMM's exit reason and the guest's last console lines, not hang.
+    config = VmConfig(installed_assets.kernel, installed_assets.rootfs, wait_ready=True, ready_timeout=120)
+    vm = Vm(config, FirecrackerBackend(firecracker_bin), root=tmp_path / "vms", stop_grace=1.0)
+    try:
+        await vm.start()
+    except VmStartError as exc:
+        print(f"\n{exc}")
+        assert exc.step == "wait for agent"
+        assert vm.state is VmState.ERROR
+        assert str(exc).count("\n") >= 1 and "last lines of the guest console:" in str(exc)
+        assert not (tmp_path / "vms" / vm.id).exists()
+    else:
+        assert vm.state is VmState.RUNNING and vm.agent is not None
+        result = await vm.agent.run(["uname", "-r"])
+        assert result.status.exit_code == 0
+    finally:
+        await vm.stop()
+    assert vm.machine.history[-1].target is VmState.STOPPED

@@ -26,7 +26,7 @@ from pathlib import Path
 from clawpot import paths
 from clawpot.assets.bootargs import guest_cmdline
 from clawpot.assets.scratch import make_scratch_disk
-from clawpot.guest import AgentClient, wait_ready
+from clawpot.guest import AgentClient, GuestError, wait_ready
 from clawpot.guest.endpoints import AgentEndpoint
 from clawpot.vm import procfs, validation
 from clawpot.vm.config import VmConfig
@@ -42,6 +42,8 @@ Undo = Callable[[], Awaitable[None]]
 DEFAULT_STOP_GRACE = 5.0
 # Guest device of the writable layer: the second drive after the root.
 OVERLAY_DEVICE = "/dev/vdb"
+# Console lines quoted in a readiness failure.
+CONSOLE_TAIL_LINES = 8
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,10 @@ class Vm:
             with contextlib.suppress(BaseException):
                 await self._boot
         if self.vmm is not None and self.vmm.exit_info is None:
-            info = await self.vmm.stop(grace)
+            deadline = time.monotonic() + grace
+            await self._shutdown_via_agent(self.vmm, grace)
+            # What the agent did not achieve: Ctrl+Alt+Del / ACPI, the rest of the grace, SIGTERM, SIGKILL.
+            info = await self.vmm.stop(max(0.0, deadline - time.monotonic()))
             log.info("vm %s: %s", self.id, info.reason)
         await self._release()
         if self._watcher is not None:
@@ -167,6 +172,17 @@ class Vm:
             raise
         self.started_at = time.time()
         self.machine.transition(VmState.RUNNING)
+
+    async def _shutdown_via_agent(self, vmm: VmmProcess, grace: float) -> None:
+        """The cleanest power-off: the agent syncs and remounts the guest's disks, then reboots it."""
+        if self.agent is None or grace <= 0:
+            return
+        try:
+            async with asyncio.timeout(grace):
+                await self.agent.shutdown()
+                await vmm.wait()
+        except (TimeoutError, OSError, GuestError) as exc:
+            log.info("vm %s: agent shutdown did not end the VM (%s); going on", self.id, _describe(exc))
 
     async def _release(self) -> None:
         """Run the cleanup stack once, even if both a failing boot and stop() ask for it at the same time."""
@@ -313,10 +329,13 @@ async def _wait_for_agent(vm: Vm) -> Undo:
     if ready not in done:
         with contextlib.suppress(BaseException):
             await ready
-        raise VmError(exited.result().reason)
-    # Kept open and handed to whoever uses the VM next: a serial-port channel serves exactly one host
-    # connection, so closing this one and opening another would only add a reconnect.
-    agent = ready.result()
+        raise VmError(_with_console_tail(exited.result().reason, vm.vmm.serial_log))
+    try:
+        # Kept open and handed to whoever uses the VM next: a serial-port channel serves exactly one
+        # host connection, so closing this one and opening another would only add a reconnect.
+        agent = ready.result()
+    except Exception as exc:
+        raise VmError(_with_console_tail(_describe(exc), vm.vmm.serial_log)) from exc
     vm.agent = agent
 
     async def close() -> None:
@@ -324,6 +343,22 @@ async def _wait_for_agent(vm: Vm) -> Undo:
         await agent.close()
 
     return close
+
+
+def _with_console_tail(reason: str, serial_log: Path, lines: int = CONSOLE_TAIL_LINES) -> str:
+    """``reason`` plus the guest's last console lines: a guest that never became ready says why there,
+    and its directory (with the log) is removed by the undo that follows."""
+    try:
+        with open(serial_log, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16 * 1024))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return reason
+    tail = [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
+    if not tail:
+        return f"{reason} (the guest printed nothing on its console)"
+    return "\n".join([reason, "last lines of the guest console:", *(f"  {line}" for line in tail)])
 
 
 def boot_steps(config: VmConfig) -> list[Step]:

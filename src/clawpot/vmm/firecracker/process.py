@@ -33,7 +33,7 @@ _API_POLL_INTERVAL = 0.001
 _LOG_TAIL_BYTES = 64 * 1024
 # Error lines Firecracker prints on every failing exit; they only repeat the exit code.
 _GENERIC_ERRORS = re.compile(
-    r"Firecracker exiting with error|RunWithoutApiError|MicroVMStopped without an error|"
+    r"Firecracker exiting with error|RunWith(out)?ApiError|MicroVM ?[Ss]topped with(out)? an error|"
     r"Received Error\. Status code: 400"
 )
 _LOG_PREFIX = re.compile(r"^\S+ \[(?P<origin>[^\]]*?)(?::(?P<level>ERROR|WARN|INFO|DEBUG|TRACE))?\] ")

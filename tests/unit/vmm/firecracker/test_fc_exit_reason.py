@@ -35,6 +35,17 @@ def test_the_informative_error_wins_over_the_generic_exit_lines(tmp_path: Path) 
     )
 
 
+def test_the_api_mode_wrapper_line_is_generic_too(tmp_path: Path) -> None:
+    log = (
+        "2026-11-22T17:59:01.1 [vm1:fc_vcpu 0:ERROR] Received KVM_EXIT_INTERNAL_ERROR signal\n"
+        "2026-11-22T17:59:01.2 [vm1:main:ERROR] RunWithApiError error: MicroVM stopped with an error: X\n"
+        "2026-11-22T17:59:01.3 [vm1:main:ERROR] Firecracker exiting with error. exit_code=1\n"
+    )
+    assert (
+        last_error_line(write(tmp_path, log)[0]) == "[vm1:fc_vcpu 0] Received KVM_EXIT_INTERNAL_ERROR signal"
+    )
+
+
 def test_generic_error_line_is_used_when_nothing_better_exists(tmp_path: Path) -> None:
     log = "2026-11-22T17:41:14.675383836 [vm1:main:ERROR] Firecracker exiting with error. exit_code=1\n"
     assert (
