@@ -96,7 +96,7 @@ async def test_stop_ends_process_and_removes_sockets(idle_vm: QemuProcess) -> No
     assert pid is not None
     # This guest has no ACPI power-button handling, so stop falls through to QMP quit.
     info = await idle_vm.stop(grace=0.2)
-    assert info.returncode == 0 and info.signal is None
+    assert (info.returncode, info.signal, info.reason) == (0, None, "qemu quit on request")
     assert not procfs.is_alive(pid)
     assert _leftovers(idle_vm) == []
     assert await idle_vm.stop() == info  # stopping a stopped VM just reports again

@@ -64,6 +64,8 @@ class QemuProcess(VmmProcess):
         self._pidfd: int | None = None
         self._exited: asyncio.Future[ExitInfo] | None = None
         self._exit_info: ExitInfo | None = None
+        # A clean exit after our QMP quit is not the guest powering off: say which it was.
+        self._quit_sent = False
 
     @property
     def command(self) -> list[str]:
@@ -165,7 +167,7 @@ class QemuProcess(VmmProcess):
         asyncio.get_running_loop().remove_reader(self._pidfd)
         os.close(self._pidfd)
         self._pidfd = None
-        self._exit_info = _exit_info(returncode, _last_error_line(self.files.qemu_log))
+        self._exit_info = _exit_info(returncode, _last_error_line(self.files.qemu_log), self._quit_sent)
         if not self._exited.done():
             self._exited.set_result(self._exit_info)
 
@@ -190,6 +192,7 @@ class QemuProcess(VmmProcess):
             else:
                 await self._wait_exit(grace)
         if self._exit_info is None:
+            self._quit_sent = True
             try:
                 await self.qmp.quit()
             except QmpError:
@@ -261,11 +264,13 @@ def _clear_stale_socket(path: Path) -> None:
     raise VmmStartError(f"socket {path} is in use by another process")
 
 
-def _exit_info(returncode: int, last_error: str) -> ExitInfo:
+def _exit_info(returncode: int, last_error: str, quit_sent: bool = False) -> ExitInfo:
     if returncode < 0:
         sig = -returncode
         reason = f"qemu killed by {signal.Signals(sig).name}"
         info = ExitInfo(returncode=None, signal=sig, reason=reason)
+    elif returncode == 0 and quit_sent:
+        info = ExitInfo(0, None, "qemu quit on request")
     elif returncode == 0:
         info = ExitInfo(0, None, "qemu exited: the guest powered off or rebooted")
     else:

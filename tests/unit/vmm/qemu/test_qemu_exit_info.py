@@ -18,6 +18,7 @@ def test_clean_exit_is_a_guest_shutdown() -> None:
     info = _exit_info(0, "")
     assert info.returncode == 0 and info.signal is None
     assert "guest powered off or rebooted" in info.reason
+    assert _exit_info(0, "", quit_sent=True).reason == "qemu quit on request"
 
 
 def test_error_exit_carries_qemu_complaint() -> None:
