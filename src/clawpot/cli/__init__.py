@@ -1,0 +1,11 @@
+"""The command-line programs. Each is wiring only: parse, call the layer below, print, exit.
+
+- ``main``        ``clawpot``: the client (its groups: ``vms``, ``exec``, ``files``, ``assets``).
+- ``connection``  reaching the server, gRPC errors as one-line messages, exit codes.
+- ``vms``         ``create``, ``list``, ``get``, ``delete``.
+- ``exec``        ``exec``: streams stdin/stdout/stderr, passes the exit code through.
+- ``files``       ``cp`` in and out of a VM.
+- ``assets``      ``clawpot assets install | status | inject``.
+- ``server``      ``clawpot-server``.
+- ``driver``      ``clawpot-driver``: one VM in the foreground, no server.
+"""
