@@ -142,8 +142,10 @@ class Connection:
         if not self.closed:
             self.link.write(frames)
 
-    def send_error(self, stream: int, code: ErrorCode, message: str, *, fatal: bool = False) -> None:
-        log.warning("%s: stream %d: %s: %s", self.link.name, stream, code, message)
+    def send_error(
+        self, stream: int, code: ErrorCode, message: str, *, fatal: bool = False, level: int = logging.WARNING
+    ) -> None:
+        log.log(level, "%s: stream %d: %s: %s", self.link.name, stream, code, message)
         self.send(FrameType.ERROR, stream, error_payload(code, message, fatal=fatal))
 
     def session_done(self, session: Session) -> None:
@@ -230,7 +232,11 @@ class Connection:
 
     def _fatal(self, code: ErrorCode, message: str) -> None:
         """The byte stream is unparseable: report it and end this host session."""
-        self.send_error(0, code, message, fatal=True)
+        if self.link.resync:
+            # Also how a host that reconnected (zero filler, then HELLO) ends the session we still had.
+            self.send_error(0, code, f"{message}; resynchronising", fatal=True, level=logging.INFO)
+        else:
+            self.send_error(0, code, message, fatal=True)
         rest = self._decoder.rest()
         self.lost(f"protocol error ({message})")
         self.link.end_session(rest)

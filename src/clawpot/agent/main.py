@@ -27,7 +27,7 @@ from .power import may_power_off, power_off
 from .protocol import AGENT_VSOCK_PORT, READY_LINE, SERIAL_PORT_NAME
 from .reaper import Reaper
 
-log = logging.getLogger("clawpot.agent")
+log = logging.getLogger(__name__)
 
 _VIRTIO_PORTS = Path("/sys/class/virtio-ports")
 _TERM_GRACE = 2.0

@@ -1,4 +1,4 @@
-"""Power the guest off cleanly: sync, remount filesystems read-only, reboot(2).
+"""Power the guest off cleanly: sync, remount filesystems read-only (sysrq 'u' for hidden ones), reboot(2).
 
 The VMMs run guests so that a reboot ends the VM (Firecracker exits; QEMU runs with -no-reboot), and
 reboot works on both where power-off does not. All of this is guarded: it only ever runs when the agent
@@ -12,6 +12,8 @@ import contextlib
 import ctypes
 import logging
 import os
+import select
+import time
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,45 @@ def remount_read_only() -> None:
             log.warning("remount %s (%s) read-only failed: %s", target, fstype, os.strerror(err))
 
 
+def emergency_remount_read_only(timeout: float = 5.0) -> bool:
+    """sysrq 'u': remount every block-device filesystem read-only, including those no path reaches.
+
+    The overlay's upper layer is mounted before the init's switch_root and hidden after it, so only this
+    reaches it. The kernel does it in the background and logs "Emergency Remount complete": wait for that.
+    """
+    try:
+        kmsg: int | None = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        kmsg = None
+    try:
+        if kmsg is not None:
+            os.lseek(kmsg, 0, os.SEEK_END)  # only records logged from now on
+        try:
+            with open("/proc/sysrq-trigger", "w") as trigger:
+                trigger.write("u")
+        except OSError as exc:
+            log.warning("emergency remount unavailable: %s", exc)
+            return False
+        if kmsg is None:
+            time.sleep(1.0)
+            return True
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not select.select([kmsg], [], [], remaining)[0]:
+                break
+            try:
+                record = os.read(kmsg, 8192)  # one log record per read
+            except (BlockingIOError, BrokenPipeError):  # EPIPE: records were overwritten, read on
+                continue
+            if b"Emergency Remount complete" in record:
+                return True
+        log.warning("emergency remount did not complete within %.0f s", timeout)
+        return False
+    finally:
+        if kmsg is not None:
+            os.close(kmsg)
+
+
 def power_off(guest_flag: bool) -> None:
     """Sync, remount read-only, reboot. Returns only if refused (not a guest) or reboot(2) failed."""
     if not may_power_off(guest_flag):
@@ -91,6 +132,7 @@ def power_off(guest_flag: bool) -> None:
     os.sync()
     remount_read_only()
     os.sync()
+    emergency_remount_read_only()
     libc = _libc()
     if libc.reboot(RB_AUTOBOOT) != 0:
         log.error("reboot(2) failed: %s", os.strerror(ctypes.get_errno()))
