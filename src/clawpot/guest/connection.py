@@ -151,7 +151,9 @@ class Stream:
         if self.final is not None:
             if self.final.type == FrameType.ERROR:
                 raise _remote_error(self.final)
-            raise AgentDisconnected(f"stream {self.id} already ended")
+            raise RemoteError(
+                "session_ended", f"stream {self.id} has already ended (process exited or transfer done)"
+            )
 
     async def send_data(self, data: bytes, pipe: Pipe = Pipe.STDIN) -> None:
         """Send ``data``, waiting for credit from the agent as needed."""
@@ -284,6 +286,9 @@ class AgentConnection:
             reason = f"read failed: {exc}"
         except asyncio.CancelledError:
             reason = "closed by the client"
+        except Exception as exc:  # a bug here must still fail every waiter, not leave them hanging
+            log.exception("agent connection %s: reader failed", self.name)
+            reason = f"internal error in the client: {exc!r}"
         finally:
             if self._agent_error and self.state is RunState.RUNNING:
                 reason = f"{reason} ({self._agent_error})"

@@ -220,3 +220,12 @@ async def test_events_end_with_exited(client: AgentClient) -> None:
     events = [e async for e in proc]
     assert events[-1] == Exited(proc.status) if proc.status else False
     assert [e for e in events if isinstance(e, Output)] == [Output("stdout", b"x\n")]
+
+
+async def test_writing_to_a_finished_process(client: AgentClient) -> None:
+    proc = await client.exec(["true"])
+    assert (await proc.wait()).ok
+    with pytest.raises(RemoteError) as caught:
+        await proc.write(b"too late")
+    assert caught.value.code == "session_ended"
+    assert (await client.run(["true"])).ok

@@ -247,3 +247,14 @@ def test_too_many_sessions(raw: RawConnection) -> None:
 def test_host_error_frames_are_only_logged(raw: RawConnection) -> None:
     raw.send(FrameType.ERROR, 0, encode_json({"code": "x", "message": "host-side trouble"}))
     assert raw.ping_ok()
+
+
+def test_upload_cut_off_by_a_disconnect_leaves_nothing(agent: AgentProcess, tmp_path: Path) -> None:
+    with RawConnection(agent.socket) as conn:
+        conn.handshake()
+        _open(conn, 1, {"op": "put", "path": str(tmp_path / "partial.bin")})
+        conn.send(FrameType.DATA, 1, bytes(1000), Pipe.STDIN)
+        assert conn.ping_ok()  # the agent has the data and a temporary file by now
+        [temporary] = [p.name for p in tmp_path.iterdir()]
+        assert temporary.startswith(".partial.bin.")
+    assert wait_until(lambda: not list(tmp_path.iterdir()))
