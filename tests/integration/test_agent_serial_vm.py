@@ -86,9 +86,9 @@ async def test_immediate_reconnects(vm: Vm) -> None:
 async def test_file_round_trip_over_serial(vm: Vm, tmp_path: Path) -> None:
     assert vm.agent is not None
     data = os.urandom(4 << 20)
-    assert await vm.agent.put_file(data, "/root/blob", mode=0o600) == len(data)
+    assert await vm.agent.put_file(data, "/var/tmp/blob", mode=0o600) == len(data)
     local = tmp_path / "blob"
-    info = await vm.agent.get_file("/root/blob", local)
+    info = await vm.agent.get_file("/var/tmp/blob", local)
     assert info.mode == 0o600
     assert hashlib.sha256(await asyncio.to_thread(local.read_bytes)).digest() == hashlib.sha256(data).digest()
 
