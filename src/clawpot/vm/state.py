@@ -100,4 +100,3 @@ class StateMachine:
         while self._state not in states:
             await self._changed.wait()
         return self._state
-
