@@ -15,9 +15,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from clawpot.agent.protocol import DEFAULT_WINDOW, FrameType, decode_json
+from clawpot.agent.protocol import FrameType, decode_json
 from clawpot.guest import files
-from clawpot.guest.connection import AgentConnection, AgentInfo, RunState
+from clawpot.guest.connection import RECEIVE_WINDOW, AgentConnection, AgentInfo, RunState
 from clawpot.guest.endpoints import AgentEndpoint, HybridVsockEndpoint, SerialSocketEndpoint, describe
 from clawpot.guest.errors import AgentDisconnected, AgentUnreachable, GuestError, ProtocolError
 from clawpot.guest.process import ExecProcess, ExecResult, Exited
@@ -90,7 +90,7 @@ class AgentClient:
         timeout: float | None = None,  # noqa: ASYNC109 - enforced by the agent on the remote process
         pty: PtySize | bool | None = None,
         stdin: bool = True,
-        window: int = DEFAULT_WINDOW,
+        window: int = RECEIVE_WINDOW,
     ) -> ExecProcess:
         """Start a process; returns once it runs (RemoteError ``spawn_failed`` if it cannot start).
 

@@ -47,6 +47,10 @@ _READ_SIZE = 256 * 1024
 # reconnect: at most what was queued in the VMM, far below this).
 _MAX_STALE = 16 * 1024 * 1024
 RESYNC_FILLER = bytes(HEADER_SIZE + MAX_PAYLOAD)
+# Credit we give the agent per stream: what we may have to buffer for a stream whose consumer is slow.
+# Larger than the agent's own (DEFAULT_WINDOW) because host memory is cheap and fewer WINDOW round trips
+# mean much higher throughput; the agent never buffers more than its socket high-water mark anyway.
+RECEIVE_WINDOW = 1024 * 1024
 
 
 class RunState(enum.Enum):
@@ -241,7 +245,7 @@ class AgentConnection:
             self._disconnect(f"write failed: {exc}")
             self._check_running()
 
-    def open_stream(self, request: dict[str, Any], window: int = DEFAULT_WINDOW) -> Stream:
+    def open_stream(self, request: dict[str, Any], window: int = RECEIVE_WINDOW) -> Stream:
         self._check_running()
         stream = Stream(self, self._next_id, window)
         self._next_id += 1
