@@ -39,6 +39,7 @@ async def _blocks() -> AsyncIterator[bytes]:
 
 def _assert_rss(agent: AgentProcess) -> None:
     peak = agent.peak_rss_bytes()
+    print(f"agent peak RSS {peak / 2**20:.1f} MiB")
     assert peak < RSS_LIMIT, f"agent peak RSS {peak / 2**20:.1f} MiB"
 
 
