@@ -41,10 +41,17 @@ def stub(server: str) -> Iterator[vm_pb2_grpc.VmServiceStub]:
         channel.close()
 
 
+def is_connect_failure(exc: grpc.RpcError) -> bool:
+    """The transport failed (no server, or the connection dropped), as opposed to a server's answer."""
+    if not isinstance(exc, grpc.Call) or exc.code() is not grpc.StatusCode.UNAVAILABLE:
+        return False
+    return _is_connect_failure(exc.details() or "")
+
+
 def fail_rpc(exc: grpc.RpcError, server: str) -> NoReturn:
     code = exc.code() if isinstance(exc, grpc.Call) else None
     details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-    if code is grpc.StatusCode.UNAVAILABLE and _is_connect_failure(details or ""):
+    if is_connect_failure(exc):
         die(
             f"cannot reach clawpot-server at {server} (is it running? set --server or ${SERVER_ENV})",
             EXIT_UNREACHABLE,

@@ -17,7 +17,14 @@ from types import FrameType
 import click
 import grpc
 
-from clawpot.cli.connection import EXIT_USAGE, die, fail_rpc, grpc_target
+from clawpot.cli.connection import (
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    die,
+    fail_rpc,
+    grpc_target,
+    is_connect_failure,
+)
 from clawpot.v1 import vm_pb2, vm_pb2_grpc
 
 EXIT_TIMEOUT = 124  # as coreutils `timeout`
@@ -127,10 +134,12 @@ def exec_command(
         signal.signal(signal.SIGWINCH, on_resize)
 
     exit_code = 1
+    streaming = False
     channel = grpc.insecure_channel(grpc_target(server))
     try:
         with _raw_terminal(tty):
             for response in vm_pb2_grpc.VmServiceStub(channel).Exec(iter(requests)):
+                streaming = True
                 kind = response.WhichOneof("kind")
                 if kind == "stdout":
                     _write(sys.stdout.buffer, response.stdout)
@@ -143,6 +152,9 @@ def exec_command(
         if isinstance(exc, grpc.Call) and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
             click.echo(f"clawpot: {exc.details()}", err=True)
             sys.exit(EXIT_TIMEOUT)
+        if streaming and is_connect_failure(exc):
+            # Reached the server, then lost it (server stopped or killed): not "cannot reach".
+            die(f"lost the connection to clawpot-server at {server} while the command ran", EXIT_UNREACHABLE)
         fail_rpc(exc, server)
     finally:
         requests.close()

@@ -47,6 +47,13 @@ from clawpot.vmm.spec import BackendKind
     help="Seconds a new VM's agent has to answer before the VM goes to Error.",
 )
 @click.option(
+    "--agent-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds a running VM's agent has to answer before a call fails with UNAVAILABLE.",
+)
+@click.option(
     "--stop-vms-on-exit",
     is_flag=True,
     help="On SIGTERM stop every VM. Default: leave them running; the next start adopts them.",
@@ -60,6 +67,7 @@ def main(
     subnet: str,
     no_network: bool,
     ready_timeout: float,
+    agent_timeout: float,
     stop_vms_on_exit: bool,
     verbose: bool,
 ) -> None:
@@ -77,6 +85,7 @@ def main(
             bridge=None if no_network else bridge,
             subnet=subnet,
             ready_timeout=ready_timeout,
+            agent_timeout=agent_timeout,
         ),
     )
     try:

@@ -3,7 +3,8 @@
 ServerError
 ├── InvalidArgument     bad vcpus, memory, id, path, address        → INVALID_ARGUMENT
 ├── NotFound            no such VM                                   → NOT_FOUND
-├── FailedPrecondition  VM not Running, address taken, ...           → FAILED_PRECONDITION
+├── AlreadyExists       requested address assigned to another VM     → ALREADY_EXISTS
+├── FailedPrecondition  VM not Running, deleted while creating, ...  → FAILED_PRECONDITION
 ├── ResourceExhausted   host memory, address pool                    → RESOURCE_EXHAUSTED
 ├── Unavailable         agent not reachable, backend not usable here → UNAVAILABLE
 └── DeadlineExceeded    exec timeout (process group killed)          → DEADLINE_EXCEEDED
@@ -22,6 +23,10 @@ class InvalidArgument(ServerError):
 
 
 class NotFound(ServerError):
+    pass
+
+
+class AlreadyExists(ServerError):
     pass
 
 

@@ -19,10 +19,10 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 from clawpot import paths
 from clawpot.assets.bootargs import GuestIp, guest_cmdline
@@ -52,6 +52,8 @@ from clawpot.vmm.spec import BackendKind
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 MAX_VCPUS = 32
 MIN_MEMORY_MIB = 64
 MAX_MEMORY_MIB = 32768
@@ -72,6 +74,8 @@ class ManagerConfig:
     subnet: str = "192.168.100.0/24"
     ready_timeout: float = 60.0
     stop_grace: float = 5.0
+    # How long the agent of a Running VM has to answer before an operation fails with UNAVAILABLE.
+    agent_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -178,6 +182,7 @@ class _Entry:
         self.agent: AgentClient | None = None
         self.agent_lock = asyncio.Lock()
         self.create_task: asyncio.Task[VmRecord] | None = None
+        self.delete_task: asyncio.Task[None] | None = None
         self.watch_task: asyncio.Task[None] | None = None
         self.deleting = False
 
@@ -246,12 +251,16 @@ class VmManager:
                 log.info("adopted VM %s (VMM pid %d)", record.id, record.pid)
                 continue
             if alive and record.pid is not None:
-                # Half-created or stopping when the last server died: finish it off.
+                # Stopping when the last server died: finish it off.
                 with contextlib.suppress(VmmError):
                     await AdoptedProcess(record.pid, record.vmm_start_ticks, None, record.vm_dir).kill()
-            if record.state is not VmState.ERROR:
+            # Starting when the last server died: the VMM may run, but its PID is recorded only once
+            # the VM is Running.
+            await _kill_vmm_of(record.vm_dir)
+            if record.state is not VmState.ERROR or record.ip_address:
                 reason = record.error or f"VMM process gone when the server restarted (was {record.state})"
-                entry.record = record.with_(state=VmState.ERROR, error=reason, pid=None)
+                # The address is released below: a VM that no longer holds it must not show it.
+                entry.record = record.with_(state=VmState.ERROR, error=reason, pid=None, ip_address="")
                 self.store.update(entry.record)
                 log.warning("VM %s: %s", record.id, reason)
             await self._release_resources(entry.record, keep_address=False)
@@ -377,13 +386,16 @@ class VmManager:
         self._entries[vm_id] = entry
         entry.create_task = asyncio.create_task(self._create(entry, backend, params), name=f"create {vm_id}")
         try:
-            # Shielded: a client that goes away does not abort the create half-way; delete does that.
+            # Shielded, so that a cancelled RPC reaches the boot only through the path below.
             return await asyncio.shield(entry.create_task)
         except asyncio.CancelledError:
-            if entry.create_task.done() or entry.deleting:
-                raise
-            # The RPC was cancelled (client gone or server stopping): do not leave a half-made VM.
-            await self._discard(entry)
+            # The RPC was cancelled (client gone, or the server stopping): stop the boot and let its
+            # own error path undo everything, so no half-made VM is left. Undoing it from here instead
+            # would race the boot, which keeps going until it is cancelled.
+            if not entry.create_task.done():
+                entry.create_task.cancel()
+            with contextlib.suppress(BaseException):
+                await _to_completion(entry.create_task)
             raise
 
     async def _create(self, entry: _Entry, backend: VmmBackend, params: CreateParams) -> VmRecord:
@@ -420,7 +432,7 @@ class VmManager:
             return entry.record
         except BaseException as exc:
             if not entry.deleting:
-                await self._discard(entry)
+                await _to_completion(self._discard(entry))
             if entry.deleting and not isinstance(exc, errors.ServerError):
                 raise errors.FailedPrecondition(f"VM {vm_id} was deleted while it was being created") from exc
             if isinstance(exc, errors.ServerError | asyncio.CancelledError):
@@ -445,19 +457,23 @@ class VmManager:
         if self.network is None:
             return None
         try:
-            return await asyncio.to_thread(
-                self.network.attach_vm, vm_id, params.ip_address or None, allow_peers=params.allow_peers
+            # A thread cannot be interrupted: a cancelled create waits for the attach to finish, so the
+            # undo that follows sees (and removes) everything it made.
+            return await _to_completion(
+                asyncio.to_thread(
+                    self.network.attach_vm, vm_id, params.ip_address or None, allow_peers=params.allow_peers
+                )
             )
         except AddressPoolExhausted as exc:
             raise errors.ResourceExhausted(str(exc)) from exc
         except AddressInUse as exc:
-            raise errors.FailedPrecondition(str(exc)) from exc
+            raise errors.AlreadyExists(str(exc)) from exc
         except AddressNotAllowed as exc:
             raise errors.InvalidArgument(str(exc)) from exc
 
     def _on_transition(self, entry: _Entry, event: Transition) -> None:
         if event.target is VmState.ERROR and entry.record.state is not VmState.STARTING:
-            entry.record = entry.record.with_(state=VmState.ERROR, error=event.reason)
+            entry.record = entry.record.with_(state=VmState.ERROR, error=event.reason, ip_address="")
             self.store.update(entry.record)
             asyncio.get_running_loop().create_task(self._release_after_crash(entry))
 
@@ -466,7 +482,7 @@ class VmManager:
         info = await entry.adopted.wait()
         if entry.deleting:
             return
-        entry.record = entry.record.with_(state=VmState.ERROR, error=info.reason, pid=None)
+        entry.record = entry.record.with_(state=VmState.ERROR, error=info.reason, pid=None, ip_address="")
         self.store.update(entry.record)
         await self._release_after_crash(entry)
 
@@ -498,9 +514,24 @@ class VmManager:
     # -- delete ---------------------------------------------------------------------------------------
 
     async def delete(self, vm_id: str) -> None:
+        """Stop the VM and free everything it held. A second delete of the same VM waits for the first.
+
+        The work runs in its own task: a caller that goes away (a cancelled RPC) does not leave the VM
+        half-deleted.
+        """
         entry = self._entry(vm_id)
-        if entry.deleting:
-            raise errors.FailedPrecondition(f"VM {vm_id} is already being deleted")
+        if entry.delete_task is None:
+            entry.delete_task = asyncio.create_task(self._delete(entry), name=f"delete {vm_id}")
+        task = entry.delete_task
+        try:
+            await asyncio.shield(task)
+        except Exception:
+            if entry.delete_task is task:
+                entry.delete_task = None  # let a later delete try again
+            raise
+
+    async def _delete(self, entry: _Entry) -> None:
+        vm_id = entry.record.id
         entry.deleting = True
         entry.record = entry.record.with_(state=VmState.STOPPING)
         with contextlib.suppress(Exception):
@@ -529,19 +560,38 @@ class VmManager:
     # -- guest operations -----------------------------------------------------------------------------
 
     async def _agent(self, vm_id: str) -> AgentClient:
+        """The VM's agent connection, (re)opened when needed and checked alive: a frozen or wedged
+        guest turns into UNAVAILABLE within ``agent_timeout`` instead of a call that hangs."""
         entry = self._entry(vm_id)
-        if entry.record.state is not VmState.RUNNING:
-            raise errors.FailedPrecondition(f"VM {vm_id} is {entry.record.state}, not Running")
+        if entry.record.state is not VmState.RUNNING or entry.deleting:
+            state = VmState.STOPPING if entry.deleting else entry.record.state
+            raise errors.FailedPrecondition(f"VM {vm_id} is {state}, not Running")
+        timeout = self.config.agent_timeout
         async with entry.agent_lock:
-            if entry.agent is not None and entry.agent.connected:
-                return entry.agent
+            agent = entry.agent
+            if agent is not None and agent.connected:
+                try:
+                    await asyncio.wait_for(agent.ping(), timeout)
+                except TimeoutError:
+                    raise errors.Unavailable(
+                        f"agent of VM {vm_id} did not answer within {timeout:g}s"
+                    ) from None
+                except GuestError:
+                    pass  # the connection died under us: open a new one below
+                else:
+                    return agent
             endpoint = endpoint_from_text(entry.record.agent_endpoint)
             if endpoint is None:
                 raise errors.Unavailable(f"VM {vm_id} has no agent channel")
+            # A serial channel serves one connection at a time: the dead one must be gone first.
+            if agent is not None:
+                with contextlib.suppress(Exception):
+                    await agent.close()
+                entry.agent = None
             try:
-                entry.agent = await wait_ready(endpoint, 10.0)
+                entry.agent = await wait_ready(endpoint, timeout)
             except AgentUnreachable as exc:
-                raise errors.Unavailable(f"agent of VM {vm_id} not reachable: {exc}") from exc
+                raise errors.Unavailable(f"agent of VM {vm_id} not reachable: {_one_line(exc)}") from exc
             return entry.agent
 
     async def exec(self, vm_id: str, params: ExecParams) -> ExecSession:
@@ -552,14 +602,19 @@ class VmManager:
         agent = await self._agent(vm_id)
         pty = PtySize(params.rows or 24, params.cols or 80) if params.tty else None
         try:
-            process = await agent.exec(
-                params.argv,
-                env=params.env or None,
-                cwd=params.cwd,
-                timeout=params.timeout,
-                pty=pty,
-                stdin=params.stdin,
-            )
+            async with asyncio.timeout(self.config.agent_timeout):
+                process = await agent.exec(
+                    params.argv,
+                    env=params.env or None,
+                    cwd=params.cwd,
+                    timeout=params.timeout,
+                    pty=pty,
+                    stdin=params.stdin,
+                )
+        except TimeoutError:
+            raise errors.Unavailable(
+                f"agent of VM {vm_id} did not start the command within {self.config.agent_timeout:g}s"
+            ) from None
         except RemoteError as exc:
             raise errors.FailedPrecondition(f"cannot run {params.argv[0]!r}: {exc}") from exc
         except GuestError as exc:
@@ -580,12 +635,34 @@ class VmManager:
         _check_guest_path(path)
         agent = await self._agent(vm_id)
         try:
-            download = await agent.open_file(path)
+            async with asyncio.timeout(self.config.agent_timeout):
+                download = await agent.open_file(path)
+        except TimeoutError:
+            raise errors.Unavailable(
+                f"agent of VM {vm_id} did not open {path} within {self.config.agent_timeout:g}s"
+            ) from None
         except RemoteError as exc:
             raise errors.NotFound(f"cannot read {path}: {exc}") from exc
         except GuestError as exc:
             raise errors.Unavailable(f"agent of VM {vm_id}: {exc}") from exc
         return DownloadHandle(download.info.size, download.info.mode, download)
+
+
+async def _to_completion(work: Awaitable[T]) -> T:
+    """Await ``work`` to its end even when the caller is cancelled meanwhile; the cancellation is
+    delivered afterwards. For cleanup and for work that cannot be interrupted half-way (threads)."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done() and task.cancelled():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return task.result()
 
 
 def _check_guest_path(path: str) -> None:
@@ -616,19 +693,43 @@ def _lock_data_dir(data_dir: Path) -> IO[str]:
 
 
 async def _remove_orphan_dir(path: Path) -> None:
-    """A VM directory no row owns: kill its VMM if it still runs (checked by identity), remove it."""
-    metadata = await asyncio.to_thread(read_metadata, path / "metadata.json")
-    if metadata is not None and metadata.vmm_pid is not None:
-        cmdline = _cmdline(metadata.vmm_pid)
-        if str(path) in cmdline or path.name in cmdline:
-            with contextlib.suppress(VmmError):
-                await AdoptedProcess(metadata.vmm_pid, None, None, path).kill()
+    """A VM directory no row owns: kill its VMM if it still runs, remove it."""
+    await _kill_vmm_of(path)
     log.info("removing orphan VM directory %s", path)
     await asyncio.to_thread(shutil.rmtree, path, True)
 
 
-def _cmdline(pid: int) -> str:
+_VMM_NAMES = ("qemu-system-", "firecracker", "jailer")
+
+
+async def _kill_vmm_of(vm_dir: Path) -> None:
+    """Kill any VMM still running on ``vm_dir``: the PID its metadata names, and VMM processes whose
+    command line names a file in the directory (the metadata may predate the VMM). Both are checked
+    against the directory's path, so no other process can be hit."""
+    for pid in await asyncio.to_thread(_vmm_pids_using, vm_dir):
+        log.info("killing VMM process %d left running on %s", pid, vm_dir)
+        with contextlib.suppress(VmmError, OSError):
+            await AdoptedProcess(pid, None, None, vm_dir).kill()
+
+
+def _vmm_pids_using(vm_dir: Path) -> set[int]:
+    marker = str(vm_dir).encode() + b"/"
+    found = set()
+    metadata = read_metadata(vm_dir / "metadata.json")
+    if metadata is not None and metadata.vmm_pid is not None and marker in _cmdline(metadata.vmm_pid):
+        found.add(metadata.vmm_pid)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        argv = _cmdline(int(entry.name))
+        program = Path(argv.split(b"\0", 1)[0].decode(errors="replace")).name
+        if marker in argv and program.startswith(_VMM_NAMES):
+            found.add(int(entry.name))
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return ""
+        return b""
