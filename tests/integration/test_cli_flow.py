@@ -153,16 +153,16 @@ def test_cp_20mb_in_and_out(server: ServerProcess, vm: str, tmp_path: Path) -> N
     local.chmod(0o640)
     digest = hashlib.sha256(data).hexdigest()
     started = time.monotonic()
-    server.cli_ok("cp", str(local), f"{vm}:/root/blob.bin")
+    server.cli_ok("cp", str(local), f"{vm}:/var/tmp/blob.bin")
     upload = time.monotonic() - started
     in_guest = server.exec(
-        vm, "sh", "-c", "sha256sum /root/blob.bin; stat -c %a /root/blob.bin"
+        vm, "sh", "-c", "sha256sum /var/tmp/blob.bin; stat -c %a /var/tmp/blob.bin"
     ).stdout.split()
     assert (in_guest[0], in_guest[-1]) == (digest, "640")
     back_dir = tmp_path / "back"
     back_dir.mkdir()
     started = time.monotonic()
-    server.cli_ok("cp", f"{vm}:/root/blob.bin", str(back_dir))  # into a directory: keeps the name
+    server.cli_ok("cp", f"{vm}:/var/tmp/blob.bin", str(back_dir))  # into a directory: keeps the name
     download = time.monotonic() - started
     back = back_dir / "blob.bin"
     assert hashlib.sha256(back.read_bytes()).hexdigest() == digest

@@ -202,10 +202,16 @@ def test_exec_while_starting_then_delete_during_create(server: ServerProcess, vm
 
         wait_until(appeared, 60, "the new VM's QEMU to run")
         new = starting[0]
-        assert server.vms()[new].state == vm_pb2.VM_STATE_STARTING
-        _check(Code.FAILED_PRECONDITION, lambda: _exec(api, new, ["true"]), contains="not Running")
-        _check(Code.FAILED_PRECONDITION, lambda: _download(api, new, "/etc/hostname"), contains="not Running")
         qemu = server.vmm_pids()[new]
+        os.kill(qemu, signal.SIGSTOP)  # hold the guest before its agent answers: it stays Starting
+        try:
+            assert server.vms()[new].state == vm_pb2.VM_STATE_STARTING
+            _check(Code.FAILED_PRECONDITION, lambda: _exec(api, new, ["true"]), contains="not Running")
+            _check(
+                Code.FAILED_PRECONDITION, lambda: _download(api, new, "/etc/hostname"), contains="not Running"
+            )
+        finally:
+            os.kill(qemu, signal.SIGCONT)
         api.DeleteVm(vm_pb2.DeleteVmRequest(id=new), timeout=60)
         _check(Code.FAILED_PRECONDITION, lambda: future.result(), contains="deleted")
     assert not proc_exists(qemu)
@@ -213,14 +219,19 @@ def test_exec_while_starting_then_delete_during_create(server: ServerProcess, vm
 
 
 def test_create_cancelled_by_the_client_leaves_nothing(server: ServerProcess, vm: str) -> None:
+    pids: dict[str, int] = {}
+
+    def booting() -> bool:
+        pids.update(server.vmm_pids())
+        return len(pids) == 2
+
     client = server.cli_popen("create", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        wait_until(lambda: len(server.vmm_pids()) == 2, 60, "the new VM's QEMU to run")
+        wait_until(booting, 60, "the new VM's QEMU to run")
     finally:
         client.kill()  # the client goes away mid-create (by PID: it is ours)
-        client.wait(10)
-    (new,) = set(server.vmm_pids()) - {vm}
-    qemu = server.vmm_pids()[new]
+        client.communicate(timeout=10)
+    (qemu,) = (pid for vm_id, pid in pids.items() if vm_id != vm)
     wait_until(lambda: set(server.vms()) == {vm}, 60, "the server to discard the abandoned VM")
     wait_until(lambda: not proc_exists(qemu), 30, "the abandoned VM's QEMU to exit")
     _assert_only(server, vm)

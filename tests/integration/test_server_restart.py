@@ -92,9 +92,23 @@ def _assert_consistent(server: ServerProcess, running: set[str], errored: set[st
         assert ruleset.count(f" . {ip}") == 1, f"{ip} should be in port_addrs exactly once"
 
 
-def _exec_hostname(server: ServerProcess, vm_id: str) -> None:
-    result = server.exec(vm_id, "cat", "/proc/sys/kernel/hostname")
-    assert (result.returncode, result.stdout.strip()) == (0, vm_id), result.stderr
+def _exec_hostnames(server: ServerProcess, vm_ids: list[str]) -> None:
+    """`clawpot exec ID -- cat /proc/sys/kernel/hostname` on every VM at once: each answers its own id."""
+    clients = {
+        vm_id: server.cli_popen(
+            "exec",
+            vm_id,
+            "--",
+            "cat",
+            "/proc/sys/kernel/hostname",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for vm_id in vm_ids
+    }
+    for vm_id, client in clients.items():
+        out, err = client.communicate(timeout=120)
+        assert (client.returncode, out.decode().strip()) == (0, vm_id), err.decode()
 
 
 def test_five_concurrent_creates_fill_the_pool_and_a_sixth_is_refused(
@@ -122,11 +136,10 @@ def test_sigterm_restart_adopts_the_running_vms(server: ServerProcess, fleet: li
     assert server.vmm_pids() == pids and _ips(server) == ips
     assert nft_rules(server.ns, "inet", "clawpot") == rules
     _assert_consistent(server, set(fleet))
-    for vm_id in fleet:  # a fresh agent connection on every adopted VM
-        _exec_hostname(server, vm_id)
-    result = server.cli("exec", "-i", fleet[0], "--", "sh", "-c", "cat > /root/adopted.txt", input=b"kept")
+    _exec_hostnames(server, fleet)  # a fresh agent connection on every adopted VM
+    result = server.cli("exec", "-i", fleet[0], "--", "sh", "-c", "cat > /var/tmp/adopted.txt", input=b"kept")
     assert result.returncode == 0, result.stderr
-    assert server.exec(fleet[0], "cat", "/root/adopted.txt").stdout == "kept"
+    assert server.exec(fleet[0], "cat", "/var/tmp/adopted.txt").stdout == "kept"
 
 
 def test_kill9_restart_with_a_vm_crashed_meanwhile(
@@ -151,12 +164,11 @@ def test_kill9_restart_with_a_vm_crashed_meanwhile(
     _assert_consistent(server, survivors, {crashed})
     assert {v: p for v, p in server.vmm_pids().items()} == {v: pids[v] for v in survivors}
     assert nft_rules(server.ns, "inet", "clawpot") == rules  # rewritten, present once
-    for vm_id in sorted(survivors):
-        _exec_hostname(server, vm_id)
+    _exec_hostnames(server, sorted(survivors))
     local = tmp_path / "f.txt"
     local.write_text("after kill -9")
-    server.cli_ok("cp", str(local), f"{fleet[1]}:/root/f.txt")
-    server.cli_ok("cp", f"{fleet[1]}:/root/f.txt", str(tmp_path / "back.txt"))
+    server.cli_ok("cp", str(local), f"{fleet[1]}:/var/tmp/f.txt")
+    server.cli_ok("cp", f"{fleet[1]}:/var/tmp/f.txt", str(tmp_path / "back.txt"))
     assert (tmp_path / "back.txt").read_text() == "after kill -9"
     on_error = server.exec(crashed, "true")
     assert on_error.returncode == EXIT_FAILED and on_error.stderr.startswith("clawpot: FAILED_PRECONDITION: ")
@@ -176,6 +188,7 @@ def test_kill9_during_a_create_leaves_nothing_at_restart(server: ServerProcess, 
         wait_until(lambda: len(server.vmm_pids()) == len(running) + 1, 60, "the new VM's QEMU to run")
         (half,) = set(server.vmm_pids()) - running
         qemu = server.vmm_pids()[half]
+        server.ns.run(["kill", "-STOP", str(qemu)])  # hold the guest so the create cannot finish first
         assert server.vms()[half].state == vm_pb2.VM_STATE_STARTING
         server.kill9()
     finally:
@@ -201,7 +214,12 @@ def test_adopted_vm_crashing_under_a_running_server_goes_to_error(
     _assert_consistent(server, set(fleet) - errored - {victim}, errored | {victim})
 
 
-def test_delete_them_all(server: ServerProcess, fleet: list[str]) -> None:
-    server.cli_ok("delete", *fleet)
+def test_delete_them_all_at_once(server: ServerProcess, fleet: list[str]) -> None:
+    clients = [
+        server.cli_popen("delete", vm_id, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for vm_id in fleet
+    ]
+    for client in clients:
+        _, err = client.communicate(timeout=120)
+        assert client.returncode == 0, err.decode()
     _assert_consistent(server, set())
     assert server.db_rows("SELECT id FROM vms") == []
