@@ -10,23 +10,16 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from clawpot.assets.errors import AssetError
+from clawpot.assets.install import InstalledAssets, installed
 from clawpot.paths import assets_dir
 
 REQUIRE_INTEGRATION_ENV = "CLAWPOT_REQUIRE_INTEGRATION"
 _INTEGRATION_DIR = Path(__file__).parent / "integration"
-
-
-@dataclass(frozen=True)
-class InstalledAssets:
-    kernel: Path
-    rootfs: Path
-    firecracker: Path
-    jailer: Path
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -75,19 +68,10 @@ def require_root() -> None:
 @pytest.fixture(scope="session")
 def installed_assets() -> InstalledAssets:
     """The assets installed by `clawpot assets install` (scripts/test.sh runs it before pytest)."""
-    base = assets_dir()
-    assets = InstalledAssets(
-        kernel=base / "vmlinux",
-        rootfs=base / "rootfs.ext4",
-        firecracker=base / "firecracker",
-        jailer=base / "jailer",
-    )
-    missing = [p for p in (assets.kernel, assets.rootfs, assets.firecracker) if not p.exists()]
-    if missing:
-        pytest.skip(
-            f"VM assets not installed ({', '.join(str(p) for p in missing)}): run `clawpot assets install`"
-        )
-    return assets
+    try:
+        return installed()
+    except AssetError as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="session")

@@ -110,8 +110,10 @@ async def test_serial_console_shows_the_kernel_and_the_exact_boot_args(booted: B
     expected = f"Command line: {spec.boot_args}"
 
     def printed() -> bool:
+        # The console file is written as the guest prints: wait for the whole command line (its newline).
         text = serial.read_text(errors="replace")
-        return "Linux version" in text and expected in text
+        start = text.find(expected)
+        return "Linux version" in text and start >= 0 and "\n" in text[start:]
 
     await asyncio.to_thread(wait_until, printed, CONSOLE_DEADLINE, 0.1)
     text = serial.read_text(errors="replace")
