@@ -46,7 +46,6 @@ want="$(sha256sum "$LOCK" pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [[ ! -x .venv/bin/python || "$(cat "$STAMP" 2>/dev/null)" != "$want" ]]; then
   log "venv: installing pinned dependencies from $LOCK"
   python3 -m venv .venv
-  .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q --require-hashes -r "$LOCK"
   .venv/bin/pip install -q --no-deps --no-build-isolation -e .
   echo "$want" > "$STAMP"
