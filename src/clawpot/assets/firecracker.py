@@ -19,8 +19,6 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from clawpot.assets.cache import Staging
 from clawpot.assets.errors import BuildError, FetchError, VerifyError
 from clawpot.assets.hashing import inputs_key, sha256_file
@@ -116,6 +114,8 @@ class FirecrackerRecipe:
 
 
 def _fetch_pinned(staging: Staging, log: Path, reporter: Reporter) -> str:
+    import httpx  # only needed here; keeps `clawpot assets install` quick to start when nothing is to do
+
     failures = []
     with reporter.step("fetching the Firecracker release") as step:
         try:
