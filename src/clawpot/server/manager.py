@@ -26,7 +26,7 @@ from typing import IO, TypeVar
 
 from clawpot import paths
 from clawpot.assets.bootargs import GuestIp, guest_cmdline
-from clawpot.guest import AgentClient, ExecProcess, ExitStatus, GuestError, Output, PtySize, wait_ready
+from clawpot.guest import AgentClient, GuestError, PtySize, wait_ready
 from clawpot.guest.errors import AgentUnreachable, RemoteError
 from clawpot.network import (
     AddressInUse,
@@ -37,12 +37,13 @@ from clawpot.network import (
     NetworkManager,
     NetworkSlot,
 )
-from clawpot.server import errors
+from clawpot.server import errors, orphans
 from clawpot.server.records import endpoint_from_text, endpoint_to_text
+from clawpot.server.sessions import DownloadHandle, ExecParams, ExecSession
 from clawpot.server.store import Store, VmRecord
 from clawpot.vm import procfs, validation
 from clawpot.vm.config import VmConfig
-from clawpot.vm.directory import new_vm_id, read_metadata
+from clawpot.vm.directory import new_vm_id
 from clawpot.vm.errors import VmError
 from clawpot.vm.machine import OVERLAY_DEVICE, Vm
 from clawpot.vm.state import Transition, VmState
@@ -86,90 +87,6 @@ class CreateParams:
     labels: dict[str, str] = field(default_factory=dict)
     ip_address: str | None = None
     allow_peers: bool = False
-
-
-@dataclass(frozen=True)
-class ExecParams:
-    argv: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: str | None = None
-    timeout: float | None = None
-    tty: bool = False
-    rows: int = 0
-    cols: int = 0
-    stdin: bool = False
-
-
-@dataclass(frozen=True)
-class OutputChunk:
-    stdout: bytes | None = None
-    stderr: bytes | None = None
-
-
-class ExecSession:
-    """One running command, as the servicer sees it: output events, then ``result()``."""
-
-    def __init__(self, process: ExecProcess) -> None:
-        self._process = process
-        self._status: ExitStatus | None = None
-
-    async def events(self) -> AsyncIterator[OutputChunk]:
-        try:
-            async for event in self._process:
-                if isinstance(event, Output):
-                    if event.stream == "stdout":
-                        yield OutputChunk(stdout=event.data)
-                    else:
-                        yield OutputChunk(stderr=event.data)
-                else:
-                    self._status = event.status
-        except GuestError as exc:
-            raise errors.Unavailable(f"lost the guest agent during exec: {exc}") from exc
-
-    async def result(self) -> ExitStatus:
-        if self._status is None:
-            raise errors.Unavailable("the command ended without an exit status")
-        if self._status.timed_out:
-            raise errors.DeadlineExceeded(
-                f"command timed out after {self._status.duration:.1f}s; its process group was killed"
-            )
-        return self._status
-
-    async def write_stdin(self, data: bytes) -> None:
-        await self._process.write(data)
-
-    async def close_stdin(self) -> None:
-        await self._process.close_stdin()
-
-    async def send_signal(self, signo: int) -> None:
-        await self._process.signal(signo)
-
-    async def resize(self, rows: int, cols: int) -> None:
-        await self._process.resize(rows, cols)
-
-    async def close(self) -> None:
-        if self._process.status is None:
-            with contextlib.suppress(GuestError):
-                self._process.cancel()
-
-
-@dataclass(frozen=True)
-class DownloadHandle:
-    size: int
-    mode: int
-    _download: object
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        from clawpot.guest import Download
-
-        download = self._download
-        assert isinstance(download, Download)
-        try:
-            async with download:
-                async for chunk in download:
-                    yield chunk
-        except GuestError as exc:
-            raise errors.Unavailable(f"lost the guest agent during download: {exc}") from exc
 
 
 class _Entry:
@@ -256,7 +173,7 @@ class VmManager:
                     await AdoptedProcess(record.pid, record.vmm_start_ticks, None, record.vm_dir).kill()
             # Starting when the last server died: the VMM may run, but its PID is recorded only once
             # the VM is Running.
-            await _kill_vmm_of(record.vm_dir)
+            await orphans.kill_vmm_of(record.vm_dir)
             if record.state is not VmState.ERROR or record.ip_address:
                 reason = record.error or f"VMM process gone when the server restarted (was {record.state})"
                 # The address is released below: a VM that no longer holds it must not show it.
@@ -267,7 +184,7 @@ class VmManager:
         known = set(self._entries)
         for path in sorted(self.vms_root.iterdir()) if self.vms_root.exists() else []:
             if path.name not in known:
-                await _remove_orphan_dir(path)
+                await orphans.remove_orphan_dir(path)
         if self.network is not None:
             keep = [e.record.id for e in self._entries.values() if e.record.state is not VmState.ERROR]
             plan = await asyncio.to_thread(self.network.reconcile, keep)
@@ -690,46 +607,3 @@ def _lock_data_dir(data_dir: Path) -> IO[str]:
     lock.write(f"{os.getpid()}\n")
     lock.flush()
     return lock
-
-
-async def _remove_orphan_dir(path: Path) -> None:
-    """A VM directory no row owns: kill its VMM if it still runs, remove it."""
-    await _kill_vmm_of(path)
-    log.info("removing orphan VM directory %s", path)
-    await asyncio.to_thread(shutil.rmtree, path, True)
-
-
-_VMM_NAMES = ("qemu-system-", "firecracker", "jailer")
-
-
-async def _kill_vmm_of(vm_dir: Path) -> None:
-    """Kill any VMM still running on ``vm_dir``: the PID its metadata names, and VMM processes whose
-    command line names a file in the directory (the metadata may predate the VMM). Both are checked
-    against the directory's path, so no other process can be hit."""
-    for pid in await asyncio.to_thread(_vmm_pids_using, vm_dir):
-        log.info("killing VMM process %d left running on %s", pid, vm_dir)
-        with contextlib.suppress(VmmError, OSError):
-            await AdoptedProcess(pid, None, None, vm_dir).kill()
-
-
-def _vmm_pids_using(vm_dir: Path) -> set[int]:
-    marker = str(vm_dir).encode() + b"/"
-    found = set()
-    metadata = read_metadata(vm_dir / "metadata.json")
-    if metadata is not None and metadata.vmm_pid is not None and marker in _cmdline(metadata.vmm_pid):
-        found.add(metadata.vmm_pid)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        argv = _cmdline(int(entry.name))
-        program = Path(argv.split(b"\0", 1)[0].decode(errors="replace")).name
-        if marker in argv and program.startswith(_VMM_NAMES):
-            found.add(int(entry.name))
-    return found
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""

@@ -15,7 +15,8 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from clawpot.server import errors
-from clawpot.server.manager import CreateParams, ExecParams, VmManager
+from clawpot.server.manager import CreateParams, VmManager
+from clawpot.server.sessions import ExecParams
 from clawpot.server.store import VmRecord
 from clawpot.v1 import vm_pb2, vm_pb2_grpc
 from clawpot.vm.state import VmState
