@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from clawpot.vmm.base import ExitInfo, VmmStartError
+from clawpot.vmm.spawn import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,6 @@ _GENERIC_ERRORS = re.compile(
     r"Received Error\. Status code: 400"
 )
 _LOG_PREFIX = re.compile(r"^\S+ \[(?P<origin>[^\]]*?)(?::(?P<level>ERROR|WARN|INFO|DEBUG|TRACE))?\] ")
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -101,7 +99,7 @@ class FirecrackerProcess:
                     stderr=stderr,
                     # Own session: a Ctrl+C on the terminal reaches us, and we stop the VM in order.
                     start_new_session=True,
-                    preexec_fn=_die_with_parent() if self.die_with_parent else None,
+                    preexec_fn=die_with_parent() if self.die_with_parent else None,
                 )
             except OSError as exc:
                 raise VmmStartError(f"cannot run {self.binary}: {exc.strerror or exc}") from exc
@@ -245,16 +243,3 @@ def _signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return f"signal {signum}"
-
-
-def _die_with_parent() -> Callable[[], None]:
-    """A preexec hook: the kernel SIGKILLs firecracker if we die without stopping it (no orphans).
-
-    libc is resolved here, before fork, so the child only makes one plain syscall.
-    """
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-    return hook

@@ -9,7 +9,6 @@ QEMU and never to a recycled PID.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import re
 import signal
@@ -24,12 +23,12 @@ from clawpot.guest.endpoints import AgentEndpoint, SerialSocketEndpoint, VsockEn
 from clawpot.vmm.base import ExitInfo, VmmConfigError, VmmProcess, VmmStartError
 from clawpot.vmm.qemu.cmdline import QEMU_BINARY, Accel, QemuFiles, build_command, validate
 from clawpot.vmm.qemu.qmp import QmpControl, QmpError
+from clawpot.vmm.spawn import die_with_parent
 from clawpot.vmm.spec import BackendKind, VmSpec
 
 _POLL = 0.01
 # After QMP `quit` or SIGTERM, how long QEMU gets before the next, harder step.
 _STEP_TIMEOUT = 2.0
-_PR_SET_PDEATHSIG = 1
 
 AccelChooser = Callable[[VmSpec], Awaitable[Accel]]
 
@@ -123,7 +122,7 @@ class QemuProcess(VmmProcess):
                     stderr=log,
                     # Own session: a Ctrl+C at the terminal reaches our cleanup, not QEMU directly.
                     start_new_session=True,
-                    preexec_fn=_die_with_parent() if self.die_with_parent else None,
+                    preexec_fn=die_with_parent() if self.die_with_parent else None,
                 )
         except OSError as exc:
             self._remove_files()
@@ -294,16 +293,3 @@ def _last_error_line(log: Path, max_bytes: int = 4096) -> str:
     if not lines:
         return ""
     return next((line for line in lines if "error" in line.lower()), lines[-1])
-
-
-def _die_with_parent() -> Callable[[], None]:
-    """A preexec hook: the kernel SIGKILLs QEMU if we die without stopping it (no orphans).
-
-    libc is resolved before fork, so the child only makes one plain syscall.
-    """
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-    return hook
