@@ -57,7 +57,8 @@ T = TypeVar("T")
 
 MAX_VCPUS = 32
 MIN_MEMORY_MIB = 64
-MAX_MEMORY_MIB = 32768
+# An upper bound that only catches typos; what the host can give is checked separately (RESOURCE_EXHAUSTED).
+MAX_MEMORY_MIB = 1024 * 1024
 _VM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
