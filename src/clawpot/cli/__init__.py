@@ -6,6 +6,7 @@
 - ``exec``        ``exec``: streams stdin/stdout/stderr, passes the exit code through.
 - ``files``       ``cp`` in and out of a VM.
 - ``assets``      ``clawpot assets install | status | inject``.
+- ``doctor``      ``clawpot doctor``: host checks and the backend ``--vmm auto`` picks.
 - ``server``      ``clawpot-server``.
 - ``driver``      ``clawpot-driver``: one VM in the foreground, no server.
 """

@@ -34,11 +34,12 @@ def cli(ctx: click.Context, server: str) -> None:
 
 def _register() -> None:
     from clawpot.cli.assets import assets
+    from clawpot.cli.doctor import doctor
     from clawpot.cli.exec import exec_command
     from clawpot.cli.files import cp
     from clawpot.cli.vms import create, delete, get, list_vms
 
-    for command in (assets, create, list_vms, get, delete, exec_command, cp):
+    for command in (assets, doctor, create, list_vms, get, delete, exec_command, cp):
         cli.add_command(command)
 
 

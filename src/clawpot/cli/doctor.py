@@ -1,0 +1,111 @@
+"""`clawpot doctor`: can this host run Clawpot VMs, and on which backend? Checks, never changes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from clawpot import paths
+from clawpot.assets.install import status as assets_status
+from clawpot.assets.manifest import State
+from clawpot.vmm import probe
+from clawpot.vmm.base import VmmError
+
+# (tool, Debian package, what needs it)
+TOOLS = (
+    ("qemu-system-x86_64", "qemu-system-x86", "QEMU backend"),
+    ("nft", "nftables", "VM networking (NAT, isolation)"),
+    ("mkfs.ext4", "e2fsprogs", "per-VM writable layers"),
+    ("debugfs", "e2fsprogs", "clawpot assets inject"),
+    ("mmdebstrap", "mmdebstrap", "building the root filesystem"),
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    # A failed required check makes `doctor` exit 1; an optional one only informs.
+    required: bool = True
+
+
+def _tool_checks() -> list[Check]:
+    checks = []
+    for tool, package, purpose in TOOLS:
+        found = shutil.which(tool)
+        detail = found or f"missing: apt-get install {package}"
+        checks.append(Check(f"{tool} ({purpose})", found is not None, detail, required=tool != "mmdebstrap"))
+    return checks
+
+
+def _asset_checks(data: Path) -> list[Check]:
+    checks = []
+    for result in assets_status(data):
+        detail = str(result.path) if result.state is State.OK else f"{result.state}: {result.detail}"
+        checks.append(Check(f"asset {result.name}", result.state is State.OK, detail))
+    return checks
+
+
+def _accelerator_check(data: Path, refresh: bool) -> Check:
+    assets = paths.assets_dir(data)
+    try:
+        answer = asyncio.run(
+            probe.probe_accelerator(assets / "vmlinux", assets / "rootfs.ext4", data=data, force=refresh)
+        )
+    except (VmmError, OSError) as exc:
+        return Check("accelerator", False, str(exc))
+    backend = "firecracker" if answer.kvm_boots_guests else "qemu (TCG: guests 10-50x slower)"
+    return Check("accelerator", True, f"{answer.summary()}; --vmm auto uses {backend}")
+
+
+@click.command()
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar=paths.DATA_DIR_ENV,
+    help="Data directory (default /var/lib/clawpot).",
+)
+@click.option("--refresh", is_flag=True, help="Probe KVM again instead of using the cached answer.")
+@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def doctor(data_dir: Path | None, refresh: bool, output: str) -> None:
+    """Check this host: tools, installed assets, /dev/kvm and which backend `--vmm auto` picks.
+
+    Exits 1 when something Clawpot needs is missing or broken.
+    """
+    data = paths.data_dir(data_dir)
+    kvm_problem = probe.kvm_device_problem()
+    provider = probe.kvm_provider()
+    checks = [
+        Check(
+            "/dev/kvm",
+            kvm_problem is None,
+            kvm_problem or f"usable ({probe.describe_provider(provider)})",
+            required=False,
+        ),
+        *_tool_checks(),
+        *_asset_checks(data),
+    ]
+    assets_ok = all(c.ok for c in checks if c.name.startswith("asset "))
+    if assets_ok and shutil.which("qemu-system-x86_64"):
+        checks.append(_accelerator_check(data, refresh))
+    healthy = all(c.ok for c in checks if c.required)
+    if output == "json":
+        click.echo(json.dumps({"healthy": healthy, "checks": [asdict(c) for c in checks]}, indent=2))
+    else:
+        table = Table(box=None, pad_edge=False)
+        for column in ("CHECK", "", "DETAIL"):
+            table.add_column(column)
+        for c in checks:
+            mark = "[green]ok[/]" if c.ok else ("[red]FAIL[/]" if c.required else "[yellow]--[/]")
+            table.add_row(c.name, mark, c.detail)
+        Console(soft_wrap=True).print(table)
+    sys.exit(0 if healthy else 1)
