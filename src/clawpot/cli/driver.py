@@ -201,9 +201,10 @@ def start(
     )
     socket_path = socket_path.absolute()
     try:
-        kind = resolve(vmm)
+        kind = resolve(vmm, ctx.data_dir)
         binary = firecracker_bin if kind is BackendKind.FIRECRACKER else qemu_bin
-        backend = get_backend(kind.value, BackendOptions(binary=binary, control_socket=socket_path))
+        options = BackendOptions(binary=binary, control_socket=socket_path, data_dir=ctx.data_dir)
+        backend = get_backend(kind.value, options)
     except VmmError as exc:
         _finish(EXIT_USAGE, str(exc))
     found = problems(

@@ -49,6 +49,7 @@ from clawpot.vm.machine import OVERLAY_DEVICE, Vm
 from clawpot.vm.state import Transition, VmState
 from clawpot.vmm.adopted import AdoptedProcess
 from clawpot.vmm.base import VmmBackend, VmmError
+from clawpot.vmm.registry import BackendOptions, VmmChoice, get_backend, resolve
 from clawpot.vmm.spec import BackendKind
 
 log = logging.getLogger(__name__)
@@ -262,21 +263,20 @@ class VmManager:
             )
 
     def _backend(self, kind: BackendKind | None) -> VmmBackend:
-        from clawpot.vmm.registry import resolve
-
-        resolved = kind or self.config.default_backend or resolve("auto")
+        data = self.config.data_dir
+        resolved = kind or self.config.default_backend or resolve(VmmChoice.AUTO, data)
         backend = self._backends.get(resolved)
         if backend is None:
+            options = BackendOptions(
+                binary=self.firecracker
+                if resolved is BackendKind.FIRECRACKER and self.firecracker.exists()
+                else None,
+                data_dir=data,
+                # The server's VMs outlive it: a restarted server adopts them.
+                die_with_parent=False,
+            )
             try:
-                if resolved is BackendKind.FIRECRACKER:
-                    from clawpot.vmm.firecracker.backend import FirecrackerBackend
-
-                    binary = self.firecracker if self.firecracker.exists() else None
-                    backend = FirecrackerBackend(binary, die_with_parent=False)
-                else:
-                    from clawpot.vmm.qemu.backend import QemuBackend
-
-                    backend = QemuBackend(data=self.config.data_dir, die_with_parent=False)
+                backend = get_backend(resolved.value, options)
             except VmmError as exc:
                 raise errors.Unavailable(f"{resolved} backend unusable here: {exc}") from exc
             capabilities = backend.capabilities()

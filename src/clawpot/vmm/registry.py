@@ -6,12 +6,11 @@ Backends are imported lazily, so a host without QEMU never imports the QEMU code
 from __future__ import annotations
 
 import enum
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from clawpot.vmm.base import VmmBackend, VmmUnsupported
+from clawpot.vmm.base import VmmBackend
 from clawpot.vmm.spec import BackendKind
 
 
@@ -29,10 +28,15 @@ class BackendOptions:
 
     ``control_socket`` pins the VMM's control socket (Firecracker API / QEMU QMP) for a single-VM launch
     such as ``clawpot-driver --socket``; None puts each VM's socket in its own directory.
+    ``data_dir`` is where the installed assets and the accelerator probe's cache live (None: default).
+    ``die_with_parent`` kills the VMM when its launcher dies: right for one-VM launchers (the driver),
+    wrong for the server, whose VMs outlive a restart and are adopted.
     """
 
     binary: Path | None = None
     control_socket: Path | None = None
+    data_dir: Path | None = None
+    die_with_parent: bool = True
 
 
 Factory = Callable[[BackendOptions], VmmBackend]
@@ -41,22 +45,20 @@ Factory = Callable[[BackendOptions], VmmBackend]
 def _firecracker(options: BackendOptions) -> VmmBackend:
     from clawpot.vmm.firecracker.backend import FirecrackerBackend
 
-    return FirecrackerBackend(options.binary, api_socket=options.control_socket)
+    return FirecrackerBackend(
+        options.binary, api_socket=options.control_socket, die_with_parent=options.die_with_parent
+    )
 
 
 def _qemu(options: BackendOptions) -> VmmBackend:
-    # Imported by name: the QEMU backend is optional at this layer and may expose a factory later.
-    try:
-        module = importlib.import_module("clawpot.vmm.qemu")
-    except ImportError as exc:
-        raise VmmUnsupported(f"the QEMU backend is not available: {exc}") from exc
-    factory = getattr(module, "backend_from_options", None)
-    if factory is None:
-        raise VmmUnsupported("the QEMU backend is not available in this build")
-    backend = factory(options)
-    if not isinstance(backend, VmmBackend):
-        raise TypeError(f"clawpot.vmm.qemu.backend_from_options returned {backend!r}")
-    return backend
+    from clawpot.vmm.qemu.backend import QemuBackend
+
+    return QemuBackend(
+        options.binary,
+        qmp_socket=options.control_socket,
+        data=options.data_dir,
+        die_with_parent=options.die_with_parent,
+    )
 
 
 _FACTORIES: dict[BackendKind, Factory] = {
@@ -70,26 +72,20 @@ def register_backend(kind: BackendKind, factory: Factory) -> None:
     _FACTORIES[kind] = factory
 
 
-def kvm_boots_guests() -> bool:
-    """Whether this host's KVM runs stock guests to userland (false on kvm_pvm hosts).
+def kvm_boots_guests(data: Path | None = None) -> bool:
+    """Whether this host's KVM runs stock guests to userland (false on kvm_pvm hosts); see ``probe``."""
+    from clawpot.vmm.probe import kvm_boots_guests as probe_kvm
 
-    Delegates to ``clawpot.vmm.qemu.kvm_boots_guests`` when the QEMU backend provides the probe; without
-    a probe, assume a real KVM host.
-    """
-    try:
-        module = importlib.import_module("clawpot.vmm.qemu")
-    except ImportError:
-        return True
-    probe = getattr(module, "kvm_boots_guests", None)
-    return bool(probe()) if callable(probe) else True
+    return probe_kvm(data)
 
 
-def resolve(choice: VmmChoice | str) -> BackendKind:
+def resolve(choice: VmmChoice | str, data: Path | None = None) -> BackendKind:
     choice = VmmChoice(choice)
     if choice is VmmChoice.AUTO:
-        return BackendKind.FIRECRACKER if kvm_boots_guests() else BackendKind.QEMU
+        return BackendKind.FIRECRACKER if kvm_boots_guests(data) else BackendKind.QEMU
     return BackendKind(choice.value)
 
 
 def get_backend(choice: VmmChoice | str, options: BackendOptions | None = None) -> VmmBackend:
-    return _FACTORIES[resolve(choice)](options or BackendOptions())
+    options = options or BackendOptions()
+    return _FACTORIES[resolve(choice, options.data_dir)](options)

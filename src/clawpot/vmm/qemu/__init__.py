@@ -8,29 +8,4 @@
 
 The accelerator probe lives in ``clawpot.vmm.probe`` (it is about the host, not about QEMU only).
 Errors are ``clawpot.vmm.base.VmmError`` subclasses; ``qmp.QmpError`` is the only one added here.
-
-``backend_from_options`` and ``kvm_boots_guests`` are the hooks ``clawpot.vmm.registry`` looks up.
 """
-
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from clawpot.vmm.qemu.backend import QemuBackend
-    from clawpot.vmm.registry import BackendOptions
-
-# Imports happen inside the hooks: clawpot.vmm.probe imports this package's modules, so importing
-# it (or the backend, which uses it) from here at import time would be circular.
-
-
-def backend_from_options(options: BackendOptions) -> QemuBackend:
-    from clawpot.vmm.qemu.backend import QemuBackend
-
-    return QemuBackend(options.binary, qmp_socket=options.control_socket)
-
-
-def kvm_boots_guests() -> bool:
-    from clawpot.vmm.probe import kvm_boots_guests as probe_kvm
-
-    return probe_kvm()

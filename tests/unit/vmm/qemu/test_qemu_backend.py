@@ -9,10 +9,9 @@ import pytest
 
 from clawpot.guest.endpoints import SerialSocketEndpoint, VsockEndpoint
 from clawpot.vmm.base import VmmConfigError, VmmStartError, VmmUnsupported
-from clawpot.vmm.qemu import backend_from_options
 from clawpot.vmm.qemu.backend import ACCEL_ENV, QemuBackend
 from clawpot.vmm.qemu.cmdline import Accel
-from clawpot.vmm.registry import BackendOptions
+from clawpot.vmm.registry import BackendOptions, get_backend
 from clawpot.vmm.spec import Drive, VmSpec
 
 # Any executable stands in for the binary: prepare() only builds the command line.
@@ -68,7 +67,8 @@ def test_missing_binary_is_unavailable_not_a_crash(spec: VmSpec, tmp_path: Path)
 
 def test_registry_hook_pins_the_control_socket(spec: VmSpec, tmp_path: Path) -> None:
     options = BackendOptions(binary=Path(SOME_BINARY), control_socket=tmp_path / "ctl.sock")
-    backend = backend_from_options(options)
+    backend = get_backend("qemu", options)
+    assert isinstance(backend, QemuBackend)
     backend.accel = Accel.TCG
     process = backend.prepare(spec, tmp_path / "vm")
     assert process.control_socket == tmp_path / "ctl.sock"
