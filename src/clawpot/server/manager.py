@@ -458,19 +458,23 @@ class VmManager:
             entry.create_task.cancel()
             with contextlib.suppress(BaseException):
                 await entry.create_task
-        if entry.agent is not None:
-            # A clean guest shutdown keeps the writable layer consistent; the VMM stop below follows.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(entry.agent.shutdown(), 2)
-            with contextlib.suppress(Exception):
-                await entry.agent.close()
         if entry.watch_task is not None:
             entry.watch_task.cancel()
+        # A clean guest shutdown through the agent keeps the writable layer consistent; the VMM is
+        # stopped after it.
         if entry.vm is not None:
+            # Vm.stop asks its agent first: hand it the connection in use (it may have been reopened).
+            entry.vm.agent = entry.agent
             with contextlib.suppress(Exception):
                 await entry.vm.stop()
-        if entry.adopted is not None:
+        elif entry.adopted is not None:
+            if entry.agent is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(entry.agent.shutdown(), 2)
             await entry.adopted.stop(self.config.stop_grace)
+        if entry.agent is not None:
+            with contextlib.suppress(Exception):
+                await entry.agent.close()
         await self._release_resources(entry.record, keep_address=False)
         self.store.delete(vm_id)
         self._entries.pop(vm_id, None)

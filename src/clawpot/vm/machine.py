@@ -75,7 +75,8 @@ class Vm:
         self.directory: VmDirectory | None = None
         self.spec: VmSpec | None = None
         self.vmm: VmmProcess | None = None
-        # The agent connection readiness opened (when the boot waited for it); closed on stop.
+        # The agent connection: opened by readiness (when the boot waited for it), possibly replaced by
+        # its user with a newer one; stop() asks it to power the guest off first.
         self.agent: AgentClient | None = None
         self.created_at = time.time()
         self.started_at: float | None = None
