@@ -16,7 +16,7 @@ import pytest
 
 from clawpot.assets.errors import AssetError
 from clawpot.assets.install import InstalledAssets, installed
-from clawpot.paths import assets_dir
+from clawpot.vmm.firecracker.backend import find_firecracker
 
 REQUIRE_INTEGRATION_ENV = "CLAWPOT_REQUIRE_INTEGRATION"
 _INTEGRATION_DIR = Path(__file__).parent / "integration"
@@ -76,13 +76,10 @@ def installed_assets() -> InstalledAssets:
 
 @pytest.fixture(scope="session")
 def firecracker_bin() -> Path:
-    """The real Firecracker binary: the installed asset, else one on PATH."""
-    candidate = assets_dir() / "firecracker"
-    if candidate.exists():
-        return candidate
-    found = shutil.which("firecracker")
-    if found:
-        return Path(found)
+    """The real Firecracker binary, found the way the backend finds it (installed asset, then PATH)."""
+    found = find_firecracker()
+    if found is not None:
+        return found
     pytest.skip("firecracker binary not found: run `clawpot assets install`")
 
 

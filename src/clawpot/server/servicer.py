@@ -16,7 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from clawpot.server import errors
 from clawpot.server.manager import CreateParams, VmManager
-from clawpot.server.sessions import ExecParams
+from clawpot.server.sessions import ExecParams, ExecSession
 from clawpot.server.store import VmRecord
 from clawpot.v1 import vm_pb2, vm_pb2_grpc
 from clawpot.vm.state import VmState
@@ -163,7 +163,7 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
             await session.close()
 
     @staticmethod
-    async def _feed_exec(requests: AsyncIterator[vm_pb2.ExecRequest], session: Any) -> None:
+    async def _feed_exec(requests: AsyncIterator[vm_pb2.ExecRequest], session: ExecSession) -> None:
         async for request in requests:
             kind = request.WhichOneof("kind")
             if kind == "stdin":
