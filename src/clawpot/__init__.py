@@ -10,6 +10,7 @@ Package map (each subpackage's ``__init__`` says more):
 - ``clawpot.network`` bridge, TAP devices, IP allocation, NAT.
 - ``clawpot.server``  the gRPC service, its persistent store, reconcile at start.
 - ``clawpot.cli``     the ``clawpot`` and ``clawpot-driver`` commands.
+- ``clawpot.limits``  every default and bound (VM shape, request sizes, guest-facing budgets), one source.
 """
 
 __version__ = "0.1.0"
