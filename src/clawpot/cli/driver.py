@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 import click
 
 from clawpot import __version__, paths
+from clawpot.cli.terminal import safe
 from clawpot.vm import procfs
 from clawpot.vm.config import DEFAULT_READY_TIMEOUT, VmConfig
 from clawpot.vm.directory import VmDirectory, VmMetadata, find_by_control_socket
@@ -60,7 +61,8 @@ class DriverExit(Exception):
 
 
 def _say(message: str) -> None:
-    click.echo(f"clawpot-driver: {message}", err=True)
+    # Messages can carry guest text (a VM error quotes the serial console's tail): escape it.
+    click.echo(f"clawpot-driver: {safe(message, multiline=True)}", err=True)
 
 
 def _finish(code: int, message: str | None = None) -> NoReturn:
@@ -436,7 +438,7 @@ def _print_status(info: dict[str, Any]) -> None:
     ]
     for name, value in rows:
         if value is not None:
-            click.echo(f"{name + ':':<13}{value}")
+            click.echo(f"{name + ':':<13}{safe(str(value))}")  # reasons can quote the guest
 
 
 def _format_uptime(seconds: float) -> str:

@@ -10,8 +10,10 @@ import click
 from google.protobuf.json_format import MessageToDict
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from clawpot.cli.connection import stub
+from clawpot.cli.terminal import safe
 from clawpot.v1 import vm_pb2
 
 BACKENDS = {
@@ -75,11 +77,26 @@ def create(
     )
     with stub(server) as api:
         vm = api.CreateVm(request)
-    click.echo(vm.id)
+    click.echo(safe(vm.id))
 
 
 def vm_to_dict(vm: vm_pb2.Vm) -> dict[str, Any]:
-    return MessageToDict(vm, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    """The VM as JSON-ready data, enums named as the table names them (``running``, ``qemu``)."""
+    data = MessageToDict(vm, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    data["state"] = _state(vm).lower()
+    data["backend"] = _backend(vm)
+    return data
+
+
+def _print_json(data: object) -> None:
+    # ensure_ascii (the default) writes every control and non-ASCII character as a \uXXXX escape, so
+    # guest-chosen labels or hostnames cannot reach the terminal as escape sequences.
+    click.echo(json.dumps(data, indent=2, ensure_ascii=True))
+
+
+def _cell(text: str) -> Text:
+    # A rich Text, not a str: a str cell would be parsed as console markup ("[link=...]").
+    return Text(safe(text))
 
 
 def _age(vm: vm_pb2.Vm) -> str:
@@ -106,20 +123,20 @@ def list_vms(server: str, output: str) -> None:
     with stub(server) as api:
         vms = api.ListVms(vm_pb2.ListVmsRequest()).vms
     if output == "json":
-        click.echo(json.dumps([vm_to_dict(vm) for vm in vms], indent=2))
+        _print_json([vm_to_dict(vm) for vm in vms])
         return
     table = Table(box=None, pad_edge=False)
     for column in ("ID", "STATE", "BACKEND", "VCPUS", "MEMORY", "IP", "AGE"):
         table.add_column(column)
     for vm in vms:
         table.add_row(
-            vm.id,
-            _state(vm),
-            _backend(vm),
-            str(vm.vcpus),
-            f"{vm.memory_mib}MiB",
-            vm.ip_address or "-",
-            _age(vm),
+            _cell(vm.id),
+            _cell(_state(vm)),
+            _cell(_backend(vm)),
+            _cell(str(vm.vcpus)),
+            _cell(f"{vm.memory_mib}MiB"),
+            _cell(vm.ip_address or "-"),
+            _cell(_age(vm)),
         )
     Console(soft_wrap=True).print(table)
 
@@ -131,7 +148,7 @@ def get(server: str, vm_id: str) -> None:
     """Show one VM as JSON."""
     with stub(server) as api:
         vm = api.GetVm(vm_pb2.GetVmRequest(id=vm_id))
-    click.echo(json.dumps(vm_to_dict(vm), indent=2))
+    _print_json(vm_to_dict(vm))
 
 
 @click.command()
@@ -142,4 +159,4 @@ def delete(server: str, vm_ids: tuple[str, ...]) -> None:
     with stub(server) as api:
         for vm_id in vm_ids:
             api.DeleteVm(vm_pb2.DeleteVmRequest(id=vm_id))
-            click.echo(vm_id)
+            click.echo(safe(vm_id))
