@@ -15,7 +15,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health
@@ -43,7 +43,13 @@ def check_metadata(metadata: Sequence[tuple[str, str | bytes]] | None, token: st
     return None
 
 
-class TokenAuthInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+if TYPE_CHECKING:  # generic in the type stubs only
+    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _Interceptor = grpc.aio.ServerInterceptor
+
+
+class TokenAuthInterceptor(_Interceptor):
     def __init__(self, token: str, open_prefixes: Sequence[str] = OPEN_PREFIXES) -> None:
         self._token = token
         self._open = tuple(open_prefixes)
