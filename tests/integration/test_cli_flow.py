@@ -56,10 +56,10 @@ def test_create_list_get_show_the_vm(server: ServerProcess, vm: str) -> None:
     )
     as_json = json.loads(server.cli_ok("list", "--output", "json"))
     assert [(v["id"], v["state"], v["vcpus"], v["memory_mib"]) for v in as_json] == [
-        (vm, "VM_STATE_RUNNING", 2, 512)
+        (vm, "running", 2, 512)
     ]
     got = json.loads(server.cli_ok("get", vm))
-    assert (got["id"], got["state"], got["backend"]) == (vm, "VM_STATE_RUNNING", "BACKEND_QEMU")
+    assert (got["id"], got["state"], got["backend"]) == (vm, "running", "qemu")
     # The sizes reached the guest, not just the table.
     assert server.exec(vm, "nproc").stdout.strip() == "2"
     mem_kib = int(
