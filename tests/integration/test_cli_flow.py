@@ -55,9 +55,7 @@ def test_create_list_get_show_the_vm(server: ServerProcess, vm: str) -> None:
         "-",
     )
     as_json = json.loads(server.cli_ok("list", "--output", "json"))
-    assert [(v["id"], v["state"], v["vcpus"], v["memory_mib"]) for v in as_json] == [
-        (vm, "running", 2, 512)
-    ]
+    assert [(v["id"], v["state"], v["vcpus"], v["memory_mib"]) for v in as_json] == [(vm, "running", 2, 512)]
     got = json.loads(server.cli_ok("get", vm))
     assert (got["id"], got["state"], got["backend"]) == (vm, "running", "qemu")
     # The sizes reached the guest, not just the table.

@@ -1,6 +1,10 @@
 """``clawpot-server``: the gRPC service. Only ``servicer`` and ``app`` import grpc.
 
-- ``app``        process wiring: listeners (TCP, unix 0600), health + reflection, graceful SIGTERM.
+- ``app``        process wiring: a unix-socket server and a TCP server (token), health + reflection,
+                 graceful SIGTERM.
+- ``listeners``  listen addresses checked before start: TLS off loopback, ``--socket-group``, PEM files.
+- ``auth``       the token interceptor of TCP listeners (constant-time check; health stays open).
+- ``apitoken``   ``<data>/api-token``: made 0600 at first start, kept, refused if others can read it.
 - ``servicer``   protobuf ⇄ ``VmManager`` calls; ``ServerError`` kinds → gRPC status codes.
 - ``manager``    ``VmManager``: create / get / list / delete, exec and files through the agent,
                  reconcile and adopt at start. The core; no gRPC.
