@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from clawpot import paths
-from clawpot.cli.connection import EXIT_FAILED, die
+from clawpot.cli.connection import EXIT_FAILED, client_options, die
 from clawpot.server.apitoken import TokenError, read_token
 
 
@@ -20,7 +20,7 @@ from clawpot.server.apitoken import TokenError, read_token
 )
 def token(data_dir: Path | None) -> None:
     """Print the API token that calls over TCP must carry (export it as CLAWPOT_TOKEN)."""
-    path = paths.api_token(paths.data_dir(data_dir))
+    path = paths.api_token(paths.data_dir(data_dir or client_options().data_dir))
     try:
         value = read_token(path)
     except PermissionError:

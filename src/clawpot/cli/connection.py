@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
+
+# gRPC's C core logs a failed TLS handshake at INFO on stderr; the CLI says it in one line instead.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 import grpc
 
 from clawpot import limits, paths
@@ -186,6 +189,12 @@ def is_connect_failure(exc: grpc.RpcError) -> bool:
 def fail_rpc(exc: grpc.RpcError, server: str) -> NoReturn:
     code = exc.code() if isinstance(exc, grpc.Call) else None
     details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    if is_connect_failure(exc) and "CERTIFICATE_VERIFY_FAILED" in (details or ""):
+        die(
+            f"TLS with {server} failed: its certificate is not trusted or does not name that address "
+            f"(--tls-ca / ${TLS_CA_ENV})",
+            EXIT_UNREACHABLE,
+        )
     if is_connect_failure(exc):
         die(
             f"cannot reach clawpot-server at {server} (is it running? set --server or ${SERVER_ENV})",
@@ -213,6 +222,7 @@ def _is_connect_failure(details: str) -> bool:
         "connections to all backends",
         "DNS resolution failed",
         "Socket closed",
+        "handshake failed",
     )
     return any(m in details for m in markers)
 
