@@ -106,6 +106,7 @@ def test_another_user_without_the_token_is_refused(server: ServerProcess, vm: st
         line = _one_line(result)
         assert line.startswith("clawpot: UNAUTHENTICATED: ") and "clawpot token" in line, line
         assert "CLAWPOT_TOKEN" in line and "not readable by this user" in line, line
+    print(f"\nnobody, no token, `clawpot delete`: exit {result.returncode}: {line}")
     assert set(server.vms()) == {vm}  # and the VM is untouched
 
 
@@ -115,6 +116,7 @@ def test_another_user_with_a_wrong_token_is_refused(server: ServerProcess, vm: s
     assert result.returncode == EXIT_FAILED
     line = _one_line(result)
     assert line.startswith("clawpot: UNAUTHENTICATED: wrong API token") and wrong not in line, line
+    print(f"\nnobody, wrong token, `clawpot exec`: exit {result.returncode}: {line}")
     garbage = _as_nobody(server, "list", CLAWPOT_TOKEN="not a token")
     assert garbage.returncode == EXIT_USAGE and "CLAWPOT_TOKEN" in _one_line(garbage)
 
@@ -125,6 +127,7 @@ def test_another_user_with_the_token_can_list_and_exec(server: ServerProcess, vm
     assert [row["ID"] for row in parse_table(listed.stdout)] == [vm]
     ran = _as_nobody(server, "exec", vm, "--", "sh", "-c", "id -u; echo hi >&2; exit 5", CLAWPOT_TOKEN=token)
     assert (ran.returncode, ran.stdout, ran.stderr) == (5, "0\n", "hi\n")  # root in the guest
+    print(f"\nnobody, CLAWPOT_TOKEN set: list exit 0, exec `id -u` exit 5, stdout {ran.stdout!r}")
     # An explicit --token-file wins over $CLAWPOT_TOKEN (nobody may read this copy).
     copy = Path(tempfile.mkdtemp(prefix="clawpot-token-")) / "token"
     try:

@@ -207,8 +207,8 @@ def fail_rpc(exc: grpc.RpcError, server: str) -> NoReturn:
     if code is grpc.StatusCode.UNAUTHENTICATED:
         problem = client_options().token_problem
         die(
-            f"{name}: {first_line} [{problem + '; ' if problem else ''}run `clawpot token` as root "
-            f"(or as the server's user), or set ${TOKEN_ENV}]",
+            f"{name}: {first_line} [{problem + '; ' if problem else ''}run `clawpot token` as root, "
+            f"or set ${TOKEN_ENV}]",
             EXIT_FAILED,
         )
     die(f"{name}: {first_line}", EXIT_FAILED)

@@ -23,8 +23,9 @@ from grpc_health.v1 import health
 log = logging.getLogger(__name__)
 
 OPEN_PREFIXES = (f"/{health.SERVICE_NAME}/",)  # grpc.health.v1.Health: Check and Watch
-MISSING = "this call needs the API token (metadata 'authorization: Bearer TOKEN'); `clawpot token` prints it"
-WRONG = "wrong API token (metadata 'authorization: Bearer TOKEN'); `clawpot token` prints the right one"
+# `clawpot token` prints the token on the server's host; other clients get the same hint.
+MISSING = "missing API token: send metadata 'authorization: Bearer TOKEN' (`clawpot token` prints it)"
+WRONG = "wrong API token (`clawpot token` prints the right one)"
 
 
 def check_metadata(metadata: Sequence[tuple[str, str | bytes]] | None, token: str) -> str | None:

@@ -96,7 +96,7 @@ async def _drain(stream: Any) -> None:
 @pytest.mark.parametrize(
     ("metadata", "says"),
     [
-        ((), "needs the API token"),
+        ((), "missing API token"),
         ((("authorization", "Bearer " + "u" * 43),), "wrong API token"),
         ((("authorization", TOKEN),), "wrong API token"),  # the scheme is part of it
         ((("authorization", "Bearer " + TOKEN + "x"),), "wrong API token"),
