@@ -6,7 +6,7 @@ How a server URL is reached:
 - ``HOST:PORT`` (also ``http://`` / ``grpc://``), HOST a loopback address: plaintext with gRPC's
   local-TCP credentials, which carry the token and refuse to connect anywhere but loopback, so the
   token never crosses a network in clear.
-- ``https://HOST:PORT``, or any ``HOST:PORT`` when ``--tls-ca`` (``$CLAWPOT_TLS_CA``) is given: TLS,
+- ``https://HOST:PORT``, or any ``HOST:PORT`` when ``--tls-ca`` or ``--tls-cert`` is given: TLS,
   verified against that CA (or the system's roots), with ``--tls-cert``/``--tls-key`` as the client
   certificate where the server asks for one.
 
@@ -94,7 +94,8 @@ def parse_target(url: str, options: ClientOptions) -> Target:
     for prefix in ("http://", "grpc://"):
         address = address.removeprefix(prefix)
     address = address.rstrip("/")
-    return Target(address, "tls" if options.tls_ca is not None else "tcp")
+    wants_tls = options.tls_ca is not None or options.tls_cert is not None
+    return Target(address, "tls" if wants_tls else "tcp")
 
 
 def grpc_target(url: str) -> str:
