@@ -228,8 +228,7 @@ class VmManager:
             )
         for entry in self._entries.values():
             if entry.agent is not None:
-                with contextlib.suppress(Exception):
-                    await entry.agent.close()
+                await _close_agent(entry.agent)
             if entry.watch_task is not None:
                 entry.watch_task.cancel()
             if entry.adopted is not None:
@@ -438,8 +437,7 @@ class VmManager:
 
     async def _release_after_crash(self, entry: _Entry) -> None:
         if entry.agent is not None:
-            with contextlib.suppress(Exception):
-                await entry.agent.close()
+            await _close_agent(entry.agent)
             entry.agent = None
         if entry.vm is not None:
             with contextlib.suppress(Exception):
@@ -508,8 +506,7 @@ class VmManager:
                     await asyncio.wait_for(entry.agent.shutdown(), 2)
             await entry.adopted.stop(self.config.stop_grace)
         if entry.agent is not None:
-            with contextlib.suppress(Exception):
-                await entry.agent.close()
+            await _close_agent(entry.agent)
         await self._release_resources(entry.record, keep_address=False)
         self.store.delete(vm_id)
         self._entries.pop(vm_id, None)
@@ -602,8 +599,7 @@ class VmManager:
                     raise errors.Unavailable(f"VM {vm_id} has no agent channel")
                 # A serial channel serves one connection at a time: the dead one must be gone first.
                 if agent is not None:
-                    with contextlib.suppress(Exception):
-                        await agent.close()
+                    await _close_agent(agent)
                     entry.agent = None
                 try:
                     entry.agent = await wait_ready(endpoint, max(budget, 0.1))
@@ -680,6 +676,13 @@ class VmManager:
             self._agent_lost(entry, exc)
             raise errors.Unavailable(f"agent of VM {vm_id}: {_one_line(exc)}") from exc
         return DownloadHandle(download.info.size, download.info.mode, download, stall_timeout=budget)
+
+
+async def _close_agent(agent: AgentClient) -> None:
+    """Close an agent connection, bounded: closing waits for unsent data, which a wedged guest never
+    reads; past the bound the socket is left to the VMM's end (or the next reconnect)."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(agent.close(), limits.HEALTH_PING_TIMEOUT)
 
 
 async def _to_completion(work: Awaitable[T]) -> T:

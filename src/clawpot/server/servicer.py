@@ -87,7 +87,7 @@ def vm_to_pb(view: VmView) -> vm_pb2.Vm:
         allow_peer_traffic=rec.allow_peers,
         health=_HEALTH_TO_PB[health.health],
         health_since=_timestamp(health.since),
-        health_detail=health.detail,
+        health_detail=health.detail[: limits.MAX_HEALTH_DETAIL_CHARS],
     )
 
 
