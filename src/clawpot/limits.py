@@ -57,10 +57,13 @@ MAX_STATUS_MESSAGE_CHARS = 400
 # --- Host admission: committed guest memory ----------------------------------------------------------
 
 # What a VM costs the host beyond its guest RAM: the VMM's own memory (code, TCG translation cache,
-# device state, page tables). Measured by bench/vm_overhead.py: QEMU 7.2 microvm under TCG, 1 vCPU,
-# 256 MiB, idle after the agent answered: the QEMU process's RSS outside the guest-RAM mapping
-# (/proc/PID/smaps). MEASURED_PLACEHOLDER
-VM_OVERHEAD_MIB = 64
+# device state, page tables). Measured by bench/vm_overhead.py (2026-11-26, 3 runs): QEMU 7.2 microvm
+# under TCG, 1 vCPU, 256 MiB, idle 10 s after the agent answered: the QEMU process's RSS outside the
+# guest-RAM mapping (/proc/PID/smaps) was 185.7-186.0 MiB (total RSS 256 MiB, guest RAM 70 MiB
+# resident); the bulk is TCG's translation cache (~116 MiB resident of a 1 GiB mapping). Baseline in
+# the same run, a bare QEMU started paused (-S): 36 MiB. Rounded up. A busy TCG guest grows the cache
+# further (KVM has none): capping it (-accel tcg,tb-size=) or a cgroup is the jailer issue's job.
+VM_OVERHEAD_MIB = 192
 # Committed memory may reach MemTotal x this ratio. 1.0: no overcommit (guests can touch all they were
 # given without the host swapping or OOM-killing); `clawpot-server --memory-overcommit` changes it.
 DEFAULT_MEMORY_OVERCOMMIT = 1.0

@@ -17,6 +17,7 @@ import fcntl
 import logging
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -550,6 +551,19 @@ class VmManager:
     async def _check_health(self, entry: _Entry) -> None:
         with contextlib.suppress(errors.ServerError):
             await self._connected(entry, limits.HEALTH_PING_TIMEOUT)
+            return
+        # Silent for longer than a call may wait: the connection is given up. Its streams fail at once
+        # (an exec without --timeout gets UNAVAILABLE instead of waiting forever on a dead agent, which
+        # kills the command's process group if it ever reads again), and the next call or check opens a
+        # fresh one: an agent restarted in the guest is found again through the resync handshake.
+        health, agent = entry.health, entry.agent
+        silent_for = time.time() - health.since
+        silent = health.health is AgentHealth.UNRESPONSIVE and silent_for >= self.config.agent_timeout
+        if silent and agent is not None and agent.connected:
+            log.warning("VM %s: agent silent for %.0fs, dropping its connection", entry.record.id, silent_for)
+            await _close_agent(agent)
+            if entry.agent is agent:
+                entry.agent = None
 
     # -- guest operations -----------------------------------------------------------------------------
 
