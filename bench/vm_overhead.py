@@ -79,15 +79,16 @@ async def clawpot_vm(
 
 
 async def bare_paused(qemu: str, accel: Accel, mib: int) -> dict[str, float]:
-    argv = [qemu, "-M", "microvm", "-accel", accel.value, "-cpu", "max" if accel is Accel.TCG else "host",
-            "-smp", "1", "-m", f"{mib}M", "-nodefaults", "-no-user-config", "-display", "none", "-S"]  # fmt: skip
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    cpu = "max" if accel is Accel.TCG else "host"
+    argv = [qemu, "-M", "microvm", "-accel", accel.value, "-cpu", cpu, "-smp", "1", "-m", f"{mib}M",
+            "-nodefaults", "-no-user-config", "-display", "none", "-S"]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(*argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     try:
         await asyncio.sleep(2)
         return smaps_split(proc.pid, mib)
     finally:
         proc.kill()
-        proc.wait()
+        await proc.wait()
 
 
 async def main() -> int:

@@ -585,12 +585,12 @@ class VmManager:
     ) -> errors.ServerError:
         """The error for an agent step that ran out of time: the exec's deadline, or the agent's."""
         vm_id = entry.record.id
-        self._mark_health(entry, AgentHealth.UNRESPONSIVE, f"did not {doing} within {budget:g}s")
+        self._mark_health(entry, AgentHealth.UNRESPONSIVE, f"did not {doing} within {budget:.3g}s")
         if deadline is not None and asyncio.get_running_loop().time() >= deadline - 0.01:
             return errors.DeadlineExceeded(
                 f"timed out: the agent of VM {vm_id} did not {doing} before the command's deadline"
             )
-        return errors.Unavailable(f"agent of VM {vm_id} did not {doing} within {budget:g}s")
+        return errors.Unavailable(f"agent of VM {vm_id} did not {doing} within {budget:.3g}s")
 
     async def _connected(self, entry: _Entry, budget: float, deadline: float | None = None) -> AgentClient:
         """The VM's agent connection, (re)opened when needed and checked alive with a ping, all within
