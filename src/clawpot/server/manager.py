@@ -26,7 +26,7 @@ from typing import IO, TypeVar
 from clawpot import limits, paths
 from clawpot.assets.bootargs import GuestIp, guest_cmdline
 from clawpot.guest import AgentClient, GuestError, PtySize, wait_ready
-from clawpot.guest.errors import AgentUnreachable, ProtocolError, RemoteError
+from clawpot.guest.errors import AgentDisconnected, AgentUnreachable, ProtocolError, RemoteError
 from clawpot.network import (
     AddressInUse,
     AddressNotAllowed,
@@ -526,10 +526,12 @@ class VmManager:
             log.info("VM %s agent: %s -> %s (%s)", entry.record.id, before.value,
                      entry.health.health.value, entry.health.detail)  # fmt: skip
 
-    def _agent_lost(self, entry: _Entry, exc: BaseException) -> None:
-        """An agent call failed because the connection broke: UNRESPONSIVE, or DEGRADED when the
+    def _agent_lost(self, entry: _Entry, agent: AgentClient, exc: BaseException) -> None:
+        """A call on ``agent`` failed because its connection broke: UNRESPONSIVE, or DEGRADED when the
         client dropped it for a protocol violation by the guest."""
-        violation = getattr(entry.agent, "violation", None)  # set by the agent client when it drops a guest
+        # ``violation``: set by the agent client (issue 10's channel work) when it drops a guest that
+        # broke its bounds. getattr: the attribute arrives with that branch.
+        violation = getattr(agent, "violation", None)
         if isinstance(violation, str) and violation:
             self._mark_health(entry, AgentHealth.DEGRADED, violation)
         else:
@@ -600,11 +602,14 @@ class VmManager:
             # The lock wait counts too: calls queued behind a ping to a wedged guest must not add up.
             async with asyncio.timeout(budget), entry.agent_lock:
                 agent = entry.agent
+                if agent is not None and not agent.connected:
+                    # Closed since the last call: by the agent, or by the client for a violation.
+                    self._agent_lost(entry, agent, AgentDisconnected("the connection was closed"))
                 if agent is not None and agent.connected:
                     try:
                         await agent.ping()
                     except GuestError as exc:
-                        self._agent_lost(entry, exc)  # the connection died under us: reopen below
+                        self._agent_lost(entry, agent, exc)  # the connection died under us: reopen below
                     else:
                         self._mark_health(entry, AgentHealth.HEALTHY, "answered a ping")
                         return agent
@@ -653,10 +658,13 @@ class VmManager:
         except RemoteError as exc:
             raise errors.FailedPrecondition(f"cannot run {errors.quote(params.argv[0])}: {exc}") from exc
         except GuestError as exc:
-            self._agent_lost(entry, exc)
+            self._agent_lost(entry, agent, exc)
             raise errors.Unavailable(f"agent of VM {vm_id}: {_one_line(exc)}") from exc
         return ExecSession(
-            process, deadline=deadline, timeout=params.timeout, on_lost=lambda e: self._agent_lost(entry, e)
+            process,
+            deadline=deadline,
+            timeout=params.timeout,
+            on_lost=lambda e: self._agent_lost(entry, agent, e),
         )
 
     async def upload(self, vm_id: str, path: str, mode: int, chunks: AsyncIterator[bytes]) -> int:
@@ -672,7 +680,7 @@ class VmManager:
         except RemoteError as exc:
             raise errors.FailedPrecondition(f"cannot write {errors.quote(path)}: {exc}") from exc
         except GuestError as exc:
-            self._agent_lost(entry, exc)
+            self._agent_lost(entry, agent, exc)
             raise errors.Unavailable(f"agent of VM {vm_id}: {_one_line(exc)}") from exc
 
     async def download(self, vm_id: str, path: str) -> DownloadHandle:
@@ -687,7 +695,7 @@ class VmManager:
         except RemoteError as exc:
             raise errors.NotFound(f"cannot read {errors.quote(path)}: {exc}") from exc
         except GuestError as exc:
-            self._agent_lost(entry, exc)
+            self._agent_lost(entry, agent, exc)
             raise errors.Unavailable(f"agent of VM {vm_id}: {_one_line(exc)}") from exc
         return DownloadHandle(download.info.size, download.info.mode, download, stall_timeout=budget)
 
