@@ -47,8 +47,8 @@ MAX_ENV_BYTES = 16 * 1024
 MAX_EXEC_REQUEST_BYTES = 60 * 1024  # the encoded total; leaves 4 KiB of the frame for the other keys
 # Linux PATH_MAX, for exec's cwd and the guest paths of UploadFile / DownloadFile.
 MAX_GUEST_PATH_BYTES = 4096
-# One stdin message of Exec (the CLI sends 64 KiB); the server splits it into agent frames anyway.
-MAX_STDIN_CHUNK_BYTES = 1024 * 1024
+# Exec stdin and UploadFile chunks need no bound of their own: gRPC's 4 MiB message limit caps each
+# message, and the server forwards them in 64 KiB agent frames under the agent's flow-control credit.
 # Error messages quote at most this much of a bad value ('...' marks the cut).
 QUOTE_CHARS = 32
 # A status message travels in a gRPC trailer (8 KiB limit, percent-encoded: up to 12 bytes a character).

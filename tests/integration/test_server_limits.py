@@ -248,3 +248,33 @@ def test_an_exec_that_loses_its_agent_mid_stream_is_unavailable(server: ServerPr
         assert "\n" not in message
     finally:
         server.cli("delete", doomed)
+
+
+def test_an_agent_that_stops_answering_ends_an_untimed_exec(server: ServerProcess) -> None:
+    """Inside the guest the command SIGSTOPs the agent (its parent): the VM runs, its agent is silent.
+    An exec with no --timeout must not wait forever: once the agent has been silent for longer than
+    --agent-timeout the server gives the connection up and the call gets UNAVAILABLE; list says so."""
+    frozen = server.create("--vmm", "qemu")
+    try:
+        with server.stub() as api:
+            start = vm_pb2.ExecRequest(
+                start=vm_pb2.ExecStart(
+                    vm_id=frozen, argv=["sh", "-c", "echo stopping; kill -STOP $PPID; sleep 600"]
+                )
+            )
+            call = api.Exec(iter([start]), timeout=120)
+            assert next(call).stdout == b"stopping\n"
+            started = time.monotonic()
+            code, message = code_of(lambda: list(call))
+            waited = time.monotonic() - started
+        print(f"\nuntimed exec, agent stopped in the guest: {code.name} after {waited:.1f} s: {message}")
+        assert code == Code.UNAVAILABLE, (code, message)
+        # Silent for --agent-timeout (10 s), noticed by a check every 5 s (+2 s ping timeout).
+        assert waited <= limits.DEFAULT_AGENT_TIMEOUT + 2 * (
+            limits.HEALTH_CHECK_INTERVAL + limits.HEALTH_PING_TIMEOUT
+        )
+        assert _health(server, frozen)["health"] == "AGENT_HEALTH_UNRESPONSIVE"
+    finally:
+        started = time.monotonic()
+        server.cli_ok("delete", frozen)
+        print(f"delete of the VM with a stopped agent: {time.monotonic() - started:.1f} s")

@@ -111,8 +111,3 @@ def exec_request(argv: Sequence[str], env: Mapping[str, str], cwd: str | None, t
             f"argv, env and cwd take {encoded} bytes encoded for the agent: at most "
             f"{limits.MAX_EXEC_REQUEST_BYTES}"
         )
-
-
-def stdin_chunk(data: bytes) -> None:
-    if len(data) > limits.MAX_STDIN_CHUNK_BYTES:
-        raise InvalidArgument(f"stdin message of {len(data)} bytes: at most {limits.MAX_STDIN_CHUNK_BYTES}")
