@@ -168,10 +168,19 @@ def test_exec_timeout_on_a_guest_frozen_mid_command(server: ServerProcess, vm: s
     answer. The host's own deadline ends the call (CLI exit 124), `list`/`get` show the agent
     unresponsive, and after SIGCONT the VM is healthy and usable again."""
     pid = server.vmm_pids()[vm]
+    command = "echo $$ > /tmp/wedged.pid; echo started; exec sleep 600"
     client = server.cli_popen(
-        "exec", "--timeout", "5", vm, "--", "sh", "-c", "echo started; exec sleep 600",
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        "exec",
+        "--timeout",
+        "5",
+        vm,
+        "--",
+        "sh",
+        "-c",
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert client.stdout is not None
         assert client.stdout.readline() == b"started\n"
@@ -205,6 +214,8 @@ def test_exec_timeout_on_a_guest_frozen_mid_command(server: ServerProcess, vm: s
         os.kill(pid, signal.SIGCONT)
     wait_until(lambda: _health(server, vm)["health"] == "AGENT_HEALTH_HEALTHY", 60, "the agent to recover")
     assert server.exec(vm, "echo", "thawed").stdout == "thawed\n"
+    # The host asked for the kill without waiting; the guest acted on it once it ran again.
+    assert server.exec(vm, "sh", "-c", 'kill -0 "$(cat /tmp/wedged.pid)"').returncode != 0
 
 
 def test_exec_timeout_on_a_fork_bombed_guest(server: ServerProcess) -> None:
