@@ -217,8 +217,7 @@ class VmManager:
         for entry in list(self._entries.values()):
             if entry.health_task is not None:
                 entry.health_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await entry.health_task
+                await asyncio.gather(entry.health_task, return_exceptions=True)
             if entry.create_task is not None and not entry.create_task.done():
                 entry.create_task.cancel()
                 with contextlib.suppress(BaseException):
@@ -551,8 +550,13 @@ class VmManager:
                 )
 
     async def _check_health(self, entry: _Entry) -> None:
-        with contextlib.suppress(errors.ServerError):
+        try:
             await self._connected(entry, limits.HEALTH_PING_TIMEOUT)
+            return
+        except errors.ServerError:
+            pass  # recorded in entry.health by _connected
+        except Exception:  # a bug must not kill the checks of this VM for good
+            log.exception("VM %s: health check failed", entry.record.id)
             return
         # Silent for longer than a call may wait: the connection is given up. Its streams fail at once
         # (an exec without --timeout gets UNAVAILABLE instead of waiting forever on a dead agent, which
