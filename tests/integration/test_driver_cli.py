@@ -311,7 +311,7 @@ def test_a_vm_firecracker_rejects_exits_1_and_leaves_nothing(env: Env, drivers: 
 BAD_INPUTS = [
     (["--vcpus", "0"], "vcpus must be between 1 and 32, got 0"),
     (["--vcpus", "33"], "vcpus must be between 1 and 32, got 33"),
-    (["--memory", "16"], "memory must be at least 32 MiB, got 16 MiB"),
+    (["--memory", "16"], "memory must be at least 64 MiB, got 16 MiB"),
     (["--memory", "100000000"], "memory of 100000000 MiB exceeds the host's available memory"),
     (["--kernel", "{tmp}/missing"], "kernel {tmp}/missing does not exist"),
     (["--kernel", "{tmp}/blank.img"], "kernel {tmp}/blank.img is not an ELF image"),

@@ -24,7 +24,7 @@ from server_harness import (
     wait_until,
 )
 
-from clawpot.server.manager import MAX_MEMORY_MIB
+from clawpot.limits import MAX_MEMORY_MIB
 from clawpot.v1 import vm_pb2
 from clawpot.vm.validation import host_available_mib
 

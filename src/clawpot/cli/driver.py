@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 
 import click
 
-from clawpot import __version__, paths
+from clawpot import __version__, limits, paths
 from clawpot.cli.terminal import safe
 from clawpot.vm import procfs
 from clawpot.vm.config import DEFAULT_READY_TIMEOUT, VmConfig
@@ -135,8 +135,21 @@ _socket_option = click.option(
     default=None,
     help="Root filesystem (ext4) [installed asset].",
 )
-@click.option("--vcpus", type=int, default=1, show_default=True, help="Virtual CPUs (1-32).")
-@click.option("--memory", "memory_mib", type=int, default=256, show_default=True, help="Guest memory in MiB.")
+@click.option(
+    "--vcpus",
+    type=int,
+    default=limits.DEFAULT_VCPUS,
+    show_default=True,
+    help=f"Virtual CPUs ({limits.MIN_VCPUS}-{limits.MAX_VCPUS}).",
+)
+@click.option(
+    "--memory",
+    "memory_mib",
+    type=int,
+    default=limits.DEFAULT_MEMORY_MIB,
+    show_default=True,
+    help="Guest memory in MiB.",
+)
 @_socket_option
 @click.option(
     "--vmm",

@@ -10,6 +10,7 @@ from typing import NoReturn
 
 import click
 
+from clawpot import limits
 from clawpot.paths import data_dir as default_data_dir
 from clawpot.server.apitoken import TokenError
 from clawpot.server.app import DEFAULT_LISTEN, ServerConfig, serve
@@ -75,9 +76,17 @@ from clawpot.vmm.spec import BackendKind
 @click.option(
     "--agent-timeout",
     type=click.FloatRange(min=0.1),
-    default=10.0,
+    default=limits.DEFAULT_AGENT_TIMEOUT,
     show_default=True,
     help="Seconds a running VM's agent has to answer before a call fails with UNAVAILABLE.",
+)
+@click.option(
+    "--memory-overcommit",
+    type=click.FloatRange(min=0.1, max=100.0),
+    default=limits.DEFAULT_MEMORY_OVERCOMMIT,
+    show_default=True,
+    metavar="RATIO",
+    help="Admit VMs while committed guest memory (+ per-VM overhead) stays within MemTotal x RATIO.",
 )
 @click.option(
     "--stop-vms-on-exit",
@@ -98,6 +107,7 @@ def main(
     no_network: bool,
     ready_timeout: float,
     agent_timeout: float,
+    memory_overcommit: float,
     stop_vms_on_exit: bool,
     verbose: bool,
 ) -> None:
@@ -123,6 +133,7 @@ def main(
             subnet=subnet,
             ready_timeout=ready_timeout,
             agent_timeout=agent_timeout,
+            memory_overcommit=memory_overcommit,
         ),
     )
     try:

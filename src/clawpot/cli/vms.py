@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from clawpot import limits
 from clawpot.cli.connection import stub
 from clawpot.cli.terminal import safe
 from clawpot.v1 import vm_pb2
@@ -34,12 +35,18 @@ def _parse_labels(values: tuple[str, ...]) -> dict[str, str]:
 
 
 @click.command()
-@click.option("--vcpus", type=click.IntRange(1, 32), default=1, show_default=True, help="Virtual CPUs.")
+@click.option(
+    "--vcpus",
+    type=click.IntRange(limits.MIN_VCPUS, limits.MAX_VCPUS),
+    default=limits.DEFAULT_VCPUS,
+    show_default=True,
+    help="Virtual CPUs.",
+)
 @click.option(
     "--memory",
     "memory_mib",
-    type=click.IntRange(min=1),
-    default=256,
+    type=click.IntRange(min=1),  # the server says what is too small or too big, with its numbers
+    default=limits.DEFAULT_MEMORY_MIB,
     show_default=True,
     metavar="MiB",
     help="Guest memory in MiB.",
@@ -85,6 +92,7 @@ def vm_to_dict(vm: vm_pb2.Vm) -> dict[str, Any]:
     data = MessageToDict(vm, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     data["state"] = _state(vm).lower()
     data["backend"] = _backend(vm)
+    data["health"] = vm_pb2.AgentHealth.Name(vm.health).removeprefix("AGENT_HEALTH_").lower()
     return data
 
 
@@ -115,23 +123,36 @@ def _backend(vm: vm_pb2.Vm) -> str:
     return vm_pb2.Backend.Name(vm.backend).removeprefix("BACKEND_").lower()
 
 
+def _health(vm: vm_pb2.Vm) -> str:
+    if vm.health == vm_pb2.AGENT_HEALTH_UNKNOWN:
+        return "-"
+    return vm_pb2.AgentHealth.Name(vm.health).removeprefix("AGENT_HEALTH_").lower()
+
+
 @click.command("list")
 @click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.pass_obj
 def list_vms(server: str, output: str) -> None:
-    """List VMs: id, state, backend, vcpus, memory, ip, age."""
+    """List VMs: id, state, agent health, backend, vcpus, memory, ip, age."""
+    vms: list[vm_pb2.Vm] = []
     with stub(server) as api:
-        vms = api.ListVms(vm_pb2.ListVmsRequest()).vms
+        token = ""
+        while True:  # the server answers in pages; follow them to the end
+            page = api.ListVms(vm_pb2.ListVmsRequest(page_size=limits.MAX_PAGE_SIZE, page_token=token))
+            vms.extend(page.vms)
+            if not (token := page.next_page_token):
+                break
     if output == "json":
         _print_json([vm_to_dict(vm) for vm in vms])
         return
     table = Table(box=None, pad_edge=False)
-    for column in ("ID", "STATE", "BACKEND", "VCPUS", "MEMORY", "IP", "AGE"):
+    for column in ("ID", "STATE", "HEALTH", "BACKEND", "VCPUS", "MEMORY", "IP", "AGE"):
         table.add_column(column)
     for vm in vms:
         table.add_row(
             _cell(vm.id),
             _cell(_state(vm)),
+            _cell(_health(vm)),
             _cell(_backend(vm)),
             _cell(str(vm.vcpus)),
             _cell(f"{vm.memory_mib}MiB"),
@@ -145,7 +166,7 @@ def list_vms(server: str, output: str) -> None:
 @click.argument("vm_id", metavar="ID")
 @click.pass_obj
 def get(server: str, vm_id: str) -> None:
-    """Show one VM as JSON."""
+    """Show one VM as JSON (with its agent's health and since when)."""
     with stub(server) as api:
         vm = api.GetVm(vm_pb2.GetVmRequest(id=vm_id))
     _print_json(vm_to_dict(vm))

@@ -8,9 +8,13 @@
 - ``servicer``   protobuf ⇄ ``VmManager`` calls; ``ServerError`` kinds → gRPC status codes.
 - ``manager``    ``VmManager``: create / get / list / delete, exec and files through the agent,
                  reconcile and adopt at start. The core; no gRPC.
-- ``sessions``   exec sessions and downloads as the servicer streams them.
+- ``sessions``   exec sessions and transfers as the servicer streams them, under host deadlines.
+- ``validate``   bounds on every request field (``limits``); INVALID_ARGUMENT quoting a short prefix.
+- ``admission``  committed guest memory + per-VM overhead against MemTotal x overcommit.
+- ``health``     what the server sees of each VM's agent (healthy / unresponsive / degraded), since when.
+- ``paging``     ListVms pages and their tokens.
 - ``store``      the SQLite VM registry (``state.db``); the network package shares the file.
 - ``records``    agent endpoints as text for the store.
 - ``orphans``    VMM processes and VM directories nobody tracks any more.
-- ``errors``     ``ServerError`` and its kinds (the status-code map is in ``errors``' docstring).
+- ``errors``     ``ServerError`` and its kinds, ``translate`` (the one map of expected failures), ``quote``.
 """
