@@ -18,4 +18,16 @@ from __future__ import annotations
 
 # --- Disk: what a guest can make the host write -------------------------------------------------------
 
+# A VM's serial console file (console.log / serial.log) is rotated when it reaches this size, keeping one
+# predecessor (.1): whatever the guest prints, its console costs at most twice this on disk. 1 MiB holds a
+# whole boot log (~30 KiB here) many times over, and the last lines are what readiness errors quote.
+CONSOLE_LOG_MAX_BYTES = 1024 * 1024
+# How many rotated predecessors are kept next to the current console file.
+CONSOLE_LOG_KEEP = 1
+# The console reader's one buffer: it reads at most this much per wake-up and holds nothing else.
+CONSOLE_READ_CHUNK = 64 * 1024
+# `clawpot cp VM:/path DEST` and DownloadFile stop past this many bytes unless asked for more
+# (--max-size / max_size): a guest cannot fill the client's disk with one sparse or endless file.
+DOWNLOAD_MAX_BYTES = 1024 * 1024 * 1024
+
 # --- Time: deadlines the host enforces ----------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from clawpot import limits
 from clawpot.server import errors
 from clawpot.server.manager import CreateParams, VmManager
 from clawpot.server.sessions import ExecParams, ExecSession
@@ -202,9 +203,10 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
         self, request: vm_pb2.DownloadFileRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[vm_pb2.DownloadFileResponse]:
         download = await self._call(context, lambda: self._manager.download(request.vm_id, request.path))
+        max_size = request.max_size or limits.DOWNLOAD_MAX_BYTES
         yield vm_pb2.DownloadFileResponse(info=vm_pb2.FileInfo(size=download.size, mode=download.mode))
         try:
-            async for chunk in download.chunks():
+            async for chunk in download.chunks(max_size):
                 yield vm_pb2.DownloadFileResponse(chunk=chunk)
         except errors.ServerError as exc:
             await _abort(context, exc)

@@ -80,15 +80,31 @@ class ExecSession:
 
 @dataclass(frozen=True)
 class DownloadHandle:
+    """A guest file being read. ``size`` and ``mode`` are what the guest says: untrusted."""
+
     size: int
     mode: int
     _download: Download
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self, max_size: int) -> AsyncIterator[bytes]:
+        """The file's bytes. FAILED_PRECONDITION rather than byte ``max_size + 1``: at once when the guest
+        says the file is bigger (its word only saves the wait), else when that many really arrived."""
         download = self._download
+        received = 0
         try:
             async with download:
+                if self.size > max_size:
+                    raise errors.FailedPrecondition(
+                        _too_big(max_size, f"the guest reports {self.size} bytes")
+                    )
                 async for chunk in download:
+                    received += len(chunk)
+                    if received > max_size:
+                        raise errors.FailedPrecondition(_too_big(max_size, "the guest sent more"))
                     yield chunk
         except GuestError as exc:
             raise errors.Unavailable(f"lost the guest agent during download: {exc}") from exc
+
+
+def _too_big(max_size: int, detail: str) -> str:
+    return f"file larger than max_size ({max_size} bytes): {detail}; ask for more with max_size"

@@ -1,9 +1,10 @@
 """The firecracker OS process: spawn, wait for its API socket, signal, reap, explain its exit.
 
-The guest's serial console is firecracker's stdout, so stdout goes straight to the VM's serial file;
-Firecracker's own log goes to a separate file from the first line (``--log-path``), keeping the serial
-file pure guest output. A reaper task waits on the child from the moment it is spawned, so an exit is
-noticed (and the zombie reaped) as soon as the kernel reports it.
+The guest's serial console is firecracker's stdout: a pipe, read by a ``ConsoleWriter`` into the VM's
+serial file, capped and rotated (``clawpot.vmm.console`` says why a pipe, and why firecracker also
+keeps a read end of it). Firecracker's own log goes to a separate file from the first line
+(``--log-path``), keeping the serial file pure guest output. A reaper task waits on the child from the
+moment it is spawned, so an exit is noticed (and the zombie reaped) as soon as the kernel reports it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from clawpot.vmm.base import ExitInfo, VmmStartError
+from clawpot.vmm.console import CappedLog, ConsoleWriter, vmm_stdout_pipe
 from clawpot.vmm.spawn import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class FirecrackerProcess:
         self._proc: asyncio.subprocess.Process | None = None
         self._reaper: asyncio.Task[ExitInfo] | None = None
         self._exit_info: ExitInfo | None = None
+        self.console: ConsoleWriter | None = None
         self.spawned_at: float | None = None
 
     @property
@@ -89,32 +92,49 @@ class FirecrackerProcess:
         # Firecracker refuses to bind over an existing file; callers decide whether a leftover is stale.
         if self.files.api_socket.exists():
             raise VmmStartError(f"API socket {self.files.api_socket} already exists")
-        serial, stderr = self._open_outputs()
-        with serial, stderr:
-            try:
-                self._proc = await asyncio.create_subprocess_exec(
-                    *self.argv(),
-                    stdin=subprocess.DEVNULL,
-                    stdout=serial,
-                    stderr=stderr,
-                    # Own session: a Ctrl+C on the terminal reaches us, and we stop the VM in order.
-                    start_new_session=True,
-                    preexec_fn=die_with_parent() if self.die_with_parent else None,
-                )
-            except OSError as exc:
-                raise VmmStartError(f"cannot run {self.binary}: {exc.strerror or exc}") from exc
+        stderr = self._open_stderr()
+        console_end, stdout_end, keeper = vmm_stdout_pipe()
+        try:
+            self.console = ConsoleWriter.from_fd(console_end, CappedLog(self.files.serial))
+        except BaseException:
+            for fd in (console_end, stdout_end, keeper):
+                os.close(fd)
+            stderr.close()
+            raise
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *self.argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=stdout_end,
+                stderr=stderr,
+                # firecracker holds a read end it never reads: the console pipe never loses its last
+                # reader, even while no server runs (see clawpot.vmm.console).
+                pass_fds=(keeper,),
+                # Own session: a Ctrl+C on the terminal reaches us, and we stop the VM in order.
+                start_new_session=True,
+                preexec_fn=die_with_parent() if self.die_with_parent else None,
+            )
+        except OSError as exc:
+            self._close_console()
+            raise VmmStartError(f"cannot run {self.binary}: {exc.strerror or exc}") from exc
+        finally:
+            # firecracker has its copies; ours of its ends would keep the pipe from reporting EOF.
+            os.close(stdout_end)
+            os.close(keeper)
+            stderr.close()
         self.spawned_at = time.time()
         self._reaper = asyncio.create_task(self._reap(self._proc), name=f"reap firecracker {self.pid}")
         log.debug("spawned firecracker pid %s for %s", self.pid, self.vm_id)
 
-    def _open_outputs(self) -> tuple[BinaryIO, BinaryIO]:
+    def _open_stderr(self) -> BinaryIO:
         # --log-path must name an existing file.
         self.files.log.touch()
-        with contextlib.ExitStack() as opened:
-            serial = opened.enter_context(open(self.files.serial, "wb"))
-            stderr = opened.enter_context(open(self.files.stderr, "wb"))
-            opened.pop_all()  # the caller closes them once firecracker has its copies
-        return serial, stderr
+        return open(self.files.stderr, "wb")  # closed once firecracker has its copy
+
+    def _close_console(self) -> None:
+        if self.console is not None:
+            self.console.drain()
+            self.console.close()
 
     async def wait_api_ready(self, deadline: float) -> None:
         """Wait until the API socket accepts connections (until ``deadline``, in ``time.monotonic()``);
@@ -169,6 +189,8 @@ class FirecrackerProcess:
 
     async def _reap(self, proc: asyncio.subprocess.Process) -> ExitInfo:
         returncode = await proc.wait()
+        # What the guest printed last is still in the pipe: into the file before anyone quotes it.
+        self._close_console()
         info = explain_exit(returncode, self.files.log, self.files.stderr, self.files.serial)
         self._exit_info = info
         log.debug("firecracker pid %s exited: %s", proc.pid, info.reason)
@@ -243,3 +265,8 @@ def _signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return f"signal {signum}"
+
+
+def reattach_console(pid: int, serial: Path) -> ConsoleWriter | None:
+    """The console of a firecracker adopted after a server restart: its stdout pipe, reopened."""
+    return ConsoleWriter.from_process_stdout(pid, CappedLog(serial))

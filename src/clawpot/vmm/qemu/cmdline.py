@@ -3,7 +3,9 @@
 Everything QEMU needs is on the command line (no QMP configuration phase), so this module is the whole
 device model: kernel + command line, virtio-blk drives in spec order, virtio-net on TAPs, the agent
 channel (virtio-serial port on a unix-socket chardev, or vhost-vsock), a virtio-rng (python3 in the
-guest wants entropy early), the serial console into a file and QMP on a unix socket.
+guest wants entropy early), the serial console into a unix socket the launcher listens on (it writes
+the capped file, see ``clawpot.vmm.console``) and QMP on a unix socket. QEMU starts paused (``-S``): the
+launcher lets the guest run once the console is connected.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class QemuFiles:
 
     qmp_socket: Path
     agent_socket: Path
+    # QEMU connects here; the launcher's ``ConsoleWriter`` listens and writes ``serial_log`` (capped).
+    console_socket: Path
     serial_log: Path
     qemu_log: Path
 
@@ -51,13 +55,14 @@ class QemuFiles:
         return cls(
             qmp_socket=qmp_socket or vm_dir / "qmp.sock",
             agent_socket=vm_dir / "agent.sock",
+            console_socket=vm_dir / "console.sock",
             serial_log=vm_dir / "console.log",
             qemu_log=vm_dir / "qemu.log",
         )
 
     @property
     def sockets(self) -> tuple[Path, ...]:
-        return (self.qmp_socket, self.agent_socket)
+        return (self.qmp_socket, self.agent_socket, self.console_socket)
 
 
 def kernel_cmdline(boot_args: str, accel: Accel) -> str:
@@ -134,7 +139,13 @@ def build_command(
         "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         "-kernel", str(spec.kernel),
         "-append", kernel_cmdline(spec.boot_args, accel),
-        "-serial", f"file:{files.serial_log}",
+        # Paused until the launcher has the console connected (QemuProcess continues it): no boot
+        # output is lost to a connection still being made.
+        "-S",
+        # Client with reconnect: QEMU drops console output while nobody listens (never blocks the
+        # guest, never writes to disk) and comes back to a restarted server's listener on its own.
+        "-chardev", f"socket,id=console,path={files.console_socket},server=off,reconnect=1",
+        "-serial", "chardev:console",
         "-qmp", f"unix:{files.qmp_socket},server=on,wait=off",
         "-object", "rng-random,id=rng0,filename=/dev/urandom",
         "-device", "virtio-rng-device,rng=rng0",
