@@ -4,8 +4,8 @@ One real server in a network namespace of its own (no networking), one real QEMU
 the module. The guest floods its serial console for 20 s while the test samples the console file's
 size; `clawpot cp` copies out a 6777 file, files over --max-size (one that says so, one sparse, and one
 that lies about its size: /proc files report 0 bytes), and refuses a symlink destination; the server
-enforces max_size on its own too. Last, the server restarts: the adopted VM's console comes back,
-still capped.
+enforces max_size on its own too. Last, the server restarts: what the guest printed while no server ran
+reaches the console file after the restart, and the adopted VM's console stays capped.
 """
 
 from __future__ import annotations
@@ -98,8 +98,9 @@ def test_console_flood_never_exceeds_the_cap(server: ServerProcess, vm: str) -> 
     assert stats["samples"] > 100
     assert stats["max_bytes"] <= CAP
     assert stats["predecessor_bytes"] <= CAP
-    # The flood really went past the cap: the file was rotated (a new inode) more than once.
-    assert stats["files_seen"] >= 3
+    # The flood really went past the cap: the file was rotated (a new inode). How far past depends on
+    # the host's load (TCG): 2.4 MB in 20 s on the shared 2-core machine.
+    assert stats["files_seen"] >= 2 and stats["at_least_bytes"] > CAP
     vm_dir = server.data_dir / "vms" / vm
     assert not list(vm_dir.glob("console.log.2"))
     assert sum(p.stat().st_size for p in vm_dir.glob("console.log*")) <= 2 * CAP
@@ -204,19 +205,22 @@ def test_cp_refuses_a_symlink_destination(server: ServerProcess, vm: str, tmp_pa
 
 def test_adopted_vm_console_comes_back_still_capped(server: ServerProcess, vm: str) -> None:
     pid = server.vmm_pids()[vm]
+    console = _console(server, vm)
+    # Printed while no server runs: it waits in the FIFO (QEMU holds it) for the next server.
+    # (Computed in the guest: the agent logs each command on the console, the marker must not be in it.)
+    down = f"printed-while-no-server-ran-{os.getpid()}-42"
+    printer = f"sleep 3; echo {down.removesuffix('42')}$((6*7)) > /dev/ttyS0"
+    _guest(server, vm, f"setsid sh -c '{printer}' < /dev/null > /dev/null 2>&1 &")
     assert server.terminate() == 0  # VMs stay running
-    assert (server.data_dir / "vms" / vm / "console.sock").exists()  # left for the next server to replace
+    assert stat.S_ISFIFO((server.data_dir / "vms" / vm / "console.out").stat().st_mode)
+    time.sleep(5)
+    assert down.encode() not in console.read_bytes()
     server.start()
     assert server.vmm_pids()[vm] == pid  # adopted, not restarted
-    marker = f"console-after-restart-{os.getpid()}"
-    console = _console(server, vm)
-
-    def marker_seen() -> bool:
-        # QEMU reconnects once a second: print until it lands.
-        server.exec(vm, "sh", "-c", f"echo {marker} > /dev/ttyS0")
-        return marker.encode() in console.read_bytes()
-
-    wait_until(marker_seen, 30, "the adopted VM's console output")
+    wait_until(lambda: down.encode() in console.read_bytes(), 10, "the output printed while no server ran")
+    after = f"printed-after-restart-{os.getpid()}-42"
+    server.exec(vm, "sh", "-c", f"echo {after.removesuffix('42')}$((6*7)) > /dev/ttyS0")
+    wait_until(lambda: after.encode() in console.read_bytes(), 10, "the adopted VM's console output")
     stats = _flood(server, vm, 5)
     print(f"\nconsole flood 5 s after a server restart (adopted VM): {stats}")
     assert stats["max_bytes"] <= CAP and stats["predecessor_bytes"] <= CAP

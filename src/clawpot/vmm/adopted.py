@@ -45,7 +45,7 @@ class AdoptedProcess:
         self._exited = asyncio.get_running_loop().create_future()
         self.exit_info: ExitInfo | None = None
         asyncio.get_running_loop().add_reader(self._pidfd, self._on_exit)
-        self.console = reattach_console(kind, vm_dir, pid) if kind is not None else None
+        self.console = reattach_console(kind, vm_dir) if kind is not None else None
 
     def _on_exit(self) -> None:
         self._close_pidfd()
@@ -85,8 +85,7 @@ class AdoptedProcess:
         if self.console is not None:
             if drain:
                 self.console.drain()
-            # The socket file stays for the next server when the VMM lives on; it replaces it.
-            self.console.close(unlink_socket=drain)
+            self.console.close()
             self.console = None
 
     def detach(self) -> None:
@@ -97,9 +96,9 @@ class AdoptedProcess:
             self._exited.cancel()
 
 
-def reattach_console(kind: BackendKind, vm_dir: Path, pid: int) -> ConsoleWriter | None:
+def reattach_console(kind: BackendKind, vm_dir: Path) -> ConsoleWriter | None:
     """Take back the console of a VMM started by an earlier server; None when it cannot be had (logged:
-    the VM still works, its console output is dropped as while no server ran)."""
+    the VM still works; its console waits once the FIFO is full, as while no server ran)."""
     try:
         if kind is BackendKind.QEMU:
             from clawpot.vmm.qemu.process import reattach_console as qemu_console
@@ -109,7 +108,7 @@ def reattach_console(kind: BackendKind, vm_dir: Path, pid: int) -> ConsoleWriter
             from clawpot.vmm.firecracker.handle import SERIAL_NAME
             from clawpot.vmm.firecracker.process import reattach_console as firecracker_console
 
-            return firecracker_console(pid, vm_dir / SERIAL_NAME)
+            return firecracker_console(vm_dir / SERIAL_NAME)
     except OSError as exc:
         log.warning("VM in %s: cannot reattach its serial console: %s", vm_dir, exc)
     return None

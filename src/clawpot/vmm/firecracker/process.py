@@ -1,8 +1,8 @@
 """The firecracker OS process: spawn, wait for its API socket, signal, reap, explain its exit.
 
-The guest's serial console is firecracker's stdout: a pipe, read by a ``ConsoleWriter`` into the VM's
-serial file, capped and rotated (``clawpot.vmm.console`` says why a pipe, and why firecracker also
-keeps a read end of it). Firecracker's own log goes to a separate file from the first line
+The guest's serial console is firecracker's stdout: a FIFO next to the serial file, read by a
+``ConsoleWriter`` into that file, capped and rotated (``clawpot.vmm.console`` says why a FIFO opened
+read-write). Firecracker's own log goes to a separate file from the first line
 (``--log-path``), keeping the serial file pure guest output. A reaper task waits on the child from the
 moment it is spawned, so an exit is noticed (and the zombie reaped) as soon as the kernel reports it.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from clawpot.vmm.base import ExitInfo, VmmStartError
-from clawpot.vmm.console import CappedLog, ConsoleWriter, vmm_stdout_pipe
+from clawpot.vmm.console import CappedLog, ConsoleWriter, open_fifo
 from clawpot.vmm.spawn import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,16 @@ class LaunchFiles:
     log: Path
     serial: Path
     stderr: Path
+
+    @property
+    def serial_fifo(self) -> Path:
+        """What firecracker's stdout is: the FIFO the launcher copies into ``serial`` (capped)."""
+        return serial_fifo(self.serial)
+
+
+def serial_fifo(serial: Path) -> Path:
+    """The console FIFO beside a serial file: ``serial.log`` → ``serial.fifo``."""
+    return serial.with_suffix(".fifo")
 
 
 class FirecrackerProcess:
@@ -92,24 +102,20 @@ class FirecrackerProcess:
         # Firecracker refuses to bind over an existing file; callers decide whether a leftover is stale.
         if self.files.api_socket.exists():
             raise VmmStartError(f"API socket {self.files.api_socket} already exists")
-        stderr = self._open_stderr()
-        console_end, stdout_end, keeper = vmm_stdout_pipe()
         try:
-            self.console = ConsoleWriter.from_fd(console_end, CappedLog(self.files.serial))
-        except BaseException:
-            for fd in (console_end, stdout_end, keeper):
-                os.close(fd)
-            stderr.close()
-            raise
+            self.console = ConsoleWriter.from_fifo(self.files.serial_fifo, CappedLog(self.files.serial))
+            # Read-write and blocking: firecracker never sees EPIPE, and waits when the FIFO is full.
+            stdout = open_fifo(self.files.serial_fifo, blocking=True)
+        except OSError as exc:
+            self._close_console()
+            raise VmmStartError(f"cannot set up the serial console: {exc.strerror or exc}") from exc
+        stderr = self._open_stderr()
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *self.argv(),
                 stdin=subprocess.DEVNULL,
-                stdout=stdout_end,
+                stdout=stdout,
                 stderr=stderr,
-                # firecracker holds a read end it never reads: the console pipe never loses its last
-                # reader, even while no server runs (see clawpot.vmm.console).
-                pass_fds=(keeper,),
                 # Own session: a Ctrl+C on the terminal reaches us, and we stop the VM in order.
                 start_new_session=True,
                 preexec_fn=die_with_parent() if self.die_with_parent else None,
@@ -118,9 +124,7 @@ class FirecrackerProcess:
             self._close_console()
             raise VmmStartError(f"cannot run {self.binary}: {exc.strerror or exc}") from exc
         finally:
-            # firecracker has its copies; ours of its ends would keep the pipe from reporting EOF.
-            os.close(stdout_end)
-            os.close(keeper)
+            os.close(stdout)  # firecracker has its copies
             stderr.close()
         self.spawned_at = time.time()
         self._reaper = asyncio.create_task(self._reap(self._proc), name=f"reap firecracker {self.pid}")
@@ -267,6 +271,10 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def reattach_console(pid: int, serial: Path) -> ConsoleWriter | None:
-    """The console of a firecracker adopted after a server restart: its stdout pipe, reopened."""
-    return ConsoleWriter.from_process_stdout(pid, CappedLog(serial))
+def reattach_console(serial: Path) -> ConsoleWriter | None:
+    """The console of a firecracker adopted after a server restart: its FIFO, read again (None when it
+    has none: started by a Clawpot that wrote the console to a file)."""
+    fifo = serial_fifo(serial)
+    if not fifo.exists():
+        return None
+    return ConsoleWriter.from_fifo(fifo, CappedLog(serial))

@@ -5,9 +5,9 @@ exits, whatever the reason (guest poweroff, crash, ``kill -9`` from outside), so
 within one loop iteration. Holding the pidfd until the exit is reaped also means signals go to our
 QEMU and never to a recycled PID.
 
-The serial console: before QEMU is spawned a ``ConsoleWriter`` listens on the VM's console socket; QEMU
-starts paused, connects to it, and the guest is let run (QMP ``cont``) once the console is connected.
-The writer keeps ``console.log`` capped and rotated for the process's whole life (``clawpot.vmm.console``).
+The serial console: before QEMU is spawned the VM's console FIFOs are made and a ``ConsoleWriter``
+reads ``console.out``, keeping ``console.log`` capped and rotated for the process's whole life
+(``clawpot.vmm.console``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from clawpot.guest.endpoints import AgentEndpoint, SerialSocketEndpoint, VsockEndpoint
 from clawpot.vmm.base import ExitInfo, VmmConfigError, VmmProcess, VmmStartError
-from clawpot.vmm.console import CappedLog, ConsoleWriter
+from clawpot.vmm.console import CappedLog, ConsoleWriter, make_fifo
 from clawpot.vmm.qemu.cmdline import QEMU_BINARY, Accel, QemuFiles, build_command, validate
 from clawpot.vmm.qemu.qmp import QmpControl, QmpError
 from clawpot.vmm.spawn import die_with_parent
@@ -118,9 +118,11 @@ class QemuProcess(VmmProcess):
             _clear_stale_socket(path)
         loop = asyncio.get_running_loop()
         try:
-            self.console = ConsoleWriter.listen(self.files.console_socket, CappedLog(self.files.serial_log))
+            console_out, console_in = self.files.console_fifos
+            make_fifo(console_in)
+            self.console = ConsoleWriter.from_fifo(console_out, CappedLog(self.files.serial_log))
         except OSError as exc:
-            raise VmmStartError(f"cannot listen for the serial console: {exc.strerror or exc}") from exc
+            raise VmmStartError(f"cannot set up the serial console: {exc.strerror or exc}") from exc
         try:
             # Popen rather than asyncio's subprocess: exits are watched through our own pidfd, and
             # asyncio's child watcher would race us to reap. Spawning takes a few milliseconds.
@@ -150,8 +152,7 @@ class QemuProcess(VmmProcess):
             raise
 
     async def _wait_running(self) -> None:
-        """QMP up, console connected, then ``cont``; returns once the guest CPU runs."""
-        assert self._exited is not None and self.console is not None
+        assert self._exited is not None
         deadline = time.monotonic() + self.start_timeout
         last_error = "QMP socket never appeared"
         while time.monotonic() < deadline:
@@ -162,18 +163,12 @@ class QemuProcess(VmmProcess):
             if self.files.qmp_socket.exists():
                 try:
                     status = await self.qmp.status()
+                except QmpError as exc:
+                    last_error = str(exc)
+                else:
                     if status == "running":
                         return
                     last_error = f"QEMU status is {status!r}"
-                    if status == "prelaunch":
-                        if self.console.connected:
-                            await self.qmp.cont()
-                        else:
-                            last_error = (
-                                f"QEMU never connected to the serial console {self.files.console_socket}"
-                            )
-                except QmpError as exc:
-                    last_error = str(exc)
             await asyncio.sleep(_POLL)
         raise VmmStartError(f"QEMU not running after {self.start_timeout:.0f} s: {last_error}")
 
@@ -263,7 +258,8 @@ class QemuProcess(VmmProcess):
     def _remove_files(self) -> None:
         self._remove_sockets()
         CappedLog.remove_files(self.files.serial_log)
-        self.files.qemu_log.unlink(missing_ok=True)
+        for path in (self.files.qemu_log, *self.files.console_fifos):
+            path.unlink(missing_ok=True)
 
 
 def _clear_stale_socket(path: Path) -> None:
@@ -321,7 +317,11 @@ def _last_error_line(log: Path, max_bytes: int = 4096) -> str:
     return next((line for line in lines if "error" in line.lower()), lines[-1])
 
 
-def reattach_console(vm_dir: Path) -> ConsoleWriter:
-    """The console of a QEMU adopted after a server restart: listen again; QEMU reconnects within 1 s."""
+def reattach_console(vm_dir: Path) -> ConsoleWriter | None:
+    """The console of a QEMU adopted after a server restart: its FIFO, read again (None when the VM
+    has none: started by a Clawpot that wrote the console to a file)."""
     files = QemuFiles.in_dir(vm_dir)
-    return ConsoleWriter.listen(files.console_socket, CappedLog(files.serial_log))
+    console_out, _ = files.console_fifos
+    if not console_out.exists():
+        return None
+    return ConsoleWriter.from_fifo(console_out, CappedLog(files.serial_log))

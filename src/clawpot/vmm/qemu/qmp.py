@@ -1,4 +1,4 @@
-"""Control of one QEMU through QMP (``qemu.qmp``'s ``QMPClient``): status, cont, power button, quit.
+"""Control of one QEMU through QMP (``qemu.qmp``'s ``QMPClient``): status, power button, quit.
 
 One short connection per command: QEMU's QMP socket serves a single client at a time, and a
 connection held open would tie a background reader task to one event loop for the VM's whole life.
@@ -66,10 +66,6 @@ class QmpControl:
         if not isinstance(status, str):
             raise QmpError(f"QMP query-status: unexpected reply {reply!r}")
         return status
-
-    async def cont(self) -> None:
-        """Let a paused guest (``-S``) run."""
-        await self.execute("cont")
 
     async def system_powerdown(self) -> None:
         """Press the ACPI power button; the guest decides what to do with it."""
