@@ -192,7 +192,7 @@ def test_server_stops_streaming_past_max_size(server: ServerProcess, vm: str) ->
         assert sum(len(r.chunk) for r in chunks) == 3 * 1024 * 1024
 
 
-def test_cp_refuses_a_symlink_destination(server: ServerProcess, vm: str, tmp_path: Path) -> None:
+def test_cp_refuses_bad_destinations(server: ServerProcess, vm: str, tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_text("keep me")
     link = tmp_path / "link"
@@ -200,7 +200,12 @@ def test_cp_refuses_a_symlink_destination(server: ServerProcess, vm: str, tmp_pa
     result = server.cli("cp", f"{vm}:/etc/hostname", str(link))
     assert result.returncode == EXIT_USAGE and "symlink" in result.stderr, result.stderr
     assert link.is_symlink() and victim.read_text() == "keep me"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "victim"]
+    os.mkfifo(tmp_path / "fifo")
+    result = server.cli("cp", f"{vm}:/etc/hostname", str(tmp_path / "fifo"))
+    assert result.returncode == EXIT_USAGE and "not a regular file" in result.stderr, result.stderr
+    result = server.cli("cp", f"{vm}:/etc/hostname", str(tmp_path / "no-such-dir" / "x"))
+    assert result.returncode == EXIT_FAILED and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "link", "victim"]
 
 
 def test_adopted_vm_console_comes_back_still_capped(server: ServerProcess, vm: str) -> None:

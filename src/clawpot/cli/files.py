@@ -142,7 +142,10 @@ def cp(server: str, src: str, dst: str, max_size: int) -> None:
 def _download(server: str, vm_id: str, path: str, target: Path, max_size: int) -> None:
     # A temp file beside the target (mode 0600 until complete), renamed over it at the end: a failed or
     # refused copy never leaves a partial file, and the rename replaces a symlink rather than following it.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    except OSError as exc:
+        die(f"cannot write in {target.parent}: {exc.strerror or exc}", EXIT_FAILED)
     try:
         mode = _DEFAULT_MODE
         received = 0
@@ -167,6 +170,8 @@ def _download(server: str, vm_id: str, path: str, target: Path, max_size: int) -
                     responses.cancel()  # type: ignore[no-untyped-call]
             os.fchmod(out.fileno(), safe_mode(mode, current_umask()))
         os.replace(tmp_name, target)
+    except OSError as exc:  # disk full, target turned into a directory meanwhile, ...
+        die(f"cannot write {target}: {exc.strerror or exc}", EXIT_FAILED)
     finally:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
