@@ -14,7 +14,8 @@ The FIFO, for both backends (checked against QEMU 7.2 and Firecracker 1.12 befor
 - **QEMU**: ``-chardev pipe,path=<dir>/console`` opens the FIFOs ``console.in`` and ``console.out``
   read-write and makes its end non-blocking. A full FIFO makes QEMU's 16550 model hold the byte and
   retry when there is room (the guest sees a busy UART); QEMU's main loop and QMP stay responsive
-  (measured: 0.7 ms QMP round trips with nobody reading while the guest floods).
+  (tests/integration/test_console_qemu.py: QMP answers in ~2 ms with nobody reading while the guest
+  floods).
 - **Firecracker**: the serial console is the process's stdout, and there is no other sink. Its stdout
   is ``serial.fifo`` opened read-write and blocking: a full FIFO makes the vCPU wait in the write. With
   a plain pipe instead, a reader that goes away (a server restart) turns every console byte into an
@@ -31,8 +32,9 @@ Rejected: ``-serial file:`` (no cap at all); rotating or truncating a file the V
 offset keeps growing, leaving a sparse file); QEMU's ``ringbuf`` chardev (memory only, readable only over
 QMP, lost when QEMU exits); a unix socket chardev with ``reconnect`` (QEMU sends each console byte as its
 own socket message: the kernel queues only a few hundred of them, so the reader must wake for every few
-bytes: measured, the server spent 9.7 s of CPU in a 20 s flood and the guest got 1.4 MB through, where the
-FIFO costs 0.07 s of CPU for 5 MB in 10 s).
+bytes. Measured with tests/integration/test_disk_bounds.py on the first version of this module, which
+used one: the server spent 9.7 s of CPU in a 20 s flood and 1.4 MB got through; with the FIFO, 0.2-0.3 s
+of CPU and 2-3.4 MB on the same, shared machine).
 """
 
 from __future__ import annotations
