@@ -58,12 +58,19 @@ _DRAIN_LIMIT = 4 * 1024 * 1024
 class CappedLog:
     """Appends to ``path``; rotates to ``path.1`` (``.2`` ... up to ``keep``) before it would exceed ``cap``.
 
-    Not thread-safe; one writer per file. Opening appends to what is there (a server that adopts a VM
-    continues the file the previous one wrote); a file already over the cap is rotated at the first write.
+    Not thread-safe; one writer per file. ``fresh`` starts from nothing (a VMM just started: an old
+    console and its predecessors are removed); otherwise it appends to what is there (a server that adopts
+    a VM continues the file the previous one wrote), and a file already over the cap is rotated at the
+    first write.
     """
 
     def __init__(
-        self, path: Path, cap: int = limits.CONSOLE_LOG_MAX_BYTES, *, keep: int = limits.CONSOLE_LOG_KEEP
+        self,
+        path: Path,
+        cap: int = limits.CONSOLE_LOG_MAX_BYTES,
+        *,
+        keep: int = limits.CONSOLE_LOG_KEEP,
+        fresh: bool = False,
     ) -> None:
         if cap < 1 or keep < 0:
             raise ValueError("cap must be >= 1 and keep >= 0")
@@ -72,6 +79,8 @@ class CappedLog:
         self.keep = keep
         self._fd: int | None = None
         self._size = 0
+        if fresh:
+            self.remove_files(path, keep)
         self._open()
 
     @property

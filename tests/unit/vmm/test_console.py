@@ -61,6 +61,16 @@ def test_reopen_appends_and_an_oversized_file_rotates_at_once(tmp_path: Path) ->
     assert list(tmp_path.iterdir()) == []
 
 
+def test_fresh_starts_from_nothing(tmp_path: Path) -> None:
+    (tmp_path / "console.log").write_bytes(b"an earlier VMM's console")
+    (tmp_path / "console.log.1").write_bytes(b"and its predecessor")
+    log = CappedLog(tmp_path / "console.log", fresh=True)
+    log.write(b"new")
+    log.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["console.log"]
+    assert (tmp_path / "console.log").read_bytes() == b"new"
+
+
 def test_keep_zero_truncates(tmp_path: Path) -> None:
     log = CappedLog(tmp_path / "c.log", cap=10, keep=0)
     log.write(b"0123456789abc")

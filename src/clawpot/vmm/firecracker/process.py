@@ -102,14 +102,18 @@ class FirecrackerProcess:
         # Firecracker refuses to bind over an existing file; callers decide whether a leftover is stale.
         if self.files.api_socket.exists():
             raise VmmStartError(f"API socket {self.files.api_socket} already exists")
+        stdout = -1
         try:
-            self.console = ConsoleWriter.from_fifo(self.files.serial_fifo, CappedLog(self.files.serial))
+            serial = CappedLog(self.files.serial, fresh=True)
+            self.console = ConsoleWriter.from_fifo(self.files.serial_fifo, serial)
             # Read-write and blocking: firecracker never sees EPIPE, and waits when the FIFO is full.
             stdout = open_fifo(self.files.serial_fifo, blocking=True)
+            stderr = self._open_stderr()
         except OSError as exc:
+            if stdout >= 0:
+                os.close(stdout)
             self._close_console()
-            raise VmmStartError(f"cannot set up the serial console: {exc.strerror or exc}") from exc
-        stderr = self._open_stderr()
+            raise VmmStartError(f"cannot set up firecracker's output files: {exc.strerror or exc}") from exc
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *self.argv(),
@@ -193,7 +197,7 @@ class FirecrackerProcess:
 
     async def _reap(self, proc: asyncio.subprocess.Process) -> ExitInfo:
         returncode = await proc.wait()
-        # What the guest printed last is still in the pipe: into the file before anyone quotes it.
+        # What the guest printed last may still be in the FIFO: into the file before anyone quotes it.
         self._close_console()
         info = explain_exit(returncode, self.files.log, self.files.stderr, self.files.serial)
         self._exit_info = info

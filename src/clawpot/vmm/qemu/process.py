@@ -120,7 +120,7 @@ class QemuProcess(VmmProcess):
         try:
             console_out, console_in = self.files.console_fifos
             make_fifo(console_in)
-            self.console = ConsoleWriter.from_fifo(console_out, CappedLog(self.files.serial_log))
+            self.console = ConsoleWriter.from_fifo(console_out, CappedLog(self.files.serial_log, fresh=True))
         except OSError as exc:
             raise VmmStartError(f"cannot set up the serial console: {exc.strerror or exc}") from exc
         try:
