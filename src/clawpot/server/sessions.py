@@ -107,4 +107,4 @@ class DownloadHandle:
 
 
 def _too_big(max_size: int, detail: str) -> str:
-    return f"file larger than max_size ({max_size} bytes): {detail}; ask for more with max_size"
+    return f"file larger than max_size ({max_size} bytes): {detail}; raise max_size (clawpot cp --max-size)"
