@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 import click
 
@@ -321,25 +321,44 @@ async def _foreground(vm: Vm, socket_path: Path, console: bool) -> int:
 
 
 class _ConsoleCopy:
-    """Copies the guest's serial console to stdout as the file grows."""
+    """Copies the guest's serial console to stdout as the file grows.
+
+    The file is capped and rotated (``clawpot.vmm.console``): when the path names a new file, the rest
+    of the old one is copied first, then the new one from its start.
+    """
 
     def __init__(self, serial_log: Path) -> None:
         self.serial_log = serial_log
-        self.offset = 0
+        self._file: BinaryIO | None = None
         self.task = asyncio.create_task(self._run())
 
-    def copy_new(self) -> bool:
-        try:
-            with open(self.serial_log, "rb") as serial:
-                serial.seek(self.offset)
-                chunk = serial.read()
-        except OSError:
-            return False
+    def _copy_open(self) -> bool:
+        assert self._file is not None
+        # Bounded reads: at most one chunk in memory however fast the guest prints.
+        chunk = self._file.read(limits.CONSOLE_READ_CHUNK)
         if chunk:
-            self.offset += len(chunk)
             sys.stdout.buffer.write(chunk)
             sys.stdout.buffer.flush()
         return bool(chunk)
+
+    def copy_new(self) -> bool:
+        if self._file is not None and self._copy_open():
+            return True
+        try:
+            current = os.stat(self.serial_log)
+        except OSError:
+            return False
+        if self._file is not None and os.fstat(self._file.fileno()).st_ino == current.st_ino:
+            return False  # same file, nothing new
+        # First call, or the file was rotated and the old one is read to its end: follow the new one.
+        if self._file is not None:
+            self._file.close()
+        try:
+            self._file = open(self.serial_log, "rb")  # noqa: SIM115 - held across calls, closed in finish
+        except OSError:
+            self._file = None
+            return False
+        return self._copy_open()
 
     async def _run(self) -> None:
         # A growing regular file offers nothing to wait on (poll/epoll say "readable" forever): poll it.
@@ -348,7 +367,11 @@ class _ConsoleCopy:
 
     def finish(self) -> None:
         self.task.cancel()
-        self.copy_new()
+        while self.copy_new():
+            pass
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 # -- status ------------------------------------------------------------------------------------------

@@ -182,6 +182,7 @@ class VmManager:
                     record.vmm_start_ticks,
                     endpoint_from_text(record.agent_endpoint),
                     record.vm_dir,
+                    kind=record.backend,  # takes the VM's serial console back
                 )
                 entry.watch_task = asyncio.create_task(self._watch_adopted(entry))
                 log.info("adopted VM %s (VMM pid %d)", record.id, record.pid)

@@ -225,9 +225,10 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
         self, request: vm_pb2.DownloadFileRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[vm_pb2.DownloadFileResponse]:
         download = await self._call(context, lambda: self._manager.download(request.vm_id, request.path))
+        max_size = request.max_size or limits.DOWNLOAD_MAX_BYTES
         yield vm_pb2.DownloadFileResponse(info=vm_pb2.FileInfo(size=download.size, mode=download.mode))
         try:
-            async for chunk in download.chunks():
+            async for chunk in download.chunks(max_size):
                 yield vm_pb2.DownloadFileResponse(chunk=chunk)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise

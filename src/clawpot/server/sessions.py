@@ -117,16 +117,25 @@ class ExecSession:
 
 @dataclass(frozen=True)
 class DownloadHandle:
+    """A guest file being read. ``size`` and ``mode`` are what the guest says: untrusted."""
+
     size: int
     mode: int
     _download: Download
     # Longest wait for the agent's next chunk (time the client takes to read does not count).
     stall_timeout: float | None = None
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self, max_size: int) -> AsyncIterator[bytes]:
+        """The file's bytes. FAILED_PRECONDITION rather than byte ``max_size + 1``: at once when the guest
+        says the file is bigger (its word only saves the wait), else when that many really arrived."""
         download = self._download
+        received = 0
         try:
             async with download:
+                if self.size > max_size:
+                    raise errors.FailedPrecondition(
+                        _too_big(max_size, f"the guest reports {self.size} bytes")
+                    )
                 while True:
                     try:
                         async with asyncio.timeout(self.stall_timeout):
@@ -137,6 +146,9 @@ class DownloadHandle:
                         ) from None
                     if chunk is None:
                         return
+                    received += len(chunk)
+                    if received > max_size:
+                        raise errors.FailedPrecondition(_too_big(max_size, "the guest sent more"))
                     yield chunk
         except GuestError as exc:
             raise errors.Unavailable(f"lost the guest agent during download: {_first_line(exc)}") from exc
@@ -177,3 +189,7 @@ async def upload_watched(
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _too_big(max_size: int, detail: str) -> str:
+    return f"file larger than max_size ({max_size} bytes): {detail}; raise max_size (clawpot cp --max-size)"

@@ -588,17 +588,24 @@ class DownloadFileRequest(_message.Message):
 
     VM_ID_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
+    MAX_SIZE_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
     path: _builtins.str
+    max_size: _builtins.int
+    """Stop past this many bytes: the call fails with FAILED_PRECONDITION and at most max_size bytes
+    were sent. Counted on what the guest actually sends, not on the size it reports.
+    0: the server's default (1 GiB).
+    """
     def __init__(
         self,
         *,
         vm_id: _builtins.str = ...,
         path: _builtins.str = ...,
+        max_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "vm_id", b"vm_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_size", b"max_size", "path", b"path", "vm_id", b"vm_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
