@@ -30,9 +30,11 @@ log = logging.getLogger(__name__)
 _API_POLL_INTERVAL = 0.001
 # The tail of the log read when explaining an exit; errors are always near the end.
 _LOG_TAIL_BYTES = 64 * 1024
-# Error lines Firecracker prints on every failing exit; they only repeat the exit code.
+# Error lines Firecracker prints on every failing exit; they only repeat the exit code. Not every
+# "RunWith(out)ApiError error: ..." line: with --config-file, "RunWithApiError error: Failed to build
+# MicroVM from Json: <reason>" is the only line that says why the configuration was refused.
 _GENERIC_ERRORS = re.compile(
-    r"Firecracker exiting with error|RunWith(out)?ApiError|MicroVM ?[Ss]topped with(out)? an error|"
+    r"Firecracker exiting with error|MicroVM ?[Ss]topped with(out)? an error|"
     r"Received Error\. Status code: 400"
 )
 _LOG_PREFIX = re.compile(r"^\S+ \[(?P<origin>[^\]]*?)(?::(?P<level>ERROR|WARN|INFO|DEBUG|TRACE))?\] ")
@@ -46,6 +48,8 @@ class LaunchFiles:
     log: Path
     serial: Path
     stderr: Path
+    # A whole-VM configuration (``--config-file``): firecracker boots it at once, API socket still on.
+    config: Path | None = None
 
 
 class FirecrackerProcess:
@@ -81,6 +85,7 @@ class FirecrackerProcess:
             "--log-path", str(self.files.log),
             "--level", "Info",
             "--show-level",
+            *(["--config-file", str(self.files.config)] if self.files.config is not None else []),
         ]  # fmt: skip
 
     async def spawn(self) -> None:
