@@ -77,7 +77,7 @@ class _StepTimes(logging.Handler):
 
 async def clawpot_run(binary: Path, spec: VmSpec, vm_dir: Path) -> dict[str, float]:
     vm_dir.mkdir()  # noqa: ASYNC240 - outside the timed section
-    vmm = FirecrackerVmm(binary, spec, vm_dir)
+    vmm = FirecrackerVmm(binary, spec, vm_dir, die_with_parent=False)
     steps = _StepTimes()
     handle_log.addHandler(steps)
     began = time.perf_counter()
@@ -120,7 +120,7 @@ async def api_run(binary: Path, spec: VmSpec, vm_dir: Path, *, parallel: bool) -
     files = LaunchFiles(
         vm_dir / "api.sock", vm_dir / "firecracker.log", vm_dir / "serial.log", vm_dir / "stderr"
     )
-    process = FirecrackerProcess(binary, vm_dir.name, files)
+    process = FirecrackerProcess(binary, vm_dir.name, files, die_with_parent=False)  # as the server
     began = time.perf_counter()
     await process.spawn()
     try:

@@ -202,10 +202,10 @@ def test_bad_requests_get_their_code_in_one_line(server: ServerProcess, vm: str)
     missing = server.cli("exec", vm, "--", "/no/such/program")
     assert (missing.returncode, missing.stdout) == (127, "")
     assert missing.stderr == "clawpot: /no/such/program: No such file or directory\n"
-    not_executable = server.cli("exec", vm, "--", "/etc/hostname")
+    not_executable = server.cli("exec", vm, "--", "/etc/passwd")  # mode 0644
     assert (not_executable.returncode, not_executable.stderr) == (
         126,
-        "clawpot: /etc/hostname: Permission denied\n",
+        "clawpot: /etc/passwd: Permission denied\n",
     )
     usage = server.cli("create", "--vcpus", "0")  # the CLI refuses it before asking the server
     assert usage.returncode == EXIT_USAGE
