@@ -5,5 +5,6 @@
 - ``process``  the firecracker OS process: spawn, API socket deadline, serial file, reap, exit reason
 - ``handle``   ``FirecrackerVmm`` (a ``VmmProcess``): boot from a config file (API socket on), graceful stop
 - ``backend``  ``FirecrackerBackend`` (a ``VmmBackend``): finds the binary, reports capabilities
+- ``logwatch`` ``LogFollower``: waits for a line in firecracker's log (polls its end)
 - ``errors``   ``FirecrackerError`` and its subclasses
 """

@@ -24,16 +24,15 @@ import asyncio
 import contextlib
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import BinaryIO
 
 from clawpot.guest.endpoints import AgentEndpoint, HybridVsockEndpoint
 from clawpot.vmm.base import ExitInfo, VmmProcess, VmmStartError
 from clawpot.vmm.firecracker import models
 from clawpot.vmm.firecracker.client import DEFAULT_TIMEOUT, FirecrackerClient
 from clawpot.vmm.firecracker.errors import FirecrackerConfigRejected, FirecrackerError
+from clawpot.vmm.firecracker.logwatch import LogFollower
 from clawpot.vmm.firecracker.process import FirecrackerProcess, LaunchFiles, last_error_line
 from clawpot.vmm.spec import BackendKind, VmSpec
 
@@ -47,10 +46,6 @@ GUEST_CID = 3
 TERM_SECONDS = 3.0
 # How long a step's failure waits for a dying firecracker to be reaped, to report why it died.
 _DEATH_GRACE = 0.5
-# How often the log is read while firecracker builds the VM (~10-20 ms): a coarse interval would
-# dominate the start. Each poll is one read() of the bytes appended since the last.
-_START_POLL = 0.0005
-
 # What firecracker logs (Info level) once the VM from --config-file runs: its InstanceStart answer.
 STARTED_LINE = b"Successfully started microvm that was configured from one single json"
 # The wrapping firecracker puts around a refused configuration's reason (RunWithApiError ... from Json).
@@ -217,17 +212,23 @@ class FirecrackerVmm(VmmProcess):
         await self._terminate(term_seconds=0)
 
     async def _wait_started(self) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        with _LogFollower(self.files.log) as follower:
-            while not follower.saw(STARTED_LINE):
-                if self.process.exit_info is not None:
-                    raise self._refused(self.process.exit_info)
-                if time.monotonic() >= deadline:
-                    raise VmmStartError(
-                        f"firecracker did not start the microVM within {self.start_timeout:.0f}s"
-                    )
-                await asyncio.sleep(_START_POLL)
-        self._started = True
+        async with LogFollower(self.files.log) as follower:
+            started = asyncio.ensure_future(follower.wait_for(STARTED_LINE))
+            exited = asyncio.ensure_future(self.process.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    {started, exited}, timeout=self.start_timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                started.cancel()
+                exited.cancel()  # process.wait() shields the reaper: this only drops our wait
+        if started in done:  # even if it exited right after: the reaper reports that as a crash
+            started.result()  # re-raises if reading the log failed
+            self._started = True
+            return
+        if exited in done:
+            raise self._refused(exited.result())
+        raise VmmStartError(f"firecracker did not start the microVM within {self.start_timeout:.0f}s")
 
     def _refused(self, info: ExitInfo) -> FirecrackerError:
         """Firecracker exited while building the VM from the file: its last error is the reason."""
@@ -267,30 +268,3 @@ class FirecrackerVmm(VmmProcess):
         for path in (self.files.api_socket, self.vsock_path, *self.vm_dir.glob(f"{VSOCK_SOCKET_NAME}_*")):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-
-
-class _LogFollower:
-    """Reads what firecracker appends to its log, to spot one line without re-reading the file."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._file: BinaryIO | None = None
-        self._tail = b""
-
-    def __enter__(self) -> _LogFollower:
-        self._file = open(self._path, "rb")  # closed by __exit__
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._file is not None:
-            self._file.close()
-
-    def saw(self, needle: bytes) -> bool:
-        assert self._file is not None
-        chunk = self._file.read()
-        if not chunk:
-            return False
-        # Keep the end of what was read: the line may arrive split across two reads.
-        text = self._tail + chunk
-        self._tail = text[-len(needle) :]
-        return needle in text
