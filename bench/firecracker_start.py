@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/firecracker_start.py [--runs 20] [--kernel K] [--rootfs R] [--firecracker F]
 
-All launch the same kernel, root drive, boot args, vCPUs, memory, vsock and metrics; each run goes
+All launch the same kernel, root drive, boot args, vCPUs, memory and vsock; each run goes
 through every contender in a rotating order, so all see the same machine load:
 
 - ``clawpot``: ``FirecrackerVmm.start()`` as the server runs it (``die_with_parent=False``: its VMs
@@ -11,12 +11,12 @@ through every contender in a rotating order, so all see the same machine load:
 - ``clawpot_die_with_parent``: the same as ``clawpot-driver`` and the tests run it: the parent-death
   signal is set in a preexec hook, which makes Python fork() instead of vfork().
 - ``api_sequential``: how Clawpot configured Firecracker before (kept here to compare, same run): spawn →
-  API socket ready → PUT metrics, machine-config, boot-source, drives, vsock one after the other →
+  API socket ready → PUT machine-config, boot-source, drives, vsock one after the other →
   InstanceStart acknowledged (HTTP 204).
 - ``api_parallel``: the same, with the PUTs sent concurrently (the other way to cut round trips).
 - ``bare_config_file``: ``firecracker --no-api --config-file`` from ``subprocess.Popen``: spawn →
   Firecracker logs that the microVM was started from the config file (its InstanceStart answer). Its
-  files (configuration, log, metrics, console) are created before its clock starts; how long that took
+  files (configuration, log, console) are created before its clock starts; how long that took
   is reported as a phase, not counted.
 
 Each VM is killed as soon as it is measured. Defaults to the installed assets. Prints one JSON document;
@@ -109,7 +109,6 @@ def _api_puts(client: FirecrackerClient, spec: VmSpec, vm_dir: Path) -> list[Cor
         for d in spec.drives
     ]
     return [
-        client.put_metrics(models.Metrics(metrics_path=vm_dir / "firecracker.metrics")),
         client.put_machine_config(
             models.MachineConfiguration(vcpu_count=spec.vcpus, mem_size_mib=spec.memory_mib)
         ),
@@ -121,7 +120,6 @@ def _api_puts(client: FirecrackerClient, spec: VmSpec, vm_dir: Path) -> list[Cor
 
 async def api_run(binary: Path, spec: VmSpec, vm_dir: Path, *, parallel: bool) -> dict[str, float]:
     vm_dir.mkdir()  # noqa: ASYNC240 - outside the timed section
-    (vm_dir / "firecracker.metrics").touch()
     files = LaunchFiles(
         vm_dir / "api.sock", vm_dir / "firecracker.log", vm_dir / "serial.log", vm_dir / "stderr"
     )
@@ -158,7 +156,6 @@ def bare_run(binary: Path, spec: VmSpec, vm_dir: Path) -> dict[str, float]:
     setup_began = time.perf_counter()
     log = vm_dir / "firecracker.log"
     log.touch()
-    (vm_dir / "firecracker.metrics").touch()
     config = models.ConfigFile(
         boot_source=models.BootSource(kernel_image_path=spec.kernel, boot_args=spec.boot_args),
         drives=tuple(
@@ -169,7 +166,6 @@ def bare_run(binary: Path, spec: VmSpec, vm_dir: Path) -> dict[str, float]:
         ),
         machine_config=models.MachineConfiguration(vcpu_count=spec.vcpus, mem_size_mib=spec.memory_mib),
         vsock=models.Vsock(guest_cid=3, uds_path=vm_dir / "vsock.sock"),
-        metrics=models.Metrics(metrics_path=vm_dir / "firecracker.metrics"),
     )
     config_path = vm_dir / "config.json"
     config_path.write_text(json.dumps(config.body()))
@@ -230,7 +226,10 @@ async def main() -> None:
         memory_mib=args.memory,
     )
     results: dict[str, list[dict[str, float]]] = {name: [] for name in CONTENDERS}
-    with tempfile.TemporaryDirectory(prefix="fcbench-") as tmp:
+    # The VM directories go where the server keeps VMs (the data directory), not in /tmp: a start
+    # creates five files, and on the build hosts a create in /tmp costs ~15x one there (measured).
+    paths.data_dir().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fcbench-", dir=paths.data_dir()) as tmp:
         for run in range(args.runs):
             # Rotate who goes first, so nobody always runs right after a VM was killed.
             order = CONTENDERS[run % len(CONTENDERS) :] + CONTENDERS[: run % len(CONTENDERS)]

@@ -44,7 +44,6 @@ def test_the_file_describes_the_whole_vm(tmp_path: Path) -> None:
             {"iface_id": "eth0", "host_dev_name": "cp-tap0", "guest_mac": "06:00:c0:a8:64:02"}
         ],
         "vsock": {"guest_cid": GUEST_CID, "uds_path": str(vm_dir / "vsock.sock")},
-        "metrics": {"metrics_path": str(vm_dir / "firecracker.metrics")},
     }  # fmt: skip
     assert vmm.process.argv()[-2:] == ["--config-file", str(vm_dir / "firecracker.json")]
     assert "--api-sock" in vmm.process.argv()  # the API stays on for everything after the start
@@ -59,4 +58,4 @@ async def test_written_file_is_that_json(tmp_path: Path) -> None:
     vmm = FirecrackerVmm(Path("/nonexistent/firecracker"), spec(tmp_path), tmp_path)
     await vmm._write_config()
     assert json.loads((tmp_path / "firecracker.json").read_text()) == vmm.config().body()
-    assert (tmp_path / "firecracker.metrics").is_file()  # firecracker opens it, it does not create it
+    assert "metrics" not in vmm.config().body()  # an unbounded file nothing reads
