@@ -243,11 +243,17 @@ async def main() -> None:
                     sample = await api_run(binary, spec, vm_dir, parallel=which == "api_parallel")
                 results[which].append(sample)
     bare_median = statistics.median(r["total"] for r in results["bare_config_file"])
+    # For reading the result, not the criterion: the bare launch with its file creation counted too.
+    bare_with_files = statistics.median(
+        r["total"] + r["file_setup_not_counted"] for r in results["bare_config_file"]
+    )
     contenders: dict[str, Any] = {}
     for name, samples in results.items():
         phases = [key for key in samples[0] if key != "total"]
+        median = statistics.median(r["total"] for r in samples)
         contenders[name] = summarize([r["total"] for r in samples]) | {
-            "ratio_to_bare": round(statistics.median(r["total"] for r in samples) / bare_median, 3),
+            "ratio_to_bare": round(median / bare_median, 3),
+            "ratio_to_bare_with_its_file_setup": round(median / bare_with_files, 3),
         }
         if phases:
             contenders[name]["phases_median_ms"] = {
