@@ -6,7 +6,7 @@ pushes its undo; when a later step fails the undos run in reverse, so a failed s
 and no socket.
 
 Why a file and not one API call per resource: firecracker then builds and starts the VM as it comes up,
-with no HTTP round trips; spawn → started takes about 40% less time than configuring over the API,
+with no HTTP round trips; spawn → started takes about a third less time than configuring over the API,
 sequentially or in parallel (bench/firecracker_start.py measures all three against a bare launch). The API
 socket stays on, so everything after the start (status, Ctrl+Alt+Del, later pause and snapshots) goes
 through the API as before. Two consequences of the file:
