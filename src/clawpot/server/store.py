@@ -76,11 +76,14 @@ class Store:
         except MigrationError as exc:
             self._db.close()
             raise SchemaError(str(exc)) from None
+        except sqlite3.OperationalError as exc:  # locked, read-only, disk full, ...: the file may be fine
+            self._db.close()
+            raise SchemaError(f"cannot use {path}: {exc}") from None
         except sqlite3.DatabaseError as exc:
-            # "file is not a database", "database disk image is malformed", ...: one line, with the way out.
+            # "file is not a database", "database disk image is malformed": one line, with the way out.
             self._db.close()
             raise SchemaError(
-                f"cannot read {path}: {exc}; move the file away to start empty "
+                f"{path} is not a readable Clawpot state database ({exc}); move it away to start empty "
                 "(VMs it lists would then not be adopted)"
             ) from None
         if self.migrated_from != self.schema_version:

@@ -167,9 +167,28 @@ def test_a_corrupt_file_is_refused_with_one_line(tmp_path: Path, content: bytes)
     with pytest.raises(SchemaError) as info:
         Store(path)
     message = str(info.value)
-    assert message.startswith(f"cannot read {path}: ") and "\n" not in message
-    assert "move the file away" in message
+    assert message.startswith(f"{path} is not a readable Clawpot state database (") and "\n" not in message
+    assert "move it away to start empty" in message
     assert path.read_bytes() == content
+
+
+def test_a_database_it_cannot_write_is_refused_without_blaming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    write_unversioned_db(path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process holds the write lock for longer than we wait
+    try:
+        with pytest.raises(SchemaError) as info:
+            Store(path)  # waits out its busy timeout (5 s), then gives up
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert str(info.value) == f"cannot use {path}: database is locked"
+    store = Store(path)  # nothing was wrong with the file
+    try:
+        assert [r.id for r in store.list()] == ["0a1b2c3d"]
+    finally:
+        store.close()
 
 
 def test_a_foreign_table_under_the_current_version_is_refused(tmp_path: Path) -> None:
