@@ -56,7 +56,8 @@ class DuplicateVm(StoreError):
 
 
 class SchemaError(StoreError):
-    """``state.db`` is newer than this server, corrupt, or not a Clawpot database: nothing was changed."""
+    """``state.db`` cannot be opened: newer than this server, corrupt, not a Clawpot database, or not
+    usable right now (locked, read-only). The file is left as it was; the message is one line."""
 
 
 class Store:
