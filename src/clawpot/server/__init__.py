@@ -14,6 +14,7 @@
 - ``health``     what the server sees of each VM's agent (healthy / unresponsive / degraded), since when.
 - ``paging``     ListVms pages and their tokens.
 - ``store``      the SQLite VM registry (``state.db``); the network package shares the file.
+- ``migrations`` the versioned schema of ``state.db``: numbered forward steps (``PRAGMA user_version``).
 - ``records``    agent endpoints as text for the store.
 - ``orphans``    VMM processes and VM directories nobody tracks any more.
 - ``errors``     ``ServerError`` and its kinds, ``translate`` (the one map of expected failures), ``quote``.
