@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
+from support.netns import NetNamespace, netns_unavailable_reason
 
 from clawpot.assets.bootargs import GuestIp, guest_cmdline
 from clawpot.guest import wait_ready
-from clawpot.network.testing import NetNamespace, netns_unavailable_reason
 from clawpot.vm.config import VmConfig
 from clawpot.vm.machine import OVERLAY_DEVICE, Vm
 from clawpot.vmm.qemu.backend import QemuBackend
