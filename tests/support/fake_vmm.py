@@ -29,6 +29,7 @@ from pathlib import Path
 from clawpot.guest.endpoints import AgentEndpoint, UnixSocketEndpoint
 from clawpot.vmm import registry
 from clawpot.vmm.base import (
+    NO_FEATURES,
     AttachRecord,
     Capabilities,
     ExitInfo,
@@ -80,7 +81,7 @@ class FakeVmmProcess(VmmProcess):
             argv = [sys.executable, "-c", "import sys; print('fake VMM: exiting'); sys.exit(3)"]
         elif self.mode == "hang":
             argv = [sys.executable, "-c", "import time; time.sleep(3600)"]
-        with open(self.serial_log, "ab") as console:
+        with open(self.serial_log, "ab") as console:  # noqa: ASYNC230 - a local file, opened once
             # Its own session, like a real VMM started by the server: a signal to the test's process
             # group does not reach it, and it outlives the "server" object that started it.
             self._proc = await asyncio.create_subprocess_exec(
@@ -138,7 +139,7 @@ class FakeVmmProcess(VmmProcess):
 class FakeVmmBackend(VmmBackend):
     """A backend that starts ``FakeVmmProcess``es; ``attach`` is the base class's (pidfd) one."""
 
-    def __init__(self, kind: BackendKind = BackendKind.QEMU, features: Feature = Feature(0)) -> None:
+    def __init__(self, kind: BackendKind = BackendKind.QEMU, features: Feature = NO_FEATURES) -> None:
         self.kind = kind
         self.features = features
         self.started: list[FakeVmmProcess] = []

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from clawpot.network.ipam import IpAllocator
-from clawpot.server import migrations
-from clawpot.server.migrations import Migration, migrate
-from clawpot.server.records import endpoint_from_text
-from clawpot.server.store import SchemaError, Store, VmRecord
+from clawpot.node import migrations
+from clawpot.node.migrations import Migration, migrate
+from clawpot.node.records import endpoint_from_text
+from clawpot.node.store import SchemaError, Store, VmRecord
 from clawpot.vm.state import VmState
 from clawpot.vmm.spec import BackendKind
 
