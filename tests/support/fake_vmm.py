@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from clawpot.guest.endpoints import AgentEndpoint, UnixSocketEndpoint
+from clawpot.node.node import NodeConfig
 from clawpot.vmm import registry
 from clawpot.vmm.base import (
     NO_FEATURES,
@@ -185,3 +186,17 @@ def fake_assets(data_dir: Path) -> None:
     assets.mkdir(parents=True, exist_ok=True)
     (assets / "vmlinux").write_bytes(b"\x7fELF\x02" + bytes(59))
     (assets / "rootfs.ext4").write_bytes(bytes(4096))
+
+
+def node_config(data_dir: Path, **overrides: object) -> NodeConfig:
+    """A node on ``data_dir`` that uses the backend ``install`` registered for QEMU, without a network."""
+    settings: dict[str, object] = {
+        "data_dir": data_dir,
+        "default_backend": BackendKind.QEMU,
+        "bridge": None,  # no host network: the unit suite runs without privileges
+        "ready_timeout": 30.0,
+        "stop_grace": 2.0,
+        "health_interval": 3600.0,
+    }
+    settings.update(overrides)
+    return NodeConfig(**settings)  # type: ignore[arg-type]

@@ -1,0 +1,191 @@
+"""The node's VM lifecycle on the fake VMM (a real agent process stands in for the hypervisor; see
+tests/support/fake_vmm.py): create, exec, delete, crash → Error, cancelled create, failed boots,
+adoption after a restart. No root, no VM; the real-VM integration tests stay the proof."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from support import fake_vmm
+from support.agent_harness import pid_alive
+from support.fake_vmm import FakeVmmBackend, node_config
+
+from clawpot import errors
+from clawpot.node.node import Node
+from clawpot.node.sessions import ExecParams
+from clawpot.service.service import CreateParams, Service
+from clawpot.vm.state import VmState
+from clawpot.vmm.base import Feature
+
+
+async def _run(service: Service, vm_id: str, *argv: str) -> tuple[bytes, int | None]:
+    session = await service.exec(vm_id, ExecParams(argv=list(argv)))
+    out = b""
+    async for event in session.events():
+        out += event.stdout or b""
+    status = await session.result()
+    await session.close()
+    return out, status.exit_code
+
+
+async def _until(predicate: object, within: float = 10.0) -> None:
+    assert callable(predicate)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + within
+    while not predicate():
+        assert loop.time() < end, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+def _nothing_left(node: Node, data_dir: Path) -> None:
+    assert node.store.list() == []
+    assert node.vms == {}
+    assert list((data_dir / "vms").iterdir()) == []
+
+
+async def test_create_exec_delete(node: Node, data_dir: Path, backend: FakeVmmBackend) -> None:
+    service = Service(node)
+    view = await service.create(CreateParams(labels={"team": "a"}))
+    record = view.record
+    assert record.state is VmState.RUNNING
+    assert record.pid is not None and pid_alive(record.pid)
+    assert node.store.get(record.id) == record
+    out, code = await _run(service, record.id, "echo", "hello")
+    assert (out, code) == (b"hello\n", 0)
+    await service.delete(record.id)
+    assert not pid_alive(record.pid)
+    _nothing_left(node, data_dir)
+
+
+async def test_a_vmm_crash_moves_the_vm_to_error_and_frees_it(node: Node, backend: FakeVmmBackend) -> None:
+    service = Service(node)
+    record = (await service.create(CreateParams())).record
+    assert record.pid is not None
+    fake_vmm.crash(record.pid)
+    await _until(lambda: node.get(record.id).record.state is VmState.ERROR)
+    crashed = node.get(record.id).record
+    assert "SIGKILL" in crashed.error
+    assert node.store.get(record.id) == crashed
+    await _until(lambda: not record.vm_dir.exists())  # released after the crash
+    with pytest.raises(errors.FailedPrecondition, match="is Error, not Running"):
+        await service.exec(record.id, ExecParams(argv=["true"]))
+    await service.delete(record.id)
+    assert node.store.list() == []
+
+
+async def test_a_cancelled_create_leaves_nothing(node: Node, data_dir: Path, backend: FakeVmmBackend) -> None:
+    service = Service(node)
+    create = asyncio.create_task(service.create(CreateParams(labels={fake_vmm.LABEL: "hang"})))
+    await _until(lambda: bool(backend.started) and backend.started[0].pid is not None)
+    pid = backend.started[0].pid
+    assert pid is not None and pid_alive(pid)
+    assert len(node.store.list()) == 1  # recorded (Starting) before anything was made
+    create.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await create
+    assert not pid_alive(pid)
+    _nothing_left(node, data_dir)
+
+
+@pytest.mark.parametrize(
+    ("mode", "said"), [("exit", "exited with status 3"), ("refuse", "refused its configuration")]
+)
+async def test_a_failed_boot_is_unavailable_and_leaves_nothing(
+    node: Node, data_dir: Path, backend: FakeVmmBackend, mode: str, said: str
+) -> None:
+    with pytest.raises(errors.Unavailable, match=said):
+        await Service(node).create(CreateParams(labels={fake_vmm.LABEL: mode}))
+    _nothing_left(node, data_dir)
+
+
+async def test_a_restarted_node_adopts_running_vms(data_dir: Path, backend: FakeVmmBackend) -> None:
+    first = await Node.open(node_config(data_dir))
+    record = (await Service(first).create(CreateParams())).record
+    await first.close(stop_vms=False)
+    assert record.pid is not None and pid_alive(record.pid)
+
+    second = await Node.open(node_config(data_dir))
+    try:
+        service = Service(second)
+        adopted = second.get(record.id)
+        assert adopted.record.state is VmState.RUNNING
+        assert [r.pid for r in backend.attached] == [record.pid]
+        out, code = await _run(service, record.id, "sh", "-c", "echo $$ >/dev/null; echo adopted")
+        assert (out, code) == (b"adopted\n", 0)
+        # The same handle as a booted VM: its VMM is watched, a crash is seen.
+        fake_vmm.crash(record.pid)
+        await _until(lambda: second.get(record.id).record.state is VmState.ERROR)
+        assert f"VMM process {record.pid} exited" in second.get(record.id).record.error
+        await service.delete(record.id)
+        _nothing_left(second, data_dir)
+    finally:
+        await second.close(stop_vms=True)
+
+
+async def test_an_adopted_vm_is_deleted_like_a_booted_one(data_dir: Path, backend: FakeVmmBackend) -> None:
+    first = await Node.open(node_config(data_dir))
+    record = (await Service(first).create(CreateParams())).record
+    await first.close(stop_vms=False)
+    second = await Node.open(node_config(data_dir))
+    try:
+        await Service(second).delete(record.id)
+        assert record.pid is not None and not pid_alive(record.pid)
+        _nothing_left(second, data_dir)
+    finally:
+        await second.close(stop_vms=True)
+
+
+async def test_a_vm_whose_vmm_died_while_no_server_ran_is_error(
+    data_dir: Path, backend: FakeVmmBackend
+) -> None:
+    first = await Node.open(node_config(data_dir))
+    record = (await Service(first).create(CreateParams())).record
+    await first.close(stop_vms=False)
+    assert record.pid is not None
+    fake_vmm.crash(record.pid)
+    await _until(lambda: not pid_alive(record.pid))
+    second = await Node.open(node_config(data_dir))
+    try:
+        found = second.get(record.id).record
+        assert found.state is VmState.ERROR
+        assert "VMM process gone when the server restarted" in found.error
+        assert not record.vm_dir.exists()
+        assert backend.attached == []
+    finally:
+        await second.close(stop_vms=True)
+
+
+async def test_an_orphan_directory_is_removed_at_start(data_dir: Path, backend: FakeVmmBackend) -> None:
+    orphan = data_dir / "vms" / "no-row-owns-this"
+    orphan.mkdir(parents=True)
+    (orphan / "console.log").write_text("left over\n")
+    node = await Node.open(node_config(data_dir))
+    try:
+        assert not orphan.exists()
+    finally:
+        await node.close(stop_vms=True)
+
+
+async def test_an_operation_the_backend_lacks_fails_before_it_begins(
+    node: Node, backend: FakeVmmBackend
+) -> None:
+    record = (await Service(node).create(CreateParams())).record
+    assert not backend.capabilities().features & Feature.PAUSE
+    with pytest.raises(errors.FailedPrecondition, match="does not support pause"):
+        await node.pause(record.id)
+    with pytest.raises(errors.FailedPrecondition, match="does not support pause"):
+        await node.resume(record.id)
+    # Nothing was touched: the VM still runs and answers.
+    assert node.get(record.id).record.state is VmState.RUNNING
+    out, _ = await _run(Service(node), record.id, "echo", "still")
+    assert out == b"still\n"
+
+
+async def test_a_second_node_on_the_same_data_dir_is_refused(node: Node, data_dir: Path) -> None:
+    from clawpot.node.datadir import NodeError
+
+    with pytest.raises(NodeError, match="another clawpot-server is using"):
+        await Node.open(node_config(data_dir))
+    assert node.store.list() == []  # the running node was not disturbed
