@@ -5,19 +5,24 @@ adoption after a restart. No root, no VM; the real-VM integration tests stay the
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
 from support import fake_vmm
 from support.agent_harness import pid_alive
 from support.fake_vmm import FakeVmmBackend, node_config
+from test_store_schema import UNVERSIONED_NETWORK_DDL, UNVERSIONED_STORE_DDL
 
 from clawpot import errors
 from clawpot.node.node import Node
+from clawpot.node.records import endpoint_to_text
 from clawpot.node.sessions import ExecParams
 from clawpot.service.service import CreateParams, Service
+from clawpot.vm import procfs
 from clawpot.vm.state import VmState
 from clawpot.vmm.base import Feature
+from clawpot.vmm.spec import Drive, VmSpec
 
 
 async def _run(service: Service, vm_id: str, *argv: str) -> tuple[bytes, int | None]:
@@ -189,3 +194,42 @@ async def test_a_second_node_on_the_same_data_dir_is_refused(node: Node, data_di
     with pytest.raises(NodeError, match="another clawpot-server is using"):
         await Node.open(node_config(data_dir))
     assert node.store.list() == []  # the running node was not disturbed
+
+
+async def test_a_vm_in_a_state_db_from_before_versioning_is_adopted(
+    data_dir: Path, backend: FakeVmmBackend
+) -> None:
+    """The upgrade: a state.db in the previous main's schema (user_version 0, the DDL copied verbatim in
+    test_store_schema), with a VM Running whose VMM still runs, is adopted; exec works; delete cleans."""
+    vm_id = "0a1b2c3d"
+    vm_dir = data_dir / "vms" / vm_id
+    vm_dir.mkdir(parents=True)
+    spec = VmSpec(
+        kernel=data_dir / "assets" / "vmlinux", boot_args="", drives=(Drive("rootfs", vm_dir, True),)
+    )
+    vmm = backend.prepare(spec, vm_dir)
+    await vmm.start()
+    assert vmm.pid is not None
+    db = sqlite3.connect(data_dir / "state.db", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(UNVERSIONED_STORE_DDL)
+    db.executescript(UNVERSIONED_NETWORK_DDL)
+    db.execute(
+        "INSERT INTO vms (id, state, backend, vcpus, memory_mib, ip_address, labels, created_at, error,"
+        " vm_dir, pid, allow_peers, vmm_start_ticks, agent_endpoint)"
+        " VALUES (?, 'Running', 'qemu', 1, 256, '', '{}', 1764000000.5, '', ?, ?, 0, ?, ?)",
+        (vm_id, str(vm_dir), vmm.pid, procfs.start_ticks(vmm.pid), endpoint_to_text(vmm.agent_endpoint)),
+    )
+    db.close()
+    vmm.detach()  # the "previous server" is gone; its VMM runs on
+
+    node = await Node.open(node_config(data_dir))
+    try:
+        assert node.get(vm_id).record.state is VmState.RUNNING
+        out, code = await _run(Service(node), vm_id, "echo", "upgraded")
+        assert (out, code) == (b"upgraded\n", 0)
+        await Service(node).delete(vm_id)
+        assert not pid_alive(vmm.pid)
+        _nothing_left(node, data_dir)
+    finally:
+        await node.close(stop_vms=True)
