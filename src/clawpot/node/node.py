@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -37,6 +37,8 @@ from clawpot.node.store import Store, VmRecord
 from clawpot.node.tasks import to_completion
 from clawpot.node.vms import NodeVm, VmView
 from clawpot.vm.directory import new_vm_id
+from clawpot.vm.errors import VmNotRunning
+from clawpot.vm.handle import Vm
 from clawpot.vm.state import Transition, VmState
 from clawpot.vmm.base import VmmBackend, VmmUnsupported
 from clawpot.vmm.spec import BackendKind
@@ -279,21 +281,23 @@ class Node:
 
     # -- operations a backend may offer ---------------------------------------------------------------
 
+    # No RPC reaches these yet: they are the place pause/resume (and snapshot) will take. The handle
+    # checks the backend's capabilities before anything happens; what it cannot do is
+    # FAILED_PRECONDITION at once.
+
     async def pause(self, vm_id: str) -> None:
-        await self._vmm_operation(vm_id, "pause")
+        await self._vmm_operation(vm_id, Vm.pause)
 
     async def resume(self, vm_id: str) -> None:
-        await self._vmm_operation(vm_id, "resume")
+        await self._vmm_operation(vm_id, Vm.resume)
 
-    async def _vmm_operation(self, vm_id: str, action: str) -> None:
+    async def _vmm_operation(self, vm_id: str, operation: Callable[[Vm], Awaitable[None]]) -> None:
         nvm = self.running(vm_id)
-        assert nvm.vm is not None
+        if nvm.vm is None:
+            raise errors.FailedPrecondition(f"VM {vm_id} has no VMM handle")
         try:
-            if action == "pause":
-                await nvm.vm.pause()
-            else:
-                await nvm.vm.resume()
-        except VmmUnsupported as exc:
+            await operation(nvm.vm)
+        except (VmmUnsupported, VmNotRunning) as exc:
             raise errors.FailedPrecondition(f"VM {vm_id}: {exc}") from exc
 
     # -- agent health -------------------------------------------------------------------------------

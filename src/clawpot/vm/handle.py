@@ -32,7 +32,7 @@ from clawpot.vm import procfs
 from clawpot.vm.boot import Step, Undo, boot_steps
 from clawpot.vm.config import VmConfig
 from clawpot.vm.directory import VmDirectory, VmMetadata, new_vm_id
-from clawpot.vm.errors import VmStartAborted, VmStartError
+from clawpot.vm.errors import VmNotRunning, VmStartAborted, VmStartError
 from clawpot.vm.state import StateMachine, Transition, VmState
 from clawpot.vmm.base import ExitInfo, Feature, VmmBackend, VmmProcess
 from clawpot.vmm.spec import VmSpec
@@ -168,7 +168,7 @@ class Vm:
     def _require(self, feature: Feature, action: str) -> VmmProcess:
         self.backend.capabilities().require(feature, action)
         if self.lifecycle.state is not VmState.RUNNING or self.vmm is None:
-            raise VmStartError(action, f"VM {self.id} is {self.lifecycle.state}, not Running")
+            raise VmNotRunning(f"cannot {action}: VM {self.id} is {self.lifecycle.state}, not Running")
         return self.vmm
 
     async def pause(self) -> None:
