@@ -5,6 +5,7 @@ today and a control plane could drive, one node per host, later. No gRPC here.
 - ``launch``      boot one reserved VM: network slot → guest identity → ``Vm.start`` → record Running.
 - ``reconcile``   at start: attach VMs whose VMM runs, mark the others Error, remove orphans.
 - ``vms``         ``NodeVm``: record + ``Vm`` handle + agent link + tasks of one VM; ``VmView``.
+- ``calls``       exec, upload, download in a Running VM through its agent link.
 - ``agents``      ``AgentLink``: the one owner of a VM's agent connection, its time budgets and health.
 - ``health``      what the node sees of each VM's agent (healthy / unresponsive / degraded), since when.
 - ``sessions``    exec sessions and transfers under host deadlines.

@@ -22,17 +22,14 @@ from pathlib import Path
 from typing import IO
 
 from clawpot import errors, limits, paths
-from clawpot.guest import GuestError, PtySize
-from clawpot.guest.errors import RemoteError
 from clawpot.network import NetworkConfig, NetworkError, NetworkManager
-from clawpot.node import reconcile
-from clawpot.node.agents import one_line
+from clawpot.node import calls, reconcile
 from clawpot.node.backends import Backends
 from clawpot.node.datadir import Assets, NodeError, lock_data_dir
 from clawpot.node.health import AgentHealth
 from clawpot.node.launch import LaunchParams, launch
 from clawpot.node.resources import release
-from clawpot.node.sessions import DownloadHandle, ExecParams, ExecSession, upload_watched
+from clawpot.node.sessions import DownloadHandle, ExecParams, ExecSession
 from clawpot.node.store import Store, VmRecord
 from clawpot.node.tasks import to_completion
 from clawpot.node.vms import NodeVm, VmView
@@ -330,63 +327,10 @@ class Node:
         return nvm
 
     async def exec(self, vm_id: str, params: ExecParams) -> ExecSession:
-        # With a timeout the host enforces it itself, whatever the guest does: the whole call (agent
-        # check, start, output) ends by timeout + grace. The agent's own timer normally ends it first.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + params.timeout + limits.EXEC_TIMEOUT_GRACE if params.timeout else None
-        link = self.running(vm_id).agent
-        agent = await link.connected(link.budget(deadline), deadline)
-        pty = PtySize(params.rows or 24, params.cols or 80) if params.tty else None
-        budget = link.budget(deadline)
-        try:
-            async with asyncio.timeout(budget):
-                process = await agent.exec(
-                    params.argv,
-                    env=params.env or None,
-                    cwd=params.cwd,
-                    timeout=params.timeout,
-                    pty=pty,
-                    stdin=params.stdin,
-                )
-        except TimeoutError:
-            raise link.too_late("start the command", budget, deadline) from None
-        except RemoteError as exc:
-            raise errors.FailedPrecondition(f"cannot run {errors.quote(params.argv[0])}: {exc}") from exc
-        except GuestError as exc:
-            link.lost(agent, exc)
-            raise errors.Unavailable(f"agent of VM {vm_id}: {one_line(exc)}") from exc
-        return ExecSession(
-            process, deadline=deadline, timeout=params.timeout, on_lost=lambda e: link.lost(agent, e)
-        )
+        return await calls.exec_in(self.running(vm_id), params)
 
     async def upload(self, vm_id: str, path: str, mode: int, chunks: AsyncIterator[bytes]) -> int:
-        link = self.running(vm_id).agent
-        agent = await link.connected(link.budget(None))
-        try:
-            return await upload_watched(
-                lambda source: agent.put_file(source, path, mode=mode), chunks, link.agent_timeout
-            )
-        except TimeoutError:
-            doing = f"take the data for {errors.quote(path)}"
-            raise link.too_late(doing, link.agent_timeout, None) from None
-        except RemoteError as exc:
-            raise errors.FailedPrecondition(f"cannot write {errors.quote(path)}: {exc}") from exc
-        except GuestError as exc:
-            link.lost(agent, exc)
-            raise errors.Unavailable(f"agent of VM {vm_id}: {one_line(exc)}") from exc
+        return await calls.upload_to(self.running(vm_id), path, mode, chunks)
 
     async def download(self, vm_id: str, path: str) -> DownloadHandle:
-        link = self.running(vm_id).agent
-        agent = await link.connected(link.budget(None))
-        budget = link.budget(None)
-        try:
-            async with asyncio.timeout(budget):
-                download = await agent.open_file(path)
-        except TimeoutError:
-            raise link.too_late(f"open {errors.quote(path)}", budget, None) from None
-        except RemoteError as exc:
-            raise errors.NotFound(f"cannot read {errors.quote(path)}: {exc}") from exc
-        except GuestError as exc:
-            link.lost(agent, exc)
-            raise errors.Unavailable(f"agent of VM {vm_id}: {one_line(exc)}") from exc
-        return DownloadHandle(download.info.size, download.info.mode, download, stall_timeout=budget)
+        return await calls.download_from(self.running(vm_id), path)
