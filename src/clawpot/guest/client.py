@@ -73,6 +73,13 @@ class AgentClient:
     def connected(self) -> bool:
         return self._conn.state is RunState.RUNNING
 
+    @property
+    def violation(self) -> str | None:
+        """Why the connection was dropped because of the guest's behaviour (it broke a bound of the
+        channel: flooded, did not read, overran its credit); None while connected or after an ordinary
+        disconnect. The server marks such a VM degraded."""
+        return self._conn.violation
+
     async def ping(self) -> float:
         """Round-trip time to the agent in seconds."""
         return await self._conn.ping()
