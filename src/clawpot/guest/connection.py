@@ -97,6 +97,25 @@ def _remote_error(frame: Frame) -> RemoteError:
     )
 
 
+def guest_json(frame: Frame, what: str) -> dict[str, Any]:
+    """The JSON object in an agent's frame; anything else is a ProtocolError (never a ValueError that
+    would surface as an internal error of the caller)."""
+    try:
+        return decode_json(frame.payload)
+    except ValueError as exc:
+        raise ProtocolError(f"malformed {what} from the agent: {printable(str(exc), 100)}") from None
+
+
+def guest_int(body: dict[str, Any], key: str, lo: int, hi: int, what: str) -> int | None:
+    """``body[key]`` when it is an int in [lo, hi], None when absent or null; else a ProtocolError."""
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ProtocolError(f"malformed {what} from the agent: {key}={printable(repr(value), 40)}")
+    return value
+
+
 class GuestViolation(Exception):
     """The guest broke a bound of the channel: the connection is dropped (never leaves this module)."""
 

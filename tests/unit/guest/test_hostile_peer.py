@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
+from pathlib import Path
 
 import pytest
 from guest_peer import Peer, hostile_agent
@@ -24,7 +26,7 @@ from clawpot.agent.protocol import (
     encode_frame,
     encode_json,
 )
-from clawpot.guest import AgentClient, AgentDisconnected, RemoteError
+from clawpot.guest import AgentClient, AgentDisconnected, ProtocolError, RemoteError
 from clawpot.limits import (
     AGENT_HOST_BUFFER_BUDGET,
     AGENT_IGNORED_FRAMES_BURST,
@@ -248,3 +250,50 @@ async def test_handshake_flood_is_bounded_and_retryable() -> None:
         async with hostile_agent(scenario, handshake=False):
             pass
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(
+    ("info", "end"),
+    [
+        (b"[" * 5000, b"{}"),
+        (b"not json", b"{}"),
+        (encode_json({"pid": "1; rm -rf /"}), b"{}"),
+        (encode_json({"pid": 1}), encode_json({"exit_code": "x" * 10_000})),
+        (encode_json({"pid": 1}), encode_json({"exit_code": 2**40})),
+        (encode_json({"pid": 1}), encode_json({"exit_code": 0, "signal": -9})),
+        (encode_json({"pid": 1}), encode_json({"exit_code": 0, "duration": "NaN"})),
+        (encode_json({"pid": 1}), b"[" * 5000),
+    ],
+    ids=[
+        "deep-info",
+        "info-not-json",
+        "pid-string",
+        "exit-string",
+        "exit-huge",
+        "signal-neg",
+        "nan",
+        "deep-end",
+    ],
+)
+async def test_lying_exec_results_are_protocol_errors(info: bytes, end: bytes) -> None:
+    """Guest-supplied results are checked field by field: a lie is a ProtocolError (which the server
+    turns into UNAVAILABLE), never a ValueError or a number that breaks a protobuf field above."""
+
+    def scenario(peer: Peer) -> None:
+        peer.send(FrameType.INFO, 1, info)
+        peer.send(FrameType.END, 1, end)
+
+    async with hostile_agent(scenario) as h:
+        with pytest.raises(ProtocolError, match="malformed"):
+            proc = await h.client.exec(["true"])
+            await proc.wait()
+
+
+async def test_lying_file_info_is_a_protocol_error(tmp_path: Path) -> None:
+    def scenario(peer: Peer) -> None:
+        peer.send(FrameType.INFO, 1, encode_json({"size": 10, "mode": 2**40}))
+
+    async with hostile_agent(scenario) as h:
+        with pytest.raises(ProtocolError, match="mode"):
+            await h.client.get_file("/etc/passwd", tmp_path / "out")
+        assert not os.listdir(tmp_path)
