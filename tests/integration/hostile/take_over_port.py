@@ -96,6 +96,17 @@ def find_agent() -> tuple[int, int]:
     raise SystemExit("no agent with a virtio-serial port found")
 
 
+def agent_state(pid: int) -> str:
+    """The agent's state letter from /proc (T: stopped), once the stop has landed."""
+    for _ in range(50):
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        if state in "Tt":
+            break
+        time.sleep(0.01)
+    return state
+
+
 def steal_fd(pid: int, target: int) -> int:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
@@ -192,6 +203,7 @@ def main() -> None:
     pid, target = find_agent()
     os.kill(pid, signal.SIGSTOP)
     started = time.monotonic()
+    state = agent_state(pid)
     attack: Attack | None = None
     error = ""
     try:
@@ -209,6 +221,8 @@ def main() -> None:
         "bytes_sent": attack.sent if attack else 0,
         "handshakes": attack.handshakes if attack else 0,
         "error": error,
+        "agent_pid": pid,
+        "agent_state_after_sigstop": state,
     }
     with open(report, "w") as f:
         json.dump(result, f)
