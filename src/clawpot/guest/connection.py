@@ -128,7 +128,16 @@ class _Chunk:
 
     def __init__(self, pipe: int, data: bytes) -> None:
         self.pipe = pipe
-        self.data = bytearray(data)
+        # The frame's own bytes until a second frame joins (a consumer that keeps up never pays a copy).
+        self.data: bytes | bytearray = data
+
+    def append(self, data: bytes) -> None:
+        if isinstance(self.data, bytes):
+            self.data = bytearray(self.data)
+        self.data += data
+
+    def take(self) -> bytes:
+        return self.data if isinstance(self.data, bytes) else bytes(self.data)
 
 
 # Frames a consumer may be handed besides DATA: at most AGENT_STREAM_CONTROL_FRAMES of them per stream.
@@ -178,7 +187,7 @@ class Stream:
                 and last.pipe == frame.flags
                 and len(last.data) + len(frame.payload) <= MAX_PAYLOAD
             ):
-                last.data += frame.payload
+                last.append(frame.payload)
             else:
                 self._items.append(_Chunk(frame.flags, frame.payload))
             self._ready.set()
@@ -223,7 +232,7 @@ class Stream:
             await self._ready.wait()
         item = self._items.popleft()
         if isinstance(item, _Chunk):
-            return Frame(FrameType.DATA, self.id, item.pipe, bytes(item.data))
+            return Frame(FrameType.DATA, self.id, item.pipe, item.take())
         self._conn._queue_control(-len(item.payload))
         return item
 
