@@ -600,7 +600,7 @@ def _parse_welcome(rest: bytes, name: str) -> AgentInfo:
     return AgentInfo(
         version=version,
         pid=pid if isinstance(pid, int) else None,
-        hostname=str(details.get("hostname", "")),
+        hostname=printable(str(details.get("hostname", "")), 253),  # guest-supplied: kept short and safe
         guest=bool(details.get("guest", False)),
         details=details,
     )
