@@ -18,11 +18,12 @@ from __future__ import annotations
 
 # Host-side buffer budget of one agent connection (one per VM): bytes waiting in the writer for a guest
 # that does not read, plus control frames (INFO, END, ERROR payloads) queued for consumers. A well-behaved
-# agent keeps this near zero (it reads all the time, and sends one INFO and one END per stream); 4 MiB is
-# 64 maximal frames, far above that and far below what would hurt a host serving many VMs. Past it the
-# connection is dropped as a guest violation. DATA is bounded separately by the credit we grant
-# (AGENT_RECEIVE_WINDOW per stream), which is our own promise, not the guest's doing.
-AGENT_HOST_BUFFER_BUDGET = 4 * 1024 * 1024
+# agent keeps this small: the worst legitimate case is 64 uploads at once (the agent's MAX_SESSIONS), each
+# with one 64 KiB frame written before it waits for the writer to drain: 4 MiB; twice that is the budget,
+# far below what would hurt a host serving many VMs. Past it the connection is dropped as a guest
+# violation. DATA is bounded separately by the credit we grant (AGENT_RECEIVE_WINDOW per stream), which
+# is our own promise, not the guest's doing.
+AGENT_HOST_BUFFER_BUDGET = 8 * 1024 * 1024
 # Credit the host grants the agent per stream: DATA we may have to hold for a slow consumer. Large
 # because fewer WINDOW round trips mean much higher throughput; the agent never buffers more than its
 # socket high-water mark anyway.
@@ -31,9 +32,10 @@ AGENT_RECEIVE_WINDOW = 1024 * 1024
 # reading its PONGs gets no more of them (asyncio's own default high-water mark is 64 KiB too).
 AGENT_PONG_HIGH_WATER = 64 * 1024
 # Frames the host reads and throws away (PINGs, stream-0 ERRORs, frames for streams already closed,
-# empty DATA, unknown types) cost it CPU and nothing else. A well-behaved agent sends a handful (the tail
-# of a cancelled stream: at most its window, i.e. 16 full frames). A token bucket: this burst, refilled
-# at this rate; emptying it drops the connection as a guest violation (a flood).
+# empty DATA, unknown types) cost it CPU and nothing else. A well-behaved agent sends only the tail of a
+# stream the host cancelled: at most its window, 16 full frames and the END, so the burst covers some 60
+# streams cancelled at once. A token bucket: this burst, refilled at this rate; emptying it drops the
+# connection as a guest violation (a flood).
 AGENT_IGNORED_FRAMES_BURST = 1024
 AGENT_IGNORED_FRAMES_PER_S = 256
 # Control frames (INFO, EOF) per stream: the agent sends one INFO and one EOF per output pipe.
