@@ -1,16 +1,26 @@
-"""Firecracker start time through Clawpot's API path against a bare ``--config-file`` launch, in one run.
+"""Firecracker start time through Clawpot against a bare ``firecracker --config-file`` launch, in one run.
 
     .venv/bin/python bench/firecracker_start.py [--runs 20] [--kernel K] [--rootfs R] [--firecracker F]
 
-Both launch the same kernel, root drive, boot args, vCPUs, memory, vsock and metrics; the runs alternate
-so both see the same machine load:
+All launch the same kernel, root drive, boot args, vCPUs, memory and vsock; each run goes
+through every contender in a rotating order, so all see the same machine load:
 
-- ``clawpot_api``: ``FirecrackerVmm.start()``: spawn → API socket ready → PUT metrics, machine-config,
-  boot-source, drives, vsock → InstanceStart acknowledged (HTTP 204). Phases are reported separately.
-- ``bare_config_file``: ``firecracker --no-api --config-file``: spawn → Firecracker logs that the microVM
-  was started from the config file (its own equivalent of the InstanceStart acknowledgement).
+- ``clawpot``: ``FirecrackerVmm.start()`` as the server runs it (``die_with_parent=False``: its VMs
+  outlive it): write the configuration file → spawn firecracker with ``--config-file`` and its API
+  socket on → its log says the microVM started. Phases are reported.
+- ``clawpot_die_with_parent``: the same as ``clawpot-driver`` and the tests run it: the parent-death
+  signal is set in a preexec hook, which makes Python fork() instead of vfork().
+- ``api_sequential``: how Clawpot configured Firecracker before (kept here to compare, same run): spawn →
+  API socket ready → PUT machine-config, boot-source, drives, vsock one after the other →
+  InstanceStart acknowledged (HTTP 204).
+- ``api_parallel``: the same, with the PUTs sent concurrently (the other way to cut round trips).
+- ``bare_config_file``: ``firecracker --no-api --config-file`` from ``subprocess.Popen``: spawn →
+  Firecracker logs that the microVM was started from the config file (its InstanceStart answer). Its
+  files (configuration, log, console) are created before its clock starts; how long that took
+  is reported as a phase, not counted.
 
-Each VM is killed as soon as it is measured. Defaults to the installed assets. Prints one JSON document.
+Each VM is killed as soon as it is measured. Defaults to the installed assets. Prints one JSON document;
+``ratio_to_bare`` is each contender's median over the bare launch's median from the same run.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +45,15 @@ from clawpot import paths
 from clawpot.assets.bootargs import guest_cmdline
 from clawpot.vmm.firecracker import models
 from clawpot.vmm.firecracker.backend import find_firecracker, firecracker_version
-from clawpot.vmm.firecracker.handle import GUEST_CID, FirecrackerVmm
+from clawpot.vmm.firecracker.client import FirecrackerClient
+from clawpot.vmm.firecracker.handle import STARTED_LINE, FirecrackerVmm
 from clawpot.vmm.firecracker.handle import log as handle_log
+from clawpot.vmm.firecracker.process import FirecrackerProcess, LaunchFiles
 from clawpot.vmm.spec import Drive, VmSpec
 
-STARTED_LINE = "Successfully started microvm that was configured from one single json"
 DEADLINE = 60.0
 POLL = 0.0005
+CONTENDERS = ("clawpot", "clawpot_die_with_parent", "api_sequential", "api_parallel", "bare_config_file")
 
 
 def summarize(samples: list[float]) -> dict[str, Any]:
@@ -67,9 +80,9 @@ class _StepTimes(logging.Handler):
         self.began[step] = time.perf_counter()
 
 
-async def clawpot_run(binary: Path, spec: VmSpec, vm_dir: Path) -> dict[str, float]:
+async def clawpot_run(binary: Path, spec: VmSpec, vm_dir: Path, *, die_with_parent: bool) -> dict[str, float]:
     vm_dir.mkdir()  # noqa: ASYNC240 - outside the timed section
-    vmm = FirecrackerVmm(binary, spec, vm_dir)
+    vmm = FirecrackerVmm(binary, spec, vm_dir, die_with_parent=die_with_parent)
     steps = _StepTimes()
     handle_log.addHandler(steps)
     began = time.perf_counter()
@@ -79,20 +92,70 @@ async def clawpot_run(binary: Path, spec: VmSpec, vm_dir: Path) -> dict[str, flo
     finally:
         handle_log.removeHandler(steps)
         await vmm.kill()
-    api_ready, configured = steps.began["metrics"], steps.began["InstanceStart"]
+    spawned, waiting = steps.began["spawn firecracker"], steps.began["wait for the microVM to start"]
     return {
         "total": done - began,
-        "spawn_to_api_ready": api_ready - began,
-        "configure": configured - api_ready,
+        "write_config": spawned - began,
+        "spawn": waiting - spawned,
+        "wait_started": done - waiting,
+    }
+
+
+def _api_puts(client: FirecrackerClient, spec: VmSpec, vm_dir: Path) -> list[Coroutine[Any, Any, None]]:
+    """The PUTs Clawpot sent before InstanceStart when it configured Firecracker over the API (not yet
+    awaited: a coroutine runs only when awaited, so the caller decides one by one or all at once)."""
+    drives = [
+        models.Drive(drive_id=d.drive_id, path_on_host=d.path, is_root_device=False, is_read_only=d.read_only)
+        for d in spec.drives
+    ]
+    return [
+        client.put_machine_config(
+            models.MachineConfiguration(vcpu_count=spec.vcpus, mem_size_mib=spec.memory_mib)
+        ),
+        client.put_boot_source(models.BootSource(kernel_image_path=spec.kernel, boot_args=spec.boot_args)),
+        *(client.put_drive(drive) for drive in drives),
+        client.put_vsock(models.Vsock(guest_cid=3, uds_path=vm_dir / "vsock.sock")),
+    ]
+
+
+async def api_run(binary: Path, spec: VmSpec, vm_dir: Path, *, parallel: bool) -> dict[str, float]:
+    vm_dir.mkdir()  # noqa: ASYNC240 - outside the timed section
+    files = LaunchFiles(
+        vm_dir / "api.sock", vm_dir / "firecracker.log", vm_dir / "serial.log", vm_dir / "stderr"
+    )
+    process = FirecrackerProcess(binary, vm_dir.name, files, die_with_parent=False)  # as the server
+    began = time.perf_counter()
+    await process.spawn()
+    try:
+        await process.wait_api_ready(time.monotonic() + DEADLINE)
+        ready = time.perf_counter()
+        async with FirecrackerClient(files.api_socket) as client:
+            puts = _api_puts(client, spec, vm_dir)
+            if parallel:
+                await asyncio.gather(*puts)
+            else:
+                for put in puts:
+                    await put
+            configured = time.perf_counter()
+            await client.instance_start()
+            done = time.perf_counter()
+    finally:
+        await process.terminate(term_seconds=0)
+    return {
+        "total": done - began,
+        "spawn_to_api_ready": ready - began,
+        "configure": configured - ready,
         "instance_start_ack": done - configured,
     }
 
 
-def bare_run(binary: Path, spec: VmSpec, vm_dir: Path) -> float:
+def bare_run(binary: Path, spec: VmSpec, vm_dir: Path) -> dict[str, float]:
     vm_dir.mkdir()
+    # Not part of the bare launch's time (only reported): creating the files it starts with, which
+    # Clawpot's start does inside its own time.
+    setup_began = time.perf_counter()
     log = vm_dir / "firecracker.log"
     log.touch()
-    (vm_dir / "firecracker.metrics").touch()
     config = models.ConfigFile(
         boot_source=models.BootSource(kernel_image_path=spec.kernel, boot_args=spec.boot_args),
         drives=tuple(
@@ -102,8 +165,7 @@ def bare_run(binary: Path, spec: VmSpec, vm_dir: Path) -> float:
             for d in spec.drives
         ),
         machine_config=models.MachineConfiguration(vcpu_count=spec.vcpus, mem_size_mib=spec.memory_mib),
-        vsock=models.Vsock(guest_cid=GUEST_CID, uds_path=vm_dir / "vsock.sock"),
-        metrics=models.Metrics(metrics_path=vm_dir / "firecracker.metrics"),
+        vsock=models.Vsock(guest_cid=3, uds_path=vm_dir / "vsock.sock"),
     )
     config_path = vm_dir / "config.json"
     config_path.write_text(json.dumps(config.body()))
@@ -119,19 +181,20 @@ def bare_run(binary: Path, spec: VmSpec, vm_dir: Path) -> float:
     ]
     with open(vm_dir / "serial.log", "wb") as serial:
         began = time.perf_counter()
+        file_setup = began - setup_began
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=serial, stderr=subprocess.STDOUT)
     try:
         with open(log, "rb") as reader:
             seen = b""
-            while STARTED_LINE.encode() not in seen:
+            while STARTED_LINE not in seen:
                 if proc.poll() is not None:
                     raise RuntimeError(f"bare firecracker exited with {proc.returncode}; see {log}")
                 if time.perf_counter() - began > DEADLINE:
                     raise RuntimeError(f"bare firecracker did not start within {DEADLINE}s")
                 seen = seen[-200:] + reader.read()
-                if STARTED_LINE.encode() not in seen:
+                if STARTED_LINE not in seen:
                     time.sleep(POLL)
-        return time.perf_counter() - began
+        return {"total": time.perf_counter() - began, "file_setup_not_counted": file_setup}
     finally:
         proc.kill()
         proc.wait()
@@ -162,37 +225,54 @@ async def main() -> None:
         vcpus=args.vcpus,
         memory_mib=args.memory,
     )
-    clawpot: list[dict[str, float]] = []
-    bare: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="fcbench-") as tmp:
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in CONTENDERS}
+    # The VM directories go where the server keeps VMs (the data directory), not in /tmp: a start
+    # creates five files, and on the build hosts a create in /tmp costs ~15x one there (measured).
+    paths.data_dir().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fcbench-", dir=paths.data_dir()) as tmp:
         for run in range(args.runs):
-            # Alternate which goes first, so neither always runs right after a VM was killed.
-            order = ("clawpot", "bare") if run % 2 == 0 else ("bare", "clawpot")
+            # Rotate who goes first, so nobody always runs right after a VM was killed.
+            order = CONTENDERS[run % len(CONTENDERS) :] + CONTENDERS[: run % len(CONTENDERS)]
             for which in order:
-                vm_dir = Path(tmp) / f"{which[0]}{run}"
-                if which == "clawpot":
-                    clawpot.append(await clawpot_run(binary, spec, vm_dir))
+                vm_dir = Path(tmp) / f"{which.replace('_', '-')}-{run}"  # firecracker ids: no "_"
+                if which.startswith("clawpot"):
+                    sample = await clawpot_run(binary, spec, vm_dir, die_with_parent=which != "clawpot")
+                elif which == "bare_config_file":
+                    sample = bare_run(binary, spec, vm_dir)
                 else:
-                    bare.append(bare_run(binary, spec, vm_dir))
-    totals = [r["total"] for r in clawpot]
+                    sample = await api_run(binary, spec, vm_dir, parallel=which == "api_parallel")
+                results[which].append(sample)
+    bare_median = statistics.median(r["total"] for r in results["bare_config_file"])
+    # For reading the result, not the criterion: the bare launch with its file creation counted too.
+    bare_with_files = statistics.median(
+        r["total"] + r["file_setup_not_counted"] for r in results["bare_config_file"]
+    )
+    contenders: dict[str, Any] = {}
+    for name, samples in results.items():
+        phases = [key for key in samples[0] if key != "total"]
+        median = statistics.median(r["total"] for r in samples)
+        contenders[name] = summarize([r["total"] for r in samples]) | {
+            "ratio_to_bare": round(median / bare_median, 3),
+            "ratio_to_bare_with_its_file_setup": round(median / bare_with_files, 3),
+        }
+        if phases:
+            contenders[name]["phases_median_ms"] = {
+                phase: round(statistics.median(r[phase] for r in samples) * 1000, 2) for phase in phases
+            }
     result = {
-        "benchmark": "firecracker start: spawn -> InstanceStart acknowledged",
+        "benchmark": "firecracker start: spawn -> microVM started (InstanceStart acknowledged)",
         "runs": args.runs,
         "firecracker": firecracker_version(binary),
-        "host": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
-        "guest": {"vcpus": args.vcpus, "memory_mib": args.memory, "kernel_bytes": args.kernel.stat().st_size},
-        "clawpot_api": summarize(totals)
-        | {
-            "phases_median_ms": {
-                phase: round(statistics.median(r[phase] for r in clawpot) * 1000, 2)
-                for phase in ("spawn_to_api_ready", "configure", "instance_start_ack")
-            }
+        "host": {
+            "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
         },
-        "bare_config_file": summarize(bare),
+        "guest": {"vcpus": args.vcpus, "memory_mib": args.memory, "kernel_bytes": args.kernel.stat().st_size},
+        **contenders,
+        "clawpot_minus_bare_median_ms": round(contenders["clawpot"]["median_ms"] - bare_median * 1000, 2),
     }
-    result["clawpot_minus_bare_median_ms"] = round(
-        result["clawpot_api"]["median_ms"] - result["bare_config_file"]["median_ms"], 2
-    )
     print(json.dumps(result, indent=2))
 
 

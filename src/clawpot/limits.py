@@ -8,11 +8,77 @@ does.
 
 from __future__ import annotations
 
+# --- API access: the token, TLS files, what the CLI prints ------------------------------------------
+
+# Random bytes in a new API token (``secrets.token_urlsafe``): 256 bits, beyond any guessing.
+API_TOKEN_BYTES = 32
+# A token read from a file or the environment must be at least this long (a 32-byte token is 43
+# characters) and at most this long: a short one is guessable, a huge one is not a token.
+API_TOKEN_MIN_CHARS = 32
+API_TOKEN_MAX_CHARS = 1024
+# PEM files for TLS (certificate chains, keys, CA bundles) are read whole; a CA bundle of a few hundred
+# certificates fits in 1 MiB, anything larger is the wrong file.
+TLS_PEM_MAX_BYTES = 1024 * 1024
+
 # --- VM shape: defaults and bounds of CreateVm ------------------------------------------------------
+
+DEFAULT_VCPUS = 1
+DEFAULT_MEMORY_MIB = 256
+MIN_VCPUS = 1
+# Firecracker's MAX_SUPPORTED_VCPUS; QEMU microvm goes higher, but one limit for both keeps it simple.
+MAX_VCPUS = 32
+# The guest kernel unpacks in less, but the agent (python3) needs room to start: 64 MiB boots to a
+# working agent on both backends (the integration tests run VMs this small).
+MIN_MEMORY_MIB = 64
+# Only catches typos (1 TiB); what the host can really give is admission's job (RESOURCE_EXHAUSTED).
+MAX_MEMORY_MIB = 1024 * 1024
 
 # --- API requests: sizes of fields a client sends ----------------------------------------------------
 
+# VM ids are ours (new_vm_id) but arrive from clients: letters, digits, '-', '_'; at most this long.
+MAX_VM_ID_CHARS = 64
+# Labels are the only free-form data a VM carries into every ListVms answer, so together with the
+# page size below they bound that answer far under gRPC's 4 MiB message limit (see test_paging).
+MAX_LABELS = 32
+MAX_LABEL_KEY_CHARS = 63
+MAX_LABEL_VALUE_CHARS = 256
+MAX_LABELS_TOTAL_BYTES = 4 * 1024  # keys + values, UTF-8
+# ListVms pages (AIP-158): a client that names no size gets the default; a larger size is lowered.
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 200
+# Text the server stores about a VM and sends in every Vm message (the VMM's last words, health).
+MAX_VM_ERROR_CHARS = 1024
+MAX_HEALTH_DETAIL_CHARS = 200
+# Exec: argv, env and cwd travel to the agent in ONE frame of at most 64 KiB (agent/protocol.py
+# MAX_PAYLOAD), JSON-encoded (non-ASCII and control characters grow up to 6x). The per-field bounds
+# are what users meet; the encoded total is checked too so no combination can reach the frame limit.
+MAX_ARGV_ITEMS = 4096
+MAX_ARGV_BYTES = 32 * 1024
+MAX_ENV_ITEMS = 256
+MAX_ENV_BYTES = 16 * 1024
+MAX_EXEC_REQUEST_BYTES = 60 * 1024  # the encoded total; leaves 4 KiB of the frame for the other keys
+# Linux PATH_MAX, for exec's cwd and the guest paths of UploadFile / DownloadFile.
+MAX_GUEST_PATH_BYTES = 4096
+# Exec stdin and UploadFile chunks need no bound of their own: gRPC's 4 MiB message limit caps each
+# message, and the server forwards them in 64 KiB agent frames under the agent's flow-control credit.
+# Error messages quote at most this much of a bad value ('...' marks the cut).
+QUOTE_CHARS = 32
+# A status message travels in a gRPC trailer (8 KiB limit, percent-encoded: up to 12 bytes a character).
+MAX_STATUS_MESSAGE_CHARS = 400
+
 # --- Host admission: committed guest memory ----------------------------------------------------------
+
+# What a VM costs the host beyond its guest RAM: the VMM's own memory (code, TCG translation cache,
+# device state, page tables). Measured by bench/vm_overhead.py (2026-11-26, 3 runs): QEMU 7.2 microvm
+# under TCG, 1 vCPU, 256 MiB, idle 10 s after the agent answered: the QEMU process's RSS outside the
+# guest-RAM mapping (/proc/PID/smaps) was 185.7-186.0 MiB (total RSS 256 MiB, guest RAM 70 MiB
+# resident); the bulk is TCG's translation cache (~116 MiB resident of a 1 GiB mapping). Baseline in
+# the same run, a bare QEMU started paused (-S): 36 MiB. Rounded up. A busy TCG guest grows the cache
+# further (KVM has none): capping it (-accel tcg,tb-size=) or a cgroup is the jailer issue's job.
+VM_OVERHEAD_MIB = 192
+# Committed memory may reach MemTotal x this ratio. 1.0: no overcommit (guests can touch all they were
+# given without the host swapping or OOM-killing); `clawpot-server --memory-overcommit` changes it.
+DEFAULT_MEMORY_OVERCOMMIT = 1.0
 
 # --- Agent channel: what a guest can make the host buffer --------------------------------------------
 
@@ -52,4 +118,34 @@ AGENT_LOG_PER_S = 1.0
 
 # --- Disk: what a guest can make the host write -------------------------------------------------------
 
+# A VM's serial console file (console.log / serial.log) is rotated when it reaches this size, keeping one
+# predecessor (.1): whatever the guest prints, its console costs at most twice this on disk. 1 MiB holds a
+# whole boot log (~30 KiB here) many times over, and the last lines are what readiness errors quote.
+CONSOLE_LOG_MAX_BYTES = 1024 * 1024
+# How many rotated predecessors are kept next to the current console file.
+CONSOLE_LOG_KEEP = 1
+# The console reader's one buffer: it reads at most this much per wake-up and holds nothing else.
+# 64 KiB is what a console FIFO holds, so one read empties it.
+CONSOLE_READ_CHUNK = 64 * 1024
+# After a read that emptied the FIFO the reader waits this long before it wakes again: at most 100
+# wake-ups per second per VM however the guest prints (one byte at a time included), while a FIFO of
+# 64 KiB every 10 ms is still ~6 MB/s, above what an emulated UART delivers.
+CONSOLE_READ_INTERVAL = 0.01
+# `clawpot cp VM:/path DEST` and DownloadFile stop past this many bytes unless asked for more
+# (--max-size / max_size): a guest cannot fill the client's disk with one sparse or endless file.
+DOWNLOAD_MAX_BYTES = 1024 * 1024 * 1024
+
 # --- Time: deadlines the host enforces ----------------------------------------------------------------
+
+# How long a Running VM's agent has to answer a call (ping, exec start, file open) before UNAVAILABLE
+# (`clawpot-server --agent-timeout`). Generous for TCG, where a busy guest answers in 100s of ms.
+DEFAULT_AGENT_TIMEOUT = 10.0
+# An exec with --timeout T ends by T + this on the host, whatever the guest does: the agent's own
+# timer fires at T and its answer normally arrives well within the grace (ms on an idle TCG guest).
+EXEC_TIMEOUT_GRACE = 2.0
+# The health check: one ping per Running VM this often, answered within the timeout or the VM is
+# shown UNRESPONSIVE. One check in flight per VM; a stuck one is never stacked on.
+HEALTH_CHECK_INTERVAL = 5.0
+HEALTH_PING_TIMEOUT = 2.0
+# The longest exec --timeout accepted (a year): beyond it the number is a mistake, not a wish.
+MAX_EXEC_TIMEOUT = 365 * 24 * 3600.0

@@ -6,6 +6,7 @@ Everything lives under one data directory (default ``/var/lib/clawpot``), overri
     <data>/assets/      kernel, base rootfs, firecracker, jailer, manifest.json
     <data>/vms/<id>/    one directory per VM (sockets, logs, serial console, writable layer)
     <data>/state.db     the server's VM registry
+    <data>/api-token    the API token TCP clients must send (0600; made at the server's first start)
 
 Builds are cached separately (``CLAWPOT_CACHE_DIR``, default ``/var/cache/clawpot``), keyed by a hash
 of their inputs, so reinstalling or switching between versions never rebuilds what was built before.
@@ -47,3 +48,7 @@ def vms_dir(data: Path | None = None) -> Path:
 
 def state_db(data: Path | None = None) -> Path:
     return (data or data_dir()) / "state.db"
+
+
+def api_token(data: Path | None = None) -> Path:
+    return (data or data_dir()) / "api-token"

@@ -173,6 +173,36 @@ class ServerProcess:
         )
         return result.stdout
 
+    def cli_as(
+        self,
+        uid: int,
+        url: str,
+        *args: str,
+        groups: Sequence[int] = (),
+        env: dict[str, str] | None = None,
+        timeout: float = CLI_TIMEOUT,
+    ) -> subprocess.CompletedProcess[str]:
+        """``clawpot --server URL ARGS`` as another user, inside the namespace (where TCP listeners are).
+
+        The user gets ``uid`` as its group too and only ``groups`` as supplementary groups; its
+        environment is ``env`` plus a PATH and HOME, nothing inherited from the test (no token).
+        """
+        drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}"]
+        drop += [f"--groups={','.join(map(str, groups))}"] if groups else ["--clear-groups"]
+        proc = subprocess.run(
+            self.ns.argv([*drop, str(CLAWPOT), "--server", url, *args]),
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/", "COLUMNS": "200", **(env or {})},
+        )
+        return subprocess.CompletedProcess(
+            proc.args,
+            proc.returncode,
+            proc.stdout.decode(errors="replace"),
+            proc.stderr.decode(errors="replace"),
+        )
+
     def cli_popen(self, *args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
         return subprocess.Popen([str(CLAWPOT), "--server", self.url, *args], **kwargs)
 

@@ -24,7 +24,7 @@ from server_harness import (
     wait_until,
 )
 
-from clawpot.server.manager import MAX_MEMORY_MIB
+from clawpot.limits import MAX_MEMORY_MIB
 from clawpot.v1 import vm_pb2
 from clawpot.vm.validation import host_available_mib
 
@@ -139,8 +139,12 @@ def test_not_found(server: ServerProcess, vm: str) -> None:
         ):
             _check(Code.NOT_FOUND, call, contains="nosuchvm")
         _check(Code.NOT_FOUND, lambda: _download(api, vm, "/no/such/file"), contains="/no/such/file")
-        # A command that cannot start is the caller's problem with this VM, not a missing resource.
-        _check(Code.FAILED_PRECONDITION, lambda: _exec(api, vm, ["/no/such/program"]))
+        # A program that cannot start is no API error: it exits 127 with the reason on stderr, as in a shell.
+        replies = _exec(api, vm, ["/no/such/program"])
+        assert (
+            b"".join(r.stderr for r in replies) == b"clawpot: /no/such/program: No such file or directory\n"
+        )
+        assert replies[-1].exit.exit_code == 127
     _assert_only(server, vm)
 
 

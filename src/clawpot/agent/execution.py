@@ -4,6 +4,8 @@ Request: ``argv`` (list) or ``command`` (string for ``/bin/sh -c``), optional ``
 ``cwd``, ``timeout`` (seconds), ``pty`` ({rows, cols}), ``stdin`` (false: /dev/null), ``window``.
 Replies: INFO {pid}, DATA/EOF on STDOUT and STDERR (a PTY merges both into STDOUT), then END
 {exit_code, signal, timed_out, duration} once the process has exited and its output pipes are closed.
+A program that cannot be executed ends like a shell's: exit 127 (not found) or 126 (not executable),
+``clawpot: NAME: REASON`` on stderr and ``pid`` null. Other spawn failures (a bad ``cwd``) are errors.
 
 Output is read only while the host has granted credit and the link is not backed up, so a fast writer
 blocks on its pipe instead of filling the agent's memory. The timeout, a CANCEL, and the loss of the
@@ -137,6 +139,11 @@ class ExecSession(Session):
             self.proc = self._spawn(child_fds)
         except (OSError, subprocess.SubprocessError) as exc:
             self._close_owned()
+            if isinstance(exc, OSError) and exc.filename == self.argv[0]:
+                # execve() itself failed (subprocess names the program only then; a bad cwd names the
+                # directory): the program is missing or cannot run, which a shell reports as an exit.
+                self._exec_failed(exc)
+                return
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
             message = f"cannot execute {self.argv[0]!r}: {detail}{where}"
@@ -153,6 +160,37 @@ class ExecSession(Session):
             self._timer = self.loop.call_later(self.timeout, self._on_timeout)
         self.conn.ctx.reaper.watch(self.proc, self._on_exit)
         self._resume_reading()
+
+    def _exec_failed(self, exc: OSError) -> None:
+        """Finish as a shell does when it cannot run a program: 127 if it does not exist, 126 if it
+        exists but cannot be executed, with one line on stderr. No process was started (pid null)."""
+        name = self.argv[0]
+        if exc.errno == errno.ENOENT:
+            code = 127
+            # Like sh: a bare name was looked up in PATH; a path names one file.
+            reason = "command not found" if "/" not in name else "No such file or directory"
+        else:
+            code = 126
+            reason = exc.strerror or str(exc)
+        newline = "\r\n" if self.pty is not None else "\n"  # a terminal shows "\n" as CR LF
+        line = f"clawpot: {name[:200]}: {reason}{newline}".encode(errors="replace")
+        log.info("exec %r: %s (exit %d)", name[:200], reason, code)
+        self.send(FrameType.INFO, encode_json({"pid": None}))
+        # The line fits any window the host can open with (at least 1 byte): cut to what it granted.
+        line = line[: self.send_window]
+        self.send_window -= len(line)
+        pipe = Pipe.STDOUT if self.pty is not None else Pipe.STDERR  # a PTY merges both into STDOUT
+        self.send_data(line, pipe)
+        for each in dict.fromkeys((Pipe.STDOUT, pipe)):
+            self.send(FrameType.EOF, flags=each)
+        self.finish(
+            {
+                "exit_code": code,
+                "signal": None,
+                "timed_out": False,
+                "duration": round(time.monotonic() - self._started, 6),
+            }
+        )
 
     def _own(self, fd: int) -> int:
         self._owned_fds.add(fd)

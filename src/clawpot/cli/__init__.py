@@ -1,7 +1,9 @@
 """The command-line programs. Each is wiring only: parse, call the layer below, print, exit.
 
 - ``main``        ``clawpot``: the client (its groups: ``vms``, ``exec``, ``files``, ``assets``).
-- ``connection``  reaching the server, gRPC errors as one-line messages, exit codes.
+- ``connection``  reaching the server (unix, loopback TCP + token, TLS), gRPC errors as one line, exit codes.
+- ``terminal``    ``safe``: server and guest text with control characters escaped before printing.
+- ``apitoken``    ``clawpot token``: print the API token.
 - ``vms``         ``create``, ``list``, ``get``, ``delete``.
 - ``exec``        ``exec``: streams stdin/stdout/stderr, passes the exit code through.
 - ``files``       ``cp`` in and out of a VM.

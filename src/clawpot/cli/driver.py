@@ -24,11 +24,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 import click
 
-from clawpot import __version__, paths
+from clawpot import __version__, limits, paths
+from clawpot.cli.terminal import safe
 from clawpot.vm import procfs
 from clawpot.vm.config import DEFAULT_READY_TIMEOUT, VmConfig
 from clawpot.vm.directory import VmDirectory, VmMetadata, find_by_control_socket
@@ -60,7 +61,8 @@ class DriverExit(Exception):
 
 
 def _say(message: str) -> None:
-    click.echo(f"clawpot-driver: {message}", err=True)
+    # Messages can carry guest text (a VM error quotes the serial console's tail): escape it.
+    click.echo(f"clawpot-driver: {safe(message, multiline=True)}", err=True)
 
 
 def _finish(code: int, message: str | None = None) -> NoReturn:
@@ -133,8 +135,21 @@ _socket_option = click.option(
     default=None,
     help="Root filesystem (ext4) [installed asset].",
 )
-@click.option("--vcpus", type=int, default=1, show_default=True, help="Virtual CPUs (1-32).")
-@click.option("--memory", "memory_mib", type=int, default=256, show_default=True, help="Guest memory in MiB.")
+@click.option(
+    "--vcpus",
+    type=int,
+    default=limits.DEFAULT_VCPUS,
+    show_default=True,
+    help=f"Virtual CPUs ({limits.MIN_VCPUS}-{limits.MAX_VCPUS}).",
+)
+@click.option(
+    "--memory",
+    "memory_mib",
+    type=int,
+    default=limits.DEFAULT_MEMORY_MIB,
+    show_default=True,
+    help="Guest memory in MiB.",
+)
 @_socket_option
 @click.option(
     "--vmm",
@@ -306,25 +321,44 @@ async def _foreground(vm: Vm, socket_path: Path, console: bool) -> int:
 
 
 class _ConsoleCopy:
-    """Copies the guest's serial console to stdout as the file grows."""
+    """Copies the guest's serial console to stdout as the file grows.
+
+    The file is capped and rotated (``clawpot.vmm.console``): when the path names a new file, the rest
+    of the old one is copied first, then the new one from its start.
+    """
 
     def __init__(self, serial_log: Path) -> None:
         self.serial_log = serial_log
-        self.offset = 0
+        self._file: BinaryIO | None = None
         self.task = asyncio.create_task(self._run())
 
-    def copy_new(self) -> bool:
-        try:
-            with open(self.serial_log, "rb") as serial:
-                serial.seek(self.offset)
-                chunk = serial.read()
-        except OSError:
-            return False
+    def _copy_open(self) -> bool:
+        assert self._file is not None
+        # Bounded reads: at most one chunk in memory however fast the guest prints.
+        chunk = self._file.read(limits.CONSOLE_READ_CHUNK)
         if chunk:
-            self.offset += len(chunk)
             sys.stdout.buffer.write(chunk)
             sys.stdout.buffer.flush()
         return bool(chunk)
+
+    def copy_new(self) -> bool:
+        if self._file is not None and self._copy_open():
+            return True
+        try:
+            current = os.stat(self.serial_log)
+        except OSError:
+            return False
+        if self._file is not None and os.fstat(self._file.fileno()).st_ino == current.st_ino:
+            return False  # same file, nothing new
+        # First call, or the file was rotated and the old one is read to its end: follow the new one.
+        if self._file is not None:
+            self._file.close()
+        try:
+            self._file = open(self.serial_log, "rb")  # noqa: SIM115 - held across calls, closed in finish
+        except OSError:
+            self._file = None
+            return False
+        return self._copy_open()
 
     async def _run(self) -> None:
         # A growing regular file offers nothing to wait on (poll/epoll say "readable" forever): poll it.
@@ -333,7 +367,11 @@ class _ConsoleCopy:
 
     def finish(self) -> None:
         self.task.cancel()
-        self.copy_new()
+        while self.copy_new():
+            pass
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 # -- status ------------------------------------------------------------------------------------------
@@ -436,7 +474,7 @@ def _print_status(info: dict[str, Any]) -> None:
     ]
     for name, value in rows:
         if value is not None:
-            click.echo(f"{name + ':':<13}{value}")
+            click.echo(f"{name + ':':<13}{safe(str(value))}")  # reasons can quote the guest
 
 
 def _format_uptime(seconds: float) -> str:

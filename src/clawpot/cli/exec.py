@@ -22,9 +22,10 @@ from clawpot.cli.connection import (
     EXIT_USAGE,
     die,
     fail_rpc,
-    grpc_target,
     is_connect_failure,
+    open_channel,
 )
+from clawpot.cli.terminal import safe
 from clawpot.v1 import vm_pb2, vm_pb2_grpc
 
 EXIT_TIMEOUT = 124  # as coreutils `timeout`
@@ -135,7 +136,7 @@ def exec_command(
 
     exit_code = 1
     streaming = False
-    channel = grpc.insecure_channel(grpc_target(server))
+    channel = open_channel(server)
     try:
         with _raw_terminal(tty):
             for response in vm_pb2_grpc.VmServiceStub(channel).Exec(iter(requests)):
@@ -150,7 +151,7 @@ def exec_command(
                     exit_code = 128 + status.signal if status.signal else status.exit_code
     except grpc.RpcError as exc:
         if isinstance(exc, grpc.Call) and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
-            click.echo(f"clawpot: {exc.details()}", err=True)
+            click.echo(f"clawpot: {safe(exc.details() or 'timed out')}", err=True)
             sys.exit(EXIT_TIMEOUT)
         if streaming and is_connect_failure(exc):
             # Reached the server, then lost it (server stopped or killed): not "cannot reach".

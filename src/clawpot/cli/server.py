@@ -6,11 +6,15 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
+from clawpot import limits
 from clawpot.paths import data_dir as default_data_dir
+from clawpot.server.apitoken import TokenError
 from clawpot.server.app import DEFAULT_LISTEN, ServerConfig, serve
+from clawpot.server.listeners import ListenError, TlsFiles
 from clawpot.server.manager import ManagerConfig, ManagerError
 from clawpot.vmm.spec import BackendKind
 
@@ -21,7 +25,30 @@ from clawpot.vmm.spec import BackendKind
     "listen",
     multiple=True,
     metavar="ADDR",
-    help=f"HOST:PORT or unix:/path (repeatable; unix sockets are mode 0600). Default {DEFAULT_LISTEN}.",
+    help=(
+        f"HOST:PORT or unix:/path (repeatable). Default {DEFAULT_LISTEN}. Calls over TCP need the API token "
+        "(<data-dir>/api-token); a non-loopback HOST also needs --tls-cert/--tls-key. Unix sockets are 0600."
+    ),
+)
+@click.option(
+    "--socket-group",
+    metavar="GROUP",
+    help="Let this group use the unix sockets too (mode 0660, group GROUP) without a token.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="PEM",
+    help="Serve TCP listeners over TLS with this certificate chain (with --tls-key).",
+)
+@click.option(
+    "--tls-key", type=click.Path(path_type=Path, dir_okay=False), metavar="PEM", help="The key of --tls-cert."
+)
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="PEM",
+    help="Require TLS clients to present a certificate signed by these CAs (the token is still needed).",
 )
 @click.option(
     "--data-dir",
@@ -49,9 +76,17 @@ from clawpot.vmm.spec import BackendKind
 @click.option(
     "--agent-timeout",
     type=click.FloatRange(min=0.1),
-    default=10.0,
+    default=limits.DEFAULT_AGENT_TIMEOUT,
     show_default=True,
     help="Seconds a running VM's agent has to answer before a call fails with UNAVAILABLE.",
+)
+@click.option(
+    "--memory-overcommit",
+    type=click.FloatRange(min=0.1, max=100.0),
+    default=limits.DEFAULT_MEMORY_OVERCOMMIT,
+    show_default=True,
+    metavar="RATIO",
+    help="Admit VMs while committed guest memory (+ per-VM overhead) stays within MemTotal x RATIO.",
 )
 @click.option(
     "--stop-vms-on-exit",
@@ -61,6 +96,10 @@ from clawpot.vmm.spec import BackendKind
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
 def main(
     listen: tuple[str, ...],
+    socket_group: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
     data_dir: Path | None,
     vmm: str,
     bridge: str,
@@ -68,6 +107,7 @@ def main(
     no_network: bool,
     ready_timeout: float,
     agent_timeout: float,
+    memory_overcommit: float,
     stop_vms_on_exit: bool,
     verbose: bool,
 ) -> None:
@@ -76,8 +116,15 @@ def main(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if (tls_cert is None) != (tls_key is None):
+        _fail("--tls-cert and --tls-key go together")
+    if tls_client_ca is not None and tls_cert is None:
+        _fail("--tls-client-ca needs --tls-cert and --tls-key")
+    tls = TlsFiles(tls_cert, tls_key, tls_client_ca) if tls_cert is not None and tls_key is not None else None
     config = ServerConfig(
         listen=listen or (DEFAULT_LISTEN,),
+        tls=tls,
+        socket_group=socket_group,
         stop_vms_on_exit=stop_vms_on_exit,
         manager=ManagerConfig(
             data_dir=default_data_dir(data_dir),
@@ -86,13 +133,15 @@ def main(
             subnet=subnet,
             ready_timeout=ready_timeout,
             agent_timeout=agent_timeout,
+            memory_overcommit=memory_overcommit,
         ),
     )
     try:
         asyncio.run(serve(config))
-    except ManagerError as exc:
-        click.echo(f"clawpot-server: {exc}", err=True)
-        sys.exit(1)
-    except OSError as exc:
-        click.echo(f"clawpot-server: {exc}", err=True)
-        sys.exit(1)
+    except (ManagerError, ListenError, TokenError, OSError) as exc:
+        _fail(str(exc))
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"clawpot-server: {message}", err=True)
+    sys.exit(1)

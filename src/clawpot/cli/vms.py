@@ -10,8 +10,11 @@ import click
 from google.protobuf.json_format import MessageToDict
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from clawpot import limits
 from clawpot.cli.connection import stub
+from clawpot.cli.terminal import safe
 from clawpot.v1 import vm_pb2
 
 BACKENDS = {
@@ -32,12 +35,18 @@ def _parse_labels(values: tuple[str, ...]) -> dict[str, str]:
 
 
 @click.command()
-@click.option("--vcpus", type=click.IntRange(1, 32), default=1, show_default=True, help="Virtual CPUs.")
+@click.option(
+    "--vcpus",
+    type=click.IntRange(limits.MIN_VCPUS, limits.MAX_VCPUS),
+    default=limits.DEFAULT_VCPUS,
+    show_default=True,
+    help="Virtual CPUs.",
+)
 @click.option(
     "--memory",
     "memory_mib",
-    type=click.IntRange(min=1),
-    default=256,
+    type=click.IntRange(min=1),  # the server says what is too small or too big, with its numbers
+    default=limits.DEFAULT_MEMORY_MIB,
     show_default=True,
     metavar="MiB",
     help="Guest memory in MiB.",
@@ -75,11 +84,27 @@ def create(
     )
     with stub(server) as api:
         vm = api.CreateVm(request)
-    click.echo(vm.id)
+    click.echo(safe(vm.id))
 
 
 def vm_to_dict(vm: vm_pb2.Vm) -> dict[str, Any]:
-    return MessageToDict(vm, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    """The VM as JSON-ready data, enums named as the table names them (``running``, ``qemu``)."""
+    data = MessageToDict(vm, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    data["state"] = _state(vm).lower()
+    data["backend"] = _backend(vm)
+    data["health"] = vm_pb2.AgentHealth.Name(vm.health).removeprefix("AGENT_HEALTH_").lower()
+    return data
+
+
+def _print_json(data: object) -> None:
+    # ensure_ascii (the default) writes every control and non-ASCII character as a \uXXXX escape, so
+    # guest-chosen labels or hostnames cannot reach the terminal as escape sequences.
+    click.echo(json.dumps(data, indent=2, ensure_ascii=True))
+
+
+def _cell(text: str) -> Text:
+    # A rich Text, not a str: a str cell would be parsed as console markup ("[link=...]").
+    return Text(safe(text))
 
 
 def _age(vm: vm_pb2.Vm) -> str:
@@ -98,28 +123,41 @@ def _backend(vm: vm_pb2.Vm) -> str:
     return vm_pb2.Backend.Name(vm.backend).removeprefix("BACKEND_").lower()
 
 
+def _health(vm: vm_pb2.Vm) -> str:
+    if vm.health == vm_pb2.AGENT_HEALTH_UNKNOWN:
+        return "-"
+    return vm_pb2.AgentHealth.Name(vm.health).removeprefix("AGENT_HEALTH_").lower()
+
+
 @click.command("list")
 @click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.pass_obj
 def list_vms(server: str, output: str) -> None:
-    """List VMs: id, state, backend, vcpus, memory, ip, age."""
+    """List VMs: id, state, agent health, backend, vcpus, memory, ip, age."""
+    vms: list[vm_pb2.Vm] = []
     with stub(server) as api:
-        vms = api.ListVms(vm_pb2.ListVmsRequest()).vms
+        token = ""
+        while True:  # the server answers in pages; follow them to the end
+            page = api.ListVms(vm_pb2.ListVmsRequest(page_size=limits.MAX_PAGE_SIZE, page_token=token))
+            vms.extend(page.vms)
+            if not (token := page.next_page_token):
+                break
     if output == "json":
-        click.echo(json.dumps([vm_to_dict(vm) for vm in vms], indent=2))
+        _print_json([vm_to_dict(vm) for vm in vms])
         return
     table = Table(box=None, pad_edge=False)
-    for column in ("ID", "STATE", "BACKEND", "VCPUS", "MEMORY", "IP", "AGE"):
+    for column in ("ID", "STATE", "HEALTH", "BACKEND", "VCPUS", "MEMORY", "IP", "AGE"):
         table.add_column(column)
     for vm in vms:
         table.add_row(
-            vm.id,
-            _state(vm),
-            _backend(vm),
-            str(vm.vcpus),
-            f"{vm.memory_mib}MiB",
-            vm.ip_address or "-",
-            _age(vm),
+            _cell(vm.id),
+            _cell(_state(vm)),
+            _cell(_health(vm)),
+            _cell(_backend(vm)),
+            _cell(str(vm.vcpus)),
+            _cell(f"{vm.memory_mib}MiB"),
+            _cell(vm.ip_address or "-"),
+            _cell(_age(vm)),
         )
     Console(soft_wrap=True).print(table)
 
@@ -128,10 +166,10 @@ def list_vms(server: str, output: str) -> None:
 @click.argument("vm_id", metavar="ID")
 @click.pass_obj
 def get(server: str, vm_id: str) -> None:
-    """Show one VM as JSON."""
+    """Show one VM as JSON (with its agent's health and since when)."""
     with stub(server) as api:
         vm = api.GetVm(vm_pb2.GetVmRequest(id=vm_id))
-    click.echo(json.dumps(vm_to_dict(vm), indent=2))
+    _print_json(vm_to_dict(vm))
 
 
 @click.command()
@@ -142,4 +180,4 @@ def delete(server: str, vm_ids: tuple[str, ...]) -> None:
     with stub(server) as api:
         for vm_id in vm_ids:
             api.DeleteVm(vm_pb2.DeleteVmRequest(id=vm_id))
-            click.echo(vm_id)
+            click.echo(safe(vm_id))

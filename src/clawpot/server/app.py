@@ -4,6 +4,12 @@ The gRPC server itself is wiring only: the servicer translates protobuf to ``VmM
 the manager does the work. On SIGTERM/SIGINT the server stops accepting calls, gives in-flight calls
 a grace period, then either leaves VMs running for the next start to adopt (default) or stops them
 (``--stop-vms-on-exit``).
+
+Two gRPC servers share one servicer: the *local* one serves the unix sockets (the filesystem guards
+them: 0600, or 0660 for ``--socket-group``) and the *network* one serves TCP, where every call but
+health checking needs the API token (``auth``) and non-loopback addresses need TLS (``listeners``).
+Two servers rather than one that tells listeners apart by ``context.peer()``: a call can only reach
+the token-free path through a socket the filesystem let it open, whatever the peer string says.
 """
 
 from __future__ import annotations
@@ -16,12 +22,16 @@ import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # re-exported, not in stubs
 from grpc_reflection.v1alpha import reflection
 
+from clawpot.server import apitoken, listeners
+from clawpot.server.auth import TokenAuthInterceptor
+from clawpot.server.listeners import TlsFiles
 from clawpot.server.manager import ManagerConfig, VmManager
 from clawpot.server.servicer import VmServicer
 from clawpot.v1 import vm_pb2, vm_pb2_grpc
@@ -38,15 +48,8 @@ class ServerConfig:
     manager: ManagerConfig
     shutdown_grace: float = 10.0
     stop_vms_on_exit: bool = False
-
-
-def unix_socket_path(address: str) -> Path | None:
-    """The filesystem path of a ``unix:`` listen address, else None."""
-    if address.startswith("unix://"):
-        return Path(address.removeprefix("unix://"))
-    if address.startswith("unix:"):
-        return Path(address.removeprefix("unix:"))
-    return None
+    tls: TlsFiles | None = None
+    socket_group: str | None = None
 
 
 @contextlib.contextmanager
@@ -59,35 +62,63 @@ def _private_umask() -> Iterator[None]:
         os.umask(old)
 
 
-async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> None:
-    manager = await VmManager.open(config.manager)
-    server = grpc.aio.server()
-    vm_pb2_grpc.add_VmServiceServicer_to_server(VmServicer(manager), server)
-    health_servicer = health_aio.HealthServicer()
+def _grpc_server(
+    servicer: VmServicer, health_servicer: object, interceptors: Sequence[Any]
+) -> grpc.aio.Server:
+    server = grpc.aio.server(interceptors=interceptors)
+    vm_pb2_grpc.add_VmServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    return server
 
-    for address in config.listen:
-        path = unix_socket_path(address)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()  # a stale socket from a previous run; we hold the data-dir lock
-        if server.add_insecure_port(address) == 0:
-            raise OSError(f"cannot listen on {address}")
 
+def _bind(server: grpc.aio.Server, address: str, tls: grpc.ServerCredentials | None) -> None:
+    port = server.add_secure_port(address, tls) if tls is not None else server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+
+
+def _open_unix_socket(path: Path, gid: int | None) -> None:
+    if gid is None:
+        path.chmod(0o600)
+        return
+    # Group first, then the group bits: the socket is never open to a group that is not the chosen one.
+    os.chown(path, -1, gid)
+    path.chmod(0o660)
+
+
+async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> None:
+    # Every flag is checked before anything has side effects (ListenError: one line).
+    plan = listeners.plan(config.listen, tls=config.tls, socket_group=config.socket_group)
+    token = apitoken.ensure_token(config.manager.data_dir)
+    manager = await VmManager.open(config.manager)
+    servicer = VmServicer(manager)
+    health_servicer = health_aio.HealthServicer()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    servers: list[grpc.aio.Server] = []
     try:
+        if plan.unix:
+            local = _grpc_server(servicer, health_servicer, ())
+            for path in plan.unix:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()  # a stale socket from a previous run; we hold the data-dir lock
+                _bind(local, f"unix:{path}", None)
+            servers.append(local)
+        if plan.tcp:
+            network = _grpc_server(servicer, health_servicer, (TokenAuthInterceptor(token),))
+            for address in plan.tcp:
+                _bind(network, address, plan.tls)
+            servers.append(network)
         with _private_umask():
-            await server.start()
-        for address in config.listen:
-            path = unix_socket_path(address)
-            if path is not None:
-                path.chmod(0o600)
+            for server in servers:
+                await server.start()
+        for path in plan.unix:
+            _open_unix_socket(path, plan.socket_gid)
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("listening on %s", ", ".join(config.listen))
@@ -97,12 +128,10 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
         log.info("shutting down (grace %.0fs)", config.shutdown_grace)
         await health_servicer.enter_graceful_shutdown()
     finally:
-        await server.stop(config.shutdown_grace)
+        await asyncio.gather(*(server.stop(config.shutdown_grace) for server in servers))
         await manager.close(stop_vms=config.stop_vms_on_exit)
-        for address in config.listen:
-            path = unix_socket_path(address)
-            if path is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+        for path in plan.unix:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

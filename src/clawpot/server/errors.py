@@ -1,17 +1,24 @@
 """Errors the server core raises; the gRPC servicer maps each kind to one status code.
 
 ServerError
-├── InvalidArgument     bad vcpus, memory, id, path, address        → INVALID_ARGUMENT
-├── NotFound            no such VM                                   → NOT_FOUND
-├── AlreadyExists       requested address assigned to another VM     → ALREADY_EXISTS
-├── FailedPrecondition  VM not Running, deleted while creating, ...  → FAILED_PRECONDITION
-├── ResourceExhausted   host memory, address pool                    → RESOURCE_EXHAUSTED
-├── Unavailable         agent not reachable, backend not usable here → UNAVAILABLE
-└── DeadlineExceeded    exec timeout (process group killed)          → DEADLINE_EXCEEDED
-Anything else is a bug and surfaces as INTERNAL with its message.
+├── InvalidArgument     bad vcpus, memory, id, label, argv, env, path, page token → INVALID_ARGUMENT
+├── NotFound            no such VM or guest file                                  → NOT_FOUND
+├── AlreadyExists       requested address assigned to another VM                  → ALREADY_EXISTS
+├── FailedPrecondition  VM not Running, deleted while creating, cannot start ...  → FAILED_PRECONDITION
+├── ResourceExhausted   host memory (admission), address pool                     → RESOURCE_EXHAUSTED
+├── Unavailable         agent not answering or lost, backend not usable here      → UNAVAILABLE
+└── DeadlineExceeded    exec timeout (host-enforced; process group killed)        → DEADLINE_EXCEEDED
+
+``translate`` is the one place other expected failures become one of these (an agent connection lost
+mid-stream is UNAVAILABLE, wherever it surfaces). Anything else is a bug: INTERNAL with its message.
+Messages are one line and quote client-supplied values only through ``quote`` (a short prefix), so a
+10 kB id cannot turn into an error bigger than the status trailer.
 """
 
 from __future__ import annotations
+
+from clawpot import limits
+from clawpot.guest.errors import GuestError, RemoteError
 
 
 class ServerError(Exception):
@@ -44,3 +51,32 @@ class Unavailable(ServerError):
 
 class DeadlineExceeded(ServerError):
     pass
+
+
+def quote(value: object, limit: int = limits.QUOTE_CHARS) -> str:
+    """``repr`` of at most ``limit`` characters of ``value``, with '...' when cut: safe to put in a
+    message whatever its size or content (control characters come out escaped)."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} chars)"
+
+
+def one_line(message: str, limit: int = limits.MAX_STATUS_MESSAGE_CHARS) -> str:
+    """The first line of ``message``, cut to ``limit`` characters: what a status may carry."""
+    text = message.strip()
+    line = text.splitlines()[0] if text else "error"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def translate(exc: BaseException) -> ServerError | None:
+    """The ``ServerError`` an expected failure stands for; None for a bug (the caller says INTERNAL)."""
+    if isinstance(exc, ServerError):
+        return exc
+    if isinstance(exc, RemoteError):
+        # The agent refused one operation (bad path, session ended, ...): this VM, not the server.
+        return FailedPrecondition(f"the guest agent refused: {exc}")
+    if isinstance(exc, GuestError):
+        # AgentDisconnected, AgentUnreachable, ProtocolError: the agent is not usable right now.
+        return Unavailable(f"guest agent not usable: {exc}")
+    return None

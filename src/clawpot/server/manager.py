@@ -14,20 +14,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import ipaddress
 import logging
 import os
-import re
 import shutil
+import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TypeVar
 
-from clawpot import paths
+from clawpot import limits, paths
 from clawpot.assets.bootargs import GuestIp, guest_cmdline
 from clawpot.guest import AgentClient, GuestError, PtySize, wait_ready
-from clawpot.guest.errors import AgentUnreachable, RemoteError
+from clawpot.guest.errors import AgentDisconnected, AgentUnreachable, ProtocolError, RemoteError
 from clawpot.network import (
     AddressInUse,
     AddressNotAllowed,
@@ -37,9 +36,10 @@ from clawpot.network import (
     NetworkManager,
     NetworkSlot,
 )
-from clawpot.server import errors, orphans
+from clawpot.server import admission, errors, orphans, paging, validate
+from clawpot.server.health import AgentHealth, HealthStatus
 from clawpot.server.records import endpoint_from_text, endpoint_to_text
-from clawpot.server.sessions import DownloadHandle, ExecParams, ExecSession
+from clawpot.server.sessions import DownloadHandle, ExecParams, ExecSession, upload_watched
 from clawpot.server.store import Store, VmRecord
 from clawpot.vm import procfs, validation
 from clawpot.vm.config import VmConfig
@@ -56,11 +56,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MAX_VCPUS = 32
-MIN_MEMORY_MIB = 64
-# An upper bound that only catches typos; what the host can give is checked separately (RESOURCE_EXHAUSTED).
-MAX_MEMORY_MIB = 1024 * 1024
-_VM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+# States in which a VM holds host memory (admission counts them): from an accepted create until its
+# delete has stopped the VMM.
+_HOLDS_MEMORY = (VmState.NOT_STARTED, VmState.STARTING, VmState.RUNNING, VmState.STOPPING)
 
 
 class ManagerError(Exception):
@@ -78,13 +76,16 @@ class ManagerConfig:
     ready_timeout: float = 60.0
     stop_grace: float = 5.0
     # How long the agent of a Running VM has to answer before an operation fails with UNAVAILABLE.
-    agent_timeout: float = 10.0
+    agent_timeout: float = limits.DEFAULT_AGENT_TIMEOUT
+    # Committed guest memory may reach MemTotal x this (admission).
+    memory_overcommit: float = limits.DEFAULT_MEMORY_OVERCOMMIT
+    health_interval: float = limits.HEALTH_CHECK_INTERVAL
 
 
 @dataclass(frozen=True)
 class CreateParams:
-    vcpus: int = 1
-    memory_mib: int = 256
+    vcpus: int = limits.DEFAULT_VCPUS
+    memory_mib: int = limits.DEFAULT_MEMORY_MIB
     backend: BackendKind | None = None
     labels: dict[str, str] = field(default_factory=dict)
     ip_address: str | None = None
@@ -104,6 +105,20 @@ class _Entry:
         self.delete_task: asyncio.Task[None] | None = None
         self.watch_task: asyncio.Task[None] | None = None
         self.deleting = False
+        self.health = HealthStatus()
+        self.health_task: asyncio.Task[None] | None = None  # the periodic check in flight, if any
+
+    @property
+    def holds_memory(self) -> bool:
+        return self.record.state in _HOLDS_MEMORY
+
+
+@dataclass(frozen=True)
+class VmView:
+    """A VM as ``get`` and ``list`` show it: its stored record and what the server sees of its agent."""
+
+    record: VmRecord
+    health: HealthStatus
 
 
 class VmManager:
@@ -116,6 +131,7 @@ class VmManager:
         self._lock_file = lock
         self._entries: dict[str, _Entry] = {}
         self._backends: dict[BackendKind, VmmBackend] = {}
+        self._health_loop_task: asyncio.Task[None] | None = None
         self.vms_root = paths.vms_dir(config.data_dir)
         assets = paths.assets_dir(config.data_dir)
         self.kernel = assets / "vmlinux"
@@ -145,6 +161,7 @@ class VmManager:
                     raise ManagerError(str(exc)) from exc
             manager = cls(config, store, network, lock)
             await manager.reconcile()
+            manager._health_loop_task = asyncio.create_task(manager._health_loop(), name="agent health")
             return manager
         except BaseException:
             lock.close()
@@ -165,6 +182,7 @@ class VmManager:
                     record.vmm_start_ticks,
                     endpoint_from_text(record.agent_endpoint),
                     record.vm_dir,
+                    kind=record.backend,  # takes the VM's serial console back
                 )
                 entry.watch_task = asyncio.create_task(self._watch_adopted(entry))
                 log.info("adopted VM %s (VMM pid %d)", record.id, record.pid)
@@ -193,7 +211,14 @@ class VmManager:
             log.info("network reconciled: %s", plan)
 
     async def close(self, *, stop_vms: bool) -> None:
+        if self._health_loop_task is not None:
+            self._health_loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_loop_task
         for entry in list(self._entries.values()):
+            if entry.health_task is not None:
+                entry.health_task.cancel()
+                await asyncio.gather(entry.health_task, return_exceptions=True)
             if entry.create_task is not None and not entry.create_task.done():
                 entry.create_task.cancel()
                 with contextlib.suppress(BaseException):
@@ -204,8 +229,7 @@ class VmManager:
             )
         for entry in self._entries.values():
             if entry.agent is not None:
-                with contextlib.suppress(Exception):
-                    await entry.agent.close()
+                await _close_agent(entry.agent)
             if entry.watch_task is not None:
                 entry.watch_task.cancel()
             if entry.adopted is not None:
@@ -223,15 +247,18 @@ class VmManager:
 
     # -- queries --------------------------------------------------------------------------------------
 
-    async def get(self, vm_id: str) -> VmRecord:
-        return self._entry(vm_id).record
+    async def get(self, vm_id: str) -> VmView:
+        entry = self._entry(vm_id)
+        return VmView(entry.record, entry.health)
 
-    async def list(self) -> list[VmRecord]:
-        return sorted((e.record for e in self._entries.values()), key=lambda r: r.created_at)
+    async def list_page(self, page_size: int, page_token: str) -> tuple[list[VmView], str]:
+        """One page of VMs in creation order and the token of the next page ('' after the last)."""
+        size = paging.page_size(page_size)
+        views = [VmView(e.record, e.health) for e in self._entries.values()]
+        return paging.page(views, lambda v: (v.record.created_at, v.record.id), size, page_token)
 
     def _entry(self, vm_id: str) -> _Entry:
-        if not _VM_ID_RE.match(vm_id):
-            raise errors.InvalidArgument(f"invalid VM id {vm_id!r}")
+        validate.vm_id(vm_id)
         entry = self._entries.get(vm_id)
         if entry is None:
             raise errors.NotFound(f"VM {vm_id} not found")
@@ -240,27 +267,26 @@ class VmManager:
     # -- create ---------------------------------------------------------------------------------------
 
     def _validate(self, params: CreateParams) -> None:
-        if not 1 <= params.vcpus <= MAX_VCPUS:
-            raise errors.InvalidArgument(f"vcpus must be between 1 and {MAX_VCPUS}, got {params.vcpus}")
-        if not MIN_MEMORY_MIB <= params.memory_mib <= MAX_MEMORY_MIB:
-            raise errors.InvalidArgument(
-                f"memory_mib must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB}, got {params.memory_mib}"
-            )
+        validate.vcpus(params.vcpus)
+        validate.memory_mib(params.memory_mib)
         if params.ip_address:
-            try:
-                ipaddress.IPv4Address(params.ip_address)
-            except ValueError:
-                raise errors.InvalidArgument(f"invalid IPv4 address {params.ip_address!r}") from None
+            validate.ip_address(params.ip_address)
             if self.network is None:
                 raise errors.InvalidArgument("this server runs without networking (--no-network)")
-        for key in params.labels:
-            if not key or len(key) > 63:
-                raise errors.InvalidArgument(f"invalid label key {key!r}")
-        available = validation.host_available_mib()
-        if available is not None and params.memory_mib > available:
-            raise errors.ResourceExhausted(
-                f"not enough host memory: {params.memory_mib} MiB asked, {available} MiB available"
-            )
+        validate.labels(params.labels)
+
+    def _admit(self, memory_mib: int) -> None:
+        """RESOURCE_EXHAUSTED unless the host has room for one more VM of ``memory_mib``.
+
+        The caller records the VM right after, with no ``await`` in between: the check and the
+        reservation are one step for the event loop, so concurrent creates cannot overbook.
+        """
+        total = validation.host_total_mib()
+        if total is None:
+            return  # no /proc/meminfo: nothing to check against
+        committed = [e.record.memory_mib for e in self._entries.values() if e.holds_memory]
+        host = admission.HostMemory(total, validation.host_available_mib())
+        admission.check(memory_mib, committed, host, overcommit=self.config.memory_overcommit)
 
     def _backend(self, kind: BackendKind | None) -> VmmBackend:
         data = self.config.data_dir
@@ -285,9 +311,11 @@ class VmManager:
             self._backends[resolved] = backend
         return backend
 
-    async def create(self, params: CreateParams) -> VmRecord:
+    async def create(self, params: CreateParams) -> VmView:
         self._validate(params)
         backend = self._backend(params.backend)
+        # From here to the insertion into ``_entries``: no await (see _admit).
+        self._admit(params.memory_mib)
         vm_id = new_vm_id()
         record = VmRecord(
             id=vm_id,
@@ -305,7 +333,8 @@ class VmManager:
         entry.create_task = asyncio.create_task(self._create(entry, backend, params), name=f"create {vm_id}")
         try:
             # Shielded, so that a cancelled RPC reaches the boot only through the path below.
-            return await asyncio.shield(entry.create_task)
+            record = await asyncio.shield(entry.create_task)
+            return VmView(record, entry.health)
         except asyncio.CancelledError:
             # The RPC was cancelled (client gone, or the server stopping): stop the boot and let its
             # own error path undo everything, so no half-made VM is left. Undoing it from here instead
@@ -339,6 +368,7 @@ class VmManager:
             await vm.start()
             assert vm.vmm is not None
             entry.agent = vm.agent
+            self._mark_health(entry, AgentHealth.HEALTHY, "answered at boot")
             pid = vm.vmm.pid
             entry.record = entry.record.with_(
                 state=VmState.RUNNING,
@@ -392,6 +422,7 @@ class VmManager:
     def _on_transition(self, entry: _Entry, event: Transition) -> None:
         if event.target is VmState.ERROR and entry.record.state is not VmState.STARTING:
             entry.record = entry.record.with_(state=VmState.ERROR, error=event.reason, ip_address="")
+            self._mark_health(entry, AgentHealth.UNKNOWN, "the VM is not running")
             self.store.update(entry.record)
             asyncio.get_running_loop().create_task(self._release_after_crash(entry))
 
@@ -401,13 +432,13 @@ class VmManager:
         if entry.deleting:
             return
         entry.record = entry.record.with_(state=VmState.ERROR, error=info.reason, pid=None, ip_address="")
+        self._mark_health(entry, AgentHealth.UNKNOWN, "the VM is not running")
         self.store.update(entry.record)
         await self._release_after_crash(entry)
 
     async def _release_after_crash(self, entry: _Entry) -> None:
         if entry.agent is not None:
-            with contextlib.suppress(Exception):
-                await entry.agent.close()
+            await _close_agent(entry.agent)
             entry.agent = None
         if entry.vm is not None:
             with contextlib.suppress(Exception):
@@ -452,6 +483,9 @@ class VmManager:
         vm_id = entry.record.id
         entry.deleting = True
         entry.record = entry.record.with_(state=VmState.STOPPING)
+        self._mark_health(entry, AgentHealth.UNKNOWN, "the VM is being deleted")
+        if entry.health_task is not None:
+            entry.health_task.cancel()
         with contextlib.suppress(Exception):
             self.store.update(entry.record)
         if entry.create_task is not None and not entry.create_task.done():
@@ -473,58 +507,149 @@ class VmManager:
                     await asyncio.wait_for(entry.agent.shutdown(), 2)
             await entry.adopted.stop(self.config.stop_grace)
         if entry.agent is not None:
-            with contextlib.suppress(Exception):
-                await entry.agent.close()
+            await _close_agent(entry.agent)
         await self._release_resources(entry.record, keep_address=False)
         self.store.delete(vm_id)
         self._entries.pop(vm_id, None)
 
+    # -- agent health -------------------------------------------------------------------------------
+
+    def _mark_health(self, entry: _Entry, health: AgentHealth, detail: str = "") -> None:
+        """Record what was just seen of the VM's agent (``since`` moves only when ``health`` changes).
+
+        Called on every agent call's outcome and by the periodic check. DEGRADED is for a connection
+        dropped because the guest misbehaved (``AgentClient.violation``); it sticks (see health.py).
+        """
+        before = entry.health.health
+        entry.health = entry.health.changed_to(health, detail)
+        if entry.health.health is not before:
+            log.info("VM %s agent: %s -> %s (%s)", entry.record.id, before.value,
+                     entry.health.health.value, entry.health.detail)  # fmt: skip
+
+    def _agent_lost(self, entry: _Entry, agent: AgentClient, exc: BaseException) -> None:
+        """A call on ``agent`` failed because its connection broke: UNRESPONSIVE, or DEGRADED when the
+        client dropped it for a protocol violation by the guest."""
+        # ``violation``: set by the agent client (issue 10's channel work) when it drops a guest that
+        # broke its bounds. getattr: the attribute arrives with that branch.
+        violation = getattr(agent, "violation", None)
+        if isinstance(violation, str) and violation:
+            self._mark_health(entry, AgentHealth.DEGRADED, violation)
+        else:
+            self._mark_health(entry, AgentHealth.UNRESPONSIVE, f"connection lost: {_one_line(exc)}")
+
+    async def _health_loop(self) -> None:
+        """Every ``health_interval`` seconds, one ping per Running VM; never two in flight for one VM."""
+        while True:
+            await asyncio.sleep(self.config.health_interval)
+            for entry in list(self._entries.values()):
+                if entry.record.state is not VmState.RUNNING or entry.deleting:
+                    continue
+                if entry.health_task is not None and not entry.health_task.done():
+                    continue  # the last check has not come back (it is bounded: it will)
+                entry.health_task = asyncio.create_task(
+                    self._check_health(entry), name=f"health {entry.record.id}"
+                )
+
+    async def _check_health(self, entry: _Entry) -> None:
+        try:
+            await self._connected(entry, limits.HEALTH_PING_TIMEOUT)
+            return
+        except errors.ServerError:
+            pass  # recorded in entry.health by _connected
+        except Exception:  # a bug must not kill the checks of this VM for good
+            log.exception("VM %s: health check failed", entry.record.id)
+            return
+        # Silent for longer than a call may wait: the connection is given up. Its streams fail at once
+        # (an exec without --timeout gets UNAVAILABLE instead of waiting forever on a dead agent, which
+        # kills the command's process group if it ever reads again), and the next call or check opens a
+        # fresh one: an agent restarted in the guest is found again through the resync handshake.
+        health, agent = entry.health, entry.agent
+        silent_for = time.time() - health.since
+        silent = health.health is AgentHealth.UNRESPONSIVE and silent_for >= self.config.agent_timeout
+        if silent and agent is not None and agent.connected:
+            log.warning("VM %s: agent silent for %.0fs, dropping its connection", entry.record.id, silent_for)
+            await _close_agent(agent)
+            if entry.agent is agent:
+                entry.agent = None
+
     # -- guest operations -----------------------------------------------------------------------------
 
-    async def _agent(self, vm_id: str) -> AgentClient:
-        """The VM's agent connection, (re)opened when needed and checked alive: a frozen or wedged
-        guest turns into UNAVAILABLE within ``agent_timeout`` instead of a call that hangs."""
+    def _running(self, vm_id: str) -> _Entry:
         entry = self._entry(vm_id)
         if entry.record.state is not VmState.RUNNING or entry.deleting:
             state = VmState.STOPPING if entry.deleting else entry.record.state
             raise errors.FailedPrecondition(f"VM {vm_id} is {state}, not Running")
-        timeout = self.config.agent_timeout
-        async with entry.agent_lock:
-            agent = entry.agent
-            if agent is not None and agent.connected:
+        return entry
+
+    def _budget(self, deadline: float | None) -> float:
+        """Seconds the next agent step may take: ``agent_timeout``, or less when a deadline is near."""
+        if deadline is None:
+            return self.config.agent_timeout
+        return max(0.0, min(self.config.agent_timeout, deadline - asyncio.get_running_loop().time()))
+
+    def _too_late(
+        self, entry: _Entry, doing: str, budget: float, deadline: float | None
+    ) -> errors.ServerError:
+        """The error for an agent step that ran out of time: the exec's deadline, or the agent's."""
+        vm_id = entry.record.id
+        self._mark_health(entry, AgentHealth.UNRESPONSIVE, f"did not {doing} within {budget:.3g}s")
+        if deadline is not None and asyncio.get_running_loop().time() >= deadline - 0.01:
+            return errors.DeadlineExceeded(
+                f"timed out: the agent of VM {vm_id} did not {doing} before the command's deadline"
+            )
+        return errors.Unavailable(f"agent of VM {vm_id} did not {doing} within {budget:.3g}s")
+
+    async def _connected(self, entry: _Entry, budget: float, deadline: float | None = None) -> AgentClient:
+        """The VM's agent connection, (re)opened when needed and checked alive with a ping, all within
+        ``budget`` seconds: a frozen or wedged guest turns into UNAVAILABLE instead of a call that hangs."""
+        vm_id = entry.record.id
+        try:
+            # The lock wait counts too: calls queued behind a ping to a wedged guest must not add up.
+            async with asyncio.timeout(budget), entry.agent_lock:
+                agent = entry.agent
+                if agent is not None and not agent.connected:
+                    # Closed since the last call: by the agent, or by the client for a violation.
+                    self._agent_lost(entry, agent, AgentDisconnected("the connection was closed"))
+                if agent is not None and agent.connected:
+                    try:
+                        await agent.ping()
+                    except GuestError as exc:
+                        self._agent_lost(entry, agent, exc)  # the connection died under us: reopen below
+                    else:
+                        self._mark_health(entry, AgentHealth.HEALTHY, "answered a ping")
+                        return agent
+                endpoint = endpoint_from_text(entry.record.agent_endpoint)
+                if endpoint is None:
+                    raise errors.Unavailable(f"VM {vm_id} has no agent channel")
+                # A serial channel serves one connection at a time: the dead one must be gone first.
+                if agent is not None:
+                    await _close_agent(agent)
+                    entry.agent = None
                 try:
-                    await asyncio.wait_for(agent.ping(), timeout)
-                except TimeoutError:
-                    raise errors.Unavailable(
-                        f"agent of VM {vm_id} did not answer within {timeout:g}s"
-                    ) from None
-                except GuestError:
-                    pass  # the connection died under us: open a new one below
-                else:
-                    return agent
-            endpoint = endpoint_from_text(entry.record.agent_endpoint)
-            if endpoint is None:
-                raise errors.Unavailable(f"VM {vm_id} has no agent channel")
-            # A serial channel serves one connection at a time: the dead one must be gone first.
-            if agent is not None:
-                with contextlib.suppress(Exception):
-                    await agent.close()
-                entry.agent = None
-            try:
-                entry.agent = await wait_ready(endpoint, timeout)
-            except AgentUnreachable as exc:
-                raise errors.Unavailable(f"agent of VM {vm_id} not reachable: {_one_line(exc)}") from exc
-            return entry.agent
+                    entry.agent = await wait_ready(endpoint, max(budget, 0.1))
+                except (AgentUnreachable, ProtocolError) as exc:
+                    self._mark_health(entry, AgentHealth.UNRESPONSIVE, f"cannot connect: {_one_line(exc)}")
+                    raise errors.Unavailable(f"agent of VM {vm_id} not reachable: {_one_line(exc)}") from exc
+                self._mark_health(entry, AgentHealth.HEALTHY, "answered a new connection")
+                return entry.agent
+        except TimeoutError:
+            raise self._too_late(entry, "answer", budget, deadline) from None
+
+    async def _agent(self, vm_id: str, deadline: float | None = None) -> tuple[_Entry, AgentClient]:
+        entry = self._running(vm_id)
+        return entry, await self._connected(entry, self._budget(deadline), deadline)
 
     async def exec(self, vm_id: str, params: ExecParams) -> ExecSession:
-        if not params.argv:
-            raise errors.InvalidArgument("exec needs a command (argv is empty)")
-        if params.timeout is not None and params.timeout < 0:
-            raise errors.InvalidArgument("timeout must be >= 0")
-        agent = await self._agent(vm_id)
+        validate.exec_request(params.argv, params.env, params.cwd, params.timeout)
+        # With a timeout the host enforces it itself, whatever the guest does: the whole call (agent
+        # check, start, output) ends by timeout + grace. The agent's own timer normally ends it first.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + params.timeout + limits.EXEC_TIMEOUT_GRACE if params.timeout else None
+        entry, agent = await self._agent(vm_id, deadline)
         pty = PtySize(params.rows or 24, params.cols or 80) if params.tty else None
+        budget = self._budget(deadline)
         try:
-            async with asyncio.timeout(self.config.agent_timeout):
+            async with asyncio.timeout(budget):
                 process = await agent.exec(
                     params.argv,
                     env=params.env or None,
@@ -534,40 +659,57 @@ class VmManager:
                     stdin=params.stdin,
                 )
         except TimeoutError:
-            raise errors.Unavailable(
-                f"agent of VM {vm_id} did not start the command within {self.config.agent_timeout:g}s"
-            ) from None
+            raise self._too_late(entry, "start the command", budget, deadline) from None
         except RemoteError as exc:
-            raise errors.FailedPrecondition(f"cannot run {params.argv[0]!r}: {exc}") from exc
+            raise errors.FailedPrecondition(f"cannot run {errors.quote(params.argv[0])}: {exc}") from exc
         except GuestError as exc:
-            raise errors.Unavailable(f"agent of VM {vm_id}: {exc}") from exc
-        return ExecSession(process)
+            self._agent_lost(entry, agent, exc)
+            raise errors.Unavailable(f"agent of VM {vm_id}: {_one_line(exc)}") from exc
+        return ExecSession(
+            process,
+            deadline=deadline,
+            timeout=params.timeout,
+            on_lost=lambda e: self._agent_lost(entry, agent, e),
+        )
 
     async def upload(self, vm_id: str, path: str, mode: int, chunks: AsyncIterator[bytes]) -> int:
-        _check_guest_path(path)
-        agent = await self._agent(vm_id)
+        validate.guest_path(path)
+        entry, agent = await self._agent(vm_id)
         try:
-            return await agent.put_file(chunks, path, mode=mode)
+            return await upload_watched(
+                lambda source: agent.put_file(source, path, mode=mode), chunks, self.config.agent_timeout
+            )
+        except TimeoutError:
+            doing = f"take the data for {errors.quote(path)}"
+            raise self._too_late(entry, doing, self.config.agent_timeout, None) from None
         except RemoteError as exc:
-            raise errors.FailedPrecondition(f"cannot write {path}: {exc}") from exc
+            raise errors.FailedPrecondition(f"cannot write {errors.quote(path)}: {exc}") from exc
         except GuestError as exc:
-            raise errors.Unavailable(f"agent of VM {vm_id}: {exc}") from exc
+            self._agent_lost(entry, agent, exc)
+            raise errors.Unavailable(f"agent of VM {vm_id}: {_one_line(exc)}") from exc
 
     async def download(self, vm_id: str, path: str) -> DownloadHandle:
-        _check_guest_path(path)
-        agent = await self._agent(vm_id)
+        validate.guest_path(path)
+        entry, agent = await self._agent(vm_id)
+        budget = self._budget(None)
         try:
-            async with asyncio.timeout(self.config.agent_timeout):
+            async with asyncio.timeout(budget):
                 download = await agent.open_file(path)
         except TimeoutError:
-            raise errors.Unavailable(
-                f"agent of VM {vm_id} did not open {path} within {self.config.agent_timeout:g}s"
-            ) from None
+            raise self._too_late(entry, f"open {errors.quote(path)}", budget, None) from None
         except RemoteError as exc:
-            raise errors.NotFound(f"cannot read {path}: {exc}") from exc
+            raise errors.NotFound(f"cannot read {errors.quote(path)}: {exc}") from exc
         except GuestError as exc:
-            raise errors.Unavailable(f"agent of VM {vm_id}: {exc}") from exc
-        return DownloadHandle(download.info.size, download.info.mode, download)
+            self._agent_lost(entry, agent, exc)
+            raise errors.Unavailable(f"agent of VM {vm_id}: {_one_line(exc)}") from exc
+        return DownloadHandle(download.info.size, download.info.mode, download, stall_timeout=budget)
+
+
+async def _close_agent(agent: AgentClient) -> None:
+    """Close an agent connection, bounded: closing waits for unsent data, which a wedged guest never
+    reads; past the bound the socket is left to the VMM's end (or the next reconnect)."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(agent.close(), limits.HEALTH_PING_TIMEOUT)
 
 
 async def _to_completion(work: Awaitable[T]) -> T:
@@ -585,13 +727,6 @@ async def _to_completion(work: Awaitable[T]) -> T:
     if cancelled:
         raise asyncio.CancelledError
     return task.result()
-
-
-def _check_guest_path(path: str) -> None:
-    if not path.startswith("/"):
-        raise errors.InvalidArgument(f"guest path must be absolute, got {path!r}")
-    if "\0" in path:
-        raise errors.InvalidArgument("guest path contains a NUL byte")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -6,7 +6,6 @@ Nothing here decides anything; the manager does. Keep it that way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
@@ -14,10 +13,11 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from clawpot import limits
 from clawpot.server import errors
-from clawpot.server.manager import CreateParams, VmManager
+from clawpot.server.health import AgentHealth
+from clawpot.server.manager import CreateParams, VmManager, VmView
 from clawpot.server.sessions import ExecParams, ExecSession
-from clawpot.server.store import VmRecord
 from clawpot.v1 import vm_pb2, vm_pb2_grpc
 from clawpot.vm.state import VmState
 from clawpot.vmm.spec import BackendKind
@@ -44,25 +44,35 @@ _STATE_TO_PB = {
 }
 _BACKEND_TO_PB = {BackendKind.FIRECRACKER: vm_pb2.BACKEND_FIRECRACKER, BackendKind.QEMU: vm_pb2.BACKEND_QEMU}
 _BACKEND_FROM_PB = {v: k for k, v in _BACKEND_TO_PB.items()}
+_HEALTH_TO_PB = {
+    AgentHealth.UNKNOWN: vm_pb2.AGENT_HEALTH_UNKNOWN,
+    AgentHealth.HEALTHY: vm_pb2.AGENT_HEALTH_HEALTHY,
+    AgentHealth.UNRESPONSIVE: vm_pb2.AGENT_HEALTH_UNRESPONSIVE,
+    AgentHealth.DEGRADED: vm_pb2.AGENT_HEALTH_DEGRADED,
+}
 
 T = TypeVar("T")
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
-    if isinstance(exc, errors.ServerError):
-        code = next((c for kind, c in _STATUS.items() if isinstance(exc, kind)), grpc.StatusCode.INTERNAL)
-        await context.abort(code, _one_line(str(exc)))
-    log.exception("internal error")
-    await context.abort(grpc.StatusCode.INTERNAL, _one_line(f"{type(exc).__name__}: {exc}"))
+    """End the call with the status ``exc`` stands for (``errors.translate``); INTERNAL for a bug."""
+    mapped = errors.translate(exc)
+    if mapped is not None:
+        code = next((c for kind, c in _STATUS.items() if isinstance(mapped, kind)), grpc.StatusCode.INTERNAL)
+        await context.abort(code, errors.one_line(str(mapped)))
+    log.error("internal error", exc_info=exc)
+    message = errors.one_line(f"internal error: {type(exc).__name__}: {exc}")
+    await context.abort(grpc.StatusCode.INTERNAL, message)
 
 
-def _one_line(message: str) -> str:
-    return message.strip().splitlines()[0] if message.strip() else "error"
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
 
 
-def vm_to_pb(rec: VmRecord) -> vm_pb2.Vm:
-    created = Timestamp()
-    created.FromNanoseconds(int(rec.created_at * 1e9))
+def vm_to_pb(view: VmView) -> vm_pb2.Vm:
+    rec, health = view.record, view.health
     return vm_pb2.Vm(
         id=rec.id,
         state=_STATE_TO_PB[rec.state],
@@ -71,9 +81,13 @@ def vm_to_pb(rec: VmRecord) -> vm_pb2.Vm:
         memory_mib=rec.memory_mib,
         ip_address=rec.ip_address,
         labels=rec.labels,
-        created_at=created,
-        error=rec.error,
+        created_at=_timestamp(rec.created_at),
+        # The VMM's or serial console's last words: bounded so every Vm fits a ListVms page.
+        error=errors.one_line(rec.error, limits.MAX_VM_ERROR_CHARS) if rec.error else "",
         allow_peer_traffic=rec.allow_peers,
+        health=_HEALTH_TO_PB[health.health],
+        health_since=_timestamp(health.since),
+        health_detail=health.detail[: limits.MAX_HEALTH_DETAIL_CHARS],
     )
 
 
@@ -95,15 +109,15 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
         self, request: vm_pb2.CreateVmRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> vm_pb2.Vm:
         params = CreateParams(
-            vcpus=request.vcpus or 1,
-            memory_mib=request.memory_mib or 256,
+            vcpus=request.vcpus or limits.DEFAULT_VCPUS,
+            memory_mib=request.memory_mib or limits.DEFAULT_MEMORY_MIB,
             backend=_BACKEND_FROM_PB.get(request.backend),
             labels=dict(request.labels),
             ip_address=request.ip_address or None,
             allow_peers=request.allow_peer_traffic,
         )
-        rec = await self._call(context, lambda: self._manager.create(params))
-        return vm_to_pb(rec)
+        view = await self._call(context, lambda: self._manager.create(params))
+        return vm_to_pb(view)
 
     async def GetVm(
         self, request: vm_pb2.GetVmRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -113,8 +127,10 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
     async def ListVms(
         self, request: vm_pb2.ListVmsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> vm_pb2.ListVmsResponse:
-        records = await self._call(context, self._manager.list)
-        return vm_pb2.ListVmsResponse(vms=[vm_to_pb(r) for r in records])
+        views, next_token = await self._call(
+            context, lambda: self._manager.list_page(request.page_size, request.page_token)
+        )
+        return vm_pb2.ListVmsResponse(vms=[vm_to_pb(v) for v in views], next_page_token=next_token)
 
     async def DeleteVm(
         self, request: vm_pb2.DeleteVmRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -149,17 +165,24 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
                     yield vm_pb2.ExecResponse(stdout=event.stdout)
                 elif event.stderr is not None:
                     yield vm_pb2.ExecResponse(stderr=event.stderr)
-            status = await self._call(context, session.result)
+            status = await session.result()
             yield vm_pb2.ExecResponse(
                 exit=vm_pb2.ExitStatus(
                     exit_code=-1 if status.exit_code is None else status.exit_code,
                     signal=status.signal or 0,
                 )
             )
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            # After the first yield too: an error here must still become its status (a ServerError
+            # escaping the generator would reach the client as UNKNOWN "Unexpected <class ...>").
+            await _abort(context, exc)
         finally:
             feeder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await feeder
+            # The feeder's own failure (stdin for a process that already ended, a lost agent) is
+            # reported through the output stream above, not here.
+            await asyncio.gather(feeder, return_exceptions=True)
             await session.close()
 
     @staticmethod
@@ -202,9 +225,12 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
         self, request: vm_pb2.DownloadFileRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[vm_pb2.DownloadFileResponse]:
         download = await self._call(context, lambda: self._manager.download(request.vm_id, request.path))
+        max_size = request.max_size or limits.DOWNLOAD_MAX_BYTES
         yield vm_pb2.DownloadFileResponse(info=vm_pb2.FileInfo(size=download.size, mode=download.mode))
         try:
-            async for chunk in download.chunks():
+            async for chunk in download.chunks(max_size):
                 yield vm_pb2.DownloadFileResponse(chunk=chunk)
-        except errors.ServerError as exc:
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
             await _abort(context, exc)

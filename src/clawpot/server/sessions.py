@@ -1,12 +1,15 @@
 """What the servicer holds while a guest operation runs: a command's session, a download's stream.
 
-They wrap the agent client's objects and turn its errors into ``ServerError``s.
+They wrap the agent client's objects and turn its errors into ``ServerError``s. Time is the host's:
+an exec with a timeout ends by its deadline whatever the guest does, and a transfer whose agent side
+stops moving for ``stall_timeout`` fails instead of hanging.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from clawpot.guest import Download, ExecProcess, ExitStatus, GuestError, Output
@@ -32,15 +35,41 @@ class OutputChunk:
 
 
 class ExecSession:
-    """One running command, as the servicer sees it: output events, then ``result()``."""
+    """One running command, as the servicer sees it: output events, then ``result()``.
 
-    def __init__(self, process: ExecProcess) -> None:
+    ``deadline`` (event-loop time): past it the host gives up on the command whatever the guest does,
+    asks the agent to kill its process group (CANCEL, without waiting for an answer) and raises
+    DeadlineExceeded. ``on_lost`` hears about a connection lost mid-stream (the manager's health).
+    """
+
+    def __init__(
+        self,
+        process: ExecProcess,
+        *,
+        deadline: float | None = None,
+        timeout: float | None = None,
+        on_lost: Callable[[BaseException], None] | None = None,
+    ) -> None:
         self._process = process
         self._status: ExitStatus | None = None
+        self._deadline = deadline
+        self._timeout = timeout
+        self._on_lost = on_lost
 
     async def events(self) -> AsyncIterator[OutputChunk]:
         try:
-            async for event in self._process:
+            while True:
+                try:
+                    async with asyncio.timeout_at(self._deadline):
+                        event = await anext(self._process, None)
+                except TimeoutError:
+                    self._give_up()
+                    raise errors.DeadlineExceeded(
+                        f"command timed out after {self._timeout or 0:g}s and the guest did not end it: "
+                        "the host stopped waiting and asked the agent to kill its process group"
+                    ) from None
+                if event is None:
+                    return
                 if isinstance(event, Output):
                     if event.stream == "stdout":
                         yield OutputChunk(stdout=event.data)
@@ -49,7 +78,15 @@ class ExecSession:
                 else:
                     self._status = event.status
         except GuestError as exc:
-            raise errors.Unavailable(f"lost the guest agent during exec: {exc}") from exc
+            if self._on_lost is not None:
+                self._on_lost(exc)
+            raise errors.Unavailable(f"lost the guest agent during exec: {_first_line(exc)}") from exc
+
+    def _give_up(self) -> None:
+        # Best effort and non-blocking: CANCEL is queued on the connection; a wedged guest may never
+        # read it, and nothing here waits for it to.
+        with contextlib.suppress(GuestError):
+            self._process.cancel()
 
     async def result(self) -> ExitStatus:
         if self._status is None:
@@ -80,15 +117,79 @@ class ExecSession:
 
 @dataclass(frozen=True)
 class DownloadHandle:
+    """A guest file being read. ``size`` and ``mode`` are what the guest says: untrusted."""
+
     size: int
     mode: int
     _download: Download
+    # Longest wait for the agent's next chunk (time the client takes to read does not count).
+    stall_timeout: float | None = None
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self, max_size: int) -> AsyncIterator[bytes]:
+        """The file's bytes. FAILED_PRECONDITION rather than byte ``max_size + 1``: at once when the guest
+        says the file is bigger (its word only saves the wait), else when that many really arrived."""
         download = self._download
+        received = 0
         try:
             async with download:
-                async for chunk in download:
+                if self.size > max_size:
+                    raise errors.FailedPrecondition(
+                        _too_big(max_size, f"the guest reports {self.size} bytes")
+                    )
+                while True:
+                    try:
+                        async with asyncio.timeout(self.stall_timeout):
+                            chunk = await anext(download, None)
+                    except TimeoutError:
+                        raise errors.Unavailable(
+                            f"the guest agent sent nothing for {self.stall_timeout:g}s during the download"
+                        ) from None
+                    if chunk is None:
+                        return
+                    received += len(chunk)
+                    if received > max_size:
+                        raise errors.FailedPrecondition(_too_big(max_size, "the guest sent more"))
                     yield chunk
         except GuestError as exc:
-            raise errors.Unavailable(f"lost the guest agent during download: {exc}") from exc
+            raise errors.Unavailable(f"lost the guest agent during download: {_first_line(exc)}") from exc
+
+
+async def upload_watched(
+    put: Callable[[AsyncIterator[bytes]], Awaitable[int]], chunks: AsyncIterator[bytes], stall: float
+) -> int:
+    """Run ``put(relayed chunks)``; TimeoutError if the agent side makes no progress for ``stall``
+    seconds. Only time spent waiting on the agent counts, never time spent waiting for the client."""
+    loop = asyncio.get_running_loop()
+    agent_since: float | None = loop.time()  # None while we wait for the client's next chunk
+
+    async def relay() -> AsyncIterator[bytes]:
+        nonlocal agent_since
+        while True:
+            agent_since = None
+            chunk = await anext(chunks, None)
+            agent_since = loop.time()
+            if chunk is None:
+                return  # then the agent commits the file: still the agent's time
+            yield chunk
+
+    task = asyncio.ensure_future(put(relay()))
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=stall / 4)
+            if done:
+                return task.result()
+            if agent_since is not None and loop.time() - agent_since > stall:
+                raise TimeoutError
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _too_big(max_size: int, detail: str) -> str:
+    return f"file larger than max_size ({max_size} bytes): {detail}; raise max_size (clawpot cp --max-size)"

@@ -2,12 +2,14 @@
 
 One row per VM the server knows about. Rows are written before side effects (state Starting) and
 deleted after teardown, so a crash at any point leaves a row that reconcile-at-start can act on.
-The network package keeps its address allocations in the same database file.
+The network package keeps its address allocations in the same database file. The schema is versioned
+(``PRAGMA user_version``) and brought up to date when the store opens: see ``migrations``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -16,27 +18,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from clawpot.server.migrations import MigrationError, migrate
 from clawpot.vm.state import VmState
 from clawpot.vmm.spec import BackendKind
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS vms (
-    id          TEXT PRIMARY KEY,
-    state       TEXT NOT NULL,
-    backend     TEXT NOT NULL,
-    vcpus       INTEGER NOT NULL,
-    memory_mib  INTEGER NOT NULL,
-    ip_address  TEXT NOT NULL DEFAULT '',
-    labels      TEXT NOT NULL DEFAULT '{}',
-    created_at  REAL NOT NULL,
-    error       TEXT NOT NULL DEFAULT '',
-    vm_dir      TEXT NOT NULL,
-    pid         INTEGER,
-    allow_peers INTEGER NOT NULL DEFAULT 0,
-    vmm_start_ticks INTEGER,
-    agent_endpoint  TEXT NOT NULL DEFAULT ''
-);
-"""
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,6 +55,11 @@ class DuplicateVm(StoreError):
     pass
 
 
+class SchemaError(StoreError):
+    """``state.db`` cannot be opened: newer than this server, corrupt, not a Clawpot database, or not
+    usable right now (locked, read-only). The file is left as it was; the message is one line."""
+
+
 class Store:
     """Thread-safe wrapper over one SQLite connection (the server is one process)."""
 
@@ -77,10 +68,29 @@ class Store:
         self.path = path
         # isolation_level=None: we issue BEGIN ourselves so each write is one explicit transaction.
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(SCHEMA)
+        try:
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA busy_timeout=5000")
+            # Migrate before switching to WAL: a file that is refused is left exactly as it was.
+            self.migrated_from, self.schema_version = migrate(self._db, path)
+            self._db.execute("PRAGMA journal_mode=WAL")
+        except MigrationError as exc:
+            self._db.close()
+            raise SchemaError(str(exc)) from None
+        except sqlite3.OperationalError as exc:  # locked, read-only, disk full, ...: the file may be fine
+            self._db.close()
+            raise SchemaError(f"cannot use {path}: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            # "file is not a database", "database disk image is malformed": one line, with the way out.
+            self._db.close()
+            raise SchemaError(
+                f"{path} is not a readable Clawpot state database ({exc}); move it away to start empty "
+                "(VMs it lists would then not be adopted)"
+            ) from None
+        if self.migrated_from != self.schema_version:
+            log.info(
+                "%s: schema migrated from version %d to %d", path, self.migrated_from, self.schema_version
+            )
         self._lock = threading.Lock()
 
     @property

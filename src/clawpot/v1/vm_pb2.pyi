@@ -43,6 +43,34 @@ VM_STATE_STOPPED: VmState.ValueType  # 4
 VM_STATE_ERROR: VmState.ValueType  # 5
 Global___VmState: _TypeAlias = VmState  # noqa: Y015
 
+class _AgentHealth:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AgentHealthEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentHealth.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AGENT_HEALTH_UNKNOWN: _AgentHealth.ValueType  # 0
+    """not checked yet, or the VM is not Running"""
+    AGENT_HEALTH_HEALTHY: _AgentHealth.ValueType  # 1
+    """the last call or ping was answered in time"""
+    AGENT_HEALTH_UNRESPONSIVE: _AgentHealth.ValueType  # 2
+    """the last call or ping was not answered in time, or the link broke"""
+    AGENT_HEALTH_DEGRADED: _AgentHealth.ValueType  # 3
+    """the connection was dropped because the guest broke the protocol"""
+
+class AgentHealth(_AgentHealth, metaclass=_AgentHealthEnumTypeWrapper):
+    """What the server sees of a Running VM's guest agent (calls it makes and a ping every few seconds)."""
+
+AGENT_HEALTH_UNKNOWN: AgentHealth.ValueType  # 0
+"""not checked yet, or the VM is not Running"""
+AGENT_HEALTH_HEALTHY: AgentHealth.ValueType  # 1
+"""the last call or ping was answered in time"""
+AGENT_HEALTH_UNRESPONSIVE: AgentHealth.ValueType  # 2
+"""the last call or ping was not answered in time, or the link broke"""
+AGENT_HEALTH_DEGRADED: AgentHealth.ValueType  # 3
+"""the connection was dropped because the guest broke the protocol"""
+Global___AgentHealth: _TypeAlias = AgentHealth  # noqa: Y015
+
 class _Backend:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -96,6 +124,9 @@ class Vm(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     ALLOW_PEER_TRAFFIC_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
+    HEALTH_SINCE_FIELD_NUMBER: _builtins.int
+    HEALTH_DETAIL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___VmState.ValueType
     backend: Global___Backend.ValueType
@@ -105,10 +136,17 @@ class Vm(_message.Message):
     error: _builtins.str
     """Why the VM is in ERROR (exit code, the VMM's last error line, or the serial log's tail)."""
     allow_peer_traffic: _builtins.bool
+    health: Global___AgentHealth.ValueType
+    health_detail: _builtins.str
+    """one short line: what was seen"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def health_since(self) -> _timestamp_pb2.Timestamp:
+        """when `health` last changed"""
+
     def __init__(
         self,
         *,
@@ -122,10 +160,13 @@ class Vm(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         error: _builtins.str = ...,
         allow_peer_traffic: _builtins.bool = ...,
+        health: Global___AgentHealth.ValueType = ...,
+        health_since: _timestamp_pb2.Timestamp | None = ...,
+        health_detail: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "health_since", b"health_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "created_at", b"created_at", "error", b"error", "id", b"id", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "state", b"state", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "created_at", b"created_at", "error", b"error", "health", b"health", "health_detail", b"health_detail", "health_since", b"health_since", "id", b"id", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "state", b"state", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -171,7 +212,9 @@ class CreateVmRequest(_message.Message):
     allow_peer_traffic: _builtins.bool
     """let other VMs with this flag reach this one"""
     @_builtins.property
-    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """At most 32 labels; keys 1-63 chars [A-Za-z0-9._/-]; values up to 256 printable chars; 4 KiB in all."""
+
     def __init__(
         self,
         *,
@@ -211,14 +254,25 @@ Global___GetVmRequest: _TypeAlias = GetVmRequest  # noqa: Y015
 
 @_typing.final
 class ListVmsRequest(_message.Message):
+    """Paged in creation order (AIP-158): pass next_page_token back as page_token until it comes back empty."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """0: the server's default (100); larger than 200 is lowered to 200"""
+    page_token: _builtins.str
+    """'' for the first page"""
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -229,16 +283,20 @@ class ListVmsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     VMS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """'' when this was the last page"""
     @_builtins.property
     def vms(self) -> _containers.RepeatedCompositeFieldContainer[Global___Vm]: ...
     def __init__(
         self,
         *,
         vms: _abc.Iterable[Global___Vm] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["vms", b"vms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "vms", b"vms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -530,17 +588,24 @@ class DownloadFileRequest(_message.Message):
 
     VM_ID_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
+    MAX_SIZE_FIELD_NUMBER: _builtins.int
     vm_id: _builtins.str
     path: _builtins.str
+    max_size: _builtins.int
+    """Stop past this many bytes: the call fails with FAILED_PRECONDITION and at most max_size bytes
+    were sent. Counted on what the guest actually sends, not on the size it reports.
+    0: the server's default (1 GiB).
+    """
     def __init__(
         self,
         *,
         vm_id: _builtins.str = ...,
         path: _builtins.str = ...,
+        max_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "vm_id", b"vm_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_size", b"max_size", "path", b"path", "vm_id", b"vm_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

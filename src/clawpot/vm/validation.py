@@ -9,16 +9,17 @@ import os
 import stat
 from pathlib import Path
 
+from clawpot import limits
 from clawpot.vm.config import VmConfig
 from clawpot.vm.directory import SOCKET_NAME_RESERVE
 from clawpot.vm.errors import SocketPathTooLong, VmValidationError
 from clawpot.vm.sockets import check_socket_path
 from clawpot.vmm.base import Capabilities
 
-MIN_VCPUS = 1
-MAX_VCPUS = 32  # Firecracker's MAX_SUPPORTED_VCPUS; QEMU microvm goes higher, but one limit keeps it simple
-# Firecracker itself accepts any non-zero size; below this the guest kernel cannot even unpack itself.
-MIN_MEMORY_MIB = 32
+# The bounds live in ``limits`` (one source for the server, the CLI and the driver).
+MIN_VCPUS = limits.MIN_VCPUS
+MAX_VCPUS = limits.MAX_VCPUS
+MIN_MEMORY_MIB = limits.MIN_MEMORY_MIB
 _ELF_MAGIC = b"\x7fELF"
 _ELFCLASS64 = 2
 
@@ -62,10 +63,19 @@ def validate(
 
 def host_available_mib() -> int | None:
     """MemAvailable from /proc/meminfo, in MiB."""
+    return _meminfo_mib("MemAvailable")
+
+
+def host_total_mib() -> int | None:
+    """MemTotal from /proc/meminfo, in MiB."""
+    return _meminfo_mib("MemTotal")
+
+
+def _meminfo_mib(key: str) -> int | None:
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(f"{key}:"):
                     return int(line.split()[1]) // 1024
     except (OSError, ValueError, IndexError):
         pass

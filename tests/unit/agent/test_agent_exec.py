@@ -83,14 +83,52 @@ async def test_shell_only_when_asked(client: AgentClient) -> None:
     assert (await client.run(["echo", "$((40 + 2))"])).stdout == b"$((40 + 2))\n"
 
 
-async def test_spawn_failures_are_errors(client: AgentClient, tmp_path: Path) -> None:
-    with pytest.raises(RemoteError) as missing:
-        await client.run(["/nonexistent/program"])
-    assert missing.value.code == "spawn_failed"
-    assert "No such file or directory" in missing.value.message
+async def test_a_missing_program_exits_127_like_a_shell(client: AgentClient, tmp_path: Path) -> None:
+    missing = await client.run(["/nonexistent/program", "arg"])
+    assert (missing.exit_code, missing.status.signal, missing.status.timed_out) == (127, None, False)
+    assert missing.stdout == b""
+    assert missing.stderr == b"clawpot: /nonexistent/program: No such file or directory\n"
+    # A bare name is looked up in PATH, and the message says so as sh does.
+    not_found = await client.run(["no-such-command-xyz"])
+    assert not_found.exit_code == 127
+    assert not_found.stderr == b"clawpot: no-such-command-xyz: command not found\n"
+    # The same words a shell uses for the same case, and the same code.
+    shell = await client.run("no-such-command-xyz", shell=True)
+    assert shell.exit_code == 127 and b"no-such-command-xyz: not found" in shell.stderr
+    proc = await client.exec(["no-such-command-xyz"])
+    assert proc.pid is None  # nothing was started
+    async with proc:
+        assert (await proc.wait()).exit_code == 127
+    # The message respects the credit the host opened the stream with.
+    small = await client.exec(["no-such-command-xyz"], window=8)
+    events = [event async for event in small]
+    assert events[:-1] == [Output("stderr", b"clawpot:")]
+    assert isinstance(events[-1], Exited) and events[-1].status.exit_code == 127
+
+
+async def test_a_file_that_cannot_be_executed_exits_126(client: AgentClient, tmp_path: Path) -> None:
+    plain = tmp_path / "notes.txt"
+    plain.write_text("not a program\n")
+    result = await client.run([str(plain)])
+    assert result.exit_code == 126
+    assert result.stderr == f"clawpot: {plain}: Permission denied\n".encode()
+    directory = await client.run([str(tmp_path)])
+    assert directory.exit_code == 126 and directory.stderr.startswith(f"clawpot: {tmp_path}: ".encode())
+
+
+async def test_exec_failure_with_a_pty_goes_to_the_terminal(client: AgentClient) -> None:
+    result = await client.run(["no-such-command-xyz"], pty=PtySize(rows=24, cols=80))
+    assert result.exit_code == 127
+    assert result.stdout == b"clawpot: no-such-command-xyz: command not found\r\n"
+    assert result.stderr == b""
+
+
+async def test_a_bad_cwd_is_still_an_error(client: AgentClient, tmp_path: Path) -> None:
+    # Not the program's failure: the request named a directory that does not exist.
     with pytest.raises(RemoteError) as bad_cwd:
         await client.run(["true"], cwd=str(tmp_path / "missing"))
     assert bad_cwd.value.code == "spawn_failed"
+    assert str(tmp_path / "missing") in bad_cwd.value.message
     assert (await client.run(["true"])).ok  # the connection carries on
 
 

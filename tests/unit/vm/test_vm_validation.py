@@ -42,7 +42,7 @@ def test_vcpus_between_1_and_32(files: tuple[Path, Path], tmp_path: Path, vcpus:
 
 
 def test_memory_too_small(files: tuple[Path, Path], tmp_path: Path) -> None:
-    assert check(VmConfig(*files, memory_mib=0), tmp_path) == ["memory must be at least 32 MiB, got 0 MiB"]
+    assert check(VmConfig(*files, memory_mib=0), tmp_path) == ["memory must be at least 64 MiB, got 0 MiB"]
 
 
 def test_memory_beyond_the_host(files: tuple[Path, Path], tmp_path: Path) -> None:

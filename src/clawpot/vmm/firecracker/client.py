@@ -58,6 +58,9 @@ class FirecrackerClient:
     async def machine_config(self) -> models.MachineConfigurationInfo:
         return await self._get("/machine-config", models.MachineConfigurationInfo)
 
+    async def vm_config(self) -> models.VmConfigInfo:
+        return await self._get("/vm/config", models.VmConfigInfo)
+
     # -- configuration (before InstanceStart) --------------------------------------------------------
 
     async def put_machine_config(self, config: models.MachineConfiguration) -> None:

@@ -3,6 +3,8 @@
 FirecrackerError (a VmmError)
 ├── FirecrackerApiError          Firecracker answered non-2xx; ``fault_message`` is its text, verbatim
 │                                (also a VmmConfigError: the VMM rejected what we asked)
+├── FirecrackerConfigRejected    Firecracker exited refusing its --config-file; its logged reason
+│                                (also a VmmConfigError)
 └── FirecrackerApiUnavailable    nobody answered on the API socket (missing, refused, timed out)
 """
 
@@ -22,6 +24,10 @@ class FirecrackerApiError(FirecrackerError, VmmConfigError):
         self.path = path
         self.status = status
         self.fault_message = fault_message
+
+
+class FirecrackerConfigRejected(FirecrackerError, VmmConfigError):
+    pass
 
 
 class FirecrackerApiUnavailable(FirecrackerError):

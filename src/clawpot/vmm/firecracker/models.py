@@ -154,8 +154,42 @@ class ApiError(_Response):
     fault_message: str
 
 
+class DriveInfo(_Response):
+    drive_id: str
+    path_on_host: Path
+    is_root_device: bool
+    is_read_only: bool | None = None
+
+
+class BootSourceInfo(_Response):
+    kernel_image_path: Path
+    boot_args: str | None = None
+    initrd_path: Path | None = None
+
+
+class NetworkInterfaceInfo(_Response):
+    iface_id: str
+    host_dev_name: str
+    guest_mac: str | None = None
+
+
+class VsockInfo(_Response):
+    guest_cid: int
+    uds_path: Path
+
+
+class VmConfigInfo(_Response):
+    """GET /vm/config: the configuration Firecracker holds, however it was given (API or config file)."""
+
+    boot_source: BootSourceInfo | None = Field(default=None, alias="boot-source")
+    drives: tuple[DriveInfo, ...] = ()
+    machine_config: MachineConfigurationInfo | None = Field(default=None, alias="machine-config")
+    network_interfaces: tuple[NetworkInterfaceInfo, ...] = Field(default=(), alias="network-interfaces")
+    vsock: VsockInfo | None = None
+
+
 class ConfigFile(_Request):
-    """The whole VM for ``firecracker --config-file`` (no API round trips)."""
+    """The whole VM for ``firecracker --config-file``: one file instead of one API call per resource."""
 
     boot_source: BootSource = Field(serialization_alias="boot-source")
     drives: tuple[Drive, ...] = ()

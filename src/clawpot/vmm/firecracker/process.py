@@ -1,9 +1,10 @@
 """The firecracker OS process: spawn, wait for its API socket, signal, reap, explain its exit.
 
-The guest's serial console is firecracker's stdout, so stdout goes straight to the VM's serial file;
-Firecracker's own log goes to a separate file from the first line (``--log-path``), keeping the serial
-file pure guest output. A reaper task waits on the child from the moment it is spawned, so an exit is
-noticed (and the zombie reaped) as soon as the kernel reports it.
+The guest's serial console is firecracker's stdout: a FIFO next to the serial file, read by a
+``ConsoleWriter`` into that file, capped and rotated (``clawpot.vmm.console`` says why a FIFO opened
+read-write). Firecracker's own log goes to a separate file from the first line
+(``--log-path``), keeping the serial file pure guest output. A reaper task waits on the child from the
+moment it is spawned, so an exit is noticed (and the zombie reaped) as soon as the kernel reports it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from clawpot.vmm.base import ExitInfo, VmmStartError
+from clawpot.vmm.console import CappedLog, ConsoleWriter, open_fifo
 from clawpot.vmm.spawn import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -30,9 +32,11 @@ log = logging.getLogger(__name__)
 _API_POLL_INTERVAL = 0.001
 # The tail of the log read when explaining an exit; errors are always near the end.
 _LOG_TAIL_BYTES = 64 * 1024
-# Error lines Firecracker prints on every failing exit; they only repeat the exit code.
+# Error lines Firecracker prints on every failing exit; they only repeat the exit code. Not every
+# "RunWith(out)ApiError error: ..." line: with --config-file, "RunWithApiError error: Failed to build
+# MicroVM from Json: <reason>" is the only line that says why the configuration was refused.
 _GENERIC_ERRORS = re.compile(
-    r"Firecracker exiting with error|RunWith(out)?ApiError|MicroVM ?[Ss]topped with(out)? an error|"
+    r"Firecracker exiting with error|MicroVM ?[Ss]topped with(out)? an error|"
     r"Received Error\. Status code: 400"
 )
 _LOG_PREFIX = re.compile(r"^\S+ \[(?P<origin>[^\]]*?)(?::(?P<level>ERROR|WARN|INFO|DEBUG|TRACE))?\] ")
@@ -46,6 +50,18 @@ class LaunchFiles:
     log: Path
     serial: Path
     stderr: Path
+    # A whole-VM configuration (``--config-file``): firecracker boots it at once, API socket still on.
+    config: Path | None = None
+
+    @property
+    def serial_fifo(self) -> Path:
+        """What firecracker's stdout is: the FIFO the launcher copies into ``serial`` (capped)."""
+        return serial_fifo(self.serial)
+
+
+def serial_fifo(serial: Path) -> Path:
+    """The console FIFO beside a serial file: ``serial.log`` → ``serial.fifo``."""
+    return serial.with_suffix(".fifo")
 
 
 class FirecrackerProcess:
@@ -56,9 +72,10 @@ class FirecrackerProcess:
         self.vm_id = vm_id
         self.files = files
         self.die_with_parent = die_with_parent
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._reaper: asyncio.Task[ExitInfo] | None = None
         self._exit_info: ExitInfo | None = None
+        self.console: ConsoleWriter | None = None
         self.spawned_at: float | None = None
 
     @property
@@ -81,6 +98,7 @@ class FirecrackerProcess:
             "--log-path", str(self.files.log),
             "--level", "Info",
             "--show-level",
+            *(["--config-file", str(self.files.config)] if self.files.config is not None else []),
         ]  # fmt: skip
 
     async def spawn(self) -> None:
@@ -89,32 +107,49 @@ class FirecrackerProcess:
         # Firecracker refuses to bind over an existing file; callers decide whether a leftover is stale.
         if self.files.api_socket.exists():
             raise VmmStartError(f"API socket {self.files.api_socket} already exists")
-        serial, stderr = self._open_outputs()
-        with serial, stderr:
-            try:
-                self._proc = await asyncio.create_subprocess_exec(
-                    *self.argv(),
-                    stdin=subprocess.DEVNULL,
-                    stdout=serial,
-                    stderr=stderr,
-                    # Own session: a Ctrl+C on the terminal reaches us, and we stop the VM in order.
-                    start_new_session=True,
-                    preexec_fn=die_with_parent() if self.die_with_parent else None,
-                )
-            except OSError as exc:
-                raise VmmStartError(f"cannot run {self.binary}: {exc.strerror or exc}") from exc
+        stdout = -1
+        try:
+            serial = CappedLog(self.files.serial, fresh=True)
+            self.console = ConsoleWriter.from_fifo(self.files.serial_fifo, serial)
+            # Read-write and blocking: firecracker never sees EPIPE, and waits when the FIFO is full.
+            stdout = open_fifo(self.files.serial_fifo, blocking=True)
+            stderr = self._open_stderr()
+        except OSError as exc:
+            if stdout >= 0:
+                os.close(stdout)
+            self._close_console()
+            raise VmmStartError(f"cannot set up firecracker's output files: {exc.strerror or exc}") from exc
+        try:
+            # Plain Popen, reaped through a pidfd (_wait_exit): asyncio's subprocess machinery
+            # starts a waiter thread per child, which was ~1 ms of every VM start.
+            self._proc = subprocess.Popen(  # noqa: ASYNC220 - returns once the child has exec'd
+                self.argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                # Own session: a Ctrl+C on the terminal reaches us, and we stop the VM in order.
+                start_new_session=True,
+                preexec_fn=die_with_parent() if self.die_with_parent else None,
+            )
+        except OSError as exc:
+            self._close_console()
+            raise VmmStartError(f"cannot run {self.binary}: {exc.strerror or exc}") from exc
+        finally:
+            os.close(stdout)  # firecracker has its copies
+            stderr.close()
         self.spawned_at = time.time()
         self._reaper = asyncio.create_task(self._reap(self._proc), name=f"reap firecracker {self.pid}")
         log.debug("spawned firecracker pid %s for %s", self.pid, self.vm_id)
 
-    def _open_outputs(self) -> tuple[BinaryIO, BinaryIO]:
+    def _open_stderr(self) -> BinaryIO:
         # --log-path must name an existing file.
         self.files.log.touch()
-        with contextlib.ExitStack() as opened:
-            serial = opened.enter_context(open(self.files.serial, "wb"))
-            stderr = opened.enter_context(open(self.files.stderr, "wb"))
-            opened.pop_all()  # the caller closes them once firecracker has its copies
-        return serial, stderr
+        return open(self.files.stderr, "wb")  # closed once firecracker has its copy
+
+    def _close_console(self) -> None:
+        if self.console is not None:
+            self.console.drain()
+            self.console.close()
 
     async def wait_api_ready(self, deadline: float) -> None:
         """Wait until the API socket accepts connections (until ``deadline``, in ``time.monotonic()``);
@@ -167,12 +202,36 @@ class FirecrackerProcess:
             self.send_signal(signal.SIGKILL)
         return await self.wait()
 
-    async def _reap(self, proc: asyncio.subprocess.Process) -> ExitInfo:
-        returncode = await proc.wait()
+    async def _reap(self, proc: subprocess.Popen[bytes]) -> ExitInfo:
+        returncode = await _wait_exit(proc)
+        # What the guest printed last may still be in the FIFO: into the file before anyone quotes it.
+        self._close_console()
         info = explain_exit(returncode, self.files.log, self.files.stderr, self.files.serial)
         self._exit_info = info
         log.debug("firecracker pid %s exited: %s", proc.pid, info.reason)
         return info
+
+
+async def _wait_exit(proc: subprocess.Popen[bytes]) -> int:
+    """The child's exit code once it exits, without a thread: its pidfd turns readable then."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:  # kernels before 5.3
+        return await asyncio.to_thread(proc.wait)
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(pidfd, readable)
+    try:
+        await exited
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    return proc.wait()  # exited: reaps at once
 
 
 def explain_exit(
@@ -243,3 +302,12 @@ def _signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return f"signal {signum}"
+
+
+def reattach_console(serial: Path) -> ConsoleWriter | None:
+    """The console of a firecracker adopted after a server restart: its FIFO, read again (None when it
+    has none: started by a Clawpot that wrote the console to a file)."""
+    fifo = serial_fifo(serial)
+    if not fifo.exists():
+        return None
+    return ConsoleWriter.from_fifo(fifo, CappedLog(serial))

@@ -3,7 +3,8 @@
 Everything QEMU needs is on the command line (no QMP configuration phase), so this module is the whole
 device model: kernel + command line, virtio-blk drives in spec order, virtio-net on TAPs, the agent
 channel (virtio-serial port on a unix-socket chardev, or vhost-vsock), a virtio-rng (python3 in the
-guest wants entropy early), the serial console into a file and QMP on a unix socket.
+guest wants entropy early), the serial console into a FIFO the launcher reads (it writes the capped
+file, see ``clawpot.vmm.console``) and QMP on a unix socket.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class QemuFiles:
 
     qmp_socket: Path
     agent_socket: Path
+    # QEMU's pipe chardev prefix: it writes the console into ``<prefix>.out`` and reads ``<prefix>.in``,
+    # two FIFOs the launcher makes; its ``ConsoleWriter`` copies ``.out`` into ``serial_log`` (capped).
+    console_pipe: Path
     serial_log: Path
     qemu_log: Path
 
@@ -51,6 +55,7 @@ class QemuFiles:
         return cls(
             qmp_socket=qmp_socket or vm_dir / "qmp.sock",
             agent_socket=vm_dir / "agent.sock",
+            console_pipe=vm_dir / "console",
             serial_log=vm_dir / "console.log",
             qemu_log=vm_dir / "qemu.log",
         )
@@ -58,6 +63,12 @@ class QemuFiles:
     @property
     def sockets(self) -> tuple[Path, ...]:
         return (self.qmp_socket, self.agent_socket)
+
+    @property
+    def console_fifos(self) -> tuple[Path, Path]:
+        """(guest → host, host → guest): ``console.out`` and ``console.in``."""
+        name = self.console_pipe.name
+        return self.console_pipe.with_name(f"{name}.out"), self.console_pipe.with_name(f"{name}.in")
 
 
 def kernel_cmdline(boot_args: str, accel: Accel) -> str:
@@ -104,7 +115,7 @@ def validate(spec: VmSpec, files: QemuFiles) -> None:
     for sock in files.sockets:
         if len(str(sock)) > MAX_SOCKET_PATH:
             raise VmmConfigError(f"socket path too long for a unix socket ({len(str(sock))} bytes): {sock}")
-    if any("," in str(p) for p in (spec.kernel, *files.sockets, files.serial_log)):
+    if any("," in str(p) for p in (spec.kernel, *files.sockets, files.serial_log, files.console_pipe)):
         raise VmmConfigError("kernel and VM directory paths must not contain ','")
 
 
@@ -134,7 +145,9 @@ def build_command(
         "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         "-kernel", str(spec.kernel),
         "-append", kernel_cmdline(spec.boot_args, accel),
-        "-serial", f"file:{files.serial_log}",
+        # Console into a FIFO (QEMU opens it read-write, non-blocking): never a file QEMU writes itself.
+        "-chardev", f"pipe,id=console,path={files.console_pipe}",
+        "-serial", "chardev:console",
         "-qmp", f"unix:{files.qmp_socket},server=on,wait=off",
         "-object", "rng-random,id=rng0,filename=/dev/urandom",
         "-device", "virtio-rng-device,rng=rng0",

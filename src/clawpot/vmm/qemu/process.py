@@ -4,6 +4,10 @@ The process is watched through a pidfd registered with the event loop: readable 
 exits, whatever the reason (guest poweroff, crash, ``kill -9`` from outside), so ``wait()`` resolves
 within one loop iteration. Holding the pidfd until the exit is reaped also means signals go to our
 QEMU and never to a recycled PID.
+
+The serial console: before QEMU is spawned the VM's console FIFOs are made and a ``ConsoleWriter``
+reads ``console.out``, keeping ``console.log`` capped and rotated for the process's whole life
+(``clawpot.vmm.console``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 
 from clawpot.guest.endpoints import AgentEndpoint, SerialSocketEndpoint, VsockEndpoint
 from clawpot.vmm.base import ExitInfo, VmmConfigError, VmmProcess, VmmStartError
+from clawpot.vmm.console import CappedLog, ConsoleWriter, make_fifo
 from clawpot.vmm.qemu.cmdline import QEMU_BINARY, Accel, QemuFiles, build_command, validate
 from clawpot.vmm.qemu.qmp import QmpControl, QmpError
 from clawpot.vmm.spawn import die_with_parent
@@ -60,6 +65,7 @@ class QemuProcess(VmmProcess):
         self.files = QemuFiles.in_dir(vm_dir, qmp_socket=qmp_socket)
         self.qmp = QmpControl(self.files.qmp_socket)
         self._popen: subprocess.Popen[bytes] | None = None
+        self.console: ConsoleWriter | None = None
         self._pidfd: int | None = None
         self._exited: asyncio.Future[ExitInfo] | None = None
         self._exit_info: ExitInfo | None = None
@@ -112,6 +118,12 @@ class QemuProcess(VmmProcess):
             _clear_stale_socket(path)
         loop = asyncio.get_running_loop()
         try:
+            console_out, console_in = self.files.console_fifos
+            make_fifo(console_in)
+            self.console = ConsoleWriter.from_fifo(console_out, CappedLog(self.files.serial_log, fresh=True))
+        except OSError as exc:
+            raise VmmStartError(f"cannot set up the serial console: {exc.strerror or exc}") from exc
+        try:
             # Popen rather than asyncio's subprocess: exits are watched through our own pidfd, and
             # asyncio's child watcher would race us to reap. Spawning takes a few milliseconds.
             with open(self.files.qemu_log, "wb") as log:  # noqa: ASYNC230
@@ -125,6 +137,7 @@ class QemuProcess(VmmProcess):
                     preexec_fn=die_with_parent() if self.die_with_parent else None,
                 )
         except OSError as exc:
+            self._close_console()
             self._remove_files()
             raise VmmStartError(f"cannot run {self.binary}: {exc.strerror or exc}") from exc
         self._pidfd = os.pidfd_open(self._popen.pid)
@@ -134,6 +147,7 @@ class QemuProcess(VmmProcess):
             await self._wait_running()
         except BaseException:
             await self.kill()
+            self._close_console()
             self._remove_files()
             raise
 
@@ -166,6 +180,8 @@ class QemuProcess(VmmProcess):
         asyncio.get_running_loop().remove_reader(self._pidfd)
         os.close(self._pidfd)
         self._pidfd = None
+        # The console's last words first: a readiness failure quotes them right after this.
+        self._close_console()
         self._exit_info = _exit_info(returncode, _last_error_line(self.files.qemu_log), self._quit_sent)
         if not self._exited.done():
             self._exited.set_result(self._exit_info)
@@ -230,13 +246,19 @@ class QemuProcess(VmmProcess):
             except ProcessLookupError:
                 pass  # exited a moment ago; _on_exit reaps it
 
+    def _close_console(self) -> None:
+        if self.console is not None:
+            self.console.drain()
+            self.console.close()
+
     def _remove_sockets(self) -> None:
         for path in self.files.sockets:
             path.unlink(missing_ok=True)
 
     def _remove_files(self) -> None:
         self._remove_sockets()
-        for path in (self.files.serial_log, self.files.qemu_log):
+        CappedLog.remove_files(self.files.serial_log)
+        for path in (self.files.qemu_log, *self.files.console_fifos):
             path.unlink(missing_ok=True)
 
 
@@ -293,3 +315,13 @@ def _last_error_line(log: Path, max_bytes: int = 4096) -> str:
     if not lines:
         return ""
     return next((line for line in lines if "error" in line.lower()), lines[-1])
+
+
+def reattach_console(vm_dir: Path) -> ConsoleWriter | None:
+    """The console of a QEMU adopted after a server restart: its FIFO, read again (None when the VM
+    has none: started by a Clawpot that wrote the console to a file)."""
+    files = QemuFiles.in_dir(vm_dir)
+    console_out, _ = files.console_fifos
+    if not console_out.exists():
+        return None
+    return ConsoleWriter.from_fifo(console_out, CappedLog(files.serial_log))

@@ -46,6 +46,25 @@ def test_the_api_mode_wrapper_line_is_generic_too(tmp_path: Path) -> None:
     )
 
 
+def test_a_refused_config_file_names_firecrackers_reason(tmp_path: Path) -> None:
+    # --config-file with the API socket on, the kernel's entry point below 1 MiB (verbatim).
+    log = (
+        "2026-11-26T13:41:31.566844845 [x:main:INFO] Running Firecracker v1.12.1\n"
+        '2026-11-26T13:41:31.567248603 [x:main:INFO] Listening on API socket ("/tmp/fcx/run/api.sock").\n'
+        "2026-11-26T13:41:31.567803225 [x:fc_api:INFO] API server started.\n"
+        "2026-11-26T13:41:31.577797903 [x:main:INFO] Vmm is stopping.\n"
+        "2026-11-26T13:41:31.598066163 [x:main:ERROR] RunWithApiError error: Failed to build MicroVM from "
+        "Json: Could not Start MicroVM from one single json: System configuration error: Cannot load kernel "
+        "due to invalid memory configuration or invalid kernel image: Kernel Loader: failed to load ELF "
+        "kernel image: Kernel Loader: Invalid entry address\n"
+        "2026-11-26T13:41:31.598137669 [x:main:ERROR] Firecracker exiting with error. exit_code=1\n"
+    )
+    line = last_error_line(write(tmp_path, log)[0])
+    assert line is not None
+    assert line.startswith("[x:main] RunWithApiError error: Failed to build MicroVM from Json: ")
+    assert line.endswith("Kernel Loader: Invalid entry address")
+
+
 def test_generic_error_line_is_used_when_nothing_better_exists(tmp_path: Path) -> None:
     log = "2026-11-22T17:41:14.675383836 [vm1:main:ERROR] Firecracker exiting with error. exit_code=1\n"
     assert (

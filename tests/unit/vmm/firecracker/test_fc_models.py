@@ -86,3 +86,24 @@ def test_config_file_uses_the_dashed_section_names() -> None:
     body = config.body()
     assert set(body) == {"boot-source", "drives", "machine-config", "network-interfaces"}
     assert body["boot-source"] == {"kernel_image_path": "/k", "boot_args": "a"}
+
+
+def test_vm_config_parses_firecrackers_answer() -> None:
+    # GET /vm/config of Firecracker v1.12.1 after a --config-file start (verbatim).
+    answer = (
+        '{"balloon":null,"drives":[{"drive_id":"rootfs","partuuid":null,"is_root_device":false,'
+        '"cache_type":"Unsafe","is_read_only":true,"path_on_host":"/tmp/fcx/run/r.img","rate_limiter":null,'
+        '"io_engine":"Sync","socket":null}],"boot-source":{"kernel_image_path":"/tmp/fcx/run/k.elf",'
+        '"initrd_path":null,"boot_args":"console=ttyS0"},"cpu-config":null,"logger":null,"machine-config":'
+        '{"vcpu_count":1,"mem_size_mib":64,"smt":false,"track_dirty_pages":false,"huge_pages":"None"},'
+        '"metrics":null,"mmds-config":null,"network-interfaces":[],"vsock":{"guest_cid":3,'
+        '"uds_path":"/tmp/fcx/run/v.sock"},"entropy":null}'
+    )
+    config = models.VmConfigInfo.model_validate_json(answer)
+    assert config.boot_source is not None and config.boot_source.boot_args == "console=ttyS0"
+    assert [(d.drive_id, d.path_on_host, d.is_read_only) for d in config.drives] == [
+        ("rootfs", Path("/tmp/fcx/run/r.img"), True)
+    ]
+    assert config.machine_config is not None and config.machine_config.mem_size_mib == 64
+    assert config.vsock == models.VsockInfo(guest_cid=3, uds_path=Path("/tmp/fcx/run/v.sock"))
+    assert config.network_interfaces == ()

@@ -65,7 +65,10 @@ def test_microvm_basics(spec: VmSpec, tmp_path: Path) -> None:
         assert flag in argv
     assert _options(argv, "-kernel") == [str(spec.kernel)]
     assert _options(argv, "-append") == [kernel_cmdline(spec.boot_args, Accel.TCG)]
-    assert _options(argv, "-serial") == [f"file:{files.serial_log}"]
+    # The console goes to FIFOs the launcher reads (it writes the capped file), never to a file.
+    assert _options(argv, "-serial") == ["chardev:console"]
+    assert f"pipe,id=console,path={files.console_pipe}" in _options(argv, "-chardev")
+    assert files.console_fifos == (tmp_path / "console.out", tmp_path / "console.in")
     assert _options(argv, "-qmp") == [f"unix:{files.qmp_socket},server=on,wait=off"]
 
 
@@ -99,12 +102,12 @@ def test_nic_on_tap(spec: VmSpec, tmp_path: Path) -> None:
 def test_agent_channel_serial_vsock_or_none(spec: VmSpec, tmp_path: Path) -> None:
     files = QemuFiles.in_dir(tmp_path)
     serial = build_command(spec, files, Accel.TCG)
-    assert _options(serial, "-chardev") == [f"socket,id=agent,path={files.agent_socket},server=on,wait=off"]
+    assert f"socket,id=agent,path={files.agent_socket},server=on,wait=off" in _options(serial, "-chardev")
     assert f"virtserialport,chardev=agent,name={SERIAL_PORT_NAME}" in _options(serial, "-device")
 
     vsock = build_command(spec, files, Accel.KVM, vsock_cid=1234)
     assert "vhost-vsock-device,guest-cid=1234" in _options(vsock, "-device")
-    assert "-chardev" not in vsock
+    assert not [c for c in _options(vsock, "-chardev") if "id=agent" in c]
 
     silent = VmSpec(spec.kernel, spec.boot_args, spec.drives, agent_channel=False)
     argv = build_command(silent, files, Accel.TCG, vsock_cid=1234)

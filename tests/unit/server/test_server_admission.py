@@ -1,0 +1,47 @@
+"""Admission arithmetic: committed guest memory + per-VM overhead against MemTotal x overcommit."""
+
+from __future__ import annotations
+
+import pytest
+
+from clawpot import limits
+from clawpot.server import admission, errors
+
+HOST = admission.HostMemory(total_mib=24_000, available_mib=23_000)
+
+
+def test_the_issue_case_two_16000_mib_vms_on_a_24_gib_host() -> None:
+    admission.check(16_000, [], HOST, overhead_mib=64)
+    with pytest.raises(errors.ResourceExhausted) as info:
+        admission.check(16_000, [16_000], HOST, overhead_mib=64)
+    assert str(info.value) == (
+        "not enough host memory: 16000 MiB asked (+64 MiB VM overhead), 7936 MiB of 24000 MiB left "
+        "(committed 16000 + overhead 64 for 1 VM)"
+    )
+
+
+def test_the_overhead_counts_per_vm() -> None:
+    committed = [256] * 10
+    left = 24_000 - 10 * (256 + 100)
+    admission.check(left - 100, committed, HOST, overhead_mib=100)
+    with pytest.raises(errors.ResourceExhausted, match="for 10 VMs"):
+        admission.check(left - 99, committed, HOST, overhead_mib=100)
+
+
+def test_overcommit_ratio() -> None:
+    with pytest.raises(errors.ResourceExhausted):
+        admission.check(16_000, [16_000], HOST, overhead_mib=0)
+    admission.check(16_000, [16_000], HOST, overhead_mib=0, overcommit=2.0)
+    with pytest.raises(errors.ResourceExhausted, match=r"of 12000 MiB left.*overcommit 0\.5"):
+        admission.check(16_000, [], HOST, overhead_mib=0, overcommit=0.5)
+
+
+def test_mem_available_is_still_checked() -> None:
+    tight = admission.HostMemory(total_mib=24_000, available_mib=1_000)
+    with pytest.raises(errors.ResourceExhausted, match="1000 MiB available now"):
+        admission.check(2_000, [], tight, overhead_mib=0)
+    admission.check(2_000, [], admission.HostMemory(24_000, None), overhead_mib=0)
+
+
+def test_the_default_overhead_is_the_measured_one() -> None:
+    assert 0 < limits.VM_OVERHEAD_MIB < limits.DEFAULT_MEMORY_MIB
