@@ -273,6 +273,11 @@ def test_ping_flood_without_reading_30s(server: ServerProcess, vms: Vms) -> None
     )
     assert int(str(report["bytes_sent"])) > 2 * MAX_RSS_RISE_KIB * 1024, "the flood was too small to prove"
     assert "guest violation" in server.log_path.read_text(errors="replace")
+    # The server marks the attacked VM degraded (sticky), and only that one.
+    listed = server.vms()
+    assert listed[vms.attacked].health == vm_pb2.AGENT_HEALTH_DEGRADED, listed[vms.attacked]
+    assert "flood" in listed[vms.attacked].health_detail
+    assert listed[vms.bystander].health != vm_pb2.AGENT_HEALTH_DEGRADED
     assert rise <= MAX_RSS_RISE_KIB, f"server RSS rose {rise} KiB"
     assert under <= LATENCY_FACTOR * idle, (
         f"bystander exec median {under:.3f} s under flood, {idle:.3f} s idle"
