@@ -15,6 +15,7 @@ import pytest
 from clawpot.vm import procfs
 from clawpot.vmm.base import VmmConfigError, VmmStartError
 from clawpot.vmm.qemu import boot
+from clawpot.vmm.qemu.backend import QemuBackend
 from clawpot.vmm.qemu.boot import QEMU_BOOT
 from clawpot.vmm.qemu.cmdline import Accel
 from clawpot.vmm.qemu.process import QemuProcess
@@ -92,3 +93,13 @@ async def test_a_launch_that_never_runs_is_killed_and_its_files_removed(
     assert list(vm_dir.iterdir()) == []
     with pytest.raises(VmmStartError, match="already started"):
         await process.start()
+
+
+def test_a_backend_hands_its_recipe_to_every_vm(tmp_path: Path) -> None:
+    variant = QEMU_BOOT.remove(boot.CHOOSE_ACCEL)
+    backend = QemuBackend(shutil.which("true") or "/bin/true", accel=Accel.TCG, vsock=False, recipe=variant)
+    assert backend.prepare(spec(tmp_path), tmp_path / "vm").recipe is variant
+    assert (
+        QemuBackend(shutil.which("true") or "/bin/true").prepare(spec(tmp_path), tmp_path / "v2").recipe
+        is QEMU_BOOT
+    )
