@@ -149,3 +149,16 @@ HEALTH_CHECK_INTERVAL = 5.0
 HEALTH_PING_TIMEOUT = 2.0
 # The longest exec --timeout accepted (a year): beyond it the number is a mistake, not a wish.
 MAX_EXEC_TIMEOUT = 365 * 24 * 3600.0
+
+# --- VMM output: what the host reads back from a VMM's and the guest's files ---------------------------
+
+# Exit reasons and start failures quote the end of these files (clawpot.vmm.logtail reads at most this
+# much from the end, whatever the file's size). Firecracker logs ~150-byte Info lines and its error
+# is among the last few dozen: 64 KiB holds hundreds of lines.
+FIRECRACKER_LOG_TAIL_BYTES = 64 * 1024
+# QEMU's stdout/stderr holds only its complaints; the first "error" line within this much of the end is
+# quoted, so a larger window would reach back to older, unrelated warnings.
+QEMU_LOG_TAIL_BYTES = 4 * 1024
+# The guest's serial console (untrusted text): how much of its end is searched for a VMM panic message
+# and quoted when a guest never became ready. A boot's last screen is a few KiB.
+CONSOLE_TAIL_BYTES = 16 * 1024
