@@ -82,6 +82,40 @@ DEFAULT_MEMORY_OVERCOMMIT = 1.0
 
 # --- Agent channel: what a guest can make the host buffer --------------------------------------------
 
+# Host-side buffer budget of one agent connection (one per VM): bytes waiting in the writer for a guest
+# that does not read, plus control frames (INFO, END, ERROR payloads) queued for consumers. A well-behaved
+# agent keeps this small: the worst legitimate case is 64 uploads at once (the agent's MAX_SESSIONS), each
+# with one 64 KiB frame written before it waits for the writer to drain: 4 MiB; twice that is the budget,
+# far below what would hurt a host serving many VMs. Past it the connection is dropped as a guest
+# violation. DATA is bounded separately by the credit we grant (AGENT_RECEIVE_WINDOW per stream), which
+# is our own promise, not the guest's doing.
+AGENT_HOST_BUFFER_BUDGET = 8 * 1024 * 1024
+# Credit the host grants the agent per stream: DATA we may have to hold for a slow consumer. Large
+# because fewer WINDOW round trips mean much higher throughput; the agent never buffers more than its
+# socket high-water mark anyway.
+AGENT_RECEIVE_WINDOW = 1024 * 1024
+# The host answers a guest PING only while its unsent output is below this: a guest that pings without
+# reading its PONGs gets no more of them (asyncio's own default high-water mark is 64 KiB too).
+AGENT_PONG_HIGH_WATER = 64 * 1024
+# Frames the host reads and throws away (PINGs, stream-0 ERRORs, frames for streams already closed,
+# empty DATA, unknown types) cost it CPU and nothing else. A well-behaved agent sends only the tail of a
+# stream the host cancelled: at most its window, 16 full frames and the END, so the burst covers some 60
+# streams cancelled at once. A token bucket: this burst, refilled at this rate; emptying it drops the
+# connection as a guest violation (a flood).
+AGENT_IGNORED_FRAMES_BURST = 1024
+AGENT_IGNORED_FRAMES_PER_S = 256
+# Control frames (INFO, EOF) per stream: the agent sends one INFO and one EOF per output pipe.
+AGENT_STREAM_CONTROL_FRAMES = 8
+# Bytes of a previous connection the handshake may skip (serial lines deliver stale output after a
+# reconnect: at most what was queued in the VMM and the agent, far below this).
+AGENT_HANDSHAKE_MAX_STALE = 16 * 1024 * 1024
+# Guest-supplied text in host logs and error messages: at most this many characters, escaped.
+AGENT_LOG_TEXT_CHARS = 200
+# Lines of guest-supplied text logged per VM: a burst of this many, then this many per second; the rest
+# is counted and reported in one "N messages suppressed" line.
+AGENT_LOG_BURST = 10
+AGENT_LOG_PER_S = 1.0
+
 # --- Disk: what a guest can make the host write -------------------------------------------------------
 
 # A VM's serial console file (console.log / serial.log) is rotated when it reaches this size, keeping one
@@ -127,3 +161,16 @@ HEALTH_CHECK_INTERVAL = 5.0
 HEALTH_PING_TIMEOUT = 2.0
 # The longest exec --timeout accepted (a year): beyond it the number is a mistake, not a wish.
 MAX_EXEC_TIMEOUT = 365 * 24 * 3600.0
+
+# --- VMM output: what the host reads back from a VMM's and the guest's files ---------------------------
+
+# Exit reasons and start failures quote the end of these files (clawpot.vmm.logtail reads at most this
+# much from the end, whatever the file's size). Firecracker logs ~150-byte Info lines and its error
+# is among the last few dozen: 64 KiB holds hundreds of lines.
+FIRECRACKER_LOG_TAIL_BYTES = 64 * 1024
+# QEMU's stdout/stderr holds only its complaints; the first "error" line within this much of the end is
+# quoted, so a larger window would reach back to older, unrelated warnings.
+QEMU_LOG_TAIL_BYTES = 4 * 1024
+# The guest's serial console (untrusted text): how much of its end is searched for a VMM panic message
+# and quoted when a guest never became ready. A boot's last screen is a few KiB.
+CONSOLE_TAIL_BYTES = 16 * 1024

@@ -160,6 +160,8 @@ def decode_json(payload: bytes) -> dict[str, Any]:
         obj = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"payload is not valid JSON: {exc}") from None
+    except RecursionError:  # e.g. 30,000 nested brackets: valid JSON, but not for us
+        raise ValueError("payload is not valid JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise ValueError("payload is not a JSON object")
     return obj

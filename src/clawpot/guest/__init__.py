@@ -4,11 +4,13 @@ Modules:
 
 - ``endpoints``   how to reach an agent: Firecracker hybrid vsock, QEMU serial socket, AF_VSOCK, unix socket.
 - ``transport``   open the byte stream for an endpoint (and Firecracker's ``CONNECT``/``OK`` exchange).
-- ``connection``  one connection: handshake, reader task, multiplexed streams with credit-based flow control.
+- ``connection``  one connection: handshake, reader task, multiplexed streams with credit-based flow control;
+                  everything a guest can make it hold is bounded (``violation`` says why it dropped a guest).
 - ``process``     a remote process: output events, stdin, signals, resize, exit status.
 - ``files``       streamed, atomic upload and download.
 - ``client``      ``AgentClient`` (exec, run, put_file, get_file, ping, shutdown), ``wait_ready``.
 - ``errors``      ``GuestError`` and its subclasses.
+- ``untrusted``   guest-supplied text made safe for logs (``printable``) and rate-limited per VM.
 
 Typical use::
 

@@ -15,9 +15,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from clawpot.agent.protocol import FrameType, decode_json
+from clawpot.agent.protocol import FrameType
 from clawpot.guest import files
-from clawpot.guest.connection import RECEIVE_WINDOW, AgentConnection, AgentInfo, RunState
+from clawpot.guest.connection import (
+    RECEIVE_WINDOW,
+    AgentConnection,
+    AgentInfo,
+    RunState,
+    guest_int,
+    guest_json,
+)
 from clawpot.guest.endpoints import AgentEndpoint, HybridVsockEndpoint, SerialSocketEndpoint, describe
 from clawpot.guest.errors import AgentDisconnected, AgentUnreachable, GuestError, ProtocolError
 from clawpot.guest.process import ExecProcess, ExecResult, Exited
@@ -73,6 +80,13 @@ class AgentClient:
     def connected(self) -> bool:
         return self._conn.state is RunState.RUNNING
 
+    @property
+    def violation(self) -> str | None:
+        """Why the connection was dropped because of the guest's behaviour (it broke a bound of the
+        channel: flooded, did not read, overran its credit); None while connected or after an ordinary
+        disconnect. The server marks such a VM degraded."""
+        return self._conn.violation
+
     async def ping(self) -> float:
         """Round-trip time to the agent in seconds."""
         return await self._conn.ping()
@@ -118,12 +132,12 @@ class AgentClient:
             request["pty"] = {"rows": size.rows, "cols": size.cols}
         stream = self._conn.open_stream(request, window)
         try:
-            info = decode_json((await stream.recv_until(FrameType.INFO)).payload)
+            info = guest_json(await stream.recv_until(FrameType.INFO), "exec info")
+            pid = guest_int(info, "pid", 0, 2**31 - 1, "exec info")
         except BaseException:
             stream.close()
             raise
-        pid = info.get("pid")
-        return ExecProcess(stream, pid if isinstance(pid, int) else None, bool(pty))
+        return ExecProcess(stream, pid, bool(pty))
 
     async def run(
         self,

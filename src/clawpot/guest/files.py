@@ -16,8 +16,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from clawpot.agent.protocol import MAX_PAYLOAD, FrameType, Pipe, decode_json
-from clawpot.guest.connection import AgentConnection, Stream
+from clawpot.agent.protocol import MAX_PAYLOAD, FrameType, Pipe
+from clawpot.guest.connection import AgentConnection, Stream, guest_int, guest_json
 from clawpot.guest.errors import GuestError, ProtocolError
 
 _LOCAL_CHUNK = 4 * MAX_PAYLOAD
@@ -70,9 +70,9 @@ async def put_file(
             if stream.final is None:  # not ended by the agent: the real error is ours
                 raise
         end = await stream.recv_until(FrameType.END)
-        size = decode_json(end.payload).get("size")
-        if not isinstance(size, int):
-            raise ProtocolError("malformed put result from the agent")
+        size = guest_int(guest_json(end, "put result"), "size", 0, 2**63, "put result")
+        if size is None:
+            raise ProtocolError("malformed put result from the agent: no size")
         return size
     finally:
         stream.close()
@@ -118,14 +118,14 @@ class Download:
 async def open_download(conn: AgentConnection, remote: str) -> Download:
     stream = conn.open_stream({"op": "get", "path": remote})
     try:
-        info = decode_json((await stream.recv_until(FrameType.INFO)).payload)
+        info = guest_json(await stream.recv_until(FrameType.INFO), "file info")
+        size = guest_int(info, "size", 0, 2**63, "file info")
+        mode = guest_int(info, "mode", 0, 0o177777, "file info")
+        if size is None or mode is None:
+            raise ProtocolError("malformed file info from the agent: no size or mode")
     except BaseException:
         stream.close()
         raise
-    size, mode = info.get("size"), info.get("mode")
-    if not isinstance(size, int) or not isinstance(mode, int):
-        stream.close()
-        raise ProtocolError("malformed file info from the agent")
     return Download(stream, RemoteFile(remote, size, mode))
 
 

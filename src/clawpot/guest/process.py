@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal
 
-from clawpot.agent.protocol import Frame, FrameType, Pipe, decode_json
-from clawpot.guest.connection import Stream
+from clawpot.agent.protocol import Frame, FrameType, Pipe
+from clawpot.guest.connection import Stream, guest_int, guest_json
 from clawpot.guest.errors import AgentDisconnected, ProtocolError
 
 
@@ -61,16 +61,18 @@ class ExecResult:
 
 
 def _exit_status(frame: Frame) -> ExitStatus:
-    try:
-        body = decode_json(frame.payload)
-        return ExitStatus(
-            exit_code=body.get("exit_code"),
-            signal=body.get("signal"),
-            timed_out=bool(body.get("timed_out", False)),
-            duration=float(body.get("duration", 0.0)),
-        )
-    except (ValueError, TypeError) as exc:
-        raise ProtocolError(f"malformed exec result from the agent: {exc}") from None
+    # Guest-supplied: every field is checked, so a lying agent gets a ProtocolError, not a crash above.
+    what = "exec result"
+    body = guest_json(frame, what)
+    duration = body.get("duration", 0.0)
+    if not isinstance(duration, int | float) or isinstance(duration, bool) or not 0 <= duration < 1e9:
+        raise ProtocolError(f"malformed {what} from the agent: duration")
+    return ExitStatus(
+        exit_code=guest_int(body, "exit_code", -(2**31), 2**31 - 1, what),
+        signal=guest_int(body, "signal", 0, 255, what),
+        timed_out=body.get("timed_out", False) is True,
+        duration=float(duration),
+    )
 
 
 class ExecProcess:

@@ -48,10 +48,9 @@ class AgentLink:
     def lost(self, agent: AgentClient, exc: BaseException) -> None:
         """A call on ``agent`` failed because its connection broke: UNRESPONSIVE, or DEGRADED when the
         client dropped it for a protocol violation by the guest."""
-        # ``violation``: set by the agent client when it drops a guest that broke its bounds. getattr:
-        # the attribute belongs to the agent client, which may not have it yet.
-        violation = getattr(agent, "violation", None)
-        if isinstance(violation, str) and violation:
+        # ``violation``: why the agent client dropped a guest that broke its bounds (None otherwise).
+        violation = agent.violation
+        if violation:
             self.mark(AgentHealth.DEGRADED, violation)
         else:
             self.mark(AgentHealth.UNRESPONSIVE, f"connection lost: {one_line(exc)}")

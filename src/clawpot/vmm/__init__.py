@@ -4,8 +4,19 @@
 - ``base``         ``VmmBackend`` (capabilities, prepare, attach, restore) / ``VmmProcess`` (start, stop,
                    kill, wait, detach, pause, resume, snapshot, exit info), ``Capabilities`` with
                    ``Feature`` flags and ``require``, ``AttachRecord``, and the ``VmmError`` tree.
-- ``firecracker``  the Firecracker backend: API client, models, process.
-- ``qemu``         the QEMU ``microvm`` backend: command line, QMP, process (KVM or TCG).
+- ``steps``        boot recipes: ``Step(name, run, undo)``, ``Recipe`` (ordered, edited by copy: replace,
+                   insert_before/after, remove) and its runner with a run-once ``Cleanup`` stack. Each
+                   backend's start is one, readable in one place:
+                   ``firecracker.boot.FIRECRACKER_BOOT`` (write the configuration → prepare files →
+                   spawn firecracker → wait for the microVM to start) and ``qemu.boot.QEMU_BOOT``
+                   (validate → choose the accelerator → build the command line → prepare files →
+                   spawn qemu → wait until QMP says running).
+- ``spawn``        ``spawn()`` → ``VmmChild``: how both backends start their process (own session,
+                   optional parent-death signal, pidfd exit watch, reaped and explained at once).
+- ``logtail``      the one bounded reader of log and console tails (printable text only: the guest's
+                   console is untrusted), for exit reasons and start failures.
+- ``firecracker``  the Firecracker backend: API client, models, process, boot recipe.
+- ``qemu``         the QEMU ``microvm`` backend: command line, QMP, process, boot recipe (KVM or TCG).
 - ``console``      the guest's serial console as a size-capped, rotated file, read from a FIFO the VMM
                    writes (``CappedLog``, ``ConsoleWriter``).
 - ``probe``        does this host's KVM boot stock guests? (cached per host kernel; an async entry point

@@ -1,19 +1,45 @@
-"""What every VMM backend does the same way when it spawns its process."""
+"""Spawning a VMM process, the same way for every backend: ``spawn()`` → a ``VmmChild``.
+
+- Plain ``subprocess.Popen``, not asyncio's subprocess machinery: that starts a waiter thread per child
+  (~1 ms of every VM start) and its child watcher would race us to reap.
+- Its own session: a Ctrl+C at the terminal reaches our cleanup, which stops the VM in order; the VMM
+  does not get the SIGINT directly.
+- Optionally the parent-death signal (``die_with_parent``): one-VM launchers (the driver, tests) leave
+  no orphan behind. The server does not set it: its VMs outlive a restart and are adopted.
+- Its exit is watched through a pidfd registered with the event loop: readable the moment the VMM exits,
+  whatever the reason (guest poweroff, crash, ``kill -9`` from outside). The child is reaped then, in
+  the same callback, and the backend's ``on_exit`` turns the exit code into an ``ExitInfo`` at once.
+  Holding the pidfd until then means signals reach our VMM, never a recycled PID.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
+import logging
+import os
 import signal
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Sequence
+from typing import IO
+
+from clawpot.vmm.base import ExitInfo, VmmStartError
+
+log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+
+# Turns the reaped child's exit code (negative: killed by that signal) into how the VMM ended. Called
+# once, synchronously, the moment the child is reaped.
+OnExit = Callable[[int], ExitInfo]
 
 
 def die_with_parent() -> Callable[[], None]:
     """A preexec hook: the kernel SIGKILLs the VMM if its parent dies without stopping it (no orphans).
 
-    Used by one-VM launchers (the driver, tests). The server does not use it: its VMs outlive a server
-    restart and are adopted. libc is resolved here, before fork, so the child makes one plain syscall.
+    libc is resolved here, before fork, so the child makes one plain syscall. A preexec hook makes
+    Python fork() instead of vfork(), which costs a few ms (bench/firecracker_start.py shows it).
     """
     prctl = ctypes.CDLL(None, use_errno=True).prctl
 
@@ -21,3 +47,125 @@ def die_with_parent() -> Callable[[], None]:
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
     return hook
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    stdout: int | IO[bytes],
+    stderr: int | IO[bytes],
+    on_exit: OnExit,
+    die_with_parent: bool,
+    what: str | None = None,
+) -> VmmChild:
+    """Start ``argv`` as a VMM child. Its output goes to ``stdout`` / ``stderr`` (the caller closes its
+    own copies afterwards). Raises ``VmmStartError`` ("cannot run ...") when it cannot be executed.
+
+    Must be called from the event loop that will watch the child.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        popen = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+            preexec_fn=_parent_death_hook() if die_with_parent else None,
+        )
+    except OSError as exc:
+        raise VmmStartError(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc
+    return VmmChild(popen, on_exit, loop, what or os.path.basename(argv[0]))
+
+
+# ``spawn``'s flag of the same name hides the function inside it.
+_parent_death_hook = die_with_parent
+
+
+class VmmChild:
+    """A VMM process we spawned: signal it, wait for it, and know how it ended once it is reaped."""
+
+    def __init__(
+        self, popen: subprocess.Popen[bytes], on_exit: OnExit, loop: asyncio.AbstractEventLoop, what: str
+    ) -> None:
+        self.popen = popen
+        self.what = what
+        self._on_exit = on_exit
+        self._loop = loop
+        self._exited: asyncio.Future[ExitInfo] = loop.create_future()
+        self._exit_info: ExitInfo | None = None
+        self._pidfd: int | None = None
+        try:
+            self._pidfd = os.pidfd_open(popen.pid)
+        except OSError:  # kernels before 5.3: a thread waits instead
+            self._waiter = asyncio.ensure_future(asyncio.to_thread(popen.wait))
+            self._waiter.add_done_callback(lambda _: self._reaped())
+        else:
+            loop.add_reader(self._pidfd, self._reaped)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def exit_info(self) -> ExitInfo | None:
+        return self._exit_info
+
+    @property
+    def running(self) -> bool:
+        return self._exit_info is None
+
+    def send_signal(self, signum: int) -> None:
+        """Signal the VMM unless it is already reaped (then there is nothing left to signal)."""
+        if self._exit_info is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, signum)
+            else:
+                self.popen.send_signal(signum)
+
+    async def wait(self) -> ExitInfo:
+        """How the process ended, once it is reaped."""
+        # Shielded: a cancelled waiter must not cancel the exit that other waiters share.
+        return await asyncio.shield(self._exited)
+
+    async def wait_at_most(self, seconds: float | None) -> ExitInfo | None:
+        """The exit info, or None if the process still runs after ``seconds``."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                return await self.wait()
+        return None
+
+    async def terminate(self, term_seconds: float) -> ExitInfo:
+        """SIGTERM, then SIGKILL after ``term_seconds`` (at once when 0); returns once reaped."""
+        if self._exit_info is None and term_seconds > 0:
+            log.debug("sending SIGTERM to %s pid %s", self.what, self.pid)
+            self.send_signal(signal.SIGTERM)
+            await self.wait_at_most(term_seconds)
+        if self._exit_info is None:
+            log.debug("sending SIGKILL to %s pid %s", self.what, self.pid)
+            self.send_signal(signal.SIGKILL)
+        return await self.wait()
+
+    def _reaped(self) -> None:
+        returncode = self.popen.poll()
+        if returncode is None or self._exit_info is not None:
+            return  # readable without an exit should not happen; stay registered
+        if self._pidfd is not None:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        try:
+            info = self._on_exit(returncode)
+        except Exception:  # a broken explanation must not leave every waiter hanging
+            log.exception("explaining the exit of %s pid %s failed", self.what, self.pid)
+            info = ExitInfo(
+                returncode if returncode >= 0 else None,
+                -returncode if returncode < 0 else None,
+                f"{self.what} exited ({returncode})",
+            )
+        self._exit_info = info
+        log.debug("%s pid %s exited: %s", self.what, self.pid, info.reason)
+        if not self._exited.done():
+            self._exited.set_result(info)

@@ -9,8 +9,10 @@ from pathlib import Path
 
 from clawpot import paths
 from clawpot.vmm.base import Capabilities, VmmBackend, VmmUnsupported
+from clawpot.vmm.firecracker.boot import FIRECRACKER_BOOT
 from clawpot.vmm.firecracker.handle import FirecrackerVmm
 from clawpot.vmm.spec import BackendKind, VmSpec
+from clawpot.vmm.steps import Recipe
 
 BINARY_ENV = "CLAWPOT_FIRECRACKER_BIN"
 KVM_DEVICE = Path("/dev/kvm")
@@ -43,6 +45,7 @@ class FirecrackerBackend(VmmBackend):
 
     ``api_socket`` pins the API socket path (``clawpot-driver --socket``); it only makes sense for a
     backend that launches a single VM. Otherwise each VM's socket lives in its own directory.
+    ``recipe`` is how its VMs boot (``boot.FIRECRACKER_BOOT``, or a variant of it).
     """
 
     kind = BackendKind.FIRECRACKER
@@ -54,8 +57,10 @@ class FirecrackerBackend(VmmBackend):
         api_socket: Path | None = None,
         api_timeout: float = 10.0,
         die_with_parent: bool = True,
+        recipe: Recipe[FirecrackerVmm] = FIRECRACKER_BOOT,
     ) -> None:
         self._binary = find_firecracker(binary)
+        self.recipe = recipe
         self.api_socket = api_socket
         self.api_timeout = api_timeout
         self.die_with_parent = die_with_parent
@@ -96,4 +101,5 @@ class FirecrackerBackend(VmmBackend):
             api_socket=self.api_socket,
             api_timeout=self.api_timeout,
             die_with_parent=self.die_with_parent,
+            recipe=self.recipe,
         )

@@ -1,9 +1,9 @@
 """``FirecrackerVmm``: one VM under firecracker, booted from a configuration file, API socket on.
 
-``start()`` is a list of named steps (write the configuration → spawn firecracker with ``--config-file``
-→ wait until it reports the microVM started), logged as they run. Each step that leaves something behind
-pushes its undo; when a later step fails the undos run in reverse, so a failed start leaves no process
-and no socket.
+``start()`` runs a boot recipe (``clawpot.vmm.firecracker.boot.FIRECRACKER_BOOT`` by default: write the
+configuration → prepare files → spawn firecracker with ``--config-file`` → wait until it reports the
+microVM started; ``clawpot.vmm.steps`` runs it). Each step that leaves something behind pushes its undo;
+when a later step fails the undos run in reverse, so a failed start leaves no process and no socket.
 
 Why a file and not one API call per resource: firecracker then builds and starts the VM as it comes up,
 with no HTTP round trips; spawn → started takes about a third less time than configuring over the API,
@@ -25,21 +25,20 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from clawpot.guest.endpoints import AgentEndpoint, HybridVsockEndpoint
 from clawpot.vmm.base import ExitInfo, VmmProcess, VmmStartError
 from clawpot.vmm.firecracker import models
+from clawpot.vmm.firecracker.boot import FIRECRACKER_BOOT
 from clawpot.vmm.firecracker.client import DEFAULT_TIMEOUT, FirecrackerClient
 from clawpot.vmm.firecracker.errors import FirecrackerConfigRejected, FirecrackerError
 from clawpot.vmm.firecracker.logwatch import LogFollower
 from clawpot.vmm.firecracker.process import FirecrackerProcess, LaunchFiles, last_error_line
 from clawpot.vmm.spec import BackendKind, VmSpec
+from clawpot.vmm.steps import Recipe
 
 log = logging.getLogger(__name__)
-
-Undo = Callable[[], Awaitable[None]]
 
 # The guest's vsock CID; the host side is a unix socket, so every VM can use the same one.
 GUEST_CID = 3
@@ -74,8 +73,10 @@ class FirecrackerVmm(VmmProcess):
         api_socket: Path | None = None,
         api_timeout: float = 10.0,
         die_with_parent: bool = True,
+        recipe: Recipe[FirecrackerVmm] = FIRECRACKER_BOOT,
     ) -> None:
         self.spec = spec
+        self.recipe = recipe
         self.vm_dir = vm_dir
         self.api_timeout = api_timeout
         self.start_timeout = api_timeout + DEFAULT_TIMEOUT
@@ -131,18 +132,8 @@ class FirecrackerVmm(VmmProcess):
         return self._client
 
     async def start(self) -> None:
-        async with contextlib.AsyncExitStack() as undo:
-            for name, step in self._steps():
-                log.info("firecracker %s: %s", self.vm_dir.name, name)
-                try:
-                    cleanup = await step()
-                except FirecrackerConfigRejected:
-                    raise  # Firecracker's own reason, already one line
-                except (FirecrackerError, OSError) as exc:
-                    raise await self._start_failure(name, exc) from exc
-                if cleanup is not None:
-                    undo.push_async_callback(cleanup)
-            undo.pop_all()
+        """Run ``self.recipe``; on failure its undos ran and the error names the step."""
+        await self.recipe.run(self, label=f"firecracker {self.vm_dir.name}", explain=self._start_failure)
 
     async def request_shutdown(self) -> None:
         if self._started and self.process.running:
@@ -163,14 +154,7 @@ class FirecrackerVmm(VmmProcess):
     async def wait(self) -> ExitInfo:
         return await self.process.wait()
 
-    # -- the boot steps ------------------------------------------------------------------------------
-
-    def _steps(self) -> list[tuple[str, Callable[[], Awaitable[Undo | None]]]]:
-        return [
-            ("write the configuration", self._write_config),
-            ("spawn firecracker", self._spawn),
-            ("wait for the microVM to start", self._wait_started),
-        ]
+    # -- what the boot steps call (clawpot.vmm.firecracker.boot) -------------------------------------
 
     def config(self) -> models.ConfigFile:
         """The whole VM as firecracker's configuration file describes it.
@@ -200,19 +184,13 @@ class FirecrackerVmm(VmmProcess):
             ),
         )
 
-    async def _write_config(self) -> None:
+    def write_config(self) -> None:
         config = self.config()  # validated before anything is written
         assert self.files.config is not None
         self.files.config.write_text(config.model_dump_json(exclude_none=True, by_alias=True))
 
-    async def _spawn(self) -> Undo:
-        await self.process.spawn()
-        return self._undo_spawn
-
-    async def _undo_spawn(self) -> None:
-        await self._terminate(term_seconds=0)
-
-    async def _wait_started(self) -> None:
+    async def wait_started(self) -> None:
+        """Until firecracker's log says the microVM from the file started; a refusal is its own error."""
         async with LogFollower(self.files.log) as follower:
             started = asyncio.ensure_future(follower.wait_for(STARTED_LINE))
             exited = asyncio.ensure_future(self.process.wait())
@@ -242,8 +220,11 @@ class FirecrackerVmm(VmmProcess):
 
     # -- teardown ------------------------------------------------------------------------------------
 
-    async def _start_failure(self, step: str, exc: BaseException) -> VmmStartError:
-        """Explain a failed step, preferring the process's own exit reason when it died."""
+    async def _start_failure(self, step: str, exc: Exception) -> Exception:
+        """Explain a failed step, preferring the process's own exit reason when it died. Called before
+        the undos run, so a dying firecracker is still there to be reaped and asked why."""
+        if isinstance(exc, FirecrackerConfigRejected) or not isinstance(exc, FirecrackerError | OSError):
+            return exc  # Firecracker's own reason (already one line), or an error that names itself
         info = self.process.exit_info
         if info is None and self.process.pid is not None:
             info = await self.process.wait_at_most(_DEATH_GRACE)

@@ -3,8 +3,9 @@
 The guest's serial console is firecracker's stdout: a FIFO next to the serial file, read by a
 ``ConsoleWriter`` into that file, capped and rotated (``clawpot.vmm.console`` says why a FIFO opened
 read-write). Firecracker's own log goes to a separate file from the first line
-(``--log-path``), keeping the serial file pure guest output. A reaper task waits on the child from the
-moment it is spawned, so an exit is noticed (and the zombie reaped) as soon as the kernel reports it.
+(``--log-path``), keeping the serial file pure guest output. The process is spawned and watched by
+``clawpot.vmm.spawn`` (as QEMU's is): an exit is noticed, reaped and explained as soon as the kernel
+reports it. Explanations quote the ends of the log files through ``clawpot.vmm.logtail``.
 """
 
 from __future__ import annotations
@@ -15,23 +16,22 @@ import logging
 import os
 import re
 import signal
-import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
+from clawpot import limits
 from clawpot.vmm.base import ExitInfo, VmmStartError
 from clawpot.vmm.console import CappedLog, ConsoleWriter, open_fifo
-from clawpot.vmm.spawn import die_with_parent
+from clawpot.vmm.logtail import tail_lines
+from clawpot.vmm.spawn import VmmChild, spawn
 
 log = logging.getLogger(__name__)
 
 # How often the API socket is polled while firecracker starts: it appears within a few ms, so a coarse
 # interval would dominate the wait.
 _API_POLL_INTERVAL = 0.001
-# The tail of the log read when explaining an exit; errors are always near the end.
-_LOG_TAIL_BYTES = 64 * 1024
 # Error lines Firecracker prints on every failing exit; they only repeat the exit code. Not every
 # "RunWith(out)ApiError error: ..." line: with --config-file, "RunWithApiError error: Failed to build
 # MicroVM from Json: <reason>" is the only line that says why the configuration was refused.
@@ -65,30 +65,33 @@ def serial_fifo(serial: Path) -> Path:
 
 
 class FirecrackerProcess:
-    """One firecracker process. Not reusable: spawn once, then it exits once."""
+    """One firecracker process. Not reusable: spawn once, then it exits once.
+
+    Starting is two parts, so a boot recipe can swap the launch alone (a jailer, a wrapper):
+    ``prepare_output()`` (refuse a leftover API socket, create the log, start reading the console FIFO)
+    and ``launch(argv)`` (the process itself, through ``clawpot.vmm.spawn``). ``spawn()`` does both.
+    """
 
     def __init__(self, binary: Path, vm_id: str, files: LaunchFiles, *, die_with_parent: bool = True) -> None:
         self.binary = binary
         self.vm_id = vm_id
         self.files = files
         self.die_with_parent = die_with_parent
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._reaper: asyncio.Task[ExitInfo] | None = None
-        self._exit_info: ExitInfo | None = None
+        self.child: VmmChild | None = None
         self.console: ConsoleWriter | None = None
         self.spawned_at: float | None = None
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        return self.child.pid if self.child else None
 
     @property
     def exit_info(self) -> ExitInfo | None:
-        return self._exit_info
+        return self.child.exit_info if self.child else None
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._exit_info is None
+        return self.child is not None and self.child.running
 
     def argv(self) -> list[str]:
         return [
@@ -102,62 +105,77 @@ class FirecrackerProcess:
         ]  # fmt: skip
 
     async def spawn(self) -> None:
-        if self._proc is not None:
+        """``prepare_output()`` then ``launch()``; on failure nothing is left reading the console."""
+        self.prepare_output()
+        try:
+            self.launch()
+        except BaseException:
+            self.close_output()
+            raise
+
+    def prepare_output(self) -> None:
+        """Check the API socket's place is free, create the log, start copying the console FIFO."""
+        if self.child is not None:
             raise RuntimeError("firecracker process already spawned")
         # Firecracker refuses to bind over an existing file; callers decide whether a leftover is stale.
         if self.files.api_socket.exists():
             raise VmmStartError(f"API socket {self.files.api_socket} already exists")
+        try:
+            self.files.log.touch()  # --log-path must name an existing file
+            self.console = ConsoleWriter.from_fifo(
+                self.files.serial_fifo, CappedLog(self.files.serial, fresh=True)
+            )
+        except OSError as exc:
+            self.close_output()
+            raise VmmStartError(f"cannot set up firecracker's output files: {exc.strerror or exc}") from exc
+
+    def launch(self, argv: Sequence[str] | None = None) -> None:
+        """Run ``argv`` (default: ``self.argv()``; a launcher such as the jailer passes its own, ending
+        in firecracker's) with the console FIFO as stdout. Needs ``prepare_output()`` first."""
+        if self.child is not None:
+            raise RuntimeError("firecracker process already spawned")
         stdout = -1
         try:
-            serial = CappedLog(self.files.serial, fresh=True)
-            self.console = ConsoleWriter.from_fifo(self.files.serial_fifo, serial)
             # Read-write and blocking: firecracker never sees EPIPE, and waits when the FIFO is full.
             stdout = open_fifo(self.files.serial_fifo, blocking=True)
-            stderr = self._open_stderr()
+            stderr = open(self.files.stderr, "wb")  # noqa: SIM115 - closed once firecracker has its copy
         except OSError as exc:
             if stdout >= 0:
                 os.close(stdout)
-            self._close_console()
             raise VmmStartError(f"cannot set up firecracker's output files: {exc.strerror or exc}") from exc
         try:
-            # Plain Popen, reaped through a pidfd (_wait_exit): asyncio's subprocess machinery
-            # starts a waiter thread per child, which was ~1 ms of every VM start.
-            self._proc = subprocess.Popen(  # noqa: ASYNC220 - returns once the child has exec'd
-                self.argv(),
-                stdin=subprocess.DEVNULL,
+            self.child = spawn(
+                argv if argv is not None else self.argv(),
                 stdout=stdout,
                 stderr=stderr,
-                # Own session: a Ctrl+C on the terminal reaches us, and we stop the VM in order.
-                start_new_session=True,
-                preexec_fn=die_with_parent() if self.die_with_parent else None,
+                on_exit=self._on_exit,
+                die_with_parent=self.die_with_parent,
+                what="firecracker",
             )
-        except OSError as exc:
-            self._close_console()
-            raise VmmStartError(f"cannot run {self.binary}: {exc.strerror or exc}") from exc
         finally:
             os.close(stdout)  # firecracker has its copies
             stderr.close()
         self.spawned_at = time.time()
-        self._reaper = asyncio.create_task(self._reap(self._proc), name=f"reap firecracker {self.pid}")
         log.debug("spawned firecracker pid %s for %s", self.pid, self.vm_id)
 
-    def _open_stderr(self) -> BinaryIO:
-        # --log-path must name an existing file.
-        self.files.log.touch()
-        return open(self.files.stderr, "wb")  # closed once firecracker has its copy
-
-    def _close_console(self) -> None:
+    def close_output(self) -> None:
+        """Copy what is left in the console FIFO into the file, then stop reading it."""
         if self.console is not None:
             self.console.drain()
             self.console.close()
+
+    def _on_exit(self, returncode: int) -> ExitInfo:
+        # What the guest printed last may still be in the FIFO: into the file before anyone quotes it.
+        self.close_output()
+        return explain_exit(returncode, self.files.log, self.files.stderr, self.files.serial)
 
     async def wait_api_ready(self, deadline: float) -> None:
         """Wait until the API socket accepts connections (until ``deadline``, in ``time.monotonic()``);
         fail early if the process exits first."""
         started = time.monotonic()
         while True:
-            if self._exit_info is not None:
-                raise VmmStartError(f"firecracker exited before its API came up: {self._exit_info.reason}")
+            if self.exit_info is not None:
+                raise VmmStartError(f"firecracker exited before its API came up: {self.exit_info.reason}")
             if self.files.api_socket.exists():
                 with contextlib.suppress(OSError):
                     _reader, writer = await asyncio.open_unix_connection(str(self.files.api_socket))
@@ -173,65 +191,25 @@ class FirecrackerProcess:
             await asyncio.sleep(_API_POLL_INTERVAL)
 
     def send_signal(self, signum: int) -> None:
-        if self._proc is not None and self._exit_info is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(signum)
+        if self.child is not None:
+            self.child.send_signal(signum)
 
     async def wait(self) -> ExitInfo:
         """How the process ended, once it is reaped."""
-        if self._reaper is None:
-            raise RuntimeError("firecracker process was never spawned")
-        # Shielded: a cancelled waiter must not cancel the reaper that other waiters share.
-        return await asyncio.shield(self._reaper)
+        return await self._spawned().wait()
 
     async def wait_at_most(self, seconds: float | None) -> ExitInfo | None:
         """The exit info, or None if the process still runs after ``seconds``."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                return await self.wait()
-        return None
+        return await self._spawned().wait_at_most(seconds)
 
     async def terminate(self, term_seconds: float = 3.0) -> ExitInfo:
         """SIGTERM, then SIGKILL after ``term_seconds``; returns once reaped."""
-        if self._exit_info is None and term_seconds > 0:
-            log.debug("sending SIGTERM to firecracker pid %s", self.pid)
-            self.send_signal(signal.SIGTERM)
-            await self.wait_at_most(term_seconds)
-        if self._exit_info is None:
-            log.debug("sending SIGKILL to firecracker pid %s", self.pid)
-            self.send_signal(signal.SIGKILL)
-        return await self.wait()
+        return await self._spawned().terminate(term_seconds)
 
-    async def _reap(self, proc: subprocess.Popen[bytes]) -> ExitInfo:
-        returncode = await _wait_exit(proc)
-        # What the guest printed last may still be in the FIFO: into the file before anyone quotes it.
-        self._close_console()
-        info = explain_exit(returncode, self.files.log, self.files.stderr, self.files.serial)
-        self._exit_info = info
-        log.debug("firecracker pid %s exited: %s", proc.pid, info.reason)
-        return info
-
-
-async def _wait_exit(proc: subprocess.Popen[bytes]) -> int:
-    """The child's exit code once it exits, without a thread: its pidfd turns readable then."""
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except OSError:  # kernels before 5.3
-        return await asyncio.to_thread(proc.wait)
-    loop = asyncio.get_running_loop()
-    exited: asyncio.Future[None] = loop.create_future()
-
-    def readable() -> None:
-        if not exited.done():
-            exited.set_result(None)
-
-    loop.add_reader(pidfd, readable)
-    try:
-        await exited
-    finally:
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
-    return proc.wait()  # exited: reaps at once
+    def _spawned(self) -> VmmChild:
+        if self.child is None:
+            raise RuntimeError("firecracker process was never spawned")
+        return self.child
 
 
 def explain_exit(
@@ -260,7 +238,7 @@ def explain_exit(
 def last_error_line(log_path: Path) -> str | None:
     """The last ERROR line of a firecracker log that says more than "exiting with error"."""
     fallback: str | None = None
-    for raw in reversed(_tail_lines(log_path)):
+    for raw in reversed(tail_lines(log_path, limits.FIRECRACKER_LOG_TAIL_BYTES)):
         match = _LOG_PREFIX.match(raw)
         if not match or match["level"] != "ERROR":
             continue
@@ -273,7 +251,7 @@ def last_error_line(log_path: Path) -> str | None:
 
 def _panic_message(serial_path: Path) -> str | None:
     """A panic before the logger is set up goes to stdout, which is the serial file."""
-    lines = _tail_lines(serial_path)
+    lines = tail_lines(serial_path, limits.CONSOLE_TAIL_BYTES)
     for index in range(len(lines) - 1, -1, -1):
         if "Firecracker panicked at" in lines[index]:
             message = lines[index + 1].strip() if index + 1 < len(lines) else ""
@@ -283,18 +261,8 @@ def _panic_message(serial_path: Path) -> str | None:
 
 
 def _last_line(path: Path) -> str | None:
-    lines = [line for line in _tail_lines(path) if line.strip()]
+    lines = [line for line in tail_lines(path, limits.FIRECRACKER_LOG_TAIL_BYTES) if line.strip()]
     return lines[-1].strip() if lines else None
-
-
-def _tail_lines(path: Path) -> list[str]:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - _LOG_TAIL_BYTES))
-            return f.read().decode(errors="replace").splitlines()
-    except OSError:
-        return []
 
 
 def _signal_name(signum: int) -> str:

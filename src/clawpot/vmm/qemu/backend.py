@@ -15,9 +15,11 @@ from pathlib import Path
 
 from clawpot.vmm.base import Capabilities, VmmBackend, VmmConfigError, VmmUnsupported
 from clawpot.vmm.probe import cached_probe, probe_accelerator
+from clawpot.vmm.qemu.boot import QEMU_BOOT
 from clawpot.vmm.qemu.cmdline import QEMU_BINARY, Accel
 from clawpot.vmm.qemu.process import QemuProcess
 from clawpot.vmm.spec import BackendKind, VmSpec
+from clawpot.vmm.steps import Recipe
 
 ACCEL_ENV = "CLAWPOT_QEMU_ACCEL"
 BINARY_ENV = "CLAWPOT_QEMU_BIN"
@@ -46,6 +48,7 @@ class QemuBackend(VmmBackend):
 
     ``qmp_socket`` pins the QMP socket path (single-VM launches such as ``clawpot-driver --socket``).
     ``vsock``: True/False forces the agent transport; None picks vhost-vsock when the host has it.
+    ``recipe`` is how its VMs boot (``boot.QEMU_BOOT``, or a variant of it).
     """
 
     kind = BackendKind.QEMU
@@ -60,8 +63,10 @@ class QemuBackend(VmmBackend):
         vsock: bool | None = None,
         start_timeout: float = 10.0,
         die_with_parent: bool = True,
+        recipe: Recipe[QemuProcess] = QEMU_BOOT,
     ) -> None:
         self._requested_binary = binary
+        self.recipe = recipe
         self._binary = find_qemu(binary)
         self.qmp_socket = qmp_socket
         self.data = data
@@ -126,6 +131,7 @@ class QemuBackend(VmmBackend):
             qmp_socket=self.qmp_socket,
             start_timeout=self.start_timeout,
             die_with_parent=self.die_with_parent,
+            recipe=self.recipe,
         )
 
 

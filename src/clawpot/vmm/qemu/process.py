@@ -1,8 +1,10 @@
 """One QEMU process: spawn, wait until the guest CPU runs, notice the exit at once, reap, clean up.
 
-The process is watched through a pidfd registered with the event loop: readable the moment QEMU
-exits, whatever the reason (guest poweroff, crash, ``kill -9`` from outside), so ``wait()`` resolves
-within one loop iteration. Holding the pidfd until the exit is reaped also means signals go to our
+``start()`` runs a boot recipe (``clawpot.vmm.qemu.boot.QEMU_BOOT`` by default: validate → choose the
+accelerator → build the command line → prepare files → spawn qemu → wait until QMP says running), each
+step a call on this object. The process is spawned and watched by ``clawpot.vmm.spawn``, as
+Firecracker's is: a pidfd turns readable the moment QEMU exits, whatever the reason (guest poweroff,
+crash, ``kill -9`` from outside), so ``wait()`` resolves within one loop iteration, and signals go to our
 QEMU and never to a recycled PID.
 
 The serial console: before QEMU is spawned the VM's console FIFOs are made and a ``ConsoleWriter``
@@ -18,18 +20,21 @@ import re
 import signal
 import socket
 import stat
-import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+from clawpot import limits
 from clawpot.guest.endpoints import AgentEndpoint, SerialSocketEndpoint, VsockEndpoint
 from clawpot.vmm.base import ExitInfo, VmmConfigError, VmmProcess, VmmStartError
 from clawpot.vmm.console import CappedLog, ConsoleWriter, make_fifo
+from clawpot.vmm.logtail import tail_lines
+from clawpot.vmm.qemu.boot import QEMU_BOOT
 from clawpot.vmm.qemu.cmdline import QEMU_BINARY, Accel, QemuFiles, build_command, validate
 from clawpot.vmm.qemu.qmp import QmpControl, QmpError
-from clawpot.vmm.spawn import die_with_parent
+from clawpot.vmm.spawn import VmmChild, spawn
 from clawpot.vmm.spec import BackendKind, VmSpec
+from clawpot.vmm.steps import Recipe
 
 _POLL = 0.01
 # After QMP `quit` or SIGTERM, how long QEMU gets before the next, harder step.
@@ -52,6 +57,7 @@ class QemuProcess(VmmProcess):
         qmp_socket: Path | None = None,
         start_timeout: float = 10.0,
         die_with_parent: bool = True,
+        recipe: Recipe[QemuProcess] = QEMU_BOOT,
     ) -> None:
         self.spec = spec
         self.vm_dir = vm_dir
@@ -62,13 +68,13 @@ class QemuProcess(VmmProcess):
         self.vsock_cid = vsock_cid
         self.start_timeout = start_timeout
         self.die_with_parent = die_with_parent
+        self.recipe = recipe
         self.files = QemuFiles.in_dir(vm_dir, qmp_socket=qmp_socket)
         self.qmp = QmpControl(self.files.qmp_socket)
-        self._popen: subprocess.Popen[bytes] | None = None
+        # The argv the launch step runs: set by the "build the command line" step.
+        self.argv: list[str] | None = None
+        self.child: VmmChild | None = None
         self.console: ConsoleWriter | None = None
-        self._pidfd: int | None = None
-        self._exited: asyncio.Future[ExitInfo] | None = None
-        self._exit_info: ExitInfo | None = None
         # A clean exit after our QMP quit is not the guest powering off: say which it was.
         self._quit_sent = False
 
@@ -83,7 +89,7 @@ class QemuProcess(VmmProcess):
 
     @property
     def pid(self) -> int | None:
-        return self._popen.pid if self._popen is not None else None
+        return self.child.pid if self.child is not None else None
 
     @property
     def control_socket(self) -> Path:
@@ -104,62 +110,78 @@ class QemuProcess(VmmProcess):
 
     @property
     def exit_info(self) -> ExitInfo | None:
-        return self._exit_info
+        return self.child.exit_info if self.child is not None else None
 
     async def start(self) -> None:
-        if self._popen is not None:
+        """Run ``self.recipe``; on failure its undos ran (no process, no files) and the error is QEMU's."""
+        if self.child is not None or self.argv is not None:
             raise VmmStartError("this QEMU process was already started")
+        await self.recipe.run(self, label=f"qemu {self.vm_dir.name}")
+
+    # -- what the boot steps call (clawpot.vmm.qemu.boot) --------------------------------------------
+
+    def validate(self) -> None:
         validate(self.spec, self.files)
+
+    async def choose_accel(self) -> None:
         if self._choose_accel is not None and self.accel is None:
             self.accel = await self._choose_accel(self.spec)
-        command = self.command
+
+    def build_command(self) -> None:
+        self.argv = self.command
+
+    def prepare_files(self) -> None:
+        """The VM directory, its sockets' places (stale ones removed, live ones refused) and the console
+        FIFOs with their reader. On failure nothing of it is left."""
         self.vm_dir.mkdir(parents=True, exist_ok=True)
         for path in self.files.sockets:
             _clear_stale_socket(path)
-        loop = asyncio.get_running_loop()
         try:
             console_out, console_in = self.files.console_fifos
             make_fifo(console_in)
             self.console = ConsoleWriter.from_fifo(console_out, CappedLog(self.files.serial_log, fresh=True))
         except OSError as exc:
+            self.remove_files()
             raise VmmStartError(f"cannot set up the serial console: {exc.strerror or exc}") from exc
-        try:
-            # Popen rather than asyncio's subprocess: exits are watched through our own pidfd, and
-            # asyncio's child watcher would race us to reap. Spawning takes a few milliseconds.
-            with open(self.files.qemu_log, "wb") as log:  # noqa: ASYNC230
-                self._popen = subprocess.Popen(  # noqa: ASYNC220
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    # Own session: a Ctrl+C at the terminal reaches our cleanup, not QEMU directly.
-                    start_new_session=True,
-                    preexec_fn=die_with_parent() if self.die_with_parent else None,
-                )
-        except OSError as exc:
-            self._close_console()
-            self._remove_files()
-            raise VmmStartError(f"cannot run {self.binary}: {exc.strerror or exc}") from exc
-        self._pidfd = os.pidfd_open(self._popen.pid)
-        self._exited = loop.create_future()
-        loop.add_reader(self._pidfd, self._on_exit)
-        try:
-            await self._wait_running()
-        except BaseException:
-            await self.kill()
-            self._close_console()
-            self._remove_files()
-            raise
 
-    async def _wait_running(self) -> None:
-        assert self._exited is not None
+    def remove_files(self) -> None:
+        """Stop reading the console; remove the sockets, console files, FIFOs and QEMU's log."""
+        self._close_console()
+        self._remove_sockets()
+        CappedLog.remove_files(self.files.serial_log)
+        for path in (self.files.qemu_log, *self.files.console_fifos):
+            path.unlink(missing_ok=True)
+
+    def launch(self, argv: Sequence[str] | None = None) -> None:
+        """Run ``argv`` (default: the built command line) with its output in QEMU's log file."""
+        if argv is None:
+            if self.argv is None:
+                raise VmmStartError("the command line is built before QEMU is launched")
+            argv = self.argv
+        try:
+            log = open(self.files.qemu_log, "wb")  # noqa: SIM115 - closed below, QEMU has a copy
+        except OSError as exc:
+            raise VmmStartError(f"cannot create {self.files.qemu_log}: {exc.strerror or exc}") from exc
+        with log:
+            self.child = spawn(
+                argv,
+                stdout=log,
+                stderr=log,
+                on_exit=self._on_exit,
+                die_with_parent=self.die_with_parent,
+                what="qemu",
+            )
+
+    async def wait_running(self) -> None:
+        """Until QMP reports the guest CPU running; QEMU exiting first means it refused the config."""
+        child = self._spawned()
         deadline = time.monotonic() + self.start_timeout
         last_error = "QMP socket never appeared"
         while time.monotonic() < deadline:
-            if self._exited.done():
+            if child.exit_info is not None:
                 # QEMU quitting before the guest runs means it refused the configuration
                 # (missing TAP, locked image, unknown device, KVM refused, ...).
-                raise VmmConfigError(f"QEMU did not start: {self._exited.result().reason}")
+                raise VmmConfigError(f"QEMU did not start: {child.exit_info.reason}")
             if self.files.qmp_socket.exists():
                 try:
                     status = await self.qmp.status()
@@ -172,79 +194,51 @@ class QemuProcess(VmmProcess):
             await asyncio.sleep(_POLL)
         raise VmmStartError(f"QEMU not running after {self.start_timeout:.0f} s: {last_error}")
 
-    def _on_exit(self) -> None:
-        assert self._popen is not None and self._pidfd is not None and self._exited is not None
-        returncode = self._popen.poll()
-        if returncode is None:
-            return  # readable without an exit should not happen; stay registered
-        asyncio.get_running_loop().remove_reader(self._pidfd)
-        os.close(self._pidfd)
-        self._pidfd = None
+    def _on_exit(self, returncode: int) -> ExitInfo:
         # The console's last words first: a readiness failure quotes them right after this.
         self._close_console()
-        self._exit_info = _exit_info(returncode, _last_error_line(self.files.qemu_log), self._quit_sent)
-        if not self._exited.done():
-            self._exited.set_result(self._exit_info)
+        return _exit_info(returncode, _last_error_line(self.files.qemu_log), self._quit_sent)
+
+    # -- after the start -----------------------------------------------------------------------------
 
     async def wait(self) -> ExitInfo:
-        if self._exited is None:
-            raise VmmStartError("QEMU was never started")
-        return await asyncio.shield(self._exited)
+        return await self._spawned().wait()
 
     async def request_shutdown(self) -> None:
         """ACPI power button. The guest may ignore it (no acpid in a minimal guest): ``stop`` copes."""
-        if self._exit_info is None:
+        if self.exit_info is None:
             await self.qmp.system_powerdown()
 
     async def stop(self, grace: float = 5.0) -> ExitInfo:
-        if self._exited is None:
-            raise VmmStartError("QEMU was never started")
-        if self._exit_info is None and grace > 0:
+        child = self._spawned()
+        if child.exit_info is None and grace > 0:
             try:
                 await self.qmp.system_powerdown()
             except QmpError:
                 pass  # QMP gone or wedged: the harder steps below still work
             else:
-                await self._wait_exit(grace)
-        if self._exit_info is None:
+                await child.wait_at_most(grace)
+        if child.exit_info is None:
             self._quit_sent = True
             try:
                 await self.qmp.quit()
             except QmpError:
                 pass
             else:
-                await self._wait_exit(_STEP_TIMEOUT)
-        if self._exit_info is None:
-            self._signal(signal.SIGTERM)
-            await self._wait_exit(_STEP_TIMEOUT)
-        if self._exit_info is None:
-            self._signal(signal.SIGKILL)
-        info = await self.wait()
+                await child.wait_at_most(_STEP_TIMEOUT)
+        info = await child.terminate(_STEP_TIMEOUT)
         self._remove_sockets()
         return info
 
     async def kill(self) -> ExitInfo:
-        if self._exited is None:
-            raise VmmStartError("QEMU was never started")
-        self._signal(signal.SIGKILL)
-        info = await self.wait()
+        info = await self._spawned().terminate(0)
         self._remove_sockets()
         return info
 
-    async def _wait_exit(self, seconds: float) -> None:
-        assert self._exited is not None
-        try:
-            await asyncio.wait_for(asyncio.shield(self._exited), seconds)
-        except TimeoutError:
-            pass
-
-    def _signal(self, sig: signal.Signals) -> None:
-        # Until the exit is reaped the pidfd pins the process; afterwards there is nothing to signal.
-        if self._pidfd is not None:
-            try:
-                signal.pidfd_send_signal(self._pidfd, sig)
-            except ProcessLookupError:
-                pass  # exited a moment ago; _on_exit reaps it
+    def _spawned(self) -> VmmChild:
+        if self.child is None:
+            raise VmmStartError("QEMU was never started")
+        return self.child
 
     def _close_console(self) -> None:
         if self.console is not None:
@@ -253,12 +247,6 @@ class QemuProcess(VmmProcess):
 
     def _remove_sockets(self) -> None:
         for path in self.files.sockets:
-            path.unlink(missing_ok=True)
-
-    def _remove_files(self) -> None:
-        self._remove_sockets()
-        CappedLog.remove_files(self.files.serial_log)
-        for path in (self.files.qemu_log, *self.files.console_fifos):
             path.unlink(missing_ok=True)
 
 
@@ -301,17 +289,11 @@ def _exit_info(returncode: int, last_error: str, quit_sent: bool = False) -> Exi
     return info
 
 
-def _last_error_line(log: Path, max_bytes: int = 4096) -> str:
+def _last_error_line(log: Path, max_bytes: int = limits.QEMU_LOG_TAIL_BYTES) -> str:
     """QEMU's complaint on stderr, without the program-name prefix: the first line saying "error"
     (later lines are usually its consequences, like an assertion), else the last line."""
-    try:
-        with open(log, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - max_bytes))
-            tail = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    lines = [re.sub(r"^qemu-system-\w+: ", "", line.strip()) for line in tail.splitlines() if line.strip()]
+    tail = tail_lines(log, max_bytes)
+    lines = [re.sub(r"^qemu-system-\w+: ", "", line.strip()) for line in tail if line.strip()]
     if not lines:
         return ""
     return next((line for line in lines if "error" in line.lower()), lines[-1])

@@ -54,8 +54,8 @@ def test_no_vsock_without_an_agent_channel(tmp_path: Path) -> None:
     assert "vsock" not in vmm.config().body()
 
 
-async def test_written_file_is_that_json(tmp_path: Path) -> None:
+def test_written_file_is_that_json(tmp_path: Path) -> None:
     vmm = FirecrackerVmm(Path("/nonexistent/firecracker"), spec(tmp_path), tmp_path)
-    await vmm._write_config()
+    vmm.write_config()
     assert json.loads((tmp_path / "firecracker.json").read_text()) == vmm.config().body()
     assert "metrics" not in vmm.config().body()  # an unbounded file nothing reads

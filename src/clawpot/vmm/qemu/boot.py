@@ -1,0 +1,78 @@
+"""How a QEMU VM comes to life: the default boot recipe, one named step per line.
+
+    QEMU_BOOT:
+        validate                     kernel, drives and sockets make sense (nothing created yet)
+        choose the accelerator       the forced one, else the cached KVM probe (may boot a probe VM once)
+        build the command line       qemu-system-x86_64 -M microvm ... for the spec (pure)
+        prepare files                the VM directory, stale sockets removed (live ones refused), console
+                                     FIFOs and their capped reader
+                                     undo: stop reading the console, remove sockets, console and logs
+        spawn qemu                   the command line, output to qemu.log, watched by a pidfd
+                                     undo: SIGKILL, reap, remove the sockets
+        wait until QMP says running  QMP answers and query-status is "running" (QEMU exiting first:
+                                     it refused the configuration, VmmConfigError)
+
+``QemuProcess.start()`` runs it (``clawpot.vmm.steps``); variants edit a copy (``replace``,
+``insert_before``, ...). Each step is one call on the process object, so a replacement (a launcher
+wrapping QEMU, say) uses the same public pieces (``process.launch(argv)``, ``process.kill``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from clawpot.vmm.steps import Recipe, Step
+
+if TYPE_CHECKING:
+    from clawpot.vmm.qemu.process import QemuProcess
+
+VALIDATE = "validate"
+CHOOSE_ACCEL = "choose the accelerator"
+BUILD_COMMAND = "build the command line"
+PREPARE_FILES = "prepare files"
+SPAWN = "spawn qemu"
+WAIT_RUNNING = "wait until QMP says running"
+
+
+async def validate(qemu: QemuProcess) -> None:
+    qemu.validate()
+
+
+async def choose_accel(qemu: QemuProcess) -> None:
+    await qemu.choose_accel()
+
+
+async def build_command(qemu: QemuProcess) -> None:
+    qemu.build_command()
+
+
+async def prepare_files(qemu: QemuProcess) -> None:
+    qemu.prepare_files()
+
+
+async def remove_files(qemu: QemuProcess) -> None:
+    qemu.remove_files()
+
+
+async def spawn(qemu: QemuProcess) -> None:
+    qemu.launch()
+
+
+async def kill(qemu: QemuProcess) -> None:
+    await qemu.kill()
+
+
+async def wait_running(qemu: QemuProcess) -> None:
+    await qemu.wait_running()
+
+
+QEMU_BOOT: Recipe[QemuProcess] = Recipe(
+    [
+        Step(VALIDATE, validate),
+        Step(CHOOSE_ACCEL, choose_accel),
+        Step(BUILD_COMMAND, build_command),
+        Step(PREPARE_FILES, prepare_files, undo=remove_files),
+        Step(SPAWN, spawn, undo=kill),
+        Step(WAIT_RUNNING, wait_running),
+    ]
+)
