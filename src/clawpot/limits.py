@@ -146,6 +146,9 @@ DEFAULT_SUBNET = "192.168.100.0/24"
 DEFAULT_READY_TIMEOUT = 60.0
 # Delete / stop: the agent's clean power-off, then Ctrl+Alt+Del, then SIGTERM, then SIGKILL, within this.
 DEFAULT_STOP_GRACE = 5.0
+# A terminal exec that names no size gets the VT100's 24x80 (the agent falls back to the same).
+DEFAULT_PTY_ROWS = 24
+DEFAULT_PTY_COLS = 80
 
 # --- Time: deadlines the host enforces ----------------------------------------------------------------
 

@@ -24,7 +24,8 @@ async def exec_in(nvm: NodeVm, params: ExecParams) -> ExecSession:
     deadline = loop.time() + params.timeout + limits.EXEC_TIMEOUT_GRACE if params.timeout else None
     link = nvm.agent
     agent = await link.connected(link.budget(deadline), deadline)
-    pty = PtySize(params.rows or 24, params.cols or 80) if params.tty else None
+    rows, cols = params.rows or limits.DEFAULT_PTY_ROWS, params.cols or limits.DEFAULT_PTY_COLS
+    pty = PtySize(rows, cols) if params.tty else None
     budget = link.budget(deadline)
     try:
         async with asyncio.timeout(budget):
