@@ -30,6 +30,7 @@ class AgentLink:
         self.client: AgentClient | None = None
         self.health = HealthStatus()
         self._lock = asyncio.Lock()
+        self._answered_at = -float("inf")  # event-loop time of the last ping or connection answered
 
     # -- what the node sees of the agent ---------------------------------------------------------------
 
@@ -39,6 +40,8 @@ class AgentLink:
         DEGRADED is for a connection dropped because the guest misbehaved (``AgentClient.violation``);
         it sticks (see health.py).
         """
+        if health is not AgentHealth.HEALTHY:
+            self._answered_at = -float("inf")  # whatever went wrong, the next call pings again
         before = self.health.health
         self.health = self.health.changed_to(health, detail)
         if self.health.health is not before:
@@ -90,12 +93,16 @@ class AgentLink:
                 if agent is not None and not agent.connected:
                     # Closed since the last call: by the agent, or by the client for a violation.
                     self.lost(agent, AgentDisconnected("the connection was closed"))
+                loop = asyncio.get_running_loop()
                 if agent is not None and agent.connected:
+                    if loop.time() - self._answered_at < limits.AGENT_PING_REUSE:
+                        return agent  # proven a moment ago (by the call queued before this one)
                     try:
                         await agent.ping()
                     except GuestError as exc:
                         self.lost(agent, exc)  # the connection died under us: reopen below
                     else:
+                        self._answered_at = loop.time()
                         self.mark(AgentHealth.HEALTHY, "answered a ping")
                         return agent
                 if self.endpoint is None:
@@ -111,6 +118,7 @@ class AgentLink:
                     raise errors.Unavailable(
                         f"agent of VM {self.vm_id} not reachable: {one_line(exc)}"
                     ) from exc
+                self._answered_at = loop.time()
                 self.mark(AgentHealth.HEALTHY, "answered a new connection")
                 return self.client
         except TimeoutError:

@@ -233,3 +233,26 @@ async def test_a_vm_in_a_state_db_from_before_versioning_is_adopted(
         _nothing_left(node, data_dir)
     finally:
         await node.close(stop_vms=True)
+
+
+async def test_concurrent_calls_share_one_recent_ping(node: Node, backend: FakeVmmBackend) -> None:
+    """Calls queue on the VM's agent lock; a ping that just answered proves the connection for the
+    ones behind it (limits.AGENT_PING_REUSE), so 20 concurrent execs do not ping 20 times in a row."""
+    service = Service(node)
+    record = (await service.create(CreateParams())).record
+    link = node.get(record.id).agent
+    await link.connected(5.0)  # the boot's connection, proven once
+    client = link.client
+    assert client is not None
+    pings = 0
+    real_ping = client.ping
+
+    async def counted_ping() -> None:
+        nonlocal pings
+        pings += 1
+        await real_ping()
+
+    client.ping = counted_ping  # type: ignore[method-assign]
+    results = await asyncio.gather(*(_run(service, record.id, "echo", str(i)) for i in range(20)))
+    assert results == [(f"{i}\n".encode(), 0) for i in range(20)]
+    assert pings <= 3, pings
