@@ -162,11 +162,6 @@ EXEC_TIMEOUT_GRACE = 2.0
 # shown UNRESPONSIVE. One check in flight per VM; a stuck one is never stacked on.
 HEALTH_CHECK_INTERVAL = 5.0
 HEALTH_PING_TIMEOUT = 2.0
-# A call finds the agent connection proven by a ping this recent: it is used without another ping.
-# Calls queue on one lock per VM, so 50 concurrent execs would otherwise ping 50 times in a row, and on
-# a loaded TCG host the last of them ran out of --agent-timeout waiting (test_hostile_held). A guest
-# that froze since is still caught: the call's own step has the same time budget.
-AGENT_PING_REUSE = 0.5
 # The longest exec --timeout accepted (a year): beyond it the number is a mistake, not a wish.
 MAX_EXEC_TIMEOUT = 365 * 24 * 3600.0
 

@@ -85,7 +85,14 @@ class AgentLink:
             self.mark(AgentHealth.HEALTHY, "answered at boot")
 
     async def connected(self, budget: float, deadline: float | None = None) -> AgentClient:
-        """The agent connection, (re)opened when needed and checked alive with a ping, within ``budget``."""
+        """The agent connection, (re)opened when needed and checked alive with a ping, within ``budget``.
+
+        A call that queued behind another one on the lock takes the answer that one got: calls that
+        arrive together (50 concurrent execs) cost one ping, not 50 in a row, each eating into the
+        budget of the calls behind it. A call that waited for nobody always pings.
+        """
+        loop = asyncio.get_running_loop()
+        queued_at = loop.time()
         try:
             # The lock wait counts too: calls queued behind a ping to a wedged guest must not add up.
             async with asyncio.timeout(budget), self._lock:
@@ -93,10 +100,9 @@ class AgentLink:
                 if agent is not None and not agent.connected:
                     # Closed since the last call: by the agent, or by the client for a violation.
                     self.lost(agent, AgentDisconnected("the connection was closed"))
-                loop = asyncio.get_running_loop()
                 if agent is not None and agent.connected:
-                    if loop.time() - self._answered_at < limits.AGENT_PING_REUSE:
-                        return agent  # proven a moment ago (by the call queued before this one)
+                    if self._answered_at >= queued_at:
+                        return agent  # proven while this call waited for the lock
                     try:
                         await agent.ping()
                     except GuestError as exc:
