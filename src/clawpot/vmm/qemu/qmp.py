@@ -1,4 +1,5 @@
-"""Control of one QEMU through QMP (``qemu.qmp``'s ``QMPClient``): status, power button, quit.
+"""Control of one QEMU through QMP (``qemu.qmp``'s ``QMPClient``): status, power button, quit, and the
+commands of pause and snapshots (``stop``, ``cont``, migration to and from a passed file descriptor).
 
 One short connection per command: QEMU's QMP socket serves a single client at a time, and a
 connection held open would tie a background reader task to one event loop for the VM's whole life.
@@ -38,13 +39,19 @@ class QmpControl:
         """Several argument-less commands over one connection (``query-*`` for a status report)."""
         return await self.execute_all(*((command, None) for command in commands))
 
-    async def execute_all(self, *calls: tuple[str, dict[str, Any] | None]) -> list[object]:
+    async def execute_all(
+        self, *calls: tuple[str, dict[str, Any] | None], fd: int | None = None
+    ) -> list[object]:
+        """Several commands over one connection. ``fd`` is passed to QEMU first (SCM_RIGHTS), for a
+        ``getfd`` among ``calls``: QEMU keeps it under the name ``getfd`` gives it."""
         async with self._lock:
             client = QMPClient("clawpot")
             command = "connect"
             try:
                 async with asyncio.timeout(self.timeout):
                     await client.connect(str(self.socket_path))
+                    if fd is not None:
+                        client.send_fd_scm(fd)
                     replies = []
                     for command, arguments in calls:
                         replies.append(await client.execute(command, arguments))
