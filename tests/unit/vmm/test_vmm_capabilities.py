@@ -34,3 +34,16 @@ def test_qemu_offers_pause_snapshot_and_restore(tmp_path: Path) -> None:
         assert caps.features == everything
     missing = QemuBackend(tmp_path / "no-qemu").capabilities()
     assert not missing.available and missing.features == NO_FEATURES
+
+
+def test_firecracker_declares_pause_snapshot_restore_where_it_runs(tmp_path: Path) -> None:
+    from clawpot.vmm.firecracker.backend import FirecrackerBackend
+
+    caps = FirecrackerBackend(tmp_path / "no-firecracker").capabilities()
+    assert not caps.available and caps.features == NO_FEATURES
+    fake = tmp_path / "firecracker"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    caps = FirecrackerBackend(fake).capabilities()
+    if caps.available:  # a host with /dev/kvm
+        assert caps.features == Feature.PAUSE | Feature.SNAPSHOT | Feature.RESTORE
