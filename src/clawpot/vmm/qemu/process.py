@@ -251,11 +251,11 @@ class QemuProcess(VmmProcess):
 
     async def pause(self) -> None:
         """QMP ``stop``: the vCPUs stop; QEMU drains and flushes its block layer."""
-        await self.qmp.execute("stop")
+        await self.qmp.execute_quick("stop")
 
     async def resume(self) -> None:
         """QMP ``cont`` (also from ``postmigrate``, the state a snapshot leaves)."""
-        await self.qmp.execute("cont")
+        await self.qmp.execute_quick("cont")
 
     async def snapshot(self, directory: Path) -> None:
         """A complete snapshot of the paused VM at ``directory`` (``capture`` then ``seal``)."""
