@@ -4,7 +4,10 @@
 
 In one run, with baselines from the same run:
 
-- cold boot → agent ready (``Vm.start()``), for each of ``--vms`` cold VMs booted one after another;
+- cold boot → agent ready (``Vm.start()``), for each of ``--vms`` cold VMs booted one after another,
+  and the cost of guest RAM being a shared memfd (what makes every VM snapshot-able): ``--anon`` cold
+  VMs booted with anonymous RAM instead (the boot recipe with its command-line step swapped), boot
+  time and PSS compared;
 - (b) restore → agent answering, through ``QemuBackend.restore`` (the ``QEMU_RESTORE`` recipe: verify,
   copy the writable layer, spawn, load, cont) against a bare restore of the same snapshot: the same
   qemu argv, the writable layer copied the same way, driven by raw QMP (``qemu.qmp``) with nothing
@@ -42,9 +45,11 @@ from clawpot.guest.endpoints import SerialSocketEndpoint
 from clawpot.vm.config import VmConfig
 from clawpot.vm.handle import Vm
 from clawpot.vmm.qemu.backend import QemuBackend, find_qemu
+from clawpot.vmm.qemu.boot import BUILD_COMMAND, QEMU_BOOT
 from clawpot.vmm.qemu.cmdline import Accel, QemuFiles, RamBacking, build_command
 from clawpot.vmm.qemu.process import QemuProcess
 from clawpot.vmm.snapshot import MEMORY_NAME, STATE_NAME, Snapshot, copy_sparse, read_manifest
+from clawpot.vmm.steps import Step
 
 READY_TIMEOUT = 120.0
 QEMU = find_qemu() or "qemu-system-x86_64"
@@ -65,6 +70,39 @@ def page_cache_mib(path: Path) -> float:
         check=True,
     )
     return int(out.stdout.split()[0]) / (1024 * 1024)
+
+
+async def build_with_anonymous_ram(qemu: QemuProcess) -> None:
+    """The usual command line minus the memfd memory backend: guest RAM anonymous, as before."""
+    qemu.build_command()
+    assert qemu.argv is not None
+    argv = list(qemu.argv)
+    at = argv.index("-M")
+    argv[at + 1] = "microvm"
+    at = next(i for i, arg in enumerate(argv) if arg.startswith("memory-backend-memfd"))
+    del argv[at - 1 : at + 1]
+    qemu.argv = argv
+
+
+ANONYMOUS_RAM_BOOT = QEMU_BOOT.replace(
+    BUILD_COMMAND, Step("build the command line (anonymous RAM)", build_with_anonymous_ram)
+)
+
+
+async def cold_anonymous(args: argparse.Namespace, root: Path) -> dict[str, object]:
+    backend = QemuBackend(QEMU, accel=Accel.TCG, vsock=False, recipe=ANONYMOUS_RAM_BOOT)
+    config = VmConfig(args.kernel, args.rootfs, memory_mib=args.memory, ready_timeout=READY_TIMEOUT)
+    boots, pss = [], []
+    for _ in range(args.anon):
+        vm = Vm(config, backend, root=root / "anon")
+        began = time.perf_counter()
+        await vm.start()
+        boots.append(time.perf_counter() - began)
+        await asyncio.sleep(args.idle)
+        assert vm.vmm is not None and vm.vmm.pid is not None
+        pss.append(round(pss_mib(vm.vmm.pid), 1))
+        await vm.stop(grace=0)
+    return {"boot_to_agent": summary(boots), "pss_mib_each": pss}
 
 
 def summary(samples: list[float]) -> dict[str, float]:
@@ -147,6 +185,7 @@ async def main() -> int:
     parser.add_argument("--vms", type=int, default=10, help="cold VMs and clones for (e)")
     parser.add_argument("--restores", type=int, default=8, help="restores of each kind for (b)")
     parser.add_argument("--pauses", type=int, default=100)
+    parser.add_argument("--anon", type=int, default=3, help="cold VMs with anonymous RAM (baseline)")
     parser.add_argument("--memory", type=int, default=256)
     parser.add_argument("--idle", type=float, default=5.0, help="seconds before memory is read")
     parser.add_argument("--kernel", type=Path, default=paths.assets_dir() / "vmlinux")
@@ -178,6 +217,8 @@ async def main() -> int:
             cold.append(vm)
             print(f"cold VM {index + 1}/{args.vms}: agent ready in {boots[-1]:.2f} s", file=sys.stderr)
         result["cold_boot_to_agent"] = summary(boots)
+        if args.anon:
+            result["cold_anonymous_ram_baseline"] = await cold_anonymous(args, root)
         template = cold[0]
         assert isinstance(template.vmm, QemuProcess) and template.agent is not None
         await template.agent.run(["true"])
@@ -244,6 +285,7 @@ async def main() -> int:
             clones.append(process)
         await asyncio.sleep(args.idle)
         cold_pss = [pss_mib(vm.vmm.pid) for vm in cold if vm.vmm is not None and vm.vmm.pid is not None]
+        result["cold_memfd_ram_pss_mib_each"] = [round(v, 1) for v in cold_pss]
         clone_pss = [pss_mib(p.pid) for p in clones if p.pid is not None]
         cache = page_cache_mib(snap / MEMORY_NAME)
         cold_total, clones_total = sum(cold_pss), sum(clone_pss) + cache
