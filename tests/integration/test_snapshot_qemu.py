@@ -25,7 +25,8 @@ from clawpot.guest import AgentClient, wait_ready
 from clawpot.vm import procfs
 from clawpot.vm.config import VmConfig
 from clawpot.vm.handle import Vm
-from clawpot.vmm.base import Feature, VmmError
+from clawpot.vmm.base import AttachRecord, Feature, VmmError
+from clawpot.vmm.qemu.attached import AttachedQemu
 from clawpot.vmm.qemu.backend import QemuBackend
 from clawpot.vmm.qemu.process import QemuProcess
 from clawpot.vmm.snapshot import (
@@ -36,6 +37,7 @@ from clawpot.vmm.snapshot import (
     SnapshotError,
     SnapshotIncompatible,
 )
+from clawpot.vmm.spec import BackendKind
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -327,3 +329,25 @@ async def test_a_snapshot_needs_a_paused_vm(source: Source) -> None:
     with pytest.raises(VmmError, match="pause it first"):
         await source.qemu.snapshot(source.work / "not-paused")
     assert not (source.work / "not-paused").exists()
+
+
+async def test_a_vm_paused_before_a_server_restart_is_resumed_after_it(source: Source) -> None:
+    # What the next server does with a VM it finds running (VmmBackend.attach): here without taking
+    # the console back, which the source's own handle still reads.
+    assert source.vm.directory is not None and source.qemu.pid is not None
+    record = AttachRecord(
+        source.qemu.pid, procfs.start_ticks(source.qemu.pid), source.vm.directory.path, None
+    )
+    before = await _counter(source.agent)
+    await source.qemu.pause()
+    attached = AttachedQemu(record, BackendKind.QEMU)
+    try:
+        assert await attached.status() == "paused"  # still paused, as the previous server left it
+        await attached.resume()
+        assert await attached.status() == "running"
+        await attached.pause()
+        assert await source.qemu.qmp.status() == "paused"
+        await attached.resume()
+    finally:
+        attached.detach()
+    await _counter_advances(source.agent, before)

@@ -224,11 +224,16 @@ class Snapshot:
                 if drive.read_only or drive.file is None:
                     continue
                 target = vm_dir / drive.path
-                made.append(target)
                 copy_sparse(self.directory / drive.file, target, mode=0o600)
-        except BaseException:
+                made.append(target)
+        except BaseException as exc:
             for path in made:
                 path.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise SnapshotError(
+                    f"cannot copy the writable layer of snapshot {self.directory.name} into "
+                    f"{vm_dir}: {describe_oserror(exc)}"
+                ) from exc
             raise
         return made
 

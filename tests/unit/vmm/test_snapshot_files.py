@@ -171,3 +171,16 @@ def test_a_copy_that_fails_leaves_no_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         copy_sparse(tmp_path / "missing", tmp_path / "new")
     assert not (tmp_path / "new").exists()
+
+
+def test_a_restore_never_copies_over_a_file_already_there(tmp_path: Path, spec: VmSpec) -> None:
+    target = tmp_path / "snap"
+    write(target, spec, {"state": b"S", "drive-scratch": b"D"})
+    snap = open_snapshot(target, backend=BackendKind.QEMU, backend_version="7.2.22")
+    vm_dir = tmp_path / "busy"
+    vm_dir.mkdir()
+    (vm_dir / "scratch.ext4").write_bytes(b"someone else's")
+    with pytest.raises(SnapshotError, match="cannot copy the writable layer") as caught:
+        snap.copy_drives(vm_dir)
+    assert "\n" not in str(caught.value)
+    assert (vm_dir / "scratch.ext4").read_bytes() == b"someone else's"

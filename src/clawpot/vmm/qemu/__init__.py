@@ -12,6 +12,7 @@
                CPU to run), stop, reap.
 - ``backend``  ``QemuBackend``: binary lookup, accelerator and agent-transport choice, ``prepare``,
                ``restore``.
+- ``attached`` ``AttachedQemu``: a QEMU left by an earlier server, paused and resumed over its QMP.
 - ``facts``    ``qemu_facts``: a running VM's state, size, version and accelerator, for status reports.
 
 The accelerator probe lives in ``clawpot.vmm.probe`` (it is about the host, not about QEMU only).

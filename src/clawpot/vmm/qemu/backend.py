@@ -16,8 +16,16 @@ import secrets
 import shutil
 from pathlib import Path
 
-from clawpot.vmm.base import Capabilities, Feature, VmmBackend, VmmConfigError, VmmUnsupported
+from clawpot.vmm.base import (
+    AttachRecord,
+    Capabilities,
+    Feature,
+    VmmBackend,
+    VmmConfigError,
+    VmmUnsupported,
+)
 from clawpot.vmm.probe import cached_probe, probe_accelerator
+from clawpot.vmm.qemu.attached import AttachedQemu
 from clawpot.vmm.qemu.boot import QEMU_BOOT, QEMU_RESTORE
 from clawpot.vmm.qemu.cmdline import QEMU_BINARY, Accel
 from clawpot.vmm.qemu.process import QemuProcess
@@ -138,6 +146,10 @@ class QemuBackend(VmmBackend):
             die_with_parent=self.die_with_parent,
             recipe=self.recipe,
         )
+
+    def attach(self, record: AttachRecord) -> AttachedQemu:
+        """A QEMU started by an earlier server, with pause and resume over its QMP socket."""
+        return AttachedQemu(record, self.kind, console=self.reattach_console(record.vm_dir))
 
     def restore(
         self,
