@@ -351,3 +351,34 @@ async def test_a_vm_paused_before_a_server_restart_is_resumed_after_it(source: S
     finally:
         attached.detach()
     await _counter_advances(source.agent, before)
+
+
+async def test_a_restored_vm_can_be_snapshotted_and_restored_again(
+    source: Source, snapshot: tuple[Path, int]
+) -> None:
+    # A pool VM or a clone is itself a restore: its RAM travels in the stream (QEMU 7.2 skips only
+    # shared RAM), and its snapshot restores like any other.
+    snap, before = snapshot
+    clone = await _restore(source, snap, "gen1")
+    second = source.work / "snapshots" / "of-a-clone"
+    try:
+        wrote = await clone.agent.run(["sh", "-c", "echo generation1 > /root/gen"])
+        assert wrote.exit_code == 0
+        at_snapshot = await _counter(clone.agent)
+        await clone.process.pause()
+        await clone.process.snapshot(second)
+        await clone.process.resume()
+        manifest = (second / MANIFEST_NAME).read_text()
+        assert '"ram": "stream"' in manifest
+        assert (second / MEMORY_NAME).stat().st_blocks == 0  # all holes: the RAM is in the stream
+        await _counter_advances(clone.agent, at_snapshot)
+    finally:
+        await _discard(clone)
+    grandchild = await _restore(source, second, "gen2")
+    try:
+        assert (await grandchild.agent.run(["cat", "/root/gen"])).stdout == b"generation1\n"
+        assert await _counter(grandchild.agent) >= max(before, at_snapshot)
+        await _counter_advances(grandchild.agent, at_snapshot)
+    finally:
+        await _discard(grandchild)
+        shutil.rmtree(second, ignore_errors=True)

@@ -275,7 +275,10 @@ class QemuProcess(VmmProcess):
                 backend=self.kind,
                 backend_version=snapshots.qemu_version(self.binary),
                 spec=spec_entry(self.spec, drive_files),
-                backend_options={"accel": (self.accel or Accel.TCG).value},
+                backend_options={
+                    "accel": (self.accel or Accel.TCG).value,
+                    "ram": "stream" if snapshots.ram_in_stream(self) else "file",
+                },
             )
 
     def _on_exit(self, returncode: int) -> ExitInfo:

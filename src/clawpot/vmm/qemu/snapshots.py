@@ -24,9 +24,12 @@ copy-on-write mapping of ``memory`` (``share=off``), ``-incoming defer -S``; ove
 ``getfd`` + ``migrate-incoming fd:NAME``; wait for ``paused``; ``cont``. Clones of one snapshot share the
 file's page cache and each owns only the pages it writes.
 
-A restored VM cannot itself be snapshotted: its RAM is a private mapping that ``x-ignore-shared``
-would not skip and that no file holds (``VmmUnsupported``). Forking a restored VM needs a full stream
-(RAM inside, ~57 MB for 256 MiB, ~150 ms to load) or QEMU >= 9 (``mapped-ram``).
+A restored VM (a clone, a pool VM) can be snapshotted too, at a higher price: its RAM is a private
+mapping that ``x-ignore-shared`` does not skip (7.2 skips only shared RAM), so the RAM travels in the
+stream (~60-70 MB for a 256 MiB guest) and the snapshot's ``memory`` file is all holes
+(``backend_options["ram"] == "stream"``). Restores of it use the same recipe; they load every page
+(slower, ~150 ms more) and own their RAM instead of sharing it. QEMU >= 9 (``mapped-ram``) could write a
+clone's RAM to a file instead.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clawpot import limits
-from clawpot.vmm.base import VmmConfigError, VmmError, VmmUnsupported
+from clawpot.vmm.base import VmmConfigError, VmmError
 from clawpot.vmm.qemu.qmp import QmpControl, QmpError
 from clawpot.vmm.snapshot import (
     DRIVE_PREFIX,
@@ -82,11 +85,6 @@ async def capture(qemu: QemuProcess, directory: Path) -> SnapshotWriter:
 
     Returns the writer to ``seal``; on failure nothing is left and the VM is still paused.
     """
-    if qemu.ram.snapshot_memory is not None:
-        raise VmmUnsupported(
-            "a VM restored from a snapshot cannot be snapshotted with QEMU 7.2: its RAM is a private "
-            "copy-on-write mapping that no file holds"
-        )
     status = await qemu.qmp.status()
     if status not in PAUSED_STATES:
         raise VmmError(f"cannot snapshot a VM that is {status}: pause it first")
@@ -105,12 +103,25 @@ async def capture(qemu: QemuProcess, directory: Path) -> SnapshotWriter:
     return writer
 
 
+def ram_in_stream(qemu: QemuProcess) -> bool:
+    """A restored VM's RAM is a private mapping: x-ignore-shared does not skip it, so it travels in the
+    stream, and the snapshot's memory file is all holes (restores map it, then load every page)."""
+    return qemu.ram.snapshot_memory is not None
+
+
 def _copy_files(pid: int, qemu: QemuProcess, writer: SnapshotWriter) -> None:
-    ram = open_guest_ram(pid)
-    try:
-        copy_sparse(ram, writer.path(MEMORY_NAME), mode=0o400)
-    finally:
-        os.close(ram)
+    if ram_in_stream(qemu):
+        fd = os.open(writer.path(MEMORY_NAME), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o400)
+        try:
+            os.ftruncate(fd, qemu.spec.memory_mib * 1024 * 1024)
+        finally:
+            os.close(fd)
+    else:
+        ram = open_guest_ram(pid)
+        try:
+            copy_sparse(ram, writer.path(MEMORY_NAME), mode=0o400)
+        finally:
+            os.close(ram)
     for drive in qemu.spec.drives:
         if not drive.read_only:
             copy_sparse(drive.path, writer.path(DRIVE_PREFIX + drive.drive_id), mode=0o400)
