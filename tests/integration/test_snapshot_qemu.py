@@ -239,7 +239,7 @@ async def test_two_restores_continue_the_counter_and_diverge(
         await asyncio.gather(*(_discard(clone) for clone in clones))
 
 
-def _corrupt_copy(snap: Path, target: Path) -> Path:
+def _copy_snapshot(snap: Path, target: Path) -> Path:
     subprocess.run(["cp", "-a", "--sparse=always", str(snap), str(target)], check=True)
     return target
 
@@ -263,7 +263,7 @@ async def test_a_corrupt_or_incompatible_snapshot_is_refused_and_leaves_nothing(
     source: Source, snapshot: tuple[Path, int], damage: str
 ) -> None:
     snap, _ = snapshot
-    bad = _corrupt_copy(snap, source.work / f"bad-{damage}")
+    bad = _copy_snapshot(snap, source.work / f"bad-{damage}")
     try:
         if damage == "kernel":
             manifest = bad / MANIFEST_NAME
@@ -382,3 +382,22 @@ async def test_a_restored_vm_can_be_snapshotted_and_restored_again(
     finally:
         await _discard(grandchild)
         shutil.rmtree(second, ignore_errors=True)
+
+
+async def test_deleting_a_snapshot_does_not_pull_memory_from_under_its_clones(
+    source: Source, snapshot: tuple[Path, int]
+) -> None:
+    # Clones map the memory file privately: unlinking it (never truncating it) leaves their mapping
+    # intact, the space is freed when the last clone exits. The node may refuse deletion for other
+    # reasons (a pool refilling from it), but a running clone never breaks.
+    snap, before = snapshot
+    copy = _copy_snapshot(snap, source.work / "doomed")
+    clone = await _restore(source, copy, "orphan")
+    try:
+        shutil.rmtree(copy)
+        value = await _counter_advances(clone.agent, before)
+        wrote = await clone.agent.run(["sh", "-c", "head -c 50000000 /dev/zero > /tmp/big && sync"])
+        assert wrote.exit_code == 0, wrote.stderr
+        await _counter_advances(clone.agent, value)
+    finally:
+        await _discard(clone)
