@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from clawpot.vmm.firecracker import snapshots
 from clawpot.vmm.steps import Recipe, Step
 
 if TYPE_CHECKING:
@@ -85,14 +86,10 @@ FIRECRACKER_BOOT: Recipe[FirecrackerVmm] = Recipe(
 
 
 async def verify_snapshot(vmm: FirecrackerVmm) -> None:
-    from clawpot.vmm.firecracker import snapshots
-
     await snapshots.verify(vmm)
 
 
 async def copy_drives(vmm: FirecrackerVmm) -> None:
-    from clawpot.vmm.firecracker import snapshots
-
     await snapshots.copy_drives(vmm)
 
 
@@ -105,8 +102,6 @@ async def wait_api(vmm: FirecrackerVmm) -> None:
 
 
 async def load_snapshot(vmm: FirecrackerVmm) -> None:
-    from clawpot.vmm.firecracker import snapshots
-
     await snapshots.load(vmm)
 
 
