@@ -13,6 +13,9 @@ What a test can make it do, through the VM's labels (``CreateVm`` labels reach `
 
 and, from outside, ``crash(pid)`` (SIGKILL: what a VMM crash looks like to the host).
 
+With ``Feature.PAUSE`` (``FakeVmmBackend(features=...)``), pause and resume are SIGSTOP and SIGCONT of
+that process, booted here or attached: a paused "guest" really stops answering, as a paused VM does.
+
 ``install(kind)`` registers it with ``clawpot.vmm.registry`` for ``kind`` (the registry knows only real
 kinds; the store records the kind it stands in for). ``uninstall`` puts the real factory back.
 """
@@ -29,6 +32,7 @@ from pathlib import Path
 from clawpot.guest.endpoints import AgentEndpoint, UnixSocketEndpoint
 from clawpot.node.node import NodeConfig
 from clawpot.vmm import registry
+from clawpot.vmm.adopted import AttachedProcess
 from clawpot.vmm.base import (
     NO_FEATURES,
     AttachRecord,
@@ -136,6 +140,24 @@ class FakeVmmProcess(VmmProcess):
     def detach(self) -> None:
         """Stop watching; the process keeps running (a server leaving its VMs for the next one)."""
 
+    async def pause(self) -> None:
+        self._signal(signal.SIGSTOP)
+
+    async def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+
+class FakeAttachedProcess(AttachedProcess):
+    """A fake "VMM" an earlier node left running: paused and resumed by signals too."""
+
+    async def pause(self) -> None:
+        if self.pid is not None:
+            os.kill(self.pid, signal.SIGSTOP)
+
+    async def resume(self) -> None:
+        if self.pid is not None:
+            os.kill(self.pid, signal.SIGCONT)
+
 
 class FakeVmmBackend(VmmBackend):
     """A backend that starts ``FakeVmmProcess``es; ``attach`` is the base class's (pidfd) one."""
@@ -158,7 +180,7 @@ class FakeVmmBackend(VmmBackend):
 
     def attach(self, record: AttachRecord) -> VmmProcess:
         self.attached.append(record)
-        return super().attach(record)
+        return FakeAttachedProcess(record, self.kind, console=None)
 
     def reattach_console(self, vm_dir: Path) -> None:
         return None  # its console is a plain file, never a FIFO: nothing to take back

@@ -1,4 +1,4 @@
-"""`clawpot create | list | get | delete`."""
+"""`clawpot create | list | get | delete | pause | resume`."""
 
 from __future__ import annotations
 
@@ -181,3 +181,23 @@ def delete(server: str, vm_ids: tuple[str, ...]) -> None:
         for vm_id in vm_ids:
             api.DeleteVm(vm_pb2.DeleteVmRequest(id=vm_id))
             click.echo(safe(vm_id))
+
+
+@click.command()
+@click.argument("vm_id", metavar="ID")
+@click.pass_obj
+def pause(server: str, vm_id: str) -> None:
+    """Stop a VM's vCPUs; it keeps its memory, address and TAP until `clawpot resume`."""
+    with stub(server) as api:
+        vm = api.PauseVm(vm_pb2.PauseVmRequest(id=vm_id))
+    click.echo(safe(vm.id))
+
+
+@click.command()
+@click.argument("vm_id", metavar="ID")
+@click.pass_obj
+def resume(server: str, vm_id: str) -> None:
+    """Run a paused VM again."""
+    with stub(server) as api:
+        vm = api.ResumeVm(vm_pb2.ResumeVmRequest(id=vm_id))
+    click.echo(safe(vm.id))

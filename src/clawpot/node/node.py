@@ -37,7 +37,7 @@ from clawpot.vm.directory import new_vm_id
 from clawpot.vm.errors import VmNotRunning
 from clawpot.vm.handle import Vm
 from clawpot.vm.state import Transition, VmState
-from clawpot.vmm.base import VmmBackend, VmmUnsupported
+from clawpot.vmm.base import Feature, VmmBackend, VmmUnsupported
 from clawpot.vmm.spec import BackendKind
 
 log = logging.getLogger(__name__)
@@ -278,24 +278,58 @@ class Node:
 
     # -- operations a backend may offer ---------------------------------------------------------------
 
-    # No RPC reaches these yet: they are the place pause/resume (and snapshot) will take. The handle
-    # checks the backend's capabilities before anything happens; what it cannot do is
-    # FAILED_PRECONDITION at once.
+    # The backend's capability is checked first: what it cannot do is FAILED_PRECONDITION at once,
+    # with nothing changed. A paused VM keeps its VMM, address and TAP; only its vCPUs stop.
 
-    async def pause(self, vm_id: str) -> None:
-        await self._vmm_operation(vm_id, Vm.pause)
+    async def pause(self, vm_id: str) -> VmView:
+        """Running → Paused, recorded in the store (a paused VM survives a server restart, paused)."""
+        nvm = self.get(vm_id)
+        self._require_pause(nvm)
+        self._in_state(nvm, VmState.RUNNING, "pause")
+        if nvm.health_task is not None:
+            nvm.health_task.cancel()  # a ping in flight would only time out against stopped vCPUs
+        await self._vmm_operation(nvm, Vm.pause)
+        self._record_state(nvm, VmState.PAUSED)
+        nvm.agent.mark(AgentHealth.UNKNOWN, "the VM is paused")
+        return nvm.view()
 
-    async def resume(self, vm_id: str) -> None:
-        await self._vmm_operation(vm_id, Vm.resume)
+    async def resume(self, vm_id: str) -> VmView:
+        """Paused → Running, recorded in the store; the next health check asks its agent again."""
+        nvm = self.get(vm_id)
+        self._require_pause(nvm)
+        self._in_state(nvm, VmState.PAUSED, "resume")
+        await self._vmm_operation(nvm, Vm.resume)
+        self._record_state(nvm, VmState.RUNNING)
+        return nvm.view()
 
-    async def _vmm_operation(self, vm_id: str, operation: Callable[[Vm], Awaitable[None]]) -> None:
-        nvm = self.running(vm_id)
+    @staticmethod
+    def _require_pause(nvm: NodeVm) -> None:
         if nvm.vm is None:
-            raise errors.FailedPrecondition(f"VM {vm_id} has no VMM handle")
+            return  # no VMM (Error, or not booted yet): the state check says why not
+        try:
+            nvm.vm.backend.capabilities().require(Feature.PAUSE, "pause")
+        except VmmUnsupported as exc:
+            raise errors.FailedPrecondition(f"VM {nvm.id}: {exc}") from exc
+
+    @staticmethod
+    def _in_state(nvm: NodeVm, state: VmState, action: str) -> None:
+        current = VmState.STOPPING if nvm.deleting else nvm.record.state
+        if current is not state:
+            raise errors.FailedPrecondition(f"cannot {action} VM {nvm.id}: it is {current}, not {state}")
+
+    def _record_state(self, nvm: NodeVm, state: VmState) -> None:
+        if nvm.deleting or nvm.record.state is VmState.ERROR:
+            return  # a delete or a crash got there while the VMM was asked: theirs is the newer state
+        nvm.record = nvm.record.with_(state=state)
+        self.store.update(nvm.record)
+
+    async def _vmm_operation(self, nvm: NodeVm, operation: Callable[[Vm], Awaitable[None]]) -> None:
+        if nvm.vm is None:
+            raise errors.FailedPrecondition(f"VM {nvm.id} has no VMM handle")
         try:
             await operation(nvm.vm)
         except (VmmUnsupported, VmNotRunning) as exc:
-            raise errors.FailedPrecondition(f"VM {vm_id}: {exc}") from exc
+            raise errors.FailedPrecondition(f"VM {nvm.id}: {exc}") from exc
 
     # -- agent health -------------------------------------------------------------------------------
 
@@ -321,6 +355,9 @@ class Node:
 
     def running(self, vm_id: str) -> NodeVm:
         nvm = self.get(vm_id)
+        if nvm.record.state is VmState.PAUSED and not nvm.deleting:
+            # Its agent cannot answer: say so at once rather than time out against stopped vCPUs.
+            raise errors.FailedPrecondition(f"VM {vm_id} is paused")
         if nvm.record.state is not VmState.RUNNING or nvm.deleting:
             state = VmState.STOPPING if nvm.deleting else nvm.record.state
             raise errors.FailedPrecondition(f"VM {vm_id} is {state}, not Running")

@@ -1,6 +1,6 @@
 """At start, make the node agree with what is on disk and running.
 
-- A VM whose row says Running and whose VMM still runs (same PID, same start time) is attached: its
+- A VM whose row says Running or Paused and whose VMM still runs (same PID, same start time) is attached: its
   backend's ``attach`` hands back a ``VmmProcess``, and it gets the same ``Vm`` handle as a VM booted
   here (watched, stoppable, its agent reachable).
 - A VM whose VMM is gone is marked Error with the reason, and what it held is freed (its address too).
@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The states whose VMM a restarted server takes back; a Paused VM stays paused until resumed.
+ATTACHABLE = (VmState.RUNNING, VmState.PAUSED)
+
 
 async def reconcile(node: Node) -> None:
     node.vms_root.mkdir(parents=True, exist_ok=True)
@@ -37,7 +40,7 @@ async def reconcile(node: Node) -> None:
         nvm = NodeVm(record, node.config.agent_timeout)
         node.vms[record.id] = nvm
         alive = record.pid is not None and procfs.is_alive(record.pid, record.vmm_start_ticks)
-        if record.state is VmState.RUNNING and alive and record.pid is not None:
+        if record.state in ATTACHABLE and alive and record.pid is not None:
             try:
                 attach(node, nvm, record.pid)
                 log.info("adopted VM %s (VMM pid %d)", record.id, record.pid)
@@ -74,6 +77,8 @@ def attach(node: Node, nvm: NodeVm, pid: int) -> None:
     endpoint = endpoint_from_text(record.agent_endpoint)
     backend = node.backends.for_attach(record.backend)
     vmm = backend.attach(AttachRecord(pid, record.vmm_start_ticks, record.vm_dir, endpoint))
-    nvm.vm = Vm.attach(record.id, backend, vmm, root=node.vms_root, stop_grace=node.config.stop_grace)
+    nvm.vm = Vm.attach(
+        record.id, backend, vmm, root=node.vms_root, stop_grace=node.config.stop_grace, state=record.state
+    )
     nvm.vm.lifecycle.subscribe(lambda event: node._on_transition(nvm, event))
     nvm.agent.endpoint = endpoint

@@ -14,7 +14,7 @@ from clawpot.vm.state import VmState
 
 # States in which a VM holds host memory (admission counts them): from an accepted create until its
 # delete has stopped the VMM.
-HOLDS_MEMORY = (VmState.NOT_STARTED, VmState.STARTING, VmState.RUNNING, VmState.STOPPING)
+HOLDS_MEMORY = (VmState.NOT_STARTED, VmState.STARTING, VmState.RUNNING, VmState.PAUSED, VmState.STOPPING)
 
 
 class NodeVm:

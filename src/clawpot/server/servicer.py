@@ -38,6 +38,7 @@ _STATE_TO_PB = {
     VmState.NOT_STARTED: vm_pb2.VM_STATE_STARTING,
     VmState.STARTING: vm_pb2.VM_STATE_STARTING,
     VmState.RUNNING: vm_pb2.VM_STATE_RUNNING,
+    VmState.PAUSED: vm_pb2.VM_STATE_PAUSED,
     VmState.STOPPING: vm_pb2.VM_STATE_STOPPING,
     VmState.STOPPED: vm_pb2.VM_STATE_STOPPED,
     VmState.ERROR: vm_pb2.VM_STATE_ERROR,
@@ -137,6 +138,16 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
     ) -> vm_pb2.DeleteVmResponse:
         await self._call(context, lambda: self._service.delete(request.id))
         return vm_pb2.DeleteVmResponse()
+
+    async def PauseVm(
+        self, request: vm_pb2.PauseVmRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> vm_pb2.Vm:
+        return vm_to_pb(await self._call(context, lambda: self._service.pause(request.id)))
+
+    async def ResumeVm(
+        self, request: vm_pb2.ResumeVmRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> vm_pb2.Vm:
+        return vm_to_pb(await self._call(context, lambda: self._service.resume(request.id)))
 
     async def Exec(
         self,

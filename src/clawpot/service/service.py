@@ -80,6 +80,14 @@ class Service:
         validate.vm_id(vm_id)
         await self.node.delete(vm_id)
 
+    async def pause(self, vm_id: str) -> VmView:
+        validate.vm_id(vm_id)
+        return await self.node.pause(vm_id)
+
+    async def resume(self, vm_id: str) -> VmView:
+        validate.vm_id(vm_id)
+        return await self.node.resume(vm_id)
+
     async def exec(self, vm_id: str, params: ExecParams) -> ExecSession:
         validate.vm_id(vm_id)
         validate.exec_request(params.argv, params.env, params.cwd, params.timeout)

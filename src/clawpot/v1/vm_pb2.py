@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63lawpot/v1/vm.proto\x12\nclawpot.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb9\x03\n\x02Vm\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x05state\x18\x02 \x01(\x0e\x32\x13.clawpot.v1.VmState\x12$\n\x07\x62\x61\x63kend\x18\x03 \x01(\x0e\x32\x13.clawpot.v1.Backend\x12\r\n\x05vcpus\x18\x04 \x01(\r\x12\x12\n\nmemory_mib\x18\x05 \x01(\r\x12\x12\n\nip_address\x18\x06 \x01(\t\x12*\n\x06labels\x18\x07 \x03(\x0b\x32\x1a.clawpot.v1.Vm.LabelsEntry\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x1a\n\x12\x61llow_peer_traffic\x18\n \x01(\x08\x12\'\n\x06health\x18\x0b \x01(\x0e\x32\x17.clawpot.v1.AgentHealth\x12\x30\n\x0chealth_since\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rhealth_detail\x18\r \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf2\x01\n\x0f\x43reateVmRequest\x12\r\n\x05vcpus\x18\x01 \x01(\r\x12\x12\n\nmemory_mib\x18\x02 \x01(\r\x12$\n\x07\x62\x61\x63kend\x18\x03 \x01(\x0e\x32\x13.clawpot.v1.Backend\x12\x37\n\x06labels\x18\x04 \x03(\x0b\x32\'.clawpot.v1.CreateVmRequest.LabelsEntry\x12\x12\n\nip_address\x18\x05 \x01(\t\x12\x1a\n\x12\x61llow_peer_traffic\x18\x06 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1a\n\x0cGetVmRequest\x12\n\n\x02id\x18\x01 \x01(\t\"7\n\x0eListVmsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"G\n\x0fListVmsResponse\x12\x1b\n\x03vms\x18\x01 \x03(\x0b\x32\x0e.clawpot.v1.Vm\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1d\n\x0f\x44\x65leteVmRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x12\n\x10\x44\x65leteVmResponse\"\xdf\x01\n\tExecStart\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgv\x18\x02 \x03(\t\x12+\n\x03\x65nv\x18\x03 \x03(\x0b\x32\x1e.clawpot.v1.ExecStart.EnvEntry\x12\x0b\n\x03\x63wd\x18\x04 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x05 \x01(\x01\x12\x0b\n\x03tty\x18\x06 \x01(\x08\x12\x0c\n\x04rows\x18\x07 \x01(\r\x12\x0c\n\x04\x63ols\x18\x08 \x01(\r\x12\r\n\x05stdin\x18\t \x01(\x08\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa3\x01\n\x0b\x45xecRequest\x12&\n\x05start\x18\x01 \x01(\x0b\x32\x15.clawpot.v1.ExecStartH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12\x15\n\x0b\x63lose_stdin\x18\x03 \x01(\x08H\x00\x12\x10\n\x06signal\x18\x04 \x01(\x05H\x00\x12*\n\x06resize\x18\x05 \x01(\x0b\x32\x18.clawpot.v1.TerminalSizeH\x00\x42\x06\n\x04kind\"*\n\x0cTerminalSize\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0c\n\x04\x63ols\x18\x02 \x01(\r\"/\n\nExitStatus\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06signal\x18\x02 \x01(\x05\"b\n\x0c\x45xecResponse\x12\x10\n\x06stdout\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06stderr\x18\x02 \x01(\x0cH\x00\x12&\n\x04\x65xit\x18\x03 \x01(\x0b\x32\x16.clawpot.v1.ExitStatusH\x00\x42\x06\n\x04kind\"9\n\x0cUploadHeader\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\r\"X\n\x11UploadFileRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.clawpot.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"\"\n\x12UploadFileResponse\x12\x0c\n\x04size\x18\x01 \x01(\x04\"D\n\x13\x44ownloadFileRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x10\n\x08max_size\x18\x03 \x01(\x04\"&\n\x08\x46ileInfo\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0c\n\x04mode\x18\x02 \x01(\r\"U\n\x14\x44ownloadFileResponse\x12$\n\x04info\x18\x01 \x01(\x0b\x32\x14.clawpot.v1.FileInfoH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind*\x91\x01\n\x07VmState\x12\x18\n\x14VM_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11VM_STATE_STARTING\x10\x01\x12\x14\n\x10VM_STATE_RUNNING\x10\x02\x12\x15\n\x11VM_STATE_STOPPING\x10\x03\x12\x14\n\x10VM_STATE_STOPPED\x10\x04\x12\x12\n\x0eVM_STATE_ERROR\x10\x05*{\n\x0b\x41gentHealth\x12\x18\n\x14\x41GENT_HEALTH_UNKNOWN\x10\x00\x12\x18\n\x14\x41GENT_HEALTH_HEALTHY\x10\x01\x12\x1d\n\x19\x41GENT_HEALTH_UNRESPONSIVE\x10\x02\x12\x19\n\x15\x41GENT_HEALTH_DEGRADED\x10\x03*M\n\x07\x42\x61\x63kend\x12\x17\n\x13\x42\x41\x43KEND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42\x41\x43KEND_FIRECRACKER\x10\x01\x12\x10\n\x0c\x42\x41\x43KEND_QEMU\x10\x02\x32\xe5\x03\n\tVmService\x12\x37\n\x08\x43reateVm\x12\x1b.clawpot.v1.CreateVmRequest\x1a\x0e.clawpot.v1.Vm\x12\x31\n\x05GetVm\x12\x18.clawpot.v1.GetVmRequest\x1a\x0e.clawpot.v1.Vm\x12\x42\n\x07ListVms\x12\x1a.clawpot.v1.ListVmsRequest\x1a\x1b.clawpot.v1.ListVmsResponse\x12\x45\n\x08\x44\x65leteVm\x12\x1b.clawpot.v1.DeleteVmRequest\x1a\x1c.clawpot.v1.DeleteVmResponse\x12=\n\x04\x45xec\x12\x17.clawpot.v1.ExecRequest\x1a\x18.clawpot.v1.ExecResponse(\x01\x30\x01\x12M\n\nUploadFile\x12\x1d.clawpot.v1.UploadFileRequest\x1a\x1e.clawpot.v1.UploadFileResponse(\x01\x12S\n\x0c\x44ownloadFile\x12\x1f.clawpot.v1.DownloadFileRequest\x1a .clawpot.v1.DownloadFileResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63lawpot/v1/vm.proto\x12\nclawpot.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb9\x03\n\x02Vm\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x05state\x18\x02 \x01(\x0e\x32\x13.clawpot.v1.VmState\x12$\n\x07\x62\x61\x63kend\x18\x03 \x01(\x0e\x32\x13.clawpot.v1.Backend\x12\r\n\x05vcpus\x18\x04 \x01(\r\x12\x12\n\nmemory_mib\x18\x05 \x01(\r\x12\x12\n\nip_address\x18\x06 \x01(\t\x12*\n\x06labels\x18\x07 \x03(\x0b\x32\x1a.clawpot.v1.Vm.LabelsEntry\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x1a\n\x12\x61llow_peer_traffic\x18\n \x01(\x08\x12\'\n\x06health\x18\x0b \x01(\x0e\x32\x17.clawpot.v1.AgentHealth\x12\x30\n\x0chealth_since\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rhealth_detail\x18\r \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf2\x01\n\x0f\x43reateVmRequest\x12\r\n\x05vcpus\x18\x01 \x01(\r\x12\x12\n\nmemory_mib\x18\x02 \x01(\r\x12$\n\x07\x62\x61\x63kend\x18\x03 \x01(\x0e\x32\x13.clawpot.v1.Backend\x12\x37\n\x06labels\x18\x04 \x03(\x0b\x32\'.clawpot.v1.CreateVmRequest.LabelsEntry\x12\x12\n\nip_address\x18\x05 \x01(\t\x12\x1a\n\x12\x61llow_peer_traffic\x18\x06 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1a\n\x0cGetVmRequest\x12\n\n\x02id\x18\x01 \x01(\t\"7\n\x0eListVmsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"G\n\x0fListVmsResponse\x12\x1b\n\x03vms\x18\x01 \x03(\x0b\x32\x0e.clawpot.v1.Vm\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1d\n\x0f\x44\x65leteVmRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x12\n\x10\x44\x65leteVmResponse\"\x1c\n\x0ePauseVmRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1d\n\x0fResumeVmRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xdf\x01\n\tExecStart\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgv\x18\x02 \x03(\t\x12+\n\x03\x65nv\x18\x03 \x03(\x0b\x32\x1e.clawpot.v1.ExecStart.EnvEntry\x12\x0b\n\x03\x63wd\x18\x04 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x05 \x01(\x01\x12\x0b\n\x03tty\x18\x06 \x01(\x08\x12\x0c\n\x04rows\x18\x07 \x01(\r\x12\x0c\n\x04\x63ols\x18\x08 \x01(\r\x12\r\n\x05stdin\x18\t \x01(\x08\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa3\x01\n\x0b\x45xecRequest\x12&\n\x05start\x18\x01 \x01(\x0b\x32\x15.clawpot.v1.ExecStartH\x00\x12\x0f\n\x05stdin\x18\x02 \x01(\x0cH\x00\x12\x15\n\x0b\x63lose_stdin\x18\x03 \x01(\x08H\x00\x12\x10\n\x06signal\x18\x04 \x01(\x05H\x00\x12*\n\x06resize\x18\x05 \x01(\x0b\x32\x18.clawpot.v1.TerminalSizeH\x00\x42\x06\n\x04kind\"*\n\x0cTerminalSize\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0c\n\x04\x63ols\x18\x02 \x01(\r\"/\n\nExitStatus\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06signal\x18\x02 \x01(\x05\"b\n\x0c\x45xecResponse\x12\x10\n\x06stdout\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06stderr\x18\x02 \x01(\x0cH\x00\x12&\n\x04\x65xit\x18\x03 \x01(\x0b\x32\x16.clawpot.v1.ExitStatusH\x00\x42\x06\n\x04kind\"9\n\x0cUploadHeader\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\r\"X\n\x11UploadFileRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.clawpot.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"\"\n\x12UploadFileResponse\x12\x0c\n\x04size\x18\x01 \x01(\x04\"D\n\x13\x44ownloadFileRequest\x12\r\n\x05vm_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x10\n\x08max_size\x18\x03 \x01(\x04\"&\n\x08\x46ileInfo\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0c\n\x04mode\x18\x02 \x01(\r\"U\n\x14\x44ownloadFileResponse\x12$\n\x04info\x18\x01 \x01(\x0b\x32\x14.clawpot.v1.FileInfoH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind*\xa6\x01\n\x07VmState\x12\x18\n\x14VM_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11VM_STATE_STARTING\x10\x01\x12\x14\n\x10VM_STATE_RUNNING\x10\x02\x12\x15\n\x11VM_STATE_STOPPING\x10\x03\x12\x14\n\x10VM_STATE_STOPPED\x10\x04\x12\x12\n\x0eVM_STATE_ERROR\x10\x05\x12\x13\n\x0fVM_STATE_PAUSED\x10\x06*{\n\x0b\x41gentHealth\x12\x18\n\x14\x41GENT_HEALTH_UNKNOWN\x10\x00\x12\x18\n\x14\x41GENT_HEALTH_HEALTHY\x10\x01\x12\x1d\n\x19\x41GENT_HEALTH_UNRESPONSIVE\x10\x02\x12\x19\n\x15\x41GENT_HEALTH_DEGRADED\x10\x03*M\n\x07\x42\x61\x63kend\x12\x17\n\x13\x42\x41\x43KEND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42\x41\x43KEND_FIRECRACKER\x10\x01\x12\x10\n\x0c\x42\x41\x43KEND_QEMU\x10\x02\x32\xd5\x04\n\tVmService\x12\x37\n\x08\x43reateVm\x12\x1b.clawpot.v1.CreateVmRequest\x1a\x0e.clawpot.v1.Vm\x12\x31\n\x05GetVm\x12\x18.clawpot.v1.GetVmRequest\x1a\x0e.clawpot.v1.Vm\x12\x42\n\x07ListVms\x12\x1a.clawpot.v1.ListVmsRequest\x1a\x1b.clawpot.v1.ListVmsResponse\x12\x45\n\x08\x44\x65leteVm\x12\x1b.clawpot.v1.DeleteVmRequest\x1a\x1c.clawpot.v1.DeleteVmResponse\x12\x35\n\x07PauseVm\x12\x1a.clawpot.v1.PauseVmRequest\x1a\x0e.clawpot.v1.Vm\x12\x37\n\x08ResumeVm\x12\x1b.clawpot.v1.ResumeVmRequest\x1a\x0e.clawpot.v1.Vm\x12=\n\x04\x45xec\x12\x17.clawpot.v1.ExecRequest\x1a\x18.clawpot.v1.ExecResponse(\x01\x30\x01\x12M\n\nUploadFile\x12\x1d.clawpot.v1.UploadFileRequest\x1a\x1e.clawpot.v1.UploadFileResponse(\x01\x12S\n\x0c\x44ownloadFile\x12\x1f.clawpot.v1.DownloadFileRequest\x1a .clawpot.v1.DownloadFileResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,12 +38,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEVMREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_EXECSTART_ENVENTRY']._loaded_options = None
   _globals['_EXECSTART_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_VMSTATE']._serialized_start=1934
-  _globals['_VMSTATE']._serialized_end=2079
-  _globals['_AGENTHEALTH']._serialized_start=2081
-  _globals['_AGENTHEALTH']._serialized_end=2204
-  _globals['_BACKEND']._serialized_start=2206
-  _globals['_BACKEND']._serialized_end=2283
+  _globals['_VMSTATE']._serialized_start=1995
+  _globals['_VMSTATE']._serialized_end=2161
+  _globals['_AGENTHEALTH']._serialized_start=2163
+  _globals['_AGENTHEALTH']._serialized_end=2286
+  _globals['_BACKEND']._serialized_start=2288
+  _globals['_BACKEND']._serialized_end=2365
   _globals['_VM']._serialized_start=69
   _globals['_VM']._serialized_end=510
   _globals['_VM_LABELSENTRY']._serialized_start=465
@@ -62,30 +62,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEVMREQUEST']._serialized_end=944
   _globals['_DELETEVMRESPONSE']._serialized_start=946
   _globals['_DELETEVMRESPONSE']._serialized_end=964
-  _globals['_EXECSTART']._serialized_start=967
-  _globals['_EXECSTART']._serialized_end=1190
-  _globals['_EXECSTART_ENVENTRY']._serialized_start=1148
-  _globals['_EXECSTART_ENVENTRY']._serialized_end=1190
-  _globals['_EXECREQUEST']._serialized_start=1193
-  _globals['_EXECREQUEST']._serialized_end=1356
-  _globals['_TERMINALSIZE']._serialized_start=1358
-  _globals['_TERMINALSIZE']._serialized_end=1400
-  _globals['_EXITSTATUS']._serialized_start=1402
-  _globals['_EXITSTATUS']._serialized_end=1449
-  _globals['_EXECRESPONSE']._serialized_start=1451
-  _globals['_EXECRESPONSE']._serialized_end=1549
-  _globals['_UPLOADHEADER']._serialized_start=1551
-  _globals['_UPLOADHEADER']._serialized_end=1608
-  _globals['_UPLOADFILEREQUEST']._serialized_start=1610
-  _globals['_UPLOADFILEREQUEST']._serialized_end=1698
-  _globals['_UPLOADFILERESPONSE']._serialized_start=1700
-  _globals['_UPLOADFILERESPONSE']._serialized_end=1734
-  _globals['_DOWNLOADFILEREQUEST']._serialized_start=1736
-  _globals['_DOWNLOADFILEREQUEST']._serialized_end=1804
-  _globals['_FILEINFO']._serialized_start=1806
-  _globals['_FILEINFO']._serialized_end=1844
-  _globals['_DOWNLOADFILERESPONSE']._serialized_start=1846
-  _globals['_DOWNLOADFILERESPONSE']._serialized_end=1931
-  _globals['_VMSERVICE']._serialized_start=2286
-  _globals['_VMSERVICE']._serialized_end=2771
+  _globals['_PAUSEVMREQUEST']._serialized_start=966
+  _globals['_PAUSEVMREQUEST']._serialized_end=994
+  _globals['_RESUMEVMREQUEST']._serialized_start=996
+  _globals['_RESUMEVMREQUEST']._serialized_end=1025
+  _globals['_EXECSTART']._serialized_start=1028
+  _globals['_EXECSTART']._serialized_end=1251
+  _globals['_EXECSTART_ENVENTRY']._serialized_start=1209
+  _globals['_EXECSTART_ENVENTRY']._serialized_end=1251
+  _globals['_EXECREQUEST']._serialized_start=1254
+  _globals['_EXECREQUEST']._serialized_end=1417
+  _globals['_TERMINALSIZE']._serialized_start=1419
+  _globals['_TERMINALSIZE']._serialized_end=1461
+  _globals['_EXITSTATUS']._serialized_start=1463
+  _globals['_EXITSTATUS']._serialized_end=1510
+  _globals['_EXECRESPONSE']._serialized_start=1512
+  _globals['_EXECRESPONSE']._serialized_end=1610
+  _globals['_UPLOADHEADER']._serialized_start=1612
+  _globals['_UPLOADHEADER']._serialized_end=1669
+  _globals['_UPLOADFILEREQUEST']._serialized_start=1671
+  _globals['_UPLOADFILEREQUEST']._serialized_end=1759
+  _globals['_UPLOADFILERESPONSE']._serialized_start=1761
+  _globals['_UPLOADFILERESPONSE']._serialized_end=1795
+  _globals['_DOWNLOADFILEREQUEST']._serialized_start=1797
+  _globals['_DOWNLOADFILEREQUEST']._serialized_end=1865
+  _globals['_FILEINFO']._serialized_start=1867
+  _globals['_FILEINFO']._serialized_end=1905
+  _globals['_DOWNLOADFILERESPONSE']._serialized_start=1907
+  _globals['_DOWNLOADFILERESPONSE']._serialized_end=1992
+  _globals['_VMSERVICE']._serialized_start=2368
+  _globals['_VMSERVICE']._serialized_end=2965
 # @@protoc_insertion_point(module_scope)

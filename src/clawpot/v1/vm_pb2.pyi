@@ -32,6 +32,8 @@ class _VmStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_VmState.Value
     VM_STATE_STOPPING: _VmState.ValueType  # 3
     VM_STATE_STOPPED: _VmState.ValueType  # 4
     VM_STATE_ERROR: _VmState.ValueType  # 5
+    VM_STATE_PAUSED: _VmState.ValueType  # 6
+    """vCPUs stopped (PauseVm): Exec and file transfers fail with FAILED_PRECONDITION until ResumeVm."""
 
 class VmState(_VmState, metaclass=_VmStateEnumTypeWrapper): ...
 
@@ -41,6 +43,8 @@ VM_STATE_RUNNING: VmState.ValueType  # 2
 VM_STATE_STOPPING: VmState.ValueType  # 3
 VM_STATE_STOPPED: VmState.ValueType  # 4
 VM_STATE_ERROR: VmState.ValueType  # 5
+VM_STATE_PAUSED: VmState.ValueType  # 6
+"""vCPUs stopped (PauseVm): Exec and file transfers fail with FAILED_PRECONDITION until ResumeVm."""
 Global___VmState: _TypeAlias = VmState  # noqa: Y015
 
 class _AgentHealth:
@@ -335,6 +339,44 @@ class DeleteVmResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteVmResponse: _TypeAlias = DeleteVmResponse  # noqa: Y015
+
+@_typing.final
+class PauseVmRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseVmRequest: _TypeAlias = PauseVmRequest  # noqa: Y015
+
+@_typing.final
+class ResumeVmRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeVmRequest: _TypeAlias = ResumeVmRequest  # noqa: Y015
 
 @_typing.final
 class ExecStart(_message.Message):

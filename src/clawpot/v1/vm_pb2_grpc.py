@@ -54,6 +54,16 @@ class VmServiceStub:
                 request_serializer=clawpot_dot_v1_dot_vm__pb2.DeleteVmRequest.SerializeToString,
                 response_deserializer=clawpot_dot_v1_dot_vm__pb2.DeleteVmResponse.FromString,
                 _registered_method=True)
+        self.PauseVm = channel.unary_unary(
+                '/clawpot.v1.VmService/PauseVm',
+                request_serializer=clawpot_dot_v1_dot_vm__pb2.PauseVmRequest.SerializeToString,
+                response_deserializer=clawpot_dot_v1_dot_vm__pb2.Vm.FromString,
+                _registered_method=True)
+        self.ResumeVm = channel.unary_unary(
+                '/clawpot.v1.VmService/ResumeVm',
+                request_serializer=clawpot_dot_v1_dot_vm__pb2.ResumeVmRequest.SerializeToString,
+                response_deserializer=clawpot_dot_v1_dot_vm__pb2.Vm.FromString,
+                _registered_method=True)
         self.Exec = channel.stream_stream(
                 '/clawpot.v1.VmService/Exec',
                 request_serializer=clawpot_dot_v1_dot_vm__pb2.ExecRequest.SerializeToString,
@@ -95,6 +105,21 @@ class VmServiceServicer:
 
     def DeleteVm(self, request, context):
         """Stop the VM, free its resources (process, TAP, address, directory) and forget it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseVm(self, request, context):
+        """Stop a RUNNING VM's vCPUs; it keeps its memory, address and TAP. Returns it PAUSED.
+        FAILED_PRECONDITION when its backend cannot pause or it is not RUNNING; nothing is changed then.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeVm(self, request, context):
+        """Run a PAUSED VM again. Returns it RUNNING.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,6 +169,16 @@ def add_VmServiceServicer_to_server(servicer, server):
                     servicer.DeleteVm,
                     request_deserializer=clawpot_dot_v1_dot_vm__pb2.DeleteVmRequest.FromString,
                     response_serializer=clawpot_dot_v1_dot_vm__pb2.DeleteVmResponse.SerializeToString,
+            ),
+            'PauseVm': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseVm,
+                    request_deserializer=clawpot_dot_v1_dot_vm__pb2.PauseVmRequest.FromString,
+                    response_serializer=clawpot_dot_v1_dot_vm__pb2.Vm.SerializeToString,
+            ),
+            'ResumeVm': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeVm,
+                    request_deserializer=clawpot_dot_v1_dot_vm__pb2.ResumeVmRequest.FromString,
+                    response_serializer=clawpot_dot_v1_dot_vm__pb2.Vm.SerializeToString,
             ),
             'Exec': grpc.stream_stream_rpc_method_handler(
                     servicer.Exec,
@@ -269,6 +304,60 @@ class VmService:
             '/clawpot.v1.VmService/DeleteVm',
             clawpot_dot_v1_dot_vm__pb2.DeleteVmRequest.SerializeToString,
             clawpot_dot_v1_dot_vm__pb2.DeleteVmResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseVm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clawpot.v1.VmService/PauseVm',
+            clawpot_dot_v1_dot_vm__pb2.PauseVmRequest.SerializeToString,
+            clawpot_dot_v1_dot_vm__pb2.Vm.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeVm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clawpot.v1.VmService/ResumeVm',
+            clawpot_dot_v1_dot_vm__pb2.ResumeVmRequest.SerializeToString,
+            clawpot_dot_v1_dot_vm__pb2.Vm.FromString,
             options,
             channel_credentials,
             insecure,

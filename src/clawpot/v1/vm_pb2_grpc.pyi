@@ -37,6 +37,12 @@ class VmServiceStub:
     ListVms: _grpc.UnaryUnaryMultiCallable[_vm_pb2.ListVmsRequest, _vm_pb2.ListVmsResponse]
     DeleteVm: _grpc.UnaryUnaryMultiCallable[_vm_pb2.DeleteVmRequest, _vm_pb2.DeleteVmResponse]
     """Stop the VM, free its resources (process, TAP, address, directory) and forget it."""
+    PauseVm: _grpc.UnaryUnaryMultiCallable[_vm_pb2.PauseVmRequest, _vm_pb2.Vm]
+    """Stop a RUNNING VM's vCPUs; it keeps its memory, address and TAP. Returns it PAUSED.
+    FAILED_PRECONDITION when its backend cannot pause or it is not RUNNING; nothing is changed then.
+    """
+    ResumeVm: _grpc.UnaryUnaryMultiCallable[_vm_pb2.ResumeVmRequest, _vm_pb2.Vm]
+    """Run a PAUSED VM again. Returns it RUNNING."""
     Exec: _grpc.StreamStreamMultiCallable[_vm_pb2.ExecRequest, _vm_pb2.ExecResponse]
     """Run a command in the guest. The first request must be `start`; later ones carry stdin, signals
     and terminal resizes. Responses stream stdout/stderr as produced and end with `exit`.
@@ -55,6 +61,12 @@ class VmServiceAsyncStub(VmServiceStub):
     ListVms: _aio.UnaryUnaryMultiCallable[_vm_pb2.ListVmsRequest, _vm_pb2.ListVmsResponse]  # type: ignore[assignment]
     DeleteVm: _aio.UnaryUnaryMultiCallable[_vm_pb2.DeleteVmRequest, _vm_pb2.DeleteVmResponse]  # type: ignore[assignment]
     """Stop the VM, free its resources (process, TAP, address, directory) and forget it."""
+    PauseVm: _aio.UnaryUnaryMultiCallable[_vm_pb2.PauseVmRequest, _vm_pb2.Vm]  # type: ignore[assignment]
+    """Stop a RUNNING VM's vCPUs; it keeps its memory, address and TAP. Returns it PAUSED.
+    FAILED_PRECONDITION when its backend cannot pause or it is not RUNNING; nothing is changed then.
+    """
+    ResumeVm: _aio.UnaryUnaryMultiCallable[_vm_pb2.ResumeVmRequest, _vm_pb2.Vm]  # type: ignore[assignment]
+    """Run a PAUSED VM again. Returns it RUNNING."""
     Exec: _aio.StreamStreamMultiCallable[_vm_pb2.ExecRequest, _vm_pb2.ExecResponse]  # type: ignore[assignment]
     """Run a command in the guest. The first request must be `start`; later ones carry stdin, signals
     and terminal resizes. Responses stream stdout/stderr as produced and end with `exit`.
@@ -94,6 +106,24 @@ class VmServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_vm_pb2.DeleteVmResponse, _abc.Awaitable[_vm_pb2.DeleteVmResponse]]:
         """Stop the VM, free its resources (process, TAP, address, directory) and forget it."""
+
+    @_abc_1.abstractmethod
+    def PauseVm(
+        self,
+        request: _vm_pb2.PauseVmRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vm_pb2.Vm, _abc.Awaitable[_vm_pb2.Vm]]:
+        """Stop a RUNNING VM's vCPUs; it keeps its memory, address and TAP. Returns it PAUSED.
+        FAILED_PRECONDITION when its backend cannot pause or it is not RUNNING; nothing is changed then.
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeVm(
+        self,
+        request: _vm_pb2.ResumeVmRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vm_pb2.Vm, _abc.Awaitable[_vm_pb2.Vm]]:
+        """Run a PAUSED VM again. Returns it RUNNING."""
 
     @_abc_1.abstractmethod
     def Exec(

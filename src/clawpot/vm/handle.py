@@ -110,10 +110,14 @@ class Vm:
         *,
         root: Path | None = None,
         stop_grace: float = DEFAULT_STOP_GRACE,
+        state: VmState = VmState.RUNNING,
     ) -> Vm:
-        """The handle of a VM whose VMM already runs (``VmmBackend.attach``): Running, watched."""
+        """The handle of a VM whose VMM already runs (``VmmBackend.attach``): Running (or Paused, as the
+        last server left it), watched."""
+        if state not in (VmState.RUNNING, VmState.PAUSED):
+            raise ValueError(f"only a Running or Paused VM can be attached, not {state}")
         vm = cls(None, backend, vm_id=vm_id, root=root, stop_grace=stop_grace)
-        vm.lifecycle = StateMachine(VmState.RUNNING)
+        vm.lifecycle = StateMachine(state)
         vm.lifecycle.subscribe(vm._on_transition)
         vm.vmm = vmm
         vm._watch(vmm)
@@ -145,6 +149,10 @@ class Vm:
             self._boot.cancel()
             with contextlib.suppress(BaseException):
                 await self._boot
+        if state is VmState.PAUSED:
+            # Its vCPUs are stopped: neither the agent nor the power button would be heard, so waiting
+            # for either is only delay. Its writable layer is deleted with its directory anyway.
+            grace = 0.0
         if self.vmm is not None and self.vmm.exit_info is None:
             deadline = time.monotonic() + grace
             await self._shutdown_via_agent(self.vmm, grace)
@@ -165,21 +173,26 @@ class Vm:
 
     # -- operations a backend may offer (``Capabilities.features``), checked before they begin ----------
 
-    def _require(self, feature: Feature, action: str) -> VmmProcess:
+    def _require(self, feature: Feature, action: str, state: VmState = VmState.RUNNING) -> VmmProcess:
+        """The capability first (a backend that lacks it changes nothing), then the state."""
         self.backend.capabilities().require(feature, action)
-        if self.lifecycle.state is not VmState.RUNNING or self.vmm is None:
-            raise VmNotRunning(f"cannot {action}: VM {self.id} is {self.lifecycle.state}, not Running")
+        if self.lifecycle.state is not state or self.vmm is None:
+            raise VmNotRunning(f"cannot {action}: VM {self.id} is {self.lifecycle.state}, not {state}")
         return self.vmm
 
     async def pause(self) -> None:
+        """Running → Paused: the vCPUs stop; the VMM, its TAP, address and memory stay."""
         await self._require(Feature.PAUSE, "pause").pause()
+        self.lifecycle.transition(VmState.PAUSED, "paused")
 
     async def resume(self) -> None:
-        await self._require(Feature.PAUSE, "resume").resume()
+        """Paused → Running."""
+        await self._require(Feature.PAUSE, "resume", VmState.PAUSED).resume()
+        self.lifecycle.transition(VmState.RUNNING, "resumed")
 
     async def snapshot(self, directory: Path) -> None:
         """Needs a paused VM (the caller pauses first; nothing here pauses implicitly)."""
-        await self._require(Feature.SNAPSHOT, "snapshot").snapshot(directory)
+        await self._require(Feature.SNAPSHOT, "snapshot", VmState.PAUSED).snapshot(directory)
 
     # -- boot ----------------------------------------------------------------------------------------
 
@@ -230,9 +243,9 @@ class Vm:
         info = await vmm.wait()
         # While Starting, the boot pipeline reports the exit itself; wait for it to settle.
         state = await self.lifecycle.wait_for(
-            VmState.RUNNING, VmState.STOPPING, VmState.STOPPED, VmState.ERROR
+            VmState.RUNNING, VmState.PAUSED, VmState.STOPPING, VmState.STOPPED, VmState.ERROR
         )
-        if state is VmState.RUNNING:
+        if state in (VmState.RUNNING, VmState.PAUSED):
             log.warning("vm %s: VMM exited unexpectedly: %s", self.id, info.reason)
             self.lifecycle.transition(VmState.ERROR, info.reason)
 

@@ -5,6 +5,9 @@
                       └──► Error ◄──── Running   │ (delete of a failed VM)
                             └────────────────────┘
 
+    Running ⇄ Paused (vCPUs stopped, the VMM and what it holds kept); Paused ──► Stopping (delete),
+    Paused ──► Error (its VMM exited).
+
 Illegal transitions raise ``IllegalTransition``. Every transition is timestamped, kept in
 ``history`` and delivered to subscribers, so callers can wait for a state instead of polling.
 """
@@ -22,6 +25,7 @@ class VmState(enum.StrEnum):
     NOT_STARTED = "NotStarted"
     STARTING = "Starting"
     RUNNING = "Running"
+    PAUSED = "Paused"
     STOPPING = "Stopping"
     STOPPED = "Stopped"
     ERROR = "Error"
@@ -30,7 +34,8 @@ class VmState(enum.StrEnum):
 LEGAL_TRANSITIONS: dict[VmState, frozenset[VmState]] = {
     VmState.NOT_STARTED: frozenset({VmState.STARTING}),
     VmState.STARTING: frozenset({VmState.RUNNING, VmState.STOPPING, VmState.ERROR}),
-    VmState.RUNNING: frozenset({VmState.STOPPING, VmState.ERROR}),
+    VmState.RUNNING: frozenset({VmState.PAUSED, VmState.STOPPING, VmState.ERROR}),
+    VmState.PAUSED: frozenset({VmState.RUNNING, VmState.STOPPING, VmState.ERROR}),
     VmState.STOPPING: frozenset({VmState.STOPPED}),
     VmState.STOPPED: frozenset(),
     # A failed VM is still torn down through Stopping so its resources are released.
