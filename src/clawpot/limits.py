@@ -115,3 +115,10 @@ HEALTH_CHECK_INTERVAL = 5.0
 HEALTH_PING_TIMEOUT = 2.0
 # The longest exec --timeout accepted (a year): beyond it the number is a mistake, not a wish.
 MAX_EXEC_TIMEOUT = 365 * 24 * 3600.0
+
+# --- Guest identity: the agent's configure operation ------------------------------------------------
+
+# How long `AgentClient.configure` waits for the agent's answer. The agent does a few netlink calls and
+# rewrites three small files: milliseconds even under TCG (bench/identity.py), so 10 s only ever
+# expires on an agent that is stuck; the VM is then not handed out (its identity may be half set).
+CONFIGURE_TIMEOUT = 10.0

@@ -14,6 +14,7 @@ import platform
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from .protocol import (
@@ -56,6 +57,9 @@ class AgentContext:
     guest: bool
     request_shutdown: Callable[[str], None]
     ops: dict[str, Callable[[Connection, int, dict[str, Any]], Session]]
+    # Where ``configure`` writes hostname, hosts and resolv.conf; None: configure is refused (an agent
+    # run on a host must never rename it). Set by main: /etc in the guest, a directory in a sandbox.
+    configure_etc: Path | None = None
 
 
 class Link(Protocol):

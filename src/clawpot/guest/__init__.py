@@ -7,7 +7,8 @@ Modules:
 - ``connection``  one connection: handshake, reader task, multiplexed streams with credit-based flow control.
 - ``process``     a remote process: output events, stdin, signals, resize, exit status.
 - ``files``       streamed, atomic upload and download.
-- ``client``      ``AgentClient`` (exec, run, put_file, get_file, ping, shutdown), ``wait_ready``.
+- ``identity``    ``GuestIdentity`` (hostname, address, gateway, DNS, MAC) and the ``configure`` call.
+- ``client``      ``AgentClient`` (exec, run, put_file, get_file, configure, ping, shutdown), ``wait_ready``.
 - ``errors``      ``GuestError`` and its subclasses.
 
 Typical use::
@@ -28,6 +29,7 @@ from clawpot.guest.endpoints import (
 )
 from clawpot.guest.errors import AgentDisconnected, AgentUnreachable, GuestError, ProtocolError, RemoteError
 from clawpot.guest.files import Download, RemoteFile
+from clawpot.guest.identity import ConfiguredIdentity, GuestIdentity
 from clawpot.guest.process import ExecEvent, ExecProcess, ExecResult, Exited, ExitStatus, Output
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "AgentEndpoint",
     "AgentInfo",
     "AgentUnreachable",
+    "ConfiguredIdentity",
     "Download",
     "ExecEvent",
     "ExecProcess",
@@ -43,6 +46,7 @@ __all__ = [
     "ExitStatus",
     "Exited",
     "GuestError",
+    "GuestIdentity",
     "HybridVsockEndpoint",
     "Output",
     "ProtocolError",
