@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from clawpot.agent.identity import DEFAULT_INTERFACE, FIELDS, check_mac, parse_request
+from clawpot.agent.identity import DEFAULT_INTERFACE, FIELDS, parse_request
 from clawpot.agent.protocol import FrameType, decode_json
 from clawpot.guest.connection import AgentConnection
-from clawpot.guest.errors import ProtocolError
+from clawpot.guest.errors import ProtocolError, RemoteError
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,10 @@ class GuestIdentity:
             "mac": self.mac,
         }
 
+    @property
+    def touches_network(self) -> bool:
+        return self.address is not None or self.mac is not None
+
     def request(self, *, announce: bool = True) -> dict[str, Any]:
         """The OPEN request of ``configure``."""
         fields = {key: value for key, value in self._fields().items() if value is not None}
@@ -61,51 +65,64 @@ class GuestIdentity:
 
 @dataclass(frozen=True)
 class ConfiguredIdentity:
-    """The agent's answer: what is in effect in the guest after ``configure``."""
+    """The agent's answer: what is in effect in the guest after ``configure``, read back from its kernel
+    and /etc (a report, so it is not held to GuestIdentity's rules: a guest may carry odd state)."""
 
-    identity: GuestIdentity  # every field filled from the guest (gateway None: no default route)
-    addresses: tuple[str, ...]  # every IPv4 address of the interface: exactly one after an address change
+    interface: str
+    hostname: str
+    mac: str
+    address: str | None  # the interface's first IPv4 address, "a.b.c.d/prefix"
+    addresses: tuple[str, ...]  # all of them: exactly one after configure set an address
+    gateway: str | None  # the default route via the interface, if any
+    dns: tuple[str, ...]  # the nameservers of /etc/resolv.conf
     link_up: bool
-    changed: frozenset[str]  # which of mac, address, gateway, hostname, dns were different and were set
+    changed: frozenset[str]  # which of mac, address, gateway, hostname, dns differed and were set
     announced: bool  # a gratuitous ARP went out for the address and MAC
     duration: float  # seconds the agent spent
 
+    def satisfies(self, wanted: GuestIdentity) -> bool:
+        """True when every field ``wanted`` sets is in effect (its address being the only one)."""
+        checks = [
+            wanted.interface == self.interface,
+            wanted.hostname in (None, self.hostname),
+            wanted.mac in (None, self.mac),
+            wanted.dns is None or tuple(wanted.dns) == self.dns,
+            wanted.address is None
+            or (self.addresses == (wanted.address,) and wanted.gateway == self.gateway),
+        ]
+        if wanted.touches_network:
+            checks.append(self.link_up)
+        return all(checks)
 
-def _parse_result(body: dict[str, Any]) -> ConfiguredIdentity:
+
+def parse_result(body: dict[str, Any]) -> ConfiguredIdentity:
     try:
-        addresses = body["addresses"]
-        dns = body["dns"]
-        changed = body["changed"]
+        fields = {
+            "interface": body["interface"],
+            "hostname": body["hostname"],
+            "mac": body["mac"],
+            "address": body["address"],
+            "addresses": tuple(body["addresses"]),
+            "gateway": body["gateway"],
+            "dns": tuple(body["dns"]),
+            "link_up": body["link_up"],
+            "changed": frozenset(body["changed"]),
+            "announced": body["announced"],
+            "duration": body["duration"],
+        }
+        strings = ("interface", "hostname", "mac")
         if not (
-            isinstance(addresses, list)
-            and all(isinstance(a, str) for a in addresses)
-            and isinstance(dns, list)
-            and isinstance(changed, list)
-            and set(changed) <= set(FIELDS)
-            and isinstance(body["link_up"], bool)
-            and isinstance(body["announced"], bool)
-            and isinstance(body["duration"], int | float)
+            all(isinstance(fields[k], str) for k in strings)
+            and all(isinstance(fields[k], str | None) for k in ("address", "gateway"))
+            and all(isinstance(v, str) for v in (*fields["addresses"], *fields["dns"]))
+            and fields["changed"] <= set(FIELDS)
+            and all(isinstance(fields[k], bool) for k in ("link_up", "announced"))
+            and isinstance(fields["duration"], int | float)
         ):
-            raise ValueError("field of the wrong type")
-        address = body["address"]
-        identity = GuestIdentity(
-            hostname=body["hostname"],
-            address=address,
-            gateway=body["gateway"] if address is not None else None,
-            dns=dns,
-            mac=check_mac(body["mac"]),
-            interface=body["interface"],
-        )
+            raise ValueError("a field has the wrong type")
     except (KeyError, ValueError, TypeError) as exc:
         raise ProtocolError(f"malformed configure result from the agent: {exc}") from None
-    return ConfiguredIdentity(
-        identity=identity,
-        addresses=tuple(addresses),
-        link_up=body["link_up"],
-        changed=frozenset(changed),
-        announced=body["announced"],
-        duration=float(body["duration"]),
-    )
+    return ConfiguredIdentity(**fields)
 
 
 async def configure(
@@ -127,4 +144,11 @@ async def configure(
         body = decode_json(end.payload)
     except ValueError as exc:
         raise ProtocolError(f"malformed configure result from the agent: {exc}") from None
-    return _parse_result(body)
+    result = parse_result(body)
+    if not result.satisfies(identity):
+        # The agent said it succeeded, yet the guest is not as asked (a bug, or something in the guest
+        # changed it at the same moment): never hand out a VM on the strength of that answer.
+        raise RemoteError(
+            "not_in_effect", f"configure ended but the guest's identity is not as asked: {result}"
+        )
+    return result
