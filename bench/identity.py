@@ -133,7 +133,8 @@ async def _configure_calls(kernel: Path, rootfs: Path, work: Path, tap: str, cou
             result = await vm.agent.configure(identity)
             changing.append(time.monotonic() - t0)
             agent_side.append(result.duration)
-            assert result.changed == {"mac", "address", "gateway", "hostname"}, result.changed
+            # (the first call also rewrites the resolv.conf the init wrote: it differs in its comment line)
+            assert result.changed >= {"mac", "address", "gateway", "hostname"}, result.changed
             t0 = time.monotonic()
             same = await vm.agent.configure(identity)
             repeated.append(time.monotonic() - t0)
