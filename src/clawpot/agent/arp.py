@@ -29,9 +29,12 @@ def announcement(mac: str, ip: str) -> bytes:
     return frame.ljust(_MIN_FRAME, b"\0")
 
 
-def announce(interface: str, mac: str, ip: str) -> None:
+def packet_socket() -> socket.socket:
+    """A raw packet socket for ``announce``. Keep it: closing one waits for an RCU grace period
+    (milliseconds). Protocol 0: it receives nothing, so nothing is ever queued on it."""
+    return socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+
+
+def announce(sock: socket.socket, interface: str, mac: str, ip: str) -> None:
     """Send one announcement on ``interface``; OSError when it cannot be sent."""
-    # Protocol 0: the socket receives nothing, so nothing is ever queued on it.
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0) as sock:
-        sock.bind((interface, 0))
-        sock.send(announcement(mac, ip))
+    sock.sendto(announcement(mac, ip), (interface, ETH_P_ARP))

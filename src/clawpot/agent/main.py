@@ -20,6 +20,7 @@ import stat
 import sys
 from pathlib import Path
 
+from .configure import Machine
 from .connection import AgentContext
 from .links import SerialLink, SocketLink
 from .ops import OPS
@@ -223,7 +224,8 @@ class Agent:
 
     async def run(self) -> int:
         try:
-            self.ctx.configure_etc = configure_etc(self.opts)
+            etc = configure_etc(self.opts)
+            self.ctx.configure_target = Machine(etc) if etc is not None else None
             started = await self.start_listeners()
         except OSError as exc:
             log.error("cannot start: %s", exc)
