@@ -26,9 +26,11 @@ MAX_DNS_SERVERS = 3
 # Identity fields, in the order ``configure`` applies them.
 FIELDS = ("mac", "address", "gateway", "hostname", "dns")
 
-# Labels of letters, digits, '-' and '_' (VM ids are used as hostnames and may hold '_'), separated by
-# dots; a label never starts with '-' (it would read as an option to hostname(1)).
-_LABEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}")
+# Labels of letters, digits, '-' and '_', separated by dots; a label never starts with '-' (it would
+# read as an option to hostname(1)). VM ids are used as hostnames, so the rules admit every one of them
+# (server/validate.py: up to 64 of [A-Za-z0-9_-], first a letter or digit), hence '_' and labels of up
+# to 64 characters where DNS would stop at 63: the name is the guest's own, not published in DNS.
+_LABEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # IFNAMSIZ - 1; no '/', ':' or whitespace
 _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 _U32 = struct.Struct("!I")
@@ -148,7 +150,7 @@ def check_hostname(value: object) -> str:
     if not all(_LABEL.fullmatch(label) for label in value.split(".")):
         raise ValueError(
             f"'hostname' {value[:40]!r} must be dot-separated labels of letters, digits, '-' and '_' "
-            "(1-63 each, not starting with '-')"
+            "(not starting with '-')"
         )
     return value
 

@@ -141,6 +141,8 @@ def test_valid_requests_parse_to_normal_form() -> None:
     assert parse_request({"address": "10.1.2.3/32"}).address is not None  # /32: no broadcast, no gateway
     assert parse_request({"dns": []}).dns == ()
     assert parse_request({"hostname": "vm_01.sandbox", "unknown": 1}).hostname == "vm_01.sandbox"
+    longest_vm_id = "a" + "_-9" * 21  # 64 characters, as server/validate.py allows
+    assert parse_request({"hostname": longest_vm_id}).hostname == longest_vm_id
     ident = GuestIdentity(
         hostname="h", address="10.0.0.5/24", gateway="10.0.0.1", dns=["10.0.0.1"], mac="06:AA:00:00:00:01"
     )
