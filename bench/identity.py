@@ -154,6 +154,7 @@ async def _configure_calls(kernel: Path, rootfs: Path, work: Path, tap: str, cou
 
 def summary(samples: list[float]) -> dict[str, Any]:
     return {
+        "n": len(samples),
         "median_s": round(statistics.median(samples), 4),
         "min_s": round(min(samples), 4),
         "max_s": round(max(samples), 4),
@@ -189,6 +190,10 @@ def run_in_namespace(kernel: Path, rootfs: Path, runs: int, configures: int) -> 
                 "configure_call": summary([s["configure_s"] for s in samples["configure"]]),
                 "configure_agent_side": summary([s["agent_s"] for s in samples["configure"]]),
             },
+            # Each run boots both back to back: their difference cancels much of the load's drift.
+            "paired_difference_configure_minus_cmdline": summary(
+                [c - m for c, m in zip(cfg_total, cmd_total, strict=True)]
+            ),
             "ratio_median_configure_over_cmdline": round(
                 statistics.median(cfg_total) / statistics.median(cmd_total), 3
             ),
