@@ -190,3 +190,10 @@ SNAPSHOT_HASH_CHUNK = 4 * 1024 * 1024
 # deadline for a wedged VMM, far beyond either.
 SNAPSHOT_SAVE_TIMEOUT = 30.0
 SNAPSHOT_LOAD_TIMEOUT = 30.0
+
+# --- Guest identity: the agent's configure operation ------------------------------------------------
+
+# How long `AgentClient.configure` waits for the agent's answer. The agent does a few netlink calls and
+# rewrites three small files: milliseconds even under TCG (bench/identity.py), so 10 s only ever
+# expires on an agent that is stuck; the VM is then not handed out (its identity may be half set).
+CONFIGURE_TIMEOUT = 10.0
