@@ -197,3 +197,10 @@ SNAPSHOT_LOAD_TIMEOUT = 30.0
 # rewrites three small files: milliseconds even under TCG (bench/identity.py), so 10 s only ever
 # expires on an agent that is stuck; the VM is then not handed out (its identity may be half set).
 CONFIGURE_TIMEOUT = 10.0
+
+# --- Snapshots through the API: names and listing (issue 12) ----------------------------------------
+
+# A snapshot's name is a directory name under <data>/snapshots and appears in CLI tables: letters,
+# digits, '.', '-', '_', starting with a letter or digit (never hidden, never '..'), and short enough to
+# read. 64 like a VM id.
+MAX_SNAPSHOT_NAME_CHARS = 64

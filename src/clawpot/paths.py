@@ -46,6 +46,10 @@ def vms_dir(data: Path | None = None) -> Path:
     return (data or data_dir()) / "vms"
 
 
+def snapshots_dir(data: Path | None = None) -> Path:
+    return (data or data_dir()) / "snapshots"
+
+
 def state_db(data: Path | None = None) -> Path:
     return (data or data_dir()) / "state.db"
 

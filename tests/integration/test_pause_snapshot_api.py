@@ -1,4 +1,4 @@
-"""Pause and resume of a real QEMU/TCG VM through the real server and the real CLI.
+"""Pause, resume, snapshots and restores of real QEMU/TCG VMs through the real server and the real CLI.
 
 One server runs in a network namespace this module creates (server_harness), with one VM shared by the
 tests. The VM runs a guest process that holds a counter in memory (it writes it to /tmp/c every 0.1 s)
@@ -6,33 +6,60 @@ and has a file written before the first pause. Checked: both survive pause/resum
 while paused; a paused VM keeps its QEMU, address and TAP; exec on it fails with FAILED_PRECONDITION
 without reaching the agent; the pause + resume round trip as a gRPC client sees it is printed as JSON
 next to a baseline measured in the same run (two GetVm calls: the RPCs with no VMM work).
+
+Snapshots: of the running VM and of the paused one; a VM created from a snapshot has its own id,
+address, MAC and hostname (set through the agent's configure, which the installed root image's agent
+may predate: the server here runs a copy of it with this tree's agent injected), is reachable from the
+namespace at its new address, and carries the counter and the file of the moment of the snapshot. A
+snapshot is not deleted while a VM restored from it exists.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import statistics
+import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
 from server_harness import InstalledAssets, ServerProcess, code_of, server_in_namespace, wait_until
+from support.netns import icmp_echo
 
+from clawpot.assets.inject import inject
 from clawpot.network.config import DEFAULT_TAP_PREFIX
-from clawpot.network.naming import tap_name_for
+from clawpot.network.naming import mac_for_address, tap_name_for
 from clawpot.v1 import vm_pb2
 
-COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/c; sleep 0.1; done"
+COUNTER = "echo $$ > /tmp/c.pid; i=0; while :; do i=$((i+1)); echo $i > /tmp/c; sleep 0.1; done"
 MARK = "written before the pause"
 ROUNDS = 50  # pause + resume round trips measured (each a few ms: the whole loop is well under a second)
 
 
+@dataclass(frozen=True)
+class Assets:
+    kernel: Path
+    rootfs: Path
+
+
 @pytest.fixture(scope="module")
-def server(
-    tmp_path_factory: pytest.TempPathFactory, installed_assets: InstalledAssets
-) -> Iterator[ServerProcess]:
-    with server_in_namespace(tmp_path_factory.mktemp("pause"), installed_assets) as srv:
+def assets(installed_assets: InstalledAssets, tmp_path_factory: pytest.TempPathFactory) -> Assets:
+    """The installed kernel and a copy of the root image with this tree's agent (it has configure)."""
+    directory = tmp_path_factory.mktemp("pause-assets")
+    (directory / "vmlinux").symlink_to(installed_assets.kernel)
+    rootfs = directory / "rootfs.ext4"
+    subprocess.run(["cp", "--sparse=always", str(installed_assets.rootfs), str(rootfs)], check=True)
+    inject(rootfs)
+    return Assets(directory / "vmlinux", rootfs)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, assets: Assets) -> Iterator[ServerProcess]:
+    with server_in_namespace(tmp_path_factory.mktemp("pause"), assets) as srv:
         yield srv
 
 
@@ -146,6 +173,96 @@ def test_pause_resume_round_trip_through_the_api(server: ServerProcess, vm: str)
     }
     print("\n" + json.dumps(report))
     _counter_above(server, vm, _counter(server, vm))  # still running, still counting
+
+
+def test_a_snapshot_restores_as_a_new_vm_with_its_own_identity(server: ServerProcess, vm: str) -> None:
+    source = _state(server, vm)
+    before_snapshot = _counter(server, vm)  # the count only grows: the snapshot's is at least this
+    counter_pid = server.exec(vm, "cat", "/tmp/c.pid").stdout.strip()
+    assert server.cli_ok("snapshot", vm, "base").strip() == "base"
+    at_snapshot = _counter(server, vm)
+    assert _state(server, vm).state == vm_pb2.VM_STATE_RUNNING  # running again after the snapshot
+    _counter_above(server, vm, at_snapshot)
+    (listed,) = [s for s in json.loads(server.cli_ok("snapshots", "-o", "json")) if s["name"] == "base"]
+    assert (listed["backend"], listed["vcpus"], listed["memory_mib"], listed["used_by"]) == (
+        "qemu",
+        1,
+        256,
+        [],
+    )
+    assert (server.data_dir / "snapshots" / "base" / "manifest.json").is_file()
+
+    started = time.monotonic()
+    clone = server.create("--from", "base")
+    restore_s = time.monotonic() - started
+    try:
+        made = _state(server, clone)
+        assert clone != vm and made.state == vm_pb2.VM_STATE_RUNNING
+        assert (made.origin, made.snapshot) == (vm_pb2.VM_ORIGIN_RESTORE, "base")
+        assert source.origin == vm_pb2.VM_ORIGIN_COLD
+        assert made.ip_address not in ("", source.ip_address)
+        assert json.loads(server.cli_ok("get", clone))["origin"] == "restore"
+        # Its own identity, in the guest: hostname, address, MAC.
+        assert server.exec(clone, "hostname").stdout.strip() == clone
+        mac = mac_for_address(ipaddress.IPv4Address(made.ip_address))
+        assert server.exec(clone, "cat", "/sys/class/net/eth0/address").stdout.strip() == mac
+        assert f"inet {made.ip_address}/" in server.exec(clone, "ip", "-4", "addr", "show", "eth0").stdout
+        # Reachable at its new address from the namespace (through its own TAP's rules).
+        assert server.ns.call(icmp_echo, made.ip_address, 5.0), f"no echo reply from {made.ip_address}"
+        # The memory and the file of the moment of the snapshot: the counter goes on from there.
+        assert server.exec(clone, "cat", "/root/mark").stdout == f"{MARK}\n"
+        # The very process (same PID, no boot started it), counting on from the snapshot's value.
+        assert server.exec(clone, "cat", "/tmp/c.pid").stdout.strip() == counter_pid
+        alive = server.exec(clone, "sh", "-c", f"tr '\\0' ' ' < /proc/{counter_pid}/cmdline")
+        assert "while :" in alive.stdout, alive
+        resumed_at = _counter(server, clone)
+        assert resumed_at >= before_snapshot
+        _counter_above(server, clone, resumed_at)
+        print(
+            f"\ncreate --from base (CLI, QEMU/TCG, to agent answering with its identity): {restore_s:.2f} s"
+        )
+
+        # The snapshot is in use: not deleted.
+        refused = server.cli("snapshots", "rm", "base")
+        assert refused.returncode == 1 and f"in use by VM {clone}" in refused.stderr
+        used = [
+            s["used_by"] for s in json.loads(server.cli_ok("snapshots", "-o", "json")) if s["name"] == "base"
+        ]
+        assert used == [[clone]]
+    finally:
+        server.cli_ok("delete", clone)
+    assert server.cli_ok("snapshots", "rm", "base").strip() == "base"
+    assert "base" not in server.cli_ok("snapshots")
+    assert not (server.data_dir / "snapshots" / "base").exists()
+
+
+def test_a_paused_vm_is_snapshotted_and_stays_paused(server: ServerProcess, vm: str) -> None:
+    server.cli_ok("pause", vm)
+    try:
+        assert server.cli_ok("snapshot", vm, "paused-1").strip() == "paused-1"
+        assert _state(server, vm).state == vm_pb2.VM_STATE_PAUSED
+    finally:
+        server.cli_ok("resume", vm)
+    with server.stub() as api:
+        for request, expected in (
+            (vm_pb2.SnapshotVmRequest(vm_id=vm, name="paused-1"), grpc.StatusCode.ALREADY_EXISTS),
+            (vm_pb2.SnapshotVmRequest(vm_id=vm, name="../x"), grpc.StatusCode.INVALID_ARGUMENT),
+            (vm_pb2.SnapshotVmRequest(vm_id="vm-nosuch", name="x"), grpc.StatusCode.NOT_FOUND),
+        ):
+            code, message = code_of(lambda r=request: api.SnapshotVm(r, timeout=60))  # type: ignore[misc]
+            assert code == expected, message
+        for create, expected in (
+            (vm_pb2.CreateVmRequest(from_snapshot="nosuch"), grpc.StatusCode.NOT_FOUND),
+            (
+                vm_pb2.CreateVmRequest(from_snapshot="paused-1", memory_mib=512),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+        ):
+            code, message = code_of(lambda c=create: api.CreateVm(c, timeout=60))  # type: ignore[misc]
+            assert code == expected, message
+    assert set(server.vms()) == {vm}  # the refused creates left nothing
+    assert server.cli_ok("snapshots", "rm", "paused-1").strip() == "paused-1"
+    assert server.exec(vm, "echo", "ok").stdout == "ok\n"
 
 
 def test_a_paused_vm_stays_paused_across_a_server_restart(server: ServerProcess, vm: str) -> None:

@@ -1,4 +1,4 @@
-"""`clawpot create | list | get | delete | pause | resume`."""
+"""`clawpot create | list | get | delete | pause | resume | snapshot | snapshots`."""
 
 from __future__ import annotations
 
@@ -63,24 +63,39 @@ def _parse_labels(values: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option("--allow-peers", is_flag=True, help="Let other --allow-peers VMs reach this one.")
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Attach a label (repeatable).")
-@click.pass_obj
+@click.option(
+    "--from",
+    "from_snapshot",
+    default="",
+    metavar="SNAPSHOT",
+    help="Restore this snapshot (`clawpot snapshots`) instead of booting; its vcpus, memory and VMM apply.",
+)
+@click.pass_context
 def create(
-    server: str,
+    ctx: click.Context,
     vcpus: int,
     memory_mib: int,
     vmm: str,
     ip_address: str,
     allow_peers: bool,
     labels: tuple[str, ...],
+    from_snapshot: str,
 ) -> None:
     """Create a VM, wait until its agent answers, print its id."""
+    server: str = ctx.obj
+
+    def given(name: str) -> bool:
+        # A restore takes the snapshot's shape: send only what the user chose (the server checks it).
+        return not from_snapshot or ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+
     request = vm_pb2.CreateVmRequest(
-        vcpus=vcpus,
-        memory_mib=memory_mib,
+        vcpus=vcpus if given("vcpus") else 0,
+        memory_mib=memory_mib if given("memory_mib") else 0,
         backend=BACKENDS[vmm],
         ip_address=ip_address,
         allow_peer_traffic=allow_peers,
         labels=_parse_labels(labels),
+        from_snapshot=from_snapshot,
     )
     with stub(server) as api:
         vm = api.CreateVm(request)
@@ -93,6 +108,7 @@ def vm_to_dict(vm: vm_pb2.Vm) -> dict[str, Any]:
     data["state"] = _state(vm).lower()
     data["backend"] = _backend(vm)
     data["health"] = vm_pb2.AgentHealth.Name(vm.health).removeprefix("AGENT_HEALTH_").lower()
+    data["origin"] = vm_pb2.VmOrigin.Name(vm.origin).removeprefix("VM_ORIGIN_").lower()
     return data
 
 
@@ -108,7 +124,11 @@ def _cell(text: str) -> Text:
 
 
 def _age(vm: vm_pb2.Vm) -> str:
-    seconds = max(0, int(time.time() - vm.created_at.ToSeconds()))
+    return _age_of(vm.created_at.ToSeconds())
+
+
+def _age_of(created: float) -> str:
+    seconds = max(0, int(time.time() - created))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit}"
@@ -201,3 +221,61 @@ def resume(server: str, vm_id: str) -> None:
     with stub(server) as api:
         vm = api.ResumeVm(vm_pb2.ResumeVmRequest(id=vm_id))
     click.echo(safe(vm.id))
+
+
+@click.command()
+@click.argument("vm_id", metavar="ID")
+@click.argument("name", metavar="NAME")
+@click.pass_obj
+def snapshot(server: str, vm_id: str, name: str) -> None:
+    """Snapshot a running or paused VM as NAME (it is paused meanwhile; a running VM runs on after)."""
+    with stub(server) as api:
+        snap = api.SnapshotVm(vm_pb2.SnapshotVmRequest(vm_id=vm_id, name=name))
+    click.echo(safe(snap.name))
+
+
+def _snapshot_to_dict(snap: vm_pb2.Snapshot) -> dict[str, Any]:
+    data = MessageToDict(snap, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    data["backend"] = vm_pb2.Backend.Name(snap.backend).removeprefix("BACKEND_").lower()
+    data["size_bytes"] = snap.size_bytes  # an int, not the string JSON mapping gives 64-bit fields
+    return data
+
+
+@click.group(invoke_without_command=True)
+@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.pass_context
+def snapshots(ctx: click.Context, output: str) -> None:
+    """List snapshots: name, VMM, vcpus, memory, size on disk, age, the VMs restored from it.
+    `clawpot snapshots rm NAME` deletes one."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with stub(ctx.obj) as api:
+        found = list(api.ListSnapshots(vm_pb2.ListSnapshotsRequest()).snapshots)
+    if output == "json":
+        _print_json([_snapshot_to_dict(s) for s in found])
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("NAME", "BACKEND", "VCPUS", "MEMORY", "SIZE", "AGE", "USED-BY"):
+        table.add_column(column)
+    for snap in found:
+        table.add_row(
+            _cell(snap.name),
+            _cell(vm_pb2.Backend.Name(snap.backend).removeprefix("BACKEND_").lower()),
+            _cell(str(snap.vcpus)),
+            _cell(f"{snap.memory_mib}MiB"),
+            _cell(f"{snap.size_bytes / (1 << 20):.0f}MiB"),
+            _cell(_age_of(snap.created_at.ToSeconds())),
+            _cell(",".join(snap.used_by) or "-"),
+        )
+    Console(soft_wrap=True).print(table)
+
+
+@snapshots.command("rm")
+@click.argument("names", metavar="NAME...", nargs=-1, required=True)
+@click.pass_obj
+def remove_snapshots(server: str, names: tuple[str, ...]) -> None:
+    """Delete snapshots (refused while a VM restored from one still exists)."""
+    with stub(server) as api:
+        for name in names:
+            api.DeleteSnapshot(vm_pb2.DeleteSnapshotRequest(name=name))
+            click.echo(safe(name))

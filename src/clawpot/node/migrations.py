@@ -53,6 +53,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        2,
+        "how each VM was made: origin (cold | restore) and the snapshot it was restored from",
+        (
+            "ALTER TABLE vms ADD COLUMN origin TEXT NOT NULL DEFAULT 'cold'",
+            "ALTER TABLE vms ADD COLUMN snapshot TEXT NOT NULL DEFAULT ''",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
@@ -62,7 +70,7 @@ SCHEMA_VERSION = MIGRATIONS[-1].version
 VMS_COLUMNS = frozenset(
     (
         "id", "state", "backend", "vcpus", "memory_mib", "ip_address", "labels", "created_at", "error",
-        "vm_dir", "pid", "allow_peers", "vmm_start_ticks", "agent_endpoint",
+        "vm_dir", "pid", "allow_peers", "vmm_start_ticks", "agent_endpoint", "origin", "snapshot",
     )
 )  # fmt: skip
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,17 +28,18 @@ from clawpot.node import calls, reconcile
 from clawpot.node.backends import Backends
 from clawpot.node.datadir import Assets, NodeError, lock_data_dir
 from clawpot.node.health import AgentHealth
-from clawpot.node.launch import LaunchParams, launch
+from clawpot.node.launch import LaunchParams, launch, restore
 from clawpot.node.resources import release
 from clawpot.node.sessions import DownloadHandle, ExecParams, ExecSession
-from clawpot.node.store import Store, VmRecord
+from clawpot.node.snapshots import SnapshotCatalog, SnapshotInfo
+from clawpot.node.store import Origin, Store, VmRecord
 from clawpot.node.tasks import to_completion
 from clawpot.node.vms import NodeVm, VmView
 from clawpot.vm.directory import new_vm_id
 from clawpot.vm.errors import VmNotRunning
 from clawpot.vm.handle import Vm
 from clawpot.vm.state import Transition, VmState
-from clawpot.vmm.base import Feature, VmmBackend, VmmUnsupported
+from clawpot.vmm.base import Feature, VmmBackend, VmmError, VmmUnsupported
 from clawpot.vmm.spec import BackendKind
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,8 @@ class VmRequest:
     labels: dict[str, str] = field(default_factory=dict)
     ip_address: str | None = None
     allow_peers: bool = False
+    # Restore this snapshot (by name) instead of booting; vcpus and memory are then the snapshot's.
+    snapshot: str | None = None
 
 
 class Node:
@@ -80,6 +84,8 @@ class Node:
         self.assets = Assets.of(config.data_dir)
         self.backends = Backends(config.data_dir, self.assets, config.default_backend)
         self.vms_root = paths.vms_dir(config.data_dir)
+        self.snapshots = SnapshotCatalog(paths.snapshots_dir(config.data_dir))
+        self._snapshots_in_progress: set[str] = set()
         self.vms: dict[str, NodeVm] = {}
         self._lock_file = lock
         self._health_loop: asyncio.Task[None] | None = None
@@ -102,6 +108,7 @@ class Node:
                     raise NodeError(str(exc)) from exc
             node = cls(config, store, network, lock)
             node.backends.start_probe()  # off the calls' path: creates that need it await it
+            node.snapshots.sweep()
             await reconcile.reconcile(node)
             node._health_loop = asyncio.create_task(node._check_health_loop(), name="agent health")
             return node
@@ -165,6 +172,8 @@ class Node:
             vm_dir=self.vms_root / vm_id,
             labels=dict(request.labels),
             allow_peers=request.allow_peers,
+            origin=Origin.RESTORE if request.snapshot else Origin.COLD,
+            snapshot=request.snapshot or "",
         )
         self.store.insert(record)
         nvm = NodeVm(record, self.config.agent_timeout)
@@ -199,6 +208,19 @@ class Node:
 
     async def _boot(self, nvm: NodeVm, backend: VmmBackend, params: LaunchParams) -> VmRecord:
         try:
+            if nvm.record.origin is Origin.RESTORE:
+                info = self.snapshots.info(nvm.record.snapshot)
+                directory = self.snapshots.path(info.name)
+                return await restore(
+                    nvm,
+                    backend,
+                    params,
+                    self.network,
+                    self.store,
+                    self._on_transition,
+                    directory,
+                    info.manifest,
+                )
             return await launch(nvm, backend, params, self.network, self.store, self._on_transition)
         except BaseException as exc:
             if not nvm.deleting:
@@ -284,38 +306,100 @@ class Node:
     async def pause(self, vm_id: str) -> VmView:
         """Running → Paused, recorded in the store (a paused VM survives a server restart, paused)."""
         nvm = self.get(vm_id)
-        self._require_pause(nvm)
-        self._in_state(nvm, VmState.RUNNING, "pause")
-        if nvm.health_task is not None:
-            nvm.health_task.cancel()  # a ping in flight would only time out against stopped vCPUs
-        await self._vmm_operation(nvm, Vm.pause)
-        self._record_state(nvm, VmState.PAUSED)
-        nvm.agent.mark(AgentHealth.UNKNOWN, "the VM is paused")
+        self._require(nvm, Feature.PAUSE, "pause")
+        async with nvm.operation:
+            self._in_state(nvm, "pause", VmState.RUNNING)
+            if nvm.health_task is not None:
+                nvm.health_task.cancel()  # a ping in flight would only time out against stopped vCPUs
+            await self._vmm_operation(nvm, Vm.pause)
+            self._record_state(nvm, VmState.PAUSED)
+            nvm.agent.mark(AgentHealth.UNKNOWN, "the VM is paused")
         return nvm.view()
 
     async def resume(self, vm_id: str) -> VmView:
         """Paused → Running, recorded in the store; the next health check asks its agent again."""
         nvm = self.get(vm_id)
-        self._require_pause(nvm)
-        self._in_state(nvm, VmState.PAUSED, "resume")
-        await self._vmm_operation(nvm, Vm.resume)
-        self._record_state(nvm, VmState.RUNNING)
+        self._require(nvm, Feature.PAUSE, "pause")
+        async with nvm.operation:
+            self._in_state(nvm, "resume", VmState.PAUSED)
+            await self._vmm_operation(nvm, Vm.resume)
+            self._record_state(nvm, VmState.RUNNING)
         return nvm.view()
 
+    async def snapshot(self, vm_id: str, name: str) -> SnapshotInfo:
+        """A named snapshot of a Running or Paused VM (memory, device state, writable layer), taken while
+        it is paused; a VM that was Running runs again afterwards, whatever happened. On failure nothing
+        is left under the name (``clawpot.vmm.snapshot`` writes atomically)."""
+        nvm = self.get(vm_id)
+        self._require(nvm, Feature.SNAPSHOT, "snapshot")
+        self._in_state(nvm, "snapshot", VmState.RUNNING, VmState.PAUSED)
+        if self.snapshots.exists(name) or name in self._snapshots_in_progress:
+            raise errors.AlreadyExists(f"snapshot {name} already exists")
+        self._snapshots_in_progress.add(name)
+        try:
+            async with nvm.operation:
+                self._in_state(nvm, "snapshot", VmState.RUNNING, VmState.PAUSED)
+                assert nvm.vm is not None
+                vm = nvm.vm
+                was_running = nvm.record.state is VmState.RUNNING
+                if was_running:
+                    if nvm.health_task is not None:
+                        nvm.health_task.cancel()
+                    await self._vmm_operation(nvm, Vm.pause)
+                try:
+                    await vm.snapshot(self.snapshots.path(name))
+                except (VmmUnsupported, VmNotRunning) as exc:
+                    raise errors.FailedPrecondition(f"VM {vm_id}: {exc}") from exc
+                except VmmError as exc:
+                    raise _snapshot_failed(vm_id, exc) from exc
+                finally:
+                    if was_running and vm.state is VmState.PAUSED:
+                        await vm.resume()
+        finally:
+            self._snapshots_in_progress.discard(name)
+        log.info("VM %s: snapshot %s taken", vm_id, name)
+        return self.snapshots.info(name)
+
+    def list_snapshots(self) -> list[tuple[SnapshotInfo, list[str]]]:
+        """Every snapshot with the VMs restored from it that still hold resources."""
+        return [(info, self.snapshot_users(info.name)) for info in self.snapshots.list()]
+
+    def snapshot_users(self, name: str) -> list[str]:
+        return [
+            nvm.id
+            for nvm in self.vms.values()
+            if nvm.record.origin is Origin.RESTORE and nvm.record.snapshot == name and nvm.holds_memory
+        ]
+
+    def delete_snapshot(self, name: str) -> None:
+        """Refused while a VM restored from it still runs (its memory maps the snapshot's file)."""
+        if not self.snapshots.exists(name):
+            raise errors.NotFound(f"snapshot {name} not found")
+        users = self.snapshot_users(name)
+        if users:
+            raise errors.FailedPrecondition(
+                f"snapshot {name} is in use by VM {', '.join(users[:5])}"
+                f"{' and others' if len(users) > 5 else ''}: delete them first"
+            )
+        self.snapshots.remove(name)
+        log.info("snapshot %s deleted", name)
+
     @staticmethod
-    def _require_pause(nvm: NodeVm) -> None:
+    def _require(nvm: NodeVm, feature: Feature, action: str) -> None:
+        """The backend's capability, checked before anything else: a backend without it changes nothing."""
         if nvm.vm is None:
             return  # no VMM (Error, or not booted yet): the state check says why not
         try:
-            nvm.vm.backend.capabilities().require(Feature.PAUSE, "pause")
+            nvm.vm.backend.capabilities().require(feature, action)
         except VmmUnsupported as exc:
             raise errors.FailedPrecondition(f"VM {nvm.id}: {exc}") from exc
 
     @staticmethod
-    def _in_state(nvm: NodeVm, state: VmState, action: str) -> None:
+    def _in_state(nvm: NodeVm, action: str, *states: VmState) -> None:
         current = VmState.STOPPING if nvm.deleting else nvm.record.state
-        if current is not state:
-            raise errors.FailedPrecondition(f"cannot {action} VM {nvm.id}: it is {current}, not {state}")
+        if current not in states:
+            wanted = " or ".join(states)
+            raise errors.FailedPrecondition(f"cannot {action} VM {nvm.id}: it is {current}, not {wanted}")
 
     def _record_state(self, nvm: NodeVm, state: VmState) -> None:
         if nvm.deleting or nvm.record.state is VmState.ERROR:
@@ -371,3 +455,12 @@ class Node:
 
     async def download(self, vm_id: str, path: str) -> DownloadHandle:
         return await calls.download_from(self.running(vm_id), path)
+
+
+def _snapshot_failed(vm_id: str, exc: VmmError) -> errors.ServerError:
+    """A full disk is RESOURCE_EXHAUSTED (the host's, not the request's fault); anything else is
+    UNAVAILABLE. Either way the VM was left as it was and no snapshot exists under the name."""
+    cause = exc.__cause__
+    if (isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space" in str(exc):
+        return errors.ResourceExhausted(f"snapshot of VM {vm_id} failed: {errors.one_line(str(exc))}")
+    return errors.Unavailable(f"snapshot of VM {vm_id} failed: {errors.one_line(str(exc))}")

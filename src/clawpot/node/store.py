@@ -8,6 +8,7 @@ The network package keeps its address allocations in the same database file. The
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import sqlite3
@@ -23,6 +24,13 @@ from clawpot.vm.state import VmState
 from clawpot.vmm.spec import BackendKind
 
 log = logging.getLogger(__name__)
+
+
+class Origin(enum.StrEnum):
+    """How a VM was made (the Vm message and the logs say it)."""
+
+    COLD = "cold"  # booted from the kernel and root image
+    RESTORE = "restore"  # restored from a named snapshot
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,8 @@ class VmRecord:
     # Identify the VMM process across server restarts (PID + start time) and how to reach its agent.
     vmm_start_ticks: int | None = None
     agent_endpoint: str = ""
+    origin: Origin = Origin.COLD
+    snapshot: str = ""  # the snapshot's name, for a restored VM
 
     def with_(self, **changes: object) -> VmRecord:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -116,8 +126,8 @@ class Store:
             with self._tx() as db:
                 db.execute(
                     "INSERT INTO vms (id, state, backend, vcpus, memory_mib, ip_address, labels,"
-                    " created_at, error, vm_dir, pid, allow_peers, vmm_start_ticks, agent_endpoint)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " created_at, error, vm_dir, pid, allow_peers, vmm_start_ticks, agent_endpoint,"
+                    " origin, snapshot) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     _row(rec),
                 )
         except sqlite3.IntegrityError as exc:
@@ -127,8 +137,8 @@ class Store:
         with self._tx() as db:
             db.execute(
                 "UPDATE vms SET state=?, backend=?, vcpus=?, memory_mib=?, ip_address=?, labels=?,"
-                " created_at=?, error=?, vm_dir=?, pid=?, allow_peers=?, vmm_start_ticks=?, agent_endpoint=?"
-                " WHERE id=?",
+                " created_at=?, error=?, vm_dir=?, pid=?, allow_peers=?, vmm_start_ticks=?, agent_endpoint=?,"
+                " origin=?, snapshot=? WHERE id=?",
                 (*_row(rec)[1:], rec.id),
             )
 
@@ -163,6 +173,8 @@ def _row(rec: VmRecord) -> tuple[object, ...]:
         int(rec.allow_peers),
         rec.vmm_start_ticks,
         rec.agent_endpoint,
+        rec.origin.value,
+        rec.snapshot,
     )
 
 
@@ -182,4 +194,6 @@ def _record(row: sqlite3.Row) -> VmRecord:
         allow_peers=bool(row["allow_peers"]),
         vmm_start_ticks=row["vmm_start_ticks"],
         agent_endpoint=row["agent_endpoint"],
+        origin=Origin(row["origin"]),
+        snapshot=row["snapshot"],
     )

@@ -28,6 +28,8 @@ class NodeVm:
         self.delete_task: asyncio.Task[None] | None = None
         self.health_task: asyncio.Task[None] | None = None  # the periodic check in flight, if any
         self.deleting = False
+        # One VMM operation at a time (pause, resume, snapshot): a resume must not land mid-snapshot.
+        self.operation = asyncio.Lock()
 
     @property
     def id(self) -> str:

@@ -16,6 +16,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from clawpot import errors, limits
 from clawpot.node.health import AgentHealth
 from clawpot.node.sessions import ExecParams, ExecSession
+from clawpot.node.snapshots import SnapshotInfo
+from clawpot.node.store import Origin
 from clawpot.node.vms import VmView
 from clawpot.service.service import CreateParams, Service
 from clawpot.v1 import vm_pb2, vm_pb2_grpc
@@ -45,6 +47,7 @@ _STATE_TO_PB = {
 }
 _BACKEND_TO_PB = {BackendKind.FIRECRACKER: vm_pb2.BACKEND_FIRECRACKER, BackendKind.QEMU: vm_pb2.BACKEND_QEMU}
 _BACKEND_FROM_PB = {v: k for k, v in _BACKEND_TO_PB.items()}
+_ORIGIN_TO_PB = {Origin.COLD: vm_pb2.VM_ORIGIN_COLD, Origin.RESTORE: vm_pb2.VM_ORIGIN_RESTORE}
 _HEALTH_TO_PB = {
     AgentHealth.UNKNOWN: vm_pb2.AGENT_HEALTH_UNKNOWN,
     AgentHealth.HEALTHY: vm_pb2.AGENT_HEALTH_HEALTHY,
@@ -89,6 +92,20 @@ def vm_to_pb(view: VmView) -> vm_pb2.Vm:
         health=_HEALTH_TO_PB[health.health],
         health_since=_timestamp(health.since),
         health_detail=health.detail[: limits.MAX_HEALTH_DETAIL_CHARS],
+        origin=_ORIGIN_TO_PB[rec.origin],
+        snapshot=rec.snapshot,
+    )
+
+
+def snapshot_to_pb(info: SnapshotInfo, used_by: list[str]) -> vm_pb2.Snapshot:
+    return vm_pb2.Snapshot(
+        name=info.name,
+        backend=_BACKEND_TO_PB[info.backend],
+        vcpus=info.vcpus,
+        memory_mib=info.memory_mib,
+        created_at=_timestamp(info.created_at),
+        size_bytes=info.size_bytes,
+        used_by=used_by,
     )
 
 
@@ -109,13 +126,16 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
     async def CreateVm(
         self, request: vm_pb2.CreateVmRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> vm_pb2.Vm:
+        restoring = bool(request.from_snapshot)
         params = CreateParams(
-            vcpus=request.vcpus or limits.DEFAULT_VCPUS,
-            memory_mib=request.memory_mib or limits.DEFAULT_MEMORY_MIB,
+            # A restore takes the snapshot's shape: 0 stays 0 ("the snapshot's").
+            vcpus=request.vcpus or (0 if restoring else limits.DEFAULT_VCPUS),
+            memory_mib=request.memory_mib or (0 if restoring else limits.DEFAULT_MEMORY_MIB),
             backend=_BACKEND_FROM_PB.get(request.backend),
             labels=dict(request.labels),
             ip_address=request.ip_address or None,
             allow_peers=request.allow_peer_traffic,
+            from_snapshot=request.from_snapshot if restoring else None,
         )
         view = await self._call(context, lambda: self._service.create(params))
         return vm_to_pb(view)
@@ -148,6 +168,24 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
         self, request: vm_pb2.ResumeVmRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> vm_pb2.Vm:
         return vm_to_pb(await self._call(context, lambda: self._service.resume(request.id)))
+
+    async def SnapshotVm(
+        self, request: vm_pb2.SnapshotVmRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> vm_pb2.Snapshot:
+        info = await self._call(context, lambda: self._service.snapshot(request.vm_id, request.name))
+        return snapshot_to_pb(info, [])
+
+    async def ListSnapshots(
+        self, request: vm_pb2.ListSnapshotsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> vm_pb2.ListSnapshotsResponse:
+        found = await self._call(context, self._service.list_snapshots)
+        return vm_pb2.ListSnapshotsResponse(snapshots=[snapshot_to_pb(i, users) for i, users in found])
+
+    async def DeleteSnapshot(
+        self, request: vm_pb2.DeleteSnapshotRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> vm_pb2.DeleteSnapshotResponse:
+        await self._call(context, lambda: self._service.delete_snapshot(request.name))
+        return vm_pb2.DeleteSnapshotResponse()
 
     async def Exec(
         self,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from clawpot import errors, limits
 from clawpot.node.node import Node, VmRequest
 from clawpot.node.sessions import DownloadHandle, ExecParams, ExecSession
+from clawpot.node.snapshots import SnapshotInfo
 from clawpot.node.vms import VmView
 from clawpot.service import admission, paging, validate
 from clawpot.vm import validation
@@ -28,6 +29,9 @@ class CreateParams:
     labels: dict[str, str] = field(default_factory=dict)
     ip_address: str | None = None
     allow_peers: bool = False
+    # Restore this snapshot instead of a cold boot. vcpus, memory_mib and backend then come from the
+    # snapshot: 0 / None take them, any other value must match it.
+    from_snapshot: str | None = None
 
 
 class Service:
@@ -36,6 +40,8 @@ class Service:
         self.memory_overcommit = memory_overcommit
 
     async def create(self, params: CreateParams) -> VmView:
+        if params.from_snapshot is not None:
+            return await self._create_from_snapshot(params, params.from_snapshot)
         validate.vcpus(params.vcpus)
         validate.memory_mib(params.memory_mib)
         if params.ip_address:
@@ -56,6 +62,37 @@ class Service:
         )
         # Admission and reservation with no await in between: concurrent creates cannot overbook.
         self._admit(params.memory_mib)
+        nvm = self.node.reserve(request)
+        return await self.node.boot(nvm, request)
+
+    async def _create_from_snapshot(self, params: CreateParams, name: str) -> VmView:
+        validate.snapshot_name(name)
+        if params.ip_address:
+            validate.ip_address(params.ip_address)
+            if self.node.network is None:
+                raise errors.InvalidArgument("this server runs without networking (--no-network)")
+        validate.labels(params.labels)
+        info = self.node.snapshots.info(name)  # NOT_FOUND, or FAILED_PRECONDITION for a broken manifest
+        for what, asked, recorded in (
+            ("vcpus", params.vcpus, info.vcpus),
+            ("memory_mib", params.memory_mib, info.memory_mib),
+            ("backend", params.backend, info.backend),
+        ):
+            if asked and asked != recorded:
+                raise errors.InvalidArgument(
+                    f"{what} {asked} differs from snapshot {name}'s {recorded}: leave it unset to restore"
+                )
+        self.node.backends.get(info.backend)  # UNAVAILABLE now, before anything is reserved
+        request = VmRequest(
+            backend=info.backend,
+            vcpus=info.vcpus,
+            memory_mib=info.memory_mib,
+            labels=dict(params.labels),
+            ip_address=params.ip_address or None,
+            allow_peers=params.allow_peers,
+            snapshot=name,
+        )
+        self._admit(info.memory_mib)
         nvm = self.node.reserve(request)
         return await self.node.boot(nvm, request)
 
@@ -87,6 +124,18 @@ class Service:
     async def resume(self, vm_id: str) -> VmView:
         validate.vm_id(vm_id)
         return await self.node.resume(vm_id)
+
+    async def snapshot(self, vm_id: str, name: str) -> SnapshotInfo:
+        validate.vm_id(vm_id)
+        validate.snapshot_name(name)
+        return await self.node.snapshot(vm_id, name)
+
+    async def list_snapshots(self) -> list[tuple[SnapshotInfo, list[str]]]:
+        return self.node.list_snapshots()
+
+    async def delete_snapshot(self, name: str) -> None:
+        validate.snapshot_name(name)
+        self.node.delete_snapshot(name)
 
     async def exec(self, vm_id: str, params: ExecParams) -> ExecSession:
         validate.vm_id(vm_id)

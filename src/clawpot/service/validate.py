@@ -18,6 +18,8 @@ _VM_ID_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_-]{{0,{limits.MAX_VM_ID_CHARS - 
 # Label keys: Kubernetes-like names, so they print and parse everywhere (`--label k=v`, tables, JSON).
 _LABEL_KEY_RE = re.compile(rf"[A-Za-z0-9]([A-Za-z0-9._/-]{{0,{limits.MAX_LABEL_KEY_CHARS - 1}}})?")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A directory name under <data>/snapshots: no '/', never hidden (partial snapshots are) nor '..'.
+_SNAPSHOT_NAME_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{limits.MAX_SNAPSHOT_NAME_CHARS - 1}}}")
 
 
 def _utf8_len(text: str) -> int:
@@ -28,6 +30,14 @@ def vm_id(value: str) -> None:
     if not _VM_ID_RE.fullmatch(value):
         raise InvalidArgument(
             f"invalid VM id {quote(value)}: 1-{limits.MAX_VM_ID_CHARS} letters, digits, '-' or '_'"
+        )
+
+
+def snapshot_name(value: str) -> None:
+    if not _SNAPSHOT_NAME_RE.fullmatch(value):
+        raise InvalidArgument(
+            f"invalid snapshot name {quote(value)}: 1-{limits.MAX_SNAPSHOT_NAME_CHARS} letters, digits, "
+            "'.', '-' or '_', starting with a letter or digit"
         )
 
 

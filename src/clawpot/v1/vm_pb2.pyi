@@ -75,6 +75,28 @@ AGENT_HEALTH_DEGRADED: AgentHealth.ValueType  # 3
 """the connection was dropped because the guest broke the protocol"""
 Global___AgentHealth: _TypeAlias = AgentHealth  # noqa: Y015
 
+class _VmOrigin:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _VmOriginEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_VmOrigin.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VM_ORIGIN_UNSPECIFIED: _VmOrigin.ValueType  # 0
+    VM_ORIGIN_COLD: _VmOrigin.ValueType  # 1
+    """booted from the kernel and root image"""
+    VM_ORIGIN_RESTORE: _VmOrigin.ValueType  # 2
+    """restored from a snapshot (`snapshot` names it), then given its own identity"""
+
+class VmOrigin(_VmOrigin, metaclass=_VmOriginEnumTypeWrapper):
+    """How a VM was made."""
+
+VM_ORIGIN_UNSPECIFIED: VmOrigin.ValueType  # 0
+VM_ORIGIN_COLD: VmOrigin.ValueType  # 1
+"""booted from the kernel and root image"""
+VM_ORIGIN_RESTORE: VmOrigin.ValueType  # 2
+"""restored from a snapshot (`snapshot` names it), then given its own identity"""
+Global___VmOrigin: _TypeAlias = VmOrigin  # noqa: Y015
+
 class _Backend:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -131,6 +153,8 @@ class Vm(_message.Message):
     HEALTH_FIELD_NUMBER: _builtins.int
     HEALTH_SINCE_FIELD_NUMBER: _builtins.int
     HEALTH_DETAIL_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___VmState.ValueType
     backend: Global___Backend.ValueType
@@ -143,6 +167,9 @@ class Vm(_message.Message):
     health: Global___AgentHealth.ValueType
     health_detail: _builtins.str
     """one short line: what was seen"""
+    origin: Global___VmOrigin.ValueType
+    snapshot: _builtins.str
+    """the snapshot a restored VM came from"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -167,10 +194,12 @@ class Vm(_message.Message):
         health: Global___AgentHealth.ValueType = ...,
         health_since: _timestamp_pb2.Timestamp | None = ...,
         health_detail: _builtins.str = ...,
+        origin: Global___VmOrigin.ValueType = ...,
+        snapshot: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "health_since", b"health_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "created_at", b"created_at", "error", b"error", "health", b"health", "health_detail", b"health_detail", "health_since", b"health_since", "id", b"id", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "state", b"state", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "created_at", b"created_at", "error", b"error", "health", b"health", "health_detail", b"health_detail", "health_since", b"health_since", "id", b"id", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "origin", b"origin", "snapshot", b"snapshot", "state", b"state", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -206,6 +235,7 @@ class CreateVmRequest(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     IP_ADDRESS_FIELD_NUMBER: _builtins.int
     ALLOW_PEER_TRAFFIC_FIELD_NUMBER: _builtins.int
+    FROM_SNAPSHOT_FIELD_NUMBER: _builtins.int
     vcpus: _builtins.int
     """default 1; 1..32"""
     memory_mib: _builtins.int
@@ -215,6 +245,10 @@ class CreateVmRequest(_message.Message):
     """optional: a specific free address in the VM subnet"""
     allow_peer_traffic: _builtins.bool
     """let other VMs with this flag reach this one"""
+    from_snapshot: _builtins.str
+    """Restore this snapshot instead of booting: a new VM (own id, address, TAP, MAC, hostname) running
+    from the snapshot's memory. vcpus, memory_mib and backend are the snapshot's: leave them unset.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """At most 32 labels; keys 1-63 chars [A-Za-z0-9._/-]; values up to 256 printable chars; 4 KiB in all."""
@@ -228,10 +262,11 @@ class CreateVmRequest(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         ip_address: _builtins.str = ...,
         allow_peer_traffic: _builtins.bool = ...,
+        from_snapshot: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "from_snapshot", b"from_snapshot", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -358,6 +393,140 @@ class PauseVmRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PauseVmRequest: _TypeAlias = PauseVmRequest  # noqa: Y015
+
+@_typing.final
+class SnapshotVmRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VM_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    vm_id: _builtins.str
+    name: _builtins.str
+    """1-64 of [A-Za-z0-9._-], starting with a letter or digit"""
+    def __init__(
+        self,
+        *,
+        vm_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "vm_id", b"vm_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SnapshotVmRequest: _TypeAlias = SnapshotVmRequest  # noqa: Y015
+
+@_typing.final
+class Snapshot(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    BACKEND_FIELD_NUMBER: _builtins.int
+    VCPUS_FIELD_NUMBER: _builtins.int
+    MEMORY_MIB_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    USED_BY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    backend: Global___Backend.ValueType
+    vcpus: _builtins.int
+    memory_mib: _builtins.int
+    size_bytes: _builtins.int
+    """allocated on disk"""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def used_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """VMs restored from it that still exist"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        backend: Global___Backend.ValueType = ...,
+        vcpus: _builtins.int = ...,
+        memory_mib: _builtins.int = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        size_bytes: _builtins.int = ...,
+        used_by: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "created_at", b"created_at", "memory_mib", b"memory_mib", "name", b"name", "size_bytes", b"size_bytes", "used_by", b"used_by", "vcpus", b"vcpus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Snapshot: _TypeAlias = Snapshot  # noqa: Y015
+
+@_typing.final
+class ListSnapshotsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSnapshotsRequest: _TypeAlias = ListSnapshotsRequest  # noqa: Y015
+
+@_typing.final
+class ListSnapshotsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def snapshots(self) -> _containers.RepeatedCompositeFieldContainer[Global___Snapshot]: ...
+    def __init__(
+        self,
+        *,
+        snapshots: _abc.Iterable[Global___Snapshot] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshots", b"snapshots"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSnapshotsResponse: _TypeAlias = ListSnapshotsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteSnapshotRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteSnapshotRequest: _TypeAlias = DeleteSnapshotRequest  # noqa: Y015
+
+@_typing.final
+class DeleteSnapshotResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteSnapshotResponse: _TypeAlias = DeleteSnapshotResponse  # noqa: Y015
 
 @_typing.final
 class ResumeVmRequest(_message.Message):

@@ -64,6 +64,21 @@ class VmServiceStub:
                 request_serializer=clawpot_dot_v1_dot_vm__pb2.ResumeVmRequest.SerializeToString,
                 response_deserializer=clawpot_dot_v1_dot_vm__pb2.Vm.FromString,
                 _registered_method=True)
+        self.SnapshotVm = channel.unary_unary(
+                '/clawpot.v1.VmService/SnapshotVm',
+                request_serializer=clawpot_dot_v1_dot_vm__pb2.SnapshotVmRequest.SerializeToString,
+                response_deserializer=clawpot_dot_v1_dot_vm__pb2.Snapshot.FromString,
+                _registered_method=True)
+        self.ListSnapshots = channel.unary_unary(
+                '/clawpot.v1.VmService/ListSnapshots',
+                request_serializer=clawpot_dot_v1_dot_vm__pb2.ListSnapshotsRequest.SerializeToString,
+                response_deserializer=clawpot_dot_v1_dot_vm__pb2.ListSnapshotsResponse.FromString,
+                _registered_method=True)
+        self.DeleteSnapshot = channel.unary_unary(
+                '/clawpot.v1.VmService/DeleteSnapshot',
+                request_serializer=clawpot_dot_v1_dot_vm__pb2.DeleteSnapshotRequest.SerializeToString,
+                response_deserializer=clawpot_dot_v1_dot_vm__pb2.DeleteSnapshotResponse.FromString,
+                _registered_method=True)
         self.Exec = channel.stream_stream(
                 '/clawpot.v1.VmService/Exec',
                 request_serializer=clawpot_dot_v1_dot_vm__pb2.ExecRequest.SerializeToString,
@@ -125,6 +140,28 @@ class VmServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SnapshotVm(self, request, context):
+        """A named snapshot (memory, device state, writable layer) of a RUNNING or PAUSED VM, taken while it
+        is paused; a RUNNING VM runs again afterwards. ALREADY_EXISTS for a name in use; on any failure no
+        snapshot is left under the name and the VM is as it was. CreateVm(from_snapshot) restores it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSnapshots(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSnapshot(self, request, context):
+        """FAILED_PRECONDITION while a VM restored from it still exists (its memory maps the snapshot's).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Exec(self, request_iterator, context):
         """Run a command in the guest. The first request must be `start`; later ones carry stdin, signals
         and terminal resizes. Responses stream stdout/stderr as produced and end with `exit`.
@@ -179,6 +216,21 @@ def add_VmServiceServicer_to_server(servicer, server):
                     servicer.ResumeVm,
                     request_deserializer=clawpot_dot_v1_dot_vm__pb2.ResumeVmRequest.FromString,
                     response_serializer=clawpot_dot_v1_dot_vm__pb2.Vm.SerializeToString,
+            ),
+            'SnapshotVm': grpc.unary_unary_rpc_method_handler(
+                    servicer.SnapshotVm,
+                    request_deserializer=clawpot_dot_v1_dot_vm__pb2.SnapshotVmRequest.FromString,
+                    response_serializer=clawpot_dot_v1_dot_vm__pb2.Snapshot.SerializeToString,
+            ),
+            'ListSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSnapshots,
+                    request_deserializer=clawpot_dot_v1_dot_vm__pb2.ListSnapshotsRequest.FromString,
+                    response_serializer=clawpot_dot_v1_dot_vm__pb2.ListSnapshotsResponse.SerializeToString,
+            ),
+            'DeleteSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSnapshot,
+                    request_deserializer=clawpot_dot_v1_dot_vm__pb2.DeleteSnapshotRequest.FromString,
+                    response_serializer=clawpot_dot_v1_dot_vm__pb2.DeleteSnapshotResponse.SerializeToString,
             ),
             'Exec': grpc.stream_stream_rpc_method_handler(
                     servicer.Exec,
@@ -358,6 +410,87 @@ class VmService:
             '/clawpot.v1.VmService/ResumeVm',
             clawpot_dot_v1_dot_vm__pb2.ResumeVmRequest.SerializeToString,
             clawpot_dot_v1_dot_vm__pb2.Vm.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SnapshotVm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clawpot.v1.VmService/SnapshotVm',
+            clawpot_dot_v1_dot_vm__pb2.SnapshotVmRequest.SerializeToString,
+            clawpot_dot_v1_dot_vm__pb2.Snapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clawpot.v1.VmService/ListSnapshots',
+            clawpot_dot_v1_dot_vm__pb2.ListSnapshotsRequest.SerializeToString,
+            clawpot_dot_v1_dot_vm__pb2.ListSnapshotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clawpot.v1.VmService/DeleteSnapshot',
+            clawpot_dot_v1_dot_vm__pb2.DeleteSnapshotRequest.SerializeToString,
+            clawpot_dot_v1_dot_vm__pb2.DeleteSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

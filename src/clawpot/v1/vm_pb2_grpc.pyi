@@ -43,6 +43,14 @@ class VmServiceStub:
     """
     ResumeVm: _grpc.UnaryUnaryMultiCallable[_vm_pb2.ResumeVmRequest, _vm_pb2.Vm]
     """Run a PAUSED VM again. Returns it RUNNING."""
+    SnapshotVm: _grpc.UnaryUnaryMultiCallable[_vm_pb2.SnapshotVmRequest, _vm_pb2.Snapshot]
+    """A named snapshot (memory, device state, writable layer) of a RUNNING or PAUSED VM, taken while it
+    is paused; a RUNNING VM runs again afterwards. ALREADY_EXISTS for a name in use; on any failure no
+    snapshot is left under the name and the VM is as it was. CreateVm(from_snapshot) restores it.
+    """
+    ListSnapshots: _grpc.UnaryUnaryMultiCallable[_vm_pb2.ListSnapshotsRequest, _vm_pb2.ListSnapshotsResponse]
+    DeleteSnapshot: _grpc.UnaryUnaryMultiCallable[_vm_pb2.DeleteSnapshotRequest, _vm_pb2.DeleteSnapshotResponse]
+    """FAILED_PRECONDITION while a VM restored from it still exists (its memory maps the snapshot's)."""
     Exec: _grpc.StreamStreamMultiCallable[_vm_pb2.ExecRequest, _vm_pb2.ExecResponse]
     """Run a command in the guest. The first request must be `start`; later ones carry stdin, signals
     and terminal resizes. Responses stream stdout/stderr as produced and end with `exit`.
@@ -67,6 +75,14 @@ class VmServiceAsyncStub(VmServiceStub):
     """
     ResumeVm: _aio.UnaryUnaryMultiCallable[_vm_pb2.ResumeVmRequest, _vm_pb2.Vm]  # type: ignore[assignment]
     """Run a PAUSED VM again. Returns it RUNNING."""
+    SnapshotVm: _aio.UnaryUnaryMultiCallable[_vm_pb2.SnapshotVmRequest, _vm_pb2.Snapshot]  # type: ignore[assignment]
+    """A named snapshot (memory, device state, writable layer) of a RUNNING or PAUSED VM, taken while it
+    is paused; a RUNNING VM runs again afterwards. ALREADY_EXISTS for a name in use; on any failure no
+    snapshot is left under the name and the VM is as it was. CreateVm(from_snapshot) restores it.
+    """
+    ListSnapshots: _aio.UnaryUnaryMultiCallable[_vm_pb2.ListSnapshotsRequest, _vm_pb2.ListSnapshotsResponse]  # type: ignore[assignment]
+    DeleteSnapshot: _aio.UnaryUnaryMultiCallable[_vm_pb2.DeleteSnapshotRequest, _vm_pb2.DeleteSnapshotResponse]  # type: ignore[assignment]
+    """FAILED_PRECONDITION while a VM restored from it still exists (its memory maps the snapshot's)."""
     Exec: _aio.StreamStreamMultiCallable[_vm_pb2.ExecRequest, _vm_pb2.ExecResponse]  # type: ignore[assignment]
     """Run a command in the guest. The first request must be `start`; later ones carry stdin, signals
     and terminal resizes. Responses stream stdout/stderr as produced and end with `exit`.
@@ -124,6 +140,32 @@ class VmServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_vm_pb2.Vm, _abc.Awaitable[_vm_pb2.Vm]]:
         """Run a PAUSED VM again. Returns it RUNNING."""
+
+    @_abc_1.abstractmethod
+    def SnapshotVm(
+        self,
+        request: _vm_pb2.SnapshotVmRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vm_pb2.Snapshot, _abc.Awaitable[_vm_pb2.Snapshot]]:
+        """A named snapshot (memory, device state, writable layer) of a RUNNING or PAUSED VM, taken while it
+        is paused; a RUNNING VM runs again afterwards. ALREADY_EXISTS for a name in use; on any failure no
+        snapshot is left under the name and the VM is as it was. CreateVm(from_snapshot) restores it.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSnapshots(
+        self,
+        request: _vm_pb2.ListSnapshotsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vm_pb2.ListSnapshotsResponse, _abc.Awaitable[_vm_pb2.ListSnapshotsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteSnapshot(
+        self,
+        request: _vm_pb2.DeleteSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vm_pb2.DeleteSnapshotResponse, _abc.Awaitable[_vm_pb2.DeleteSnapshotResponse]]:
+        """FAILED_PRECONDITION while a VM restored from it still exists (its memory maps the snapshot's)."""
 
     @_abc_1.abstractmethod
     def Exec(

@@ -134,3 +134,36 @@ async def test_unknown_and_malformed_ids(node: Node, pausable: FakeVmmBackend) -
         await service.pause("vm-nosuchvm")
     with pytest.raises(errors.InvalidArgument):
         await service.resume("../etc")
+
+
+async def test_snapshot_requests_that_cannot_be_served_change_nothing(
+    node: Node, data_dir: Path, backend: FakeVmmBackend
+) -> None:
+    service = Service(node)
+    record = (await service.create(CreateParams())).record
+    assert not backend.capabilities().features & Feature.SNAPSHOT
+    with pytest.raises(errors.FailedPrecondition, match="does not support snapshot"):
+        await service.snapshot(record.id, "s1")
+    with pytest.raises(errors.InvalidArgument, match="invalid snapshot name"):
+        await service.snapshot(record.id, ".hidden")
+    with pytest.raises(errors.NotFound, match="snapshot nosuch not found"):
+        await service.create(CreateParams(from_snapshot="nosuch"))
+    with pytest.raises(errors.NotFound, match="snapshot nosuch not found"):
+        await service.delete_snapshot("nosuch")
+    assert await service.list_snapshots() == []
+    assert node.get(record.id).record.state is VmState.RUNNING
+    assert [r.id for r in node.store.list()] == [record.id]  # the refused create left no row
+    assert not (data_dir / "snapshots").exists() or list((data_dir / "snapshots").iterdir()) == []
+
+
+async def test_leftover_partial_snapshots_are_removed_at_start(
+    data_dir: Path, backend: FakeVmmBackend
+) -> None:
+    partial = data_dir / "snapshots" / ".s1.partial-abcd"
+    partial.mkdir(parents=True)
+    (partial / "state").write_bytes(b"half")
+    node = await Node.open(node_config(data_dir))
+    try:
+        assert not partial.exists()
+    finally:
+        await node.close(stop_vms=True)

@@ -4,6 +4,7 @@ a newer or corrupt one is refused with one clear line and left untouched, and mi
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from clawpot.network.ipam import IpAllocator
 from clawpot.node import migrations
 from clawpot.node.migrations import Migration, migrate
 from clawpot.node.records import endpoint_from_text
-from clawpot.node.store import SchemaError, Store, VmRecord
+from clawpot.node.store import Origin, SchemaError, Store, VmRecord
 from clawpot.vm.state import VmState
 from clawpot.vmm.spec import BackendKind
 
@@ -246,4 +247,15 @@ def test_the_baseline_step_is_the_unversioned_schema(tmp_path: Path) -> None:
         migrate(db, tmp_path / "b.db", migrations.MIGRATIONS[:1], frozenset())
 
     assert columns(lambda db: db.executescript(UNVERSIONED_STORE_DDL)) == columns(baseline)
-    assert {c[1] for c in columns(baseline)} == migrations.VMS_COLUMNS
+    # Later steps only add columns (step 2: origin and snapshot, issue 12's restores).
+    assert {c[1] for c in columns(baseline)} == migrations.VMS_COLUMNS - {"origin", "snapshot"}
+
+
+def test_step_2_records_existing_vms_as_cold_boots(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    write_unversioned_db(path)
+    with closing(Store(path)) as store:
+        (record,) = store.list()
+        assert (record.origin, record.snapshot) == (Origin.COLD, "")
+        store.update(record.with_(origin=Origin.RESTORE, snapshot="base"))
+        assert store.get(record.id) == record.with_(origin=Origin.RESTORE, snapshot="base")
