@@ -276,6 +276,10 @@ def test_a_paused_vm_stays_paused_across_a_server_restart(server: ServerProcess,
     assert adopted.ip_address == address
     assert server.vmm_pids()[vm] == qemu_pid
     assert "is paused" in server.exec(vm, "true").stderr
+    with server.stub() as api:  # an adopted VMM can pause and resume, not snapshot: refused, untouched
+        code, message = code_of(lambda: api.SnapshotVm(vm_pb2.SnapshotVmRequest(vm_id=vm, name="a")))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "cannot take snapshots" in message
+    assert _state(server, vm).state == vm_pb2.VM_STATE_PAUSED
     server.cli_ok("resume", vm)
     wait_until(lambda: _state(server, vm).state == vm_pb2.VM_STATE_RUNNING, 10, "the VM to run")
     after = _counter(server, vm)

@@ -39,7 +39,7 @@ from clawpot.vm.directory import new_vm_id
 from clawpot.vm.errors import VmNotRunning
 from clawpot.vm.handle import Vm
 from clawpot.vm.state import Transition, VmState
-from clawpot.vmm.base import Feature, VmmBackend, VmmError, VmmUnsupported
+from clawpot.vmm.base import Feature, VmmBackend, VmmError, VmmProcess, VmmUnsupported
 from clawpot.vmm.spec import BackendKind
 
 log = logging.getLogger(__name__)
@@ -341,6 +341,9 @@ class Node:
                 self._in_state(nvm, "snapshot", VmState.RUNNING, VmState.PAUSED)
                 assert nvm.vm is not None
                 vm = nvm.vm
+                if vm.vmm is None or type(vm.vmm).snapshot is VmmProcess.snapshot:
+                    # A VMM adopted after a restart: its VM spec is not known here (before any pause).
+                    raise errors.FailedPrecondition(f"VM {vm_id}: its VMM process cannot take snapshots")
                 was_running = nvm.record.state is VmState.RUNNING
                 if was_running:
                     if nvm.health_task is not None:
