@@ -16,6 +16,7 @@ snapshot is not deleted while a VM restored from it exists.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import statistics
@@ -34,6 +35,7 @@ from clawpot.assets.inject import inject
 from clawpot.network.config import DEFAULT_TAP_PREFIX
 from clawpot.network.naming import mac_for_address, tap_name_for
 from clawpot.v1 import vm_pb2
+from clawpot.vmm.qemu.qmp import QmpControl
 
 COUNTER = "echo $$ > /tmp/c.pid; i=0; while :; do i=$((i+1)); echo $i > /tmp/c; sleep 0.1; done"
 MARK = "written before the pause"
@@ -285,6 +287,20 @@ def test_a_paused_vm_stays_paused_across_a_server_restart(server: ServerProcess,
     after = _counter(server, vm)
     _counter_above(server, vm, after)
     assert server.exec(vm, "cat", "/root/mark").stdout == f"{MARK}\n"
+
+
+def test_the_vmm_says_whether_an_adopted_vm_is_paused(server: ServerProcess, vm: str) -> None:
+    """A server that died between QEMU's stop and recording Paused: the next one asks QEMU (QMP)."""
+    assert _state(server, vm).state == vm_pb2.VM_STATE_RUNNING
+    assert server.terminate() == 0
+    qmp = QmpControl(server.data_dir / "vms" / vm / "qmp.sock")
+    asyncio.run(qmp.execute_quick("stop"))  # paused behind the store's back: the row says Running
+    assert server.db_rows(f"SELECT state FROM vms WHERE id='{vm}'") == [("Running",)]
+    server.start()
+    assert _state(server, vm).state == vm_pb2.VM_STATE_PAUSED
+    assert server.db_rows(f"SELECT state FROM vms WHERE id='{vm}'") == [("Paused",)]
+    server.cli_ok("resume", vm)
+    _counter_above(server, vm, _counter(server, vm))
 
 
 def _ms(seconds: float) -> float:

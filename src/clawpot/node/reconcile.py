@@ -15,15 +15,17 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+from clawpot import limits
 from clawpot.node import orphans
 from clawpot.node.records import endpoint_from_text
 from clawpot.node.resources import release
+from clawpot.node.store import VmRecord
 from clawpot.node.vms import NodeVm
 from clawpot.vm import procfs
 from clawpot.vm.handle import Vm
 from clawpot.vm.state import VmState
 from clawpot.vmm.adopted import kill_pid
-from clawpot.vmm.base import AttachRecord, VmmError
+from clawpot.vmm.base import AttachRecord, VmmError, VmmProcess
 
 if TYPE_CHECKING:
     from clawpot.node.node import Node
@@ -42,8 +44,8 @@ async def reconcile(node: Node) -> None:
         alive = record.pid is not None and procfs.is_alive(record.pid, record.vmm_start_ticks)
         if record.state in ATTACHABLE and alive and record.pid is not None:
             try:
-                attach(node, nvm, record.pid)
-                log.info("adopted VM %s (VMM pid %d)", record.id, record.pid)
+                await attach(node, nvm, record.pid)
+                log.info("adopted VM %s (VMM pid %d, %s)", record.id, record.pid, nvm.record.state)
                 continue
             except VmmError as exc:  # exited between the check and the attach
                 log.warning("VM %s: cannot attach its VMM: %s", record.id, exc)
@@ -71,14 +73,44 @@ async def reconcile(node: Node) -> None:
         log.info("network reconciled: %s", plan)
 
 
-def attach(node: Node, nvm: NodeVm, pid: int) -> None:
-    """Give ``nvm`` the handle of its running VMM (raises ``VmmError`` if it is gone)."""
+async def attach(node: Node, nvm: NodeVm, pid: int) -> None:
+    """Give ``nvm`` the handle of its running VMM (raises ``VmmError`` if it is gone), Running or
+    Paused as the VMM itself reports where it can (``_run_state``)."""
     record = nvm.record
     endpoint = endpoint_from_text(record.agent_endpoint)
     backend = node.backends.for_attach(record.backend)
     vmm = backend.attach(AttachRecord(pid, record.vmm_start_ticks, record.vm_dir, endpoint))
+    state = await _run_state(record, vmm)
+    if state is not record.state:
+        nvm.record = record = record.with_(state=state)
+        node.store.update(record)
     nvm.vm = Vm.attach(
-        record.id, backend, vmm, root=node.vms_root, stop_grace=node.config.stop_grace, state=record.state
+        record.id, backend, vmm, root=node.vms_root, stop_grace=node.config.stop_grace, state=state
     )
     nvm.vm.lifecycle.subscribe(lambda event: node._on_transition(nvm, event))
     nvm.agent.endpoint = endpoint
+
+
+# QEMU's run states (query-status) that mean a paused VM; "postmigrate" is where a snapshot leaves it.
+_QEMU_PAUSED = frozenset({"paused", "postmigrate"})
+
+
+async def _run_state(record: VmRecord, vmm: VmmProcess) -> VmState:
+    """The state the VMM reports, where it can say (QEMU over QMP): a server that died between pausing
+    a VM and recording it must not adopt a paused VM as Running, nor the reverse. The VMM is the truth;
+    without an answer the store's word stands."""
+    status = getattr(vmm, "status", None)
+    if status is None:
+        return record.state
+    try:
+        async with asyncio.timeout(limits.DEFAULT_AGENT_TIMEOUT):
+            reported = str(await status())
+    except Exception as exc:
+        log.info("VM %s: VMM run state not read (%s); keeping %s", record.id, exc, record.state)
+        return record.state
+    state = VmState.PAUSED if reported in _QEMU_PAUSED else VmState.RUNNING if reported == "running" else None
+    if state is None:
+        return record.state
+    if state is not record.state:
+        log.warning("VM %s: recorded %s, its VMM says %s: now %s", record.id, record.state, reported, state)
+    return state

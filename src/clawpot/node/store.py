@@ -84,6 +84,12 @@ class Store:
             # Migrate before switching to WAL: a file that is refused is left exactly as it was.
             self.migrated_from, self.schema_version = migrate(self._db, path)
             self._db.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: a commit reaches the OS at once (a server killed, even with kill -9, loses
+            # nothing) but is fsynced only at checkpoints, so a power loss or kernel crash may drop the
+            # last commits, never corrupt the file. What those rows describe (VMM processes, TAPs) dies
+            # with the host anyway, and reconcile handles a row or directory either way. FULL cost ~3 ms
+            # of fsync per write, twice per pause + resume round trip (issue 12's target: 5 ms in all).
+            self._db.execute("PRAGMA synchronous=NORMAL")
         except MigrationError as exc:
             self._db.close()
             raise SchemaError(str(exc)) from None
