@@ -1,9 +1,13 @@
 """The node runtime: what one host runs. A plain async interface (``Node``) that the service drives
 today and a control plane could drive, one node per host, later. No gRPC here.
 
-- ``node``        ``Node``: open / close, reserve + boot, delete, get, exec and files, pause / resume.
-- ``launch``      boot one reserved VM: network slot → guest identity → ``Vm.start`` → record Running.
-- ``reconcile``   at start: attach VMs whose VMM runs, mark the others Error, remove orphans.
+- ``node``        ``Node``: open / close, reserve + boot (or restore), delete, get, exec and files, pause /
+                  resume, snapshot, list and delete snapshots.
+- ``launch``      boot one reserved VM: network slot → guest identity → ``Vm.start`` → record Running;
+                  or restore one: slot → ``Vm.start`` (restore steps) → identity via the agent → Running.
+- ``snapshots``   ``SnapshotCatalog``: the named snapshots under <data>/snapshots (list, describe, remove).
+- ``reconcile``   at start: attach VMs whose VMM runs (Running or Paused, as the VMM says), mark the
+                  others Error, remove orphans.
 - ``vms``         ``NodeVm``: record + ``Vm`` handle + agent link + tasks of one VM; ``VmView``.
 - ``calls``       exec, upload, download in a Running VM through its agent link.
 - ``agents``      ``AgentLink``: the one owner of a VM's agent connection, its time budgets and health.
