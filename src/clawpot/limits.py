@@ -147,6 +147,10 @@ EXEC_TIMEOUT_GRACE = 2.0
 # shown UNRESPONSIVE. One check in flight per VM; a stuck one is never stacked on.
 HEALTH_CHECK_INTERVAL = 5.0
 HEALTH_PING_TIMEOUT = 2.0
+# A call skips its liveness ping when the agent sent anything this recently: fresh traffic proves as
+# much, and a ping per call under the VM's agent lock serialised 50 concurrent execs past a 3 s
+# --agent-timeout under load. A guest that froze since is still caught: every call has its own deadline.
+AGENT_HEARD_FRESH = 1.0
 # The longest exec --timeout accepted (a year): beyond it the number is a mistake, not a wish.
 MAX_EXEC_TIMEOUT = 365 * 24 * 3600.0
 
