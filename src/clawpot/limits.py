@@ -166,3 +166,10 @@ QEMU_LOG_TAIL_BYTES = 4 * 1024
 # The guest's serial console (untrusted text): how much of its end is searched for a VMM panic message
 # and quoted when a guest never became ready. A boot's last screen is a few KiB.
 CONSOLE_TAIL_BYTES = 16 * 1024
+
+# --- Guest identity: the agent's configure operation ------------------------------------------------
+
+# How long `AgentClient.configure` waits for the agent's answer. The agent does a few netlink calls and
+# rewrites three small files: milliseconds even under TCG (bench/identity.py), so 10 s only ever
+# expires on an agent that is stuck; the VM is then not handed out (its identity may be half set).
+CONFIGURE_TIMEOUT = 10.0

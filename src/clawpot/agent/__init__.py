@@ -14,6 +14,11 @@ Modules:
 - ``ops``         the operations by name; ``shutdown``.
 - ``execution``   the ``exec`` operation: process groups, pipes or PTY, stdin, signals, timeout.
 - ``files``       the ``put`` (atomic) and ``get`` operations, streamed.
+- ``identity``    the ``configure`` request and its validation (shared with the host client).
+- ``configure``   the ``configure`` operation: hostname, address, gateway, DNS and MAC of the guest.
+- ``netlink``     a minimal rtnetlink client: link, IPv4 addresses, default route.
+- ``etcfiles``    /etc/hostname, /etc/hosts and /etc/resolv.conf, replaced atomically.
+- ``arp``         the gratuitous ARP sent after an address or MAC change.
 - ``reaper``      SIGCHLD-driven reaping of child processes.
 - ``power``       guarded sync, read-only remount and reboot(2) that end the VM.
 

@@ -14,7 +14,7 @@ import platform
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .protocol import (
     DEFAULT_WINDOW,
@@ -39,6 +39,9 @@ from .protocol import (
 from .reaper import Reaper
 from .session import Session, SessionError
 
+if TYPE_CHECKING:
+    from .configure import Machine
+
 log = logging.getLogger(__name__)
 
 _STREAM_FRAMES = frozenset(
@@ -56,6 +59,9 @@ class AgentContext:
     guest: bool
     request_shutdown: Callable[[str], None]
     ops: dict[str, Callable[[Connection, int, dict[str, Any]], Session]]
+    # What ``configure`` changes; None: configure is refused (an agent run on a host must never rename
+    # it). Set by main: the guest itself, or a sandbox's namespaces (tests).
+    configure_target: Machine | None = None
 
 
 class Link(Protocol):

@@ -20,6 +20,7 @@ import stat
 import sys
 from pathlib import Path
 
+from .configure import Machine
 from .connection import AgentContext
 from .links import SerialLink, SocketLink
 from .ops import OPS
@@ -84,6 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="N",
         help="serve an inherited stream like a serial line (host sessions resynchronise)",
     )
+    p.add_argument(
+        "--configure-sandbox",
+        metavar="ETC_DIR",
+        help="tests only: allow the configure operation on a host agent that runs in its own user, network "
+        "and UTS namespaces (refused otherwise); hostname, hosts and resolv.conf go to ETC_DIR",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p.parse_args(argv)
 
@@ -95,6 +102,29 @@ def find_serial_port(name: str = SERIAL_PORT_NAME, sysfs: Path = _VIRTIO_PORTS) 
             with contextlib.suppress(OSError):
                 if (entry / "name").read_text().strip() == name:
                     return Path("/dev") / entry.name
+    return None
+
+
+def in_initial_user_namespace(uid_map: Path = Path("/proc/self/uid_map")) -> bool:
+    """True in the host's own user namespace, whose uid map is the identity over every uid."""
+    try:
+        return uid_map.read_text().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return True  # cannot tell: assume the worst
+
+
+def configure_etc(opts: argparse.Namespace) -> Path | None:
+    """Where ``configure`` may write /etc files, or None when it must not change this machine at all.
+
+    A capability inside a child user namespace gives no power over namespaces the host's user namespace
+    owns, so a sandboxed agent can only rename and readdress the namespaces created with it.
+    """
+    if opts.guest and may_power_off(True):
+        return Path("/etc")
+    if opts.configure_sandbox:
+        if in_initial_user_namespace():
+            raise OSError("--configure-sandbox needs the agent to run in its own user namespace")
+        return Path(opts.configure_sandbox)
     return None
 
 
@@ -194,6 +224,8 @@ class Agent:
 
     async def run(self) -> int:
         try:
+            etc = configure_etc(self.opts)
+            self.ctx.configure_target = Machine(etc) if etc is not None else None
             started = await self.start_listeners()
         except OSError as exc:
             log.error("cannot start: %s", exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .configure import ConfigureSession
 from .execution import ExecSession
 from .files import GetSession, PutSession
 from .session import Session
@@ -28,4 +29,5 @@ OPS: dict[str, Callable[[Connection, int, dict[str, Any]], Session]] = {
     "put": PutSession,
     "get": GetSession,
     "shutdown": ShutdownSession,
+    "configure": ConfigureSession,
 }

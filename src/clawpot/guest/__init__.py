@@ -8,7 +8,8 @@ Modules:
                   everything a guest can make it hold is bounded (``violation`` says why it dropped a guest).
 - ``process``     a remote process: output events, stdin, signals, resize, exit status.
 - ``files``       streamed, atomic upload and download.
-- ``client``      ``AgentClient`` (exec, run, put_file, get_file, ping, shutdown), ``wait_ready``.
+- ``identity``    ``GuestIdentity`` (hostname, address, gateway, DNS, MAC) and the ``configure`` call.
+- ``client``      ``AgentClient`` (exec, run, put_file, get_file, configure, ping, shutdown), ``wait_ready``.
 - ``errors``      ``GuestError`` and its subclasses.
 - ``untrusted``   guest-supplied text made safe for logs (``printable``) and rate-limited per VM.
 
@@ -30,6 +31,7 @@ from clawpot.guest.endpoints import (
 )
 from clawpot.guest.errors import AgentDisconnected, AgentUnreachable, GuestError, ProtocolError, RemoteError
 from clawpot.guest.files import Download, RemoteFile
+from clawpot.guest.identity import ConfiguredIdentity, GuestIdentity
 from clawpot.guest.process import ExecEvent, ExecProcess, ExecResult, Exited, ExitStatus, Output
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "AgentEndpoint",
     "AgentInfo",
     "AgentUnreachable",
+    "ConfiguredIdentity",
     "Download",
     "ExecEvent",
     "ExecProcess",
@@ -45,6 +48,7 @@ __all__ = [
     "ExitStatus",
     "Exited",
     "GuestError",
+    "GuestIdentity",
     "HybridVsockEndpoint",
     "Output",
     "ProtocolError",

@@ -1,4 +1,4 @@
-"""``AgentClient``: exec, files, ping and shutdown over one agent connection; ``connect`` and ``wait_ready``.
+"""``AgentClient``: exec, files, configure, ping, shutdown over one connection; ``connect``, ``wait_ready``.
 
 One client per VM: many operations run concurrently over its single connection. A serial-port endpoint
 serves exactly one host connection at a time, so never open a second client to the same serial socket.
@@ -16,8 +16,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from clawpot import limits
 from clawpot.agent.protocol import FrameType
-from clawpot.guest import files
+from clawpot.guest import files, identity
 from clawpot.guest.connection import (
     RECEIVE_WINDOW,
     AgentConnection,
@@ -209,6 +210,24 @@ class AgentClient:
     async def open_file(self, remote: str) -> files.Download:
         """Stream a guest file: ``async with await client.open_file(p) as d: async for chunk in d``."""
         return await files.open_download(self._conn, remote)
+
+    # --- identity --------------------------------------------------------------------------------------
+
+    async def configure(
+        self,
+        guest_identity: identity.GuestIdentity,
+        *,
+        timeout: float = limits.CONFIGURE_TIMEOUT,  # noqa: ASYNC109 - bounds the agent's answer
+        announce: bool = True,
+    ) -> identity.ConfiguredIdentity:
+        """Give the guest this hostname, address, gateway, DNS and MAC (None fields stay as they are).
+
+        Works on a guest that already has an identity: its old address and default route are replaced.
+        Returns what is in effect afterwards. ``announce``: send a gratuitous ARP after a MAC or address
+        change. Raises RemoteError (``bad_request``, ``not_supported``, ``io_error`` naming the failed step)
+        or TimeoutError after ``timeout`` seconds; after an error the identity may be partly set.
+        """
+        return await identity.configure(self._conn, guest_identity, timeout=timeout, announce=announce)
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
