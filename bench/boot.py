@@ -31,8 +31,9 @@ from clawpot import paths
 from clawpot.agent.protocol import READY_LINE, SERIAL_PORT_NAME
 from clawpot.assets.bootargs import guest_cmdline
 from clawpot.assets.scratch import make_scratch_disk
+from clawpot.vm.boot import OVERLAY_DEVICE
 from clawpot.vm.config import VmConfig
-from clawpot.vm.machine import OVERLAY_DEVICE, Vm
+from clawpot.vm.handle import Vm
 from clawpot.vmm.probe import probe_accelerator
 from clawpot.vmm.qemu.backend import QemuBackend, find_qemu
 from clawpot.vmm.qemu.cmdline import Accel, kernel_cmdline

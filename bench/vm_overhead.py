@@ -25,7 +25,7 @@ from pathlib import Path
 
 from clawpot import paths
 from clawpot.vm.config import VmConfig
-from clawpot.vm.machine import Vm
+from clawpot.vm.handle import Vm
 from clawpot.vmm.probe import probe_accelerator
 from clawpot.vmm.qemu.backend import QemuBackend, find_qemu
 from clawpot.vmm.qemu.cmdline import Accel

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# tests/support (harnesses shared by unit and integration tests) imports as ``support``.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from clawpot.assets.errors import AssetError
 from clawpot.assets.install import InstalledAssets, installed

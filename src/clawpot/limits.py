@@ -135,6 +135,21 @@ CONSOLE_READ_INTERVAL = 0.01
 # (--max-size / max_size): a guest cannot fill the client's disk with one sparse or endless file.
 DOWNLOAD_MAX_BYTES = 1024 * 1024 * 1024
 
+# --- Node runtime: what one host gives its VMs unless told otherwise ---------------------------------
+
+# The bridge VMs' TAPs attach to and the subnet they take addresses from (`clawpot-server --bridge
+# --subnet`); the gateway is the subnet's first address.
+DEFAULT_BRIDGE = "clawpot-br0"
+DEFAULT_SUBNET = "192.168.100.0/24"
+# From VMM start to the agent's first answer: seconds under KVM, 5-20 s under TCG on a busy host
+# (DESIGN §2); 60 s leaves room without letting a dead boot hang a create for long.
+DEFAULT_READY_TIMEOUT = 60.0
+# Delete / stop: the agent's clean power-off, then Ctrl+Alt+Del, then SIGTERM, then SIGKILL, within this.
+DEFAULT_STOP_GRACE = 5.0
+# A terminal exec that names no size gets the VT100's 24x80 (the agent falls back to the same).
+DEFAULT_PTY_ROWS = 24
+DEFAULT_PTY_COLS = 80
+
 # --- Time: deadlines the host enforces ----------------------------------------------------------------
 
 # How long a Running VM's agent has to answer a call (ping, exec start, file open) before UNAVAILABLE

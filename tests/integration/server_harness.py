@@ -27,8 +27,8 @@ from typing import Any, Protocol
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.netns import NetNamespace, netns_unavailable_reason
 
-from clawpot.network.testing import NetNamespace, netns_unavailable_reason
 from clawpot.v1 import vm_pb2, vm_pb2_grpc
 
 BIN_DIR = Path(sys.executable).parent

@@ -24,7 +24,7 @@ import pytest_asyncio
 from clawpot.assets.inject import inject
 from clawpot.guest import AgentClient, GuestError, Output, wait_ready
 from clawpot.vm.config import VmConfig
-from clawpot.vm.machine import Vm
+from clawpot.vm.handle import Vm
 from clawpot.vmm.qemu.backend import QemuBackend
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -25,7 +25,7 @@ from firecracker_helpers import process_gone, require_available, wait_until
 from clawpot.vm import procfs
 from clawpot.vm.config import VmConfig
 from clawpot.vm.errors import VmStartError
-from clawpot.vm.machine import Vm
+from clawpot.vm.handle import Vm
 from clawpot.vm.state import VmState
 from clawpot.vmm.firecracker import models
 from clawpot.vmm.firecracker.backend import FirecrackerBackend
@@ -89,7 +89,7 @@ async def booted(
 
 
 async def test_configuration_accepted_and_instance_started(booted: Booted) -> None:
-    assert [t.target for t in booted.vm.machine.history][:2] == [VmState.STARTING, VmState.RUNNING]
+    assert [t.target for t in booted.vm.lifecycle.history][:2] == [VmState.STARTING, VmState.RUNNING]
     assert booted.instance.state is models.InstanceState.RUNNING
     assert (booted.machine.vcpu_count, booted.machine.mem_size_mib) == (1, 256)
     # Firecracker holds every resource of the spec, as given: the VM is configured from a file, so its
@@ -151,7 +151,7 @@ async def test_unexpected_exit_moves_the_vm_to_error_and_reaps(booted: Booted) -
     assert reason.startswith("firecracker exited with code") or reason.startswith("firecracker killed by")
     if caused:
         assert reason == "firecracker killed by SIGKILL"
-    error = vm.machine.history[-1]
+    error = vm.lifecycle.history[-1]
     assert (error.source, error.target, error.reason) == (VmState.RUNNING, VmState.ERROR, reason)
     assert process_gone(booted.pid, booted.ticks), "firecracker must be reaped, not left a zombie"
     await asyncio.to_thread(wait_until, lambda: bool(booted.gone_at), 5)
@@ -167,7 +167,7 @@ async def test_stop_after_the_error_removes_everything(booted: Booted) -> None:
     assert (directory.path / "serial.log").exists()  # kept while in Error, for inspection
     await vm.stop()
     assert vm.state is VmState.STOPPED
-    assert [t.target for t in vm.machine.history][-2:] == [VmState.STOPPING, VmState.STOPPED]
+    assert [t.target for t in vm.lifecycle.history][-2:] == [VmState.STOPPING, VmState.STOPPED]
     assert not directory.path.exists()
     assert not booted.vmm.api_socket.exists() and not booted.vmm.vsock_path.exists()
 
@@ -193,4 +193,4 @@ async def test_waiting_for_the_agent_ends_either_ready_or_with_the_reason(
         assert result.status.exit_code == 0
     finally:
         await vm.stop()
-    assert vm.machine.history[-1].target is VmState.STOPPED
+    assert vm.lifecycle.history[-1].target is VmState.STOPPED

@@ -21,9 +21,10 @@ from firecracker_helpers import (
 )
 
 from clawpot.vm import procfs
+from clawpot.vm.boot import Step, boot_steps
 from clawpot.vm.config import VmConfig
 from clawpot.vm.errors import VmStartAborted, VmStartError
-from clawpot.vm.machine import Step, Vm, boot_steps
+from clawpot.vm.handle import Vm
 from clawpot.vm.state import VmState
 from clawpot.vmm.firecracker.backend import FirecrackerBackend
 from clawpot.vmm.firecracker.handle import FirecrackerVmm
@@ -82,7 +83,7 @@ async def test_stop_a_running_vm(config: VmConfig, backend: FirecrackerBackend, 
     assert meta["control_socket"] == str(vmm.api_socket)
     await vm.stop()
     assert state_of(vm) is VmState.STOPPED
-    assert [t.target for t in vm.machine.history] == [
+    assert [t.target for t in vm.lifecycle.history] == [
         VmState.STARTING, VmState.RUNNING, VmState.STOPPING, VmState.STOPPED,
     ]  # fmt: skip
     assert leftovers(vm, vmm, pid, ticks) == []
@@ -107,7 +108,7 @@ async def test_stop_a_starting_vm(config: VmConfig, backend: FirecrackerBackend,
     with pytest.raises(VmStartAborted):
         await starting
     assert state_of(vm) is VmState.STOPPED
-    assert [t.target for t in vm.machine.history] == [VmState.STARTING, VmState.STOPPING, VmState.STOPPED]
+    assert [t.target for t in vm.lifecycle.history] == [VmState.STARTING, VmState.STOPPING, VmState.STOPPED]
     assert leftovers(vm, vmm, pid, ticks) == []
 
 
@@ -120,7 +121,7 @@ async def test_unexpected_exit_of_a_running_vm(
     killed_at = time.time()
     os.kill(pid, signal.SIGKILL)
     await asyncio.wait_for(vm.wait_for(VmState.ERROR), 30)
-    error = vm.machine.history[-1]
+    error = vm.lifecycle.history[-1]
     print(f"\nError recorded {error.at - killed_at:.3f}s after SIGKILL")
     assert vm.reason == "firecracker killed by SIGKILL"
     assert process_gone(pid, ticks)

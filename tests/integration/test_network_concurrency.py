@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.netns import NetNamespace, netns_unavailable_reason, nft_rules, nft_set
 
 from clawpot.network import NetworkConfig, NetworkManager
 from clawpot.network.links import iproute
 from clawpot.network.naming import tap_name_for
 from clawpot.network.tap import clawpot_taps
-from clawpot.network.testing import NetNamespace, netns_unavailable_reason, nft_rules, nft_set
 
 WORKERS = 20
 

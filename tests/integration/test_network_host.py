@@ -13,6 +13,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support.netns import (
+    NetNamespace,
+    netns_unavailable_reason,
+    nft_rules,
+    nft_set,
+    snapshot,
+)
 
 from clawpot.network import (
     AddressInUse,
@@ -25,13 +32,6 @@ from clawpot.network import (
 )
 from clawpot.network.links import iproute
 from clawpot.network.tap import clawpot_taps
-from clawpot.network.testing import (
-    NetNamespace,
-    netns_unavailable_reason,
-    nft_rules,
-    nft_set,
-    snapshot,
-)
 
 ROOT_IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 

@@ -18,9 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-from clawpot.network import NetworkManager, NetworkSlot
-from clawpot.network.testing import (
+from support.netns import (
     NetNamespace,
     icmp_echo,
     netns_unavailable_reason,
@@ -29,6 +27,8 @@ from clawpot.network.testing import (
     stop,
     tcp_exchange,
 )
+
+from clawpot.network import NetworkManager, NetworkSlot
 
 GATEWAY = "192.168.100.1"
 OTHER_HOST_ADDRESS = "10.99.0.1"

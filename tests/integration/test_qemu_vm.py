@@ -26,7 +26,7 @@ from clawpot.guest import AgentClient
 from clawpot.vm import procfs
 from clawpot.vm.config import VmConfig
 from clawpot.vm.errors import VmStartError
-from clawpot.vm.machine import Vm
+from clawpot.vm.handle import Vm
 from clawpot.vm.state import VmState
 from clawpot.vmm.qemu.backend import QemuBackend
 

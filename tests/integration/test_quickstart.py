@@ -7,7 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from clawpot.network.testing import NetNamespace
+from support.netns import NetNamespace
 
 ROOT = Path(__file__).resolve().parents[2]
 

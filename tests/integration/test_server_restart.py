@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 from server_harness import InstalledAssets, ServerProcess, proc_exists, server_in_namespace, wait_until
+from support.netns import nft_rules
 
 from clawpot.network.config import DEFAULT_TAP_PREFIX
 from clawpot.network.naming import tap_name_for
-from clawpot.network.testing import nft_rules
 from clawpot.v1 import vm_pb2
 
 SUBNET = ipaddress.IPv4Network("192.168.77.0/29")  # gateway .1, five guest addresses .2-.6

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 from server_harness import InstalledAssets, ServerProcess, parse_table, server_in_namespace, wait_until
+from support import netns as testing
+from support.netns import icmp_echo, serve_peer_address, snapshot, tcp_exchange
 
-from clawpot.network import testing
 from clawpot.network.config import DEFAULT_TAP_PREFIX
 from clawpot.network.naming import tap_name_for
-from clawpot.network.testing import icmp_echo, serve_peer_address, snapshot, tcp_exchange
 from clawpot.v1 import vm_pb2
 
 SUBNET = ipaddress.IPv4Network("192.168.100.0/24")

@@ -34,7 +34,7 @@ from clawpot.vm import procfs
 from clawpot.vm.config import DEFAULT_READY_TIMEOUT, VmConfig
 from clawpot.vm.directory import VmDirectory, VmMetadata, find_by_control_socket
 from clawpot.vm.errors import VmError, VmStartAborted
-from clawpot.vm.machine import DEFAULT_STOP_GRACE, Vm
+from clawpot.vm.handle import DEFAULT_STOP_GRACE, Vm
 from clawpot.vm.sockets import SocketStatus, probe_socket, socket_owners
 from clawpot.vm.state import VmState
 from clawpot.vm.validation import problems

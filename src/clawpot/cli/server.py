@@ -11,11 +11,12 @@ from typing import NoReturn
 import click
 
 from clawpot import limits
+from clawpot.node.datadir import NodeError
+from clawpot.node.node import NodeConfig
 from clawpot.paths import data_dir as default_data_dir
 from clawpot.server.apitoken import TokenError
 from clawpot.server.app import DEFAULT_LISTEN, ServerConfig, serve
 from clawpot.server.listeners import ListenError, TlsFiles
-from clawpot.server.manager import ManagerConfig, ManagerError
 from clawpot.vmm.spec import BackendKind
 
 
@@ -63,13 +64,15 @@ from clawpot.vmm.spec import BackendKind
     show_default=True,
     help="Default hypervisor for VMs that do not ask for one; auto probes the host's KVM.",
 )
-@click.option("--bridge", default="clawpot-br0", show_default=True, help="Bridge the VMs' TAPs attach to.")
-@click.option("--subnet", default="192.168.100.0/24", show_default=True, help="VM subnet; gateway is .1.")
+@click.option(
+    "--bridge", default=limits.DEFAULT_BRIDGE, show_default=True, help="Bridge the VMs' TAPs attach to."
+)
+@click.option("--subnet", default=limits.DEFAULT_SUBNET, show_default=True, help="VM subnet; gateway is .1.")
 @click.option("--no-network", is_flag=True, help="Create VMs without network interfaces (no bridge/NAT).")
 @click.option(
     "--ready-timeout",
     type=click.FloatRange(min=1),
-    default=60.0,
+    default=limits.DEFAULT_READY_TIMEOUT,
     show_default=True,
     help="Seconds a new VM's agent has to answer before the VM goes to Error.",
 )
@@ -126,19 +129,19 @@ def main(
         tls=tls,
         socket_group=socket_group,
         stop_vms_on_exit=stop_vms_on_exit,
-        manager=ManagerConfig(
+        memory_overcommit=memory_overcommit,
+        node=NodeConfig(
             data_dir=default_data_dir(data_dir),
             default_backend=None if vmm == "auto" else BackendKind(vmm),
             bridge=None if no_network else bridge,
             subnet=subnet,
             ready_timeout=ready_timeout,
             agent_timeout=agent_timeout,
-            memory_overcommit=memory_overcommit,
         ),
     )
     try:
         asyncio.run(serve(config))
-    except (ManagerError, ListenError, TokenError, OSError) as exc:
+    except (NodeError, ListenError, TokenError, OSError) as exc:
         _fail(str(exc))
 
 

@@ -13,7 +13,6 @@ The server uses ``NetworkManager`` only; the modules below it each do one job:
 - ``firewall``   Clawpot's nftables tables: NAT and isolation, applied atomically.
 - ``reconcile``  what to release, delete or recreate after a crash (pure).
 - ``manager``    ``NetworkManager``: setup, attach_vm, detach_vm, reconcile, teardown.
-- ``testing``    throwaway network namespaces and emulated guests for tests.
 
 Errors: every one derives from ``NetworkError`` (see ``errors`` for the tree). docs/networking.md
 describes the rules guests live under.

@@ -6,11 +6,12 @@ import re
 from dataclasses import dataclass
 from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueError
 
+from clawpot import limits
 from clawpot.network.errors import NetworkConfigError
 from clawpot.network.naming import mac_for_address, tap_name_pattern, valid_ifname
 
-DEFAULT_BRIDGE = "clawpot-br0"
-DEFAULT_SUBNET = IPv4Network("192.168.100.0/24")
+DEFAULT_BRIDGE = limits.DEFAULT_BRIDGE
+DEFAULT_SUBNET = IPv4Network(limits.DEFAULT_SUBNET)
 DEFAULT_GATEWAY = IPv4Address("192.168.100.1")
 DEFAULT_TAP_PREFIX = "cp-"
 DEFAULT_TABLE = "clawpot"

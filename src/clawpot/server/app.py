@@ -1,9 +1,9 @@
 """`clawpot-server`: process entry, listeners, health/reflection, graceful shutdown.
 
-The gRPC server itself is wiring only: the servicer translates protobuf to ``VmManager`` calls and
-the manager does the work. On SIGTERM/SIGINT the server stops accepting calls, gives in-flight calls
-a grace period, then either leaves VMs running for the next start to adopt (default) or stops them
-(``--stop-vms-on-exit``).
+The gRPC server itself is wiring only: the servicer translates protobuf to ``Service`` calls; the
+service validates and admits, the node (``clawpot.node``) does the work. On SIGTERM/SIGINT the
+server stops accepting calls, gives in-flight calls a grace period, then either leaves VMs running for
+the next start to adopt (default) or stops them (``--stop-vms-on-exit``).
 
 Two gRPC servers share one servicer: the *local* one serves the unix sockets (the filesystem guards
 them: 0600, or 0660 for ``--socket-group``) and the *network* one serves TCP, where every call but
@@ -29,11 +29,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # re-exported, not in stubs
 from grpc_reflection.v1alpha import reflection
 
+from clawpot import limits
+from clawpot.node.node import Node, NodeConfig
 from clawpot.server import apitoken, listeners
 from clawpot.server.auth import TokenAuthInterceptor
 from clawpot.server.listeners import TlsFiles
-from clawpot.server.manager import ManagerConfig, VmManager
 from clawpot.server.servicer import VmServicer
+from clawpot.service.service import Service
 from clawpot.v1 import vm_pb2, vm_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,8 @@ SERVICE_NAME = vm_pb2.DESCRIPTOR.services_by_name["VmService"].full_name
 @dataclass(frozen=True)
 class ServerConfig:
     listen: Sequence[str]
-    manager: ManagerConfig
+    node: NodeConfig
+    memory_overcommit: float = limits.DEFAULT_MEMORY_OVERCOMMIT
     shutdown_grace: float = 10.0
     stop_vms_on_exit: bool = False
     tls: TlsFiles | None = None
@@ -90,9 +93,9 @@ def _open_unix_socket(path: Path, gid: int | None) -> None:
 async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> None:
     # Every flag is checked before anything has side effects (ListenError: one line).
     plan = listeners.plan(config.listen, tls=config.tls, socket_group=config.socket_group)
-    token = apitoken.ensure_token(config.manager.data_dir)
-    manager = await VmManager.open(config.manager)
-    servicer = VmServicer(manager)
+    token = apitoken.ensure_token(config.node.data_dir)
+    node = await Node.open(config.node)
+    servicer = VmServicer(Service(node, memory_overcommit=config.memory_overcommit))
     health_servicer = health_aio.HealthServicer()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -129,7 +132,7 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
         await health_servicer.enter_graceful_shutdown()
     finally:
         await asyncio.gather(*(server.stop(config.shutdown_grace) for server in servers))
-        await manager.close(stop_vms=config.stop_vms_on_exit)
+        await node.close(stop_vms=config.stop_vms_on_exit)
         for path in plan.unix:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

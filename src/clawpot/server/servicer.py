@@ -1,6 +1,6 @@
-"""gRPC servicer: translates protobuf to ``VmManager`` calls and ``ServerError``s to status codes.
+"""gRPC servicer: translates protobuf to ``Service`` calls and ``clawpot.errors`` kinds to status codes.
 
-Nothing here decides anything; the manager does. Keep it that way.
+Nothing here decides anything; the service and the node do. Keep it that way.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from clawpot import limits
-from clawpot.server import errors
-from clawpot.server.health import AgentHealth
-from clawpot.server.manager import CreateParams, VmManager, VmView
-from clawpot.server.sessions import ExecParams, ExecSession
+from clawpot import errors, limits
+from clawpot.node.health import AgentHealth
+from clawpot.node.sessions import ExecParams, ExecSession
+from clawpot.node.vms import VmView
+from clawpot.service.service import CreateParams, Service
 from clawpot.v1 import vm_pb2, vm_pb2_grpc
 from clawpot.vm.state import VmState
 from clawpot.vmm.spec import BackendKind
@@ -92,8 +92,8 @@ def vm_to_pb(view: VmView) -> vm_pb2.Vm:
 
 
 class VmServicer(vm_pb2_grpc.VmServiceServicer):
-    def __init__(self, manager: VmManager) -> None:
-        self._manager = manager
+    def __init__(self, service: Service) -> None:
+        self._service = service
 
     async def _call(
         self, context: grpc.aio.ServicerContext[Any, Any], fn: Callable[[], Coroutine[Any, Any, T]]
@@ -116,26 +116,26 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
             ip_address=request.ip_address or None,
             allow_peers=request.allow_peer_traffic,
         )
-        view = await self._call(context, lambda: self._manager.create(params))
+        view = await self._call(context, lambda: self._service.create(params))
         return vm_to_pb(view)
 
     async def GetVm(
         self, request: vm_pb2.GetVmRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> vm_pb2.Vm:
-        return vm_to_pb(await self._call(context, lambda: self._manager.get(request.id)))
+        return vm_to_pb(await self._call(context, lambda: self._service.get(request.id)))
 
     async def ListVms(
         self, request: vm_pb2.ListVmsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> vm_pb2.ListVmsResponse:
         views, next_token = await self._call(
-            context, lambda: self._manager.list_page(request.page_size, request.page_token)
+            context, lambda: self._service.list_page(request.page_size, request.page_token)
         )
         return vm_pb2.ListVmsResponse(vms=[vm_to_pb(v) for v in views], next_page_token=next_token)
 
     async def DeleteVm(
         self, request: vm_pb2.DeleteVmRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> vm_pb2.DeleteVmResponse:
-        await self._call(context, lambda: self._manager.delete(request.id))
+        await self._call(context, lambda: self._service.delete(request.id))
         return vm_pb2.DeleteVmResponse()
 
     async def Exec(
@@ -157,7 +157,7 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
             cols=start.cols,
             stdin=start.stdin,
         )
-        session = await self._call(context, lambda: self._manager.exec(start.vm_id, params))
+        session = await self._call(context, lambda: self._service.exec(start.vm_id, params))
         feeder = asyncio.create_task(self._feed_exec(request_iterator, session))
         try:
             async for event in session.events():
@@ -217,14 +217,14 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
                 yield request.chunk
 
         size = await self._call(
-            context, lambda: self._manager.upload(header.vm_id, header.path, header.mode or 0o644, chunks())
+            context, lambda: self._service.upload(header.vm_id, header.path, header.mode or 0o644, chunks())
         )
         return vm_pb2.UploadFileResponse(size=size)
 
     async def DownloadFile(
         self, request: vm_pb2.DownloadFileRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[vm_pb2.DownloadFileResponse]:
-        download = await self._call(context, lambda: self._manager.download(request.vm_id, request.path))
+        download = await self._call(context, lambda: self._service.download(request.vm_id, request.path))
         max_size = request.max_size or limits.DOWNLOAD_MAX_BYTES
         yield vm_pb2.DownloadFileResponse(info=vm_pb2.FileInfo(size=download.size, mode=download.mode))
         try:

@@ -6,6 +6,9 @@
 - ``directory``   the per-VM directory and its ``metadata.json``
 - ``sockets``     sun_path limit; live vs stale unix sockets and who owns them
 - ``procfs``      process liveness and start times (PID reuse safe)
-- ``machine``     ``Vm``: the boot pipeline of named steps with undo, the exit watcher, stop
+- ``handle``      ``Vm``: the one handle of a VM, booted (``start``) or attached (``attach``); exit watcher,
+                  stop, kill, detach, and pause / resume / snapshot checked against capabilities
+- ``boot``        the boot recipe: named steps (validate → directory → writable layer → kernel command
+                  line → start VMM → wait for agent), each returning its undo
 - ``errors``      ``VmError`` and its subclasses
 """

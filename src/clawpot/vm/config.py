@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clawpot import limits
 from clawpot.vmm.spec import NetworkInterface
 
-# Agent readiness under TCG takes seconds (DESIGN §2); generous by default, configurable.
-DEFAULT_READY_TIMEOUT = 60.0
+DEFAULT_READY_TIMEOUT = limits.DEFAULT_READY_TIMEOUT
 DEFAULT_SCRATCH_MIB = 1024
 
 
@@ -16,8 +16,8 @@ DEFAULT_SCRATCH_MIB = 1024
 class VmConfig:
     kernel: Path
     rootfs: Path
-    vcpus: int = 1
-    memory_mib: int = 256
+    vcpus: int = limits.DEFAULT_VCPUS
+    memory_mib: int = limits.DEFAULT_MEMORY_MIB
     # The whole kernel command line; None builds it with clawpot.assets.bootargs.guest_cmdline.
     boot_args: str | None = None
     # Appended to a built command line (ignored when boot_args is given).

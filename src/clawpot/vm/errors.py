@@ -3,8 +3,9 @@
 VmError
 ├── VmValidationError   the request is wrong (one line per problem); nothing was created
 ├── SocketPathTooLong   a unix socket path exceeds sun_path (108 bytes); also a validation problem
-└── VmStartError        a boot step failed; everything the earlier steps created has been undone
-    └── VmStartAborted  stop() was called while the VM was starting
+├── VmStartError        a boot step failed; everything the earlier steps created has been undone
+│   └── VmStartAborted  stop() was called while the VM was starting
+└── VmNotRunning        an operation that needs a Running VM (pause, snapshot, ...) found it otherwise
 """
 
 from __future__ import annotations
@@ -32,4 +33,8 @@ class VmStartError(VmError):
 
 
 class VmStartAborted(VmStartError):
+    pass
+
+
+class VmNotRunning(VmError):
     pass

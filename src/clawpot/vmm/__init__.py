@@ -1,8 +1,9 @@
 """Virtual machine monitors behind one small interface.
 
 - ``spec``         ``VmSpec``: what to boot (kernel, args, drives, vcpus, memory, NICs, agent channel).
-- ``base``         ``VmmBackend`` / ``VmmProcess`` (start, stop, kill, wait, exit info), ``Capabilities``,
-                   and the ``VmmError`` tree.
+- ``base``         ``VmmBackend`` (capabilities, prepare, attach, restore) / ``VmmProcess`` (start, stop,
+                   kill, wait, detach, pause, resume, snapshot, exit info), ``Capabilities`` with
+                   ``Feature`` flags and ``require``, ``AttachRecord``, and the ``VmmError`` tree.
 - ``steps``        boot recipes: ``Step(name, run, undo)``, ``Recipe`` (ordered, edited by copy: replace,
                    insert_before/after, remove) and its runner with a run-once ``Cleanup`` stack. Each
                    backend's start is one, readable in one place:
@@ -18,8 +19,9 @@
 - ``qemu``         the QEMU ``microvm`` backend: command line, QMP, process, boot recipe (KVM or TCG).
 - ``console``      the guest's serial console as a size-capped, rotated file, read from a FIFO the VMM
                    writes (``CappedLog``, ``ConsoleWriter``).
-- ``probe``        does this host's KVM boot stock guests? (cached per host kernel)
+- ``probe``        does this host's KVM boot stock guests? (cached per host kernel; an async entry point
+                   for event loops)
 - ``registry``     ``auto | firecracker | qemu`` → a backend.
-- ``adopted``      a VMM process started by an earlier server, watched through a pidfd; takes its console
-                   back.
+- ``adopted``      ``AttachedProcess``: a VMM started by an earlier server, watched through a pidfd (the
+                   default ``VmmBackend.attach``); takes its console back; ``kill_pid`` for orphans.
 """

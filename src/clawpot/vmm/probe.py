@@ -259,6 +259,21 @@ def _write_cache(probe: AccelProbe, data: Path | None) -> None:
         pass  # not cached: the next caller probes again, which is slower but still right
 
 
+async def kvm_boots_guests_async(data: Path | None = None) -> bool:
+    """``kvm_boots_guests`` for code running on an event loop: a probe boot (cache miss) is awaited as a
+    coroutine (QEMU is a child process the loop watches), so the loop keeps serving meanwhile."""
+    if (cached := cached_probe(data)) is not None:
+        return cached.kvm_boots_guests
+    if kvm_device_problem() is not None:
+        return False
+    assets = assets_dir(data_dir(data))
+    kernel, rootfs = assets / "vmlinux", assets / "rootfs.ext4"
+    if not (kernel.is_file() and rootfs.is_file()) or shutil.which(QEMU_BINARY) is None:
+        return kvm_provider() != "kvm_pvm"
+    probe = await probe_accelerator(kernel, rootfs, data=data)
+    return probe.kvm_boots_guests
+
+
 def kvm_boots_guests(data: Path | None = None) -> bool:
     """Synchronous answer for callers outside an event loop's flow (backend choice ``auto``).
 

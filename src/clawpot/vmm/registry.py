@@ -67,9 +67,17 @@ _FACTORIES: dict[BackendKind, Factory] = {
 }
 
 
+_BUILTIN: dict[BackendKind, Factory] = dict(_FACTORIES)
+
+
 def register_backend(kind: BackendKind, factory: Factory) -> None:
     """Replace the factory for ``kind`` (tests, alternative builds)."""
     _FACTORIES[kind] = factory
+
+
+def restore_backend(kind: BackendKind) -> None:
+    """Put the built-in factory for ``kind`` back (after ``register_backend``)."""
+    _FACTORIES[kind] = _BUILTIN[kind]
 
 
 def kvm_boots_guests(data: Path | None = None) -> bool:
@@ -80,9 +88,21 @@ def kvm_boots_guests(data: Path | None = None) -> bool:
 
 
 def resolve(choice: VmmChoice | str, data: Path | None = None) -> BackendKind:
+    """The backend ``choice`` means here. ``auto`` may boot a probe VM on a cache miss and blocks
+    meanwhile: an event loop that serves calls uses ``resolve_async``."""
     choice = VmmChoice(choice)
     if choice is VmmChoice.AUTO:
         return BackendKind.FIRECRACKER if kvm_boots_guests(data) else BackendKind.QEMU
+    return BackendKind(choice.value)
+
+
+async def resolve_async(choice: VmmChoice | str, data: Path | None = None) -> BackendKind:
+    """``resolve`` without blocking the event loop: a probe boot runs as a coroutine of the loop."""
+    choice = VmmChoice(choice)
+    if choice is VmmChoice.AUTO:
+        from clawpot.vmm.probe import kvm_boots_guests_async
+
+        return BackendKind.FIRECRACKER if await kvm_boots_guests_async(data) else BackendKind.QEMU
     return BackendKind(choice.value)
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -143,47 +141,3 @@ def test_power_off_only_for_the_guest_agent_under_init() -> None:
     assert may_power_off(True, pid=77, ppid=1)
     assert not may_power_off(False, pid=1, ppid=0)
     assert not may_power_off(True, pid=77, ppid=76)
-
-
-async def test_as_pid_1_the_agent_reaps_orphans(tmp_path: Path) -> None:
-    """Without tini the guest init execs the agent as PID 1: orphans become its children."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        pytest.skip("unshare (util-linux) not installed")
-    probe = await asyncio.to_thread(
-        subprocess.run, [unshare, "--pid", "--fork", "true"], capture_output=True, text=True, check=False
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"cannot create a PID namespace here: {probe.stderr.strip()}")
-    # No --guest: being PID 1 alone must never lead to a power-off.
-    agent = start_agent(tmp_path, wrapper=(unshare, "--pid", "--fork", "--kill-child"))
-    try:
-        [(inner, _)] = _children_of(agent.pid)  # the agent, PID 1 of the new namespace
-        async with await wait_ready(agent.endpoint, 10) as client:
-            assert client.info.pid == 1
-            result = await client.run(["sh", "-c", "sleep 1 >/dev/null 2>&1 & echo started"])
-            assert result.ok
-            # sh has exited: its background sleep now belongs to the agent.
-            orphans = [pid for pid, _ in _children_of(inner)]
-            assert len(orphans) == 1
-            assert wait_until(lambda: not Path(f"/proc/{orphans[0]}").exists(), timeout=10), (
-                "orphan not reaped"
-            )
-        os.kill(inner, signal.SIGTERM)  # unshare does not forward signals
-        assert await asyncio.to_thread(agent.proc.wait, 10) == 0
-    finally:
-        stop_agent(agent)
-
-
-def _children_of(pid: int) -> list[tuple[int, str]]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[1]) == pid:
-                found.append((int(entry.name), fields[0]))
-    return found

@@ -15,11 +15,10 @@ from typing import Any
 import grpc
 import pytest
 
-from clawpot import limits
+from clawpot import errors, limits
 from clawpot.guest.errors import AgentDisconnected, AgentUnreachable, ProtocolError, RemoteError
-from clawpot.server import errors
+from clawpot.node.sessions import OutputChunk
 from clawpot.server.servicer import VmServicer
-from clawpot.server.sessions import OutputChunk
 from clawpot.v1 import vm_pb2, vm_pb2_grpc
 
 

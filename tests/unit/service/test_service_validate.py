@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from clawpot import limits
-from clawpot.server import errors, validate
+from clawpot import errors, limits
+from clawpot.service import validate
 
 
 def rejected(call: Callable[[], None]) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from clawpot import limits
 from clawpot.agent.protocol import encode_json
-from clawpot.server.errors import InvalidArgument, quote
+from clawpot.errors import InvalidArgument, quote
 
 _VM_ID_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_-]{{0,{limits.MAX_VM_ID_CHARS - 1}}}")
 # Label keys: Kubernetes-like names, so they print and parse everywhere (`--label k=v`, tables, JSON).

@@ -12,8 +12,8 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+from clawpot import errors
 from clawpot.guest import Download, ExecProcess, ExitStatus, GuestError, Output
-from clawpot.server import errors
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class ExecSession:
 
     ``deadline`` (event-loop time): past it the host gives up on the command whatever the guest does,
     asks the agent to kill its process group (CANCEL, without waiting for an answer) and raises
-    DeadlineExceeded. ``on_lost`` hears about a connection lost mid-stream (the manager's health).
+    DeadlineExceeded. ``on_lost`` hears about a connection lost mid-stream (the node's agent health).
     """
 
     def __init__(

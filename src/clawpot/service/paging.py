@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from clawpot import limits
-from clawpot.server.errors import InvalidArgument, quote
+from clawpot.errors import InvalidArgument, quote
 
 T = TypeVar("T")
 SortKey = tuple[float, str]  # (created_at, id)

@@ -1,10 +1,14 @@
-"""Errors the server core raises; the gRPC servicer maps each kind to one status code.
+"""The error kinds the service and the node raise; the gRPC servicer maps each kind to one status code.
+
+One vocabulary for every layer, kept beside ``limits`` rather than inside ``service``: the node raises
+them too (a control plane driving a node sees the same kinds), and the node must not import the layer
+above it. No gRPC here.
 
 ServerError
 ├── InvalidArgument     bad vcpus, memory, id, label, argv, env, path, page token → INVALID_ARGUMENT
 ├── NotFound            no such VM or guest file                                  → NOT_FOUND
 ├── AlreadyExists       requested address assigned to another VM                  → ALREADY_EXISTS
-├── FailedPrecondition  VM not Running, deleted while creating, cannot start ...  → FAILED_PRECONDITION
+├── FailedPrecondition  VM not Running, deleted while creating, backend lacks it → FAILED_PRECONDITION
 ├── ResourceExhausted   host memory (admission), address pool                     → RESOURCE_EXHAUSTED
 ├── Unavailable         agent not answering or lost, backend not usable here      → UNAVAILABLE
 └── DeadlineExceeded    exec timeout (host-enforced; process group killed)        → DEADLINE_EXCEEDED

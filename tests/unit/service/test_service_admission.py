@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from clawpot import limits
-from clawpot.server import admission, errors
+from clawpot import errors, limits
+from clawpot.service import admission
 
 HOST = admission.HostMemory(total_mib=24_000, available_mib=23_000)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from clawpot import limits
-from clawpot.server.health import AgentHealth, HealthStatus
+from clawpot.node.health import AgentHealth, HealthStatus
 
 
 def test_since_moves_only_when_the_health_changes() -> None:

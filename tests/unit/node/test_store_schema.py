@@ -9,15 +9,16 @@ from pathlib import Path
 import pytest
 
 from clawpot.network.ipam import IpAllocator
-from clawpot.server import migrations
-from clawpot.server.migrations import Migration, migrate
-from clawpot.server.records import endpoint_from_text
-from clawpot.server.store import SchemaError, Store, VmRecord
+from clawpot.node import migrations
+from clawpot.node.migrations import Migration, migrate
+from clawpot.node.records import endpoint_from_text
+from clawpot.node.store import SchemaError, Store, VmRecord
 from clawpot.vm.state import VmState
 from clawpot.vmm.spec import BackendKind
 
 # The DDL as clawpot-server wrote it before the schema was versioned (main at 5d5c429:
-# src/clawpot/server/store.py SCHEMA and src/clawpot/network/db.py SCHEMA), copied verbatim. Do not edit:
+# server/store.py SCHEMA, now src/clawpot/node/store.py, and src/clawpot/network/db.py SCHEMA), copied
+# verbatim. Do not edit:
 # it is the fixture for "a state.db written by the previous release", whatever the code does today.
 UNVERSIONED_STORE_DDL = """
 CREATE TABLE IF NOT EXISTS vms (

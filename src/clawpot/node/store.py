@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from clawpot.server.migrations import MigrationError, migrate
+from clawpot.node.migrations import MigrationError, migrate
 from clawpot.vm.state import VmState
 from clawpot.vmm.spec import BackendKind
 

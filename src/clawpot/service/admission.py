@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from clawpot import limits
-from clawpot.server.errors import ResourceExhausted
+from clawpot.errors import ResourceExhausted
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from clawpot import limits
-from clawpot.server import errors, paging
-from clawpot.server.health import AgentHealth, HealthStatus
-from clawpot.server.manager import VmView
+from clawpot import errors, limits
+from clawpot.node.health import AgentHealth, HealthStatus
+from clawpot.node.store import VmRecord
+from clawpot.node.vms import VmView
 from clawpot.server.servicer import vm_to_pb
-from clawpot.server.store import VmRecord
+from clawpot.service import paging
 from clawpot.v1 import vm_pb2
 from clawpot.vm.state import VmState
 from clawpot.vmm.spec import BackendKind

@@ -15,12 +15,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from agent_harness import AgentProcess, pid_alive, start_agent, stop_agent, wait_until
+from support.agent_harness import AgentProcess, pid_alive, start_agent, stop_agent, wait_until
 
-from clawpot import limits
+from clawpot import errors, limits
 from clawpot.guest import AgentClient, wait_ready
-from clawpot.server import errors
-from clawpot.server.sessions import ExecSession, upload_watched
+from clawpot.node.sessions import ExecSession, upload_watched
 
 
 @pytest.fixture

@@ -13,8 +13,7 @@ import shutil
 from pathlib import Path
 
 from clawpot.vm.directory import read_metadata
-from clawpot.vmm.adopted import AdoptedProcess
-from clawpot.vmm.base import VmmError
+from clawpot.vmm.adopted import kill_pid
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +34,8 @@ async def kill_vmm_of(vm_dir: Path) -> None:
     against the directory's path, so no other process can be hit."""
     for pid in await asyncio.to_thread(_vmm_pids_using, vm_dir):
         log.info("killing VMM process %d left running on %s", pid, vm_dir)
-        with contextlib.suppress(VmmError, OSError):
-            await AdoptedProcess(pid, None, None, vm_dir).kill()
+        with contextlib.suppress(OSError):
+            await kill_pid(pid)
 
 
 def _vmm_pids_using(vm_dir: Path) -> set[int]:

@@ -1,0 +1,20 @@
+"""The node runtime: what one host runs. A plain async interface (``Node``) that the service drives
+today and a control plane could drive, one node per host, later. No gRPC here.
+
+- ``node``        ``Node``: open / close, reserve + boot, delete, get, exec and files, pause / resume.
+- ``launch``      boot one reserved VM: network slot → guest identity → ``Vm.start`` → record Running.
+- ``reconcile``   at start: attach VMs whose VMM runs, mark the others Error, remove orphans.
+- ``vms``         ``NodeVm``: record + ``Vm`` handle + agent link + tasks of one VM; ``VmView``.
+- ``calls``       exec, upload, download in a Running VM through its agent link.
+- ``agents``      ``AgentLink``: the one owner of a VM's agent connection, its time budgets and health.
+- ``health``      what the node sees of each VM's agent (healthy / unresponsive / degraded), since when.
+- ``sessions``    exec sessions and transfers under host deadlines.
+- ``backends``    one VMM backend per kind; ``auto`` probed at start, off the calls' path.
+- ``resources``   a VM's network slot and directory: attach, release.
+- ``datadir``     one node per data directory (lock); the assets it boots; ``NodeError``.
+- ``store``       the SQLite VM registry (``state.db``); the network package shares the file.
+- ``migrations``  the versioned schema of ``state.db``: numbered forward steps (``PRAGMA user_version``).
+- ``records``     agent endpoints as text for the store.
+- ``orphans``     VMM processes and VM directories nobody tracks any more.
+- ``tasks``       ``to_completion``: finish work a cancelled caller must not cut half-way.
+"""

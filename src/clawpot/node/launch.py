@@ -1,0 +1,93 @@
+"""Boot one reserved VM on this node: network slot → guest identity → ``Vm.start`` (the boot recipe
+of ``clawpot.vm.boot``) → the record says Running. The caller (``Node.boot``) undoes everything when
+this raises: the handle's own cleanup stack, then ``resources.release`` and the row."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from clawpot import errors
+from clawpot.assets.bootargs import GuestIp, guest_cmdline
+from clawpot.network import NetworkManager, NetworkSlot
+from clawpot.node.agents import one_line
+from clawpot.node.datadir import Assets
+from clawpot.node.records import endpoint_to_text
+from clawpot.node.resources import attach_network
+from clawpot.node.store import Store, VmRecord
+from clawpot.node.vms import NodeVm
+from clawpot.vm import procfs
+from clawpot.vm.boot import OVERLAY_DEVICE
+from clawpot.vm.config import VmConfig
+from clawpot.vm.errors import VmError
+from clawpot.vm.handle import Vm
+from clawpot.vm.state import Transition, VmState
+from clawpot.vmm.base import VmmBackend, VmmError
+
+
+@dataclass(frozen=True)
+class LaunchParams:
+    assets: Assets
+    vms_root: Path
+    ready_timeout: float
+    stop_grace: float
+    ip_address: str | None = None
+    allow_peers: bool = False
+
+
+async def launch(
+    nvm: NodeVm,
+    backend: VmmBackend,
+    params: LaunchParams,
+    network: NetworkManager | None,
+    store: Store,
+    on_transition: Callable[[NodeVm, Transition], None],
+) -> VmRecord:
+    vm_id = nvm.id
+    slot = await attach_network(network, vm_id, params.ip_address, allow_peers=params.allow_peers)
+    if slot is not None:
+        nvm.record = nvm.record.with_(ip_address=str(slot.address))
+        store.update(nvm.record)
+    config = VmConfig(
+        kernel=params.assets.kernel,
+        rootfs=params.assets.rootfs,
+        vcpus=nvm.record.vcpus,
+        memory_mib=nvm.record.memory_mib,
+        boot_args=boot_args(vm_id, slot),
+        network_interfaces=(slot.interface(),) if slot is not None else (),
+        ready_timeout=params.ready_timeout,
+        labels=dict(nvm.record.labels),
+    )
+    vm = Vm(config, backend, vm_id=vm_id, root=params.vms_root, stop_grace=params.stop_grace)
+    nvm.vm = vm
+    vm.lifecycle.subscribe(lambda event: on_transition(nvm, event))
+    try:
+        await vm.start()
+    except (VmError, VmmError) as exc:
+        raise errors.Unavailable(f"VM {vm_id} failed to start: {one_line(exc)}") from exc
+    assert vm.vmm is not None
+    nvm.agent.adopt(vm.agent, vm.vmm.agent_endpoint)
+    pid = vm.vmm.pid
+    nvm.record = nvm.record.with_(
+        state=VmState.RUNNING,
+        pid=pid,
+        vmm_start_ticks=procfs.start_ticks(pid) if pid else None,
+        agent_endpoint=endpoint_to_text(vm.vmm.agent_endpoint),
+    )
+    store.update(nvm.record)
+    return nvm.record
+
+
+def boot_args(vm_id: str, slot: NetworkSlot | None) -> str:
+    """The guest's identity (hostname, address, DNS) on its kernel command line."""
+    # The QEMU backend adds its TCG timer options itself when it runs without KVM.
+    ip = None
+    if slot is not None:
+        ip = GuestIp(address=str(slot.address), gateway=str(slot.gateway), netmask=str(slot.netmask))
+    return guest_cmdline(
+        overlay_device=OVERLAY_DEVICE,
+        hostname=vm_id,
+        ip=ip,
+        dns=",".join(str(d) for d in slot.dns) if slot is not None and slot.dns else None,
+    )

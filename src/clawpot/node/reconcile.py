@@ -1,0 +1,79 @@
+"""At start, make the node agree with what is on disk and running.
+
+- A VM whose row says Running and whose VMM still runs (same PID, same start time) is attached: its
+  backend's ``attach`` hands back a ``VmmProcess``, and it gets the same ``Vm`` handle as a VM booted
+  here (watched, stoppable, its agent reachable).
+- A VM whose VMM is gone is marked Error with the reason, and what it held is freed (its address too).
+- A VM that was Starting or Stopping when the last server died is finished off.
+- A VM directory no row owns is removed (its VMM killed first), and the network is made to agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from clawpot.node import orphans
+from clawpot.node.records import endpoint_from_text
+from clawpot.node.resources import release
+from clawpot.node.vms import NodeVm
+from clawpot.vm import procfs
+from clawpot.vm.handle import Vm
+from clawpot.vm.state import VmState
+from clawpot.vmm.adopted import kill_pid
+from clawpot.vmm.base import AttachRecord, VmmError
+
+if TYPE_CHECKING:
+    from clawpot.node.node import Node
+
+log = logging.getLogger(__name__)
+
+
+async def reconcile(node: Node) -> None:
+    node.vms_root.mkdir(parents=True, exist_ok=True)
+    for record in node.store.list():
+        nvm = NodeVm(record, node.config.agent_timeout)
+        node.vms[record.id] = nvm
+        alive = record.pid is not None and procfs.is_alive(record.pid, record.vmm_start_ticks)
+        if record.state is VmState.RUNNING and alive and record.pid is not None:
+            try:
+                attach(node, nvm, record.pid)
+                log.info("adopted VM %s (VMM pid %d)", record.id, record.pid)
+                continue
+            except VmmError as exc:  # exited between the check and the attach
+                log.warning("VM %s: cannot attach its VMM: %s", record.id, exc)
+        elif alive and record.pid is not None:
+            # Stopping when the last server died: finish it off (PID + start time checked above).
+            with contextlib.suppress(OSError):
+                await kill_pid(record.pid)
+        # Starting when the last server died: the VMM may run, but its PID is recorded only once the
+        # VM is Running.
+        await orphans.kill_vmm_of(record.vm_dir)
+        if record.state is not VmState.ERROR or record.ip_address:
+            reason = record.error or f"VMM process gone when the server restarted (was {record.state})"
+            # The address is released below: a VM that no longer holds it must not show it.
+            nvm.record = record.with_(state=VmState.ERROR, error=reason, pid=None, ip_address="")
+            node.store.update(nvm.record)
+            log.warning("VM %s: %s", record.id, reason)
+        await release(node.network, nvm.record)
+    known = set(node.vms)
+    for path in sorted(node.vms_root.iterdir()) if node.vms_root.exists() else []:
+        if path.name not in known:
+            await orphans.remove_orphan_dir(path)
+    if node.network is not None:
+        keep = [nvm.id for nvm in node.vms.values() if nvm.record.state is not VmState.ERROR]
+        plan = await asyncio.to_thread(node.network.reconcile, keep)
+        log.info("network reconciled: %s", plan)
+
+
+def attach(node: Node, nvm: NodeVm, pid: int) -> None:
+    """Give ``nvm`` the handle of its running VMM (raises ``VmmError`` if it is gone)."""
+    record = nvm.record
+    endpoint = endpoint_from_text(record.agent_endpoint)
+    backend = node.backends.for_attach(record.backend)
+    vmm = backend.attach(AttachRecord(pid, record.vmm_start_ticks, record.vm_dir, endpoint))
+    nvm.vm = Vm.attach(record.id, backend, vmm, root=node.vms_root, stop_grace=node.config.stop_grace)
+    nvm.vm.lifecycle.subscribe(lambda event: node._on_transition(nvm, event))
+    nvm.agent.endpoint = endpoint
