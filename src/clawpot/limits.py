@@ -142,7 +142,7 @@ DOWNLOAD_MAX_BYTES = 1024 * 1024 * 1024
 DEFAULT_BRIDGE = "clawpot-br0"
 DEFAULT_SUBNET = "192.168.100.0/24"
 # From VMM start to the agent's first answer: seconds under KVM, 5-20 s under TCG on a busy host
-# (DESIGN §2); 60 s leaves room without letting a dead boot hang a create for long.
+# (docs/platform-notes.md §2); 60 s leaves room without letting a dead boot hang a create for long.
 DEFAULT_READY_TIMEOUT = 60.0
 # Delete / stop: the agent's clean power-off, then Ctrl+Alt+Del, then SIGTERM, then SIGKILL, within this.
 DEFAULT_STOP_GRACE = 5.0
@@ -162,10 +162,6 @@ EXEC_TIMEOUT_GRACE = 2.0
 # shown UNRESPONSIVE. One check in flight per VM; a stuck one is never stacked on.
 HEALTH_CHECK_INTERVAL = 5.0
 HEALTH_PING_TIMEOUT = 2.0
-# A call skips its liveness ping when the agent sent anything this recently: fresh traffic proves as
-# much, and a ping per call under the VM's agent lock serialised 50 concurrent execs past a 3 s
-# --agent-timeout under load. A guest that froze since is still caught: every call has its own deadline.
-AGENT_HEARD_FRESH = 1.0
 # The longest exec --timeout accepted (a year): beyond it the number is a mistake, not a wish.
 MAX_EXEC_TIMEOUT = 365 * 24 * 3600.0
 

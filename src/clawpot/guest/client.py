@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,10 +87,6 @@ class AgentClient:
         channel: flooded, did not read, overran its credit); None while connected or after an ordinary
         disconnect. The server marks such a VM degraded."""
         return self._conn.violation
-
-    def heard_within(self, seconds: float) -> bool:
-        """Whether the agent sent anything in the last ``seconds`` while connected: as good as a ping."""
-        return self.connected and time.monotonic() - self._conn.last_heard <= seconds
 
     async def ping(self) -> float:
         """Round-trip time to the agent in seconds."""

@@ -323,9 +323,6 @@ class AgentConnection:
         self._closed_reason = ""
         # Why the guest lost its connection, when it broke a bound; None for an ordinary disconnect.
         self.violation: str | None = None
-        # When bytes last arrived from the agent (monotonic): recent traffic already proves the agent's
-        # loop is alive, so callers may skip a ping (a ping per call serialises concurrent calls).
-        self.last_heard = time.monotonic()
         self._queued_control = 0  # payload bytes of INFO/EOF/END/ERROR frames waiting for consumers
         self._ignored_budget = TokenBucket(AGENT_IGNORED_FRAMES_BURST, AGENT_IGNORED_FRAMES_PER_S)
         self._ignored_kinds: Counter[str] = Counter()
@@ -447,7 +444,6 @@ class AgentConnection:
                 while (frame := decoder.next()) is not None:
                     self._dispatch(frame)
                 data = await self._reader.read(_READ_SIZE)
-                self.last_heard = time.monotonic()
                 if not data:
                     break
                 decoder.feed(data)
