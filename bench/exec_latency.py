@@ -4,7 +4,7 @@
 
 Both sides run on this host as separate processes behind the same kind of socket (unix stream):
 
-- the real agent (``python -m clawpot.agent --listen-unix``), driven by ``clawpot.guest.AgentClient``;
+- the real agent (``python -m clawpot.agent --listen-unix``), driven by ``clawpot.agent_client.AgentClient``;
 - a raw server (standard library, no framing, no multiplexing, no flow control) that echoes bytes, or
   relays the stdout of ``head -c N /dev/zero`` straight to the socket.
 
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from clawpot.agent.protocol import READY_LINE
-from clawpot.guest import AgentClient, Output, UnixSocketEndpoint, wait_ready
+from clawpot.agent_client import AgentClient, Output, UnixSocketEndpoint, wait_ready
 
 RAW_SERVER = r"""
 import os, socket, subprocess, sys

@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from clawpot import paths
+from clawpot.agent_client import GuestIdentity
 from clawpot.assets.bootargs import GuestIp, guest_cmdline
-from clawpot.guest import GuestIdentity
 from clawpot.vm.boot import OVERLAY_DEVICE
 from clawpot.vm.config import VmConfig
 from clawpot.vm.handle import Vm

@@ -25,9 +25,9 @@ from typing import Any, Protocol
 import pytest
 from support.netns import NetNamespace, icmp_echo, netns_unavailable_reason
 
+from clawpot.agent_client import AgentClient, ConfiguredIdentity, GuestIdentity
 from clawpot.assets.bootargs import GuestIp, guest_cmdline
 from clawpot.assets.inject import inject
-from clawpot.guest import AgentClient, ConfiguredIdentity, GuestIdentity
 from clawpot.vm.boot import OVERLAY_DEVICE
 from clawpot.vm.config import VmConfig
 from clawpot.vm.handle import Vm

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clawpot import limits
+from clawpot.agent_client import wait_ready
 from clawpot.assets.bootargs import guest_cmdline
 from clawpot.assets.scratch import make_scratch_disk
-from clawpot.guest import wait_ready
 from clawpot.vm import validation
 from clawpot.vm.config import VmConfig
 from clawpot.vm.directory import VmDirectory

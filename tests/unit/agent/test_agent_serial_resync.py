@@ -20,7 +20,7 @@ import pytest
 from agent_harness import AgentProcess, kill_quietly, pid_alive, start_agent, stop_agent, wait_until
 
 from clawpot.agent.protocol import HEADER, MAGIC, FrameType
-from clawpot.guest import Output, SerialSocketEndpoint, wait_ready
+from clawpot.agent_client import Output, SerialSocketEndpoint, wait_ready
 
 
 class SerialRelay:

@@ -27,7 +27,7 @@ import logging
 import re
 from pathlib import Path
 
-from clawpot.guest.endpoints import AgentEndpoint, HybridVsockEndpoint
+from clawpot.agent_client.endpoints import AgentEndpoint, HybridVsockEndpoint
 from clawpot.vmm.base import ExitInfo, VmmProcess, VmmStartError
 from clawpot.vmm.firecracker import models
 from clawpot.vmm.firecracker.boot import FIRECRACKER_BOOT

@@ -19,9 +19,9 @@ Typical use::
         result = await agent.run(["uname", "-a"])
 """
 
-from clawpot.guest.client import AgentClient, PtySize, connect, wait_ready
-from clawpot.guest.connection import AgentInfo
-from clawpot.guest.endpoints import (
+from clawpot.agent_client.client import AgentClient, PtySize, connect, wait_ready
+from clawpot.agent_client.connection import AgentInfo
+from clawpot.agent_client.endpoints import (
     AgentEndpoint,
     HybridVsockEndpoint,
     SerialSocketEndpoint,
@@ -29,10 +29,16 @@ from clawpot.guest.endpoints import (
     VsockEndpoint,
     describe,
 )
-from clawpot.guest.errors import AgentDisconnected, AgentUnreachable, GuestError, ProtocolError, RemoteError
-from clawpot.guest.files import Download, RemoteFile
-from clawpot.guest.identity import ConfiguredIdentity, GuestIdentity
-from clawpot.guest.process import ExecEvent, ExecProcess, ExecResult, Exited, ExitStatus, Output
+from clawpot.agent_client.errors import (
+    AgentDisconnected,
+    AgentUnreachable,
+    GuestError,
+    ProtocolError,
+    RemoteError,
+)
+from clawpot.agent_client.files import Download, RemoteFile
+from clawpot.agent_client.identity import ConfiguredIdentity, GuestIdentity
+from clawpot.agent_client.process import ExecEvent, ExecProcess, ExecResult, Exited, ExitStatus, Output
 
 __all__ = [
     "AgentClient",

@@ -46,8 +46,8 @@ from clawpot.agent.protocol import (
     find_line,
     hello_line,
 )
-from clawpot.guest.errors import AgentDisconnected, GuestError, ProtocolError, RemoteError
-from clawpot.guest.untrusted import TokenBucket, limiter_for, printable
+from clawpot.agent_client.errors import AgentDisconnected, GuestError, ProtocolError, RemoteError
+from clawpot.agent_client.untrusted import TokenBucket, limiter_for, printable
 from clawpot.limits import (
     AGENT_HANDSHAKE_MAX_STALE,
     AGENT_HOST_BUFFER_BUDGET,
