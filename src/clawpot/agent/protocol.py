@@ -147,7 +147,7 @@ class FrameDecoder:
         return Frame(ftype, stream, flags, chunk[pos + HEADER_SIZE : end])
 
     def _next_carried(self) -> Frame | None:
-        """Complete the carried frame from the chunk."""
+        """The frame that starts in the carry, completed from the chunk."""
         carry, chunk = self._carry, self._chunk
         if len(carry) < HEADER_SIZE:
             take = min(HEADER_SIZE - len(carry), len(chunk) - self._pos)
@@ -156,13 +156,15 @@ class FrameDecoder:
             if len(carry) < HEADER_SIZE:
                 return None
         ftype, flags, stream, length = _parse_header(carry, 0)
-        take = min(HEADER_SIZE + length - len(carry), len(chunk) - self._pos)
-        carry += chunk[self._pos : self._pos + take]
-        self._pos += take
-        if len(carry) < HEADER_SIZE + length:
-            return None
-        payload = bytes(memoryview(carry)[HEADER_SIZE:])
-        carry.clear()
+        size = HEADER_SIZE + length
+        if len(carry) < size:
+            take = min(size - len(carry), len(chunk) - self._pos)
+            carry += chunk[self._pos : self._pos + take]
+            self._pos += take
+            if len(carry) < size:
+                return None
+        payload = bytes(memoryview(carry)[HEADER_SIZE:size])
+        del carry[:size]  # more only when fed twice without draining
         return Frame(ftype, stream, flags, payload)
 
     def rest(self) -> bytes:
