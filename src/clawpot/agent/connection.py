@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .outframes import OutFrames
+from .outframes import READ_FRAMES, OutFrames
 from .protocol import (
     DEFAULT_WINDOW,
     HELLO,
@@ -61,7 +61,7 @@ class AgentContext:
     request_shutdown: Callable[[str], None]
     ops: dict[str, Callable[[Connection, int, dict[str, Any]], Session]]
     # The one buffer every session reads its output into (outframes.py): 256 KiB per read, as before.
-    out_frames: OutFrames = field(default_factory=lambda: OutFrames(4))
+    out_frames: OutFrames = field(default_factory=lambda: OutFrames(READ_FRAMES))
     # What ``configure`` changes; None: configure is refused (an agent run on a host must never rename
     # it). Set by main: the guest itself, or a sandbox's namespaces (tests).
     configure_target: Machine | None = None

@@ -27,6 +27,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from .outframes import READ_FRAMES
 from .protocol import MAX_PAYLOAD, ErrorCode, FrameType, Pipe, encode_json
 from .session import Session, SessionError, opt_bool, opt_str
 
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 _VALID_SIGNALS = frozenset(int(s) for s in signal.valid_signals())
 _MAX_TIMEOUT = 10.0 * 365 * 24 * 3600
-_READ_CHUNK = 4 * MAX_PAYLOAD
+_READ_CHUNK = READ_FRAMES * MAX_PAYLOAD
 
 
 def _take_controlling_tty() -> None:

@@ -16,6 +16,8 @@ import os
 from .protocol import HEADER, HEADER_SIZE, MAGIC, MAX_PAYLOAD, FrameType
 
 _STRIDE = HEADER_SIZE + MAX_PAYLOAD
+# Frames one read fills: 256 KiB, what an output pipe holds (execution.py sizes its pipes to match).
+READ_FRAMES = 4
 
 
 class OutFrames:
