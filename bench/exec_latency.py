@@ -16,7 +16,9 @@ Latency (the runs alternate, so all of them see the same machine load):
 - ``local_spawn_true``: ``true`` spawned and reaped by this process, no socket: the cost of the process.
 
 Throughput: N MB of zeros from ``head -c`` to the client, through the protocol (one exec, stdout events,
-credit windows) and through the raw relay; median of ``--rounds``. Prints one JSON document.
+credit windows) and through the raw relay; median of ``--rounds``, and the protocol/raw ratio of each
+round (its two transfers ran back to back) with its spread. ``--runs 0`` measures throughput only.
+Prints one JSON document.
 """
 
 from __future__ import annotations
