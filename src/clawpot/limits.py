@@ -104,6 +104,10 @@ AGENT_PONG_HIGH_WATER = 64 * 1024
 # connection as a guest violation (a flood).
 AGENT_IGNORED_FRAMES_BURST = 1024
 AGENT_IGNORED_FRAMES_PER_S = 256
+# Bytes the host reads from an agent's socket ahead of parsing them; reading pauses past this (the
+# StreamReader it replaced paused at twice its 1 MiB limit). Parsing runs as soon as a read completes,
+# so a legitimate stream never has more than one or two socket reads (256 KiB each) waiting here.
+AGENT_READ_AHEAD = 1024 * 1024
 # Control frames (INFO, EOF) per stream: the agent sends one INFO and one EOF per output pipe.
 AGENT_STREAM_CONTROL_FRAMES = 8
 # Bytes of a previous connection the handshake may skip (serial lines deliver stale output after a

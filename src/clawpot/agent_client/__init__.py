@@ -6,6 +6,7 @@ Modules:
 - ``transport``   open the byte stream for an endpoint (and Firecracker's ``CONNECT``/``OK`` exchange).
 - ``connection``  one connection: handshake, reader task, multiplexed streams with credit-based flow control;
                   everything a guest can make it hold is bounded (``violation`` says why it dropped a guest).
+- ``chunks``      the agent's bytes as the socket delivers them (takes over from the StreamReader).
 - ``process``     a remote process: output events, stdin, signals, resize, exit status.
 - ``files``       streamed, atomic upload and download.
 - ``identity``    ``GuestIdentity`` (hostname, address, gateway, DNS, MAC) and the ``configure`` call.
