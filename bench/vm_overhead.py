@@ -3,8 +3,8 @@
     .venv/bin/python bench/vm_overhead.py [--runs 3] [--memory 256] [--idle 10] [--accel tcg|kvm|auto]
 
 For each run, boots a Clawpot QEMU VM (``Vm.start()``: boot to agent ready), leaves it idle ``--idle``
-seconds, then reads the QEMU process's ``/proc/PID/smaps``: the guest RAM is the one anonymous
-mapping of the VM's memory size; everything else resident (QEMU's code and heap, the TCG translation
+seconds, then reads the QEMU process's ``/proc/PID/smaps``: the guest RAM is the one anonymous (or
+memfd) mapping of the VM's memory size; everything else resident (QEMU's code and heap, the TCG translation
 cache, device state, thread stacks) is the overhead. Baseline in the same run: a bare QEMU with the
 same machine and memory, started paused (``-S``: no guest code runs), measured the same way.
 
@@ -44,7 +44,9 @@ def smaps_split(pid: int, guest_mib: int) -> dict[str, float]:
             if size:
                 mappings.append((size, rss, anonymous))
             size = rss = 0
-            anonymous = len(head) < 6  # no path: anonymous memory
+            # No path: anonymous memory. Guest RAM is a shared memfd since snapshots (issue 12): its
+            # mapping is named after the memfd, and counts as guest RAM here just the same.
+            anonymous = len(head) < 6 or "memory-backend-memfd" in line
         elif line.startswith("Size:"):
             size = int(head[1])
         elif line.startswith("Rss:"):

@@ -188,3 +188,16 @@ CONSOLE_TAIL_BYTES = 16 * 1024
 # rewrites three small files: milliseconds even under TCG (bench/identity.py), so 10 s only ever
 # expires on an agent that is stuck; the VM is then not handed out (its identity may be half set).
 CONFIGURE_TIMEOUT = 10.0
+
+# --- Snapshots: pause, snapshot and restore in the VMM layer (issue 12) ------------------------------
+
+# A snapshot's manifest.json is read whole; ours are ~2 KiB (a few files, one VM spec), so 1 MiB is
+# only a bound against a hostile or broken file, never a real one.
+SNAPSHOT_MANIFEST_MAX_BYTES = 1024 * 1024
+# Digests read snapshot files in chunks of this size: large enough for few syscalls, small enough to
+# keep one thread's buffer modest.
+SNAPSHOT_HASH_CHUNK = 4 * 1024 * 1024
+# Saving the device state (QEMU migration without RAM, ~72 KB: 3-11 ms measured) and loading it: a
+# deadline for a wedged VMM, far beyond either.
+SNAPSHOT_SAVE_TIMEOUT = 30.0
+SNAPSHOT_LOAD_TIMEOUT = 30.0

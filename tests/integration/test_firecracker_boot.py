@@ -101,11 +101,15 @@ async def test_configuration_accepted_and_instance_started(booted: Booted) -> No
         spec.kernel,
         spec.boot_args,
     )
-    assert [(d.drive_id, d.path_on_host, d.is_read_only) for d in config.drives] == [
+    # The VM's own files are named relative to its directory (firecracker runs there), so that a
+    # snapshot restored into another directory reopens that directory's copies.
+    vm_dir = booted.vmm.vm_dir
+    assert [(d.drive_id, vm_dir / d.path_on_host, d.is_read_only) for d in config.drives] == [
         (d.drive_id, d.path, d.read_only) for d in spec.drives
     ]
     assert [d.drive_id for d in config.drives] == ["rootfs", "scratch"]
-    assert config.vsock == models.VsockInfo(guest_cid=3, uds_path=booted.vmm.vsock_path)
+    assert config.vsock is not None and config.vsock.guest_cid == 3
+    assert vm_dir / config.vsock.uds_path == booted.vmm.vsock_path
     log = booted.vmm.log_path.read_text()
     assert "Successfully started microvm that was configured from one single json" in log
     assert ":ERROR]" not in log.split("Successfully started microvm")[0]

@@ -21,6 +21,9 @@
                    writes (``CappedLog``, ``ConsoleWriter``).
 - ``probe``        does this host's KVM boot stock guests? (cached per host kernel; an async entry point
                    for event loops)
+- ``snapshot``     snapshot directories for every backend: ``SnapshotWriter`` (temporary directory, manifest
+                   with sizes and digests, atomic rename), ``open_snapshot`` (verified before a restore:
+                   ``SnapshotCorrupt`` / ``SnapshotIncompatible``), sparse and reflink copies.
 - ``registry``     ``auto | firecracker | qemu`` → a backend.
 - ``adopted``      ``AttachedProcess``: a VMM started by an earlier server, watched through a pidfd (the
                    default ``VmmBackend.attach``); takes its console back; ``kill_pid`` for orphans.

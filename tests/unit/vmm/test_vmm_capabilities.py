@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from clawpot.vmm.base import NO_FEATURES, Capabilities, Feature, VmmUnsupported
@@ -23,9 +25,25 @@ def test_an_unavailable_backend_refuses_everything() -> None:
         caps.require(Feature.PAUSE, "pause")
 
 
-def test_backends_offer_no_features_yet() -> None:
-    from clawpot.vmm.firecracker.backend import FirecrackerBackend
+def test_qemu_offers_pause_snapshot_and_restore(tmp_path: Path) -> None:
     from clawpot.vmm.qemu.backend import QemuBackend
 
-    assert FirecrackerBackend(None).capabilities().features == NO_FEATURES
-    assert QemuBackend(None).capabilities().features == NO_FEATURES
+    everything = Feature.PAUSE | Feature.SNAPSHOT | Feature.RESTORE
+    caps = QemuBackend(data=tmp_path).capabilities()
+    if caps.available:  # wherever QEMU is installed: every VM's RAM is a shared memfd
+        assert caps.features == everything
+    missing = QemuBackend(tmp_path / "no-qemu").capabilities()
+    assert not missing.available and missing.features == NO_FEATURES
+
+
+def test_firecracker_declares_pause_snapshot_restore_where_it_runs(tmp_path: Path) -> None:
+    from clawpot.vmm.firecracker.backend import FirecrackerBackend
+
+    caps = FirecrackerBackend(tmp_path / "no-firecracker").capabilities()
+    assert not caps.available and caps.features == NO_FEATURES
+    fake = tmp_path / "firecracker"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    caps = FirecrackerBackend(fake).capabilities()
+    if caps.available:  # a host with /dev/kvm
+        assert caps.features == Feature.PAUSE | Feature.SNAPSHOT | Feature.RESTORE

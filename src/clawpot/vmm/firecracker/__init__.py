@@ -5,10 +5,13 @@
 - ``process``  the firecracker OS process: output files, launch (``clawpot.vmm.spawn``), API socket
                deadline, exit reason
 - ``boot``     ``FIRECRACKER_BOOT``: the default boot recipe, one named step per line (edit a copy for a
-               variant such as the jailer)
+               variant such as the jailer); ``FIRECRACKER_RESTORE``: a snapshot loaded instead
 - ``handle``   ``FirecrackerVmm`` (a ``VmmProcess``): runs its recipe (config file, API socket on),
                graceful stop
-- ``backend``  ``FirecrackerBackend`` (a ``VmmBackend``): finds the binary, reports capabilities
+- ``snapshots`` pause, ``/snapshot/create`` and ``/snapshot/load``: what a KVM host gets, and what
+               Firecracker >= 1.16 (``vsock_override``) would change
+- ``backend``  ``FirecrackerBackend`` (a ``VmmBackend``): finds the binary, reports capabilities,
+               ``restore``
 - ``logwatch`` ``LogFollower``: waits for a line in firecracker's log (polls its end)
 - ``errors``   ``FirecrackerError`` and its subclasses
 """

@@ -8,10 +8,11 @@ import subprocess
 from pathlib import Path
 
 from clawpot import paths
-from clawpot.vmm.base import Capabilities, VmmBackend, VmmUnsupported
-from clawpot.vmm.firecracker.boot import FIRECRACKER_BOOT
+from clawpot.vmm.base import Capabilities, Feature, VmmBackend, VmmUnsupported
+from clawpot.vmm.firecracker.boot import FIRECRACKER_BOOT, FIRECRACKER_RESTORE
 from clawpot.vmm.firecracker.handle import FirecrackerVmm
-from clawpot.vmm.spec import BackendKind, VmSpec
+from clawpot.vmm.snapshot import Snapshot, SnapshotIncompatible, read_manifest
+from clawpot.vmm.spec import BackendKind, NetworkInterface, VmSpec
 from clawpot.vmm.steps import Recipe
 
 BINARY_ENV = "CLAWPOT_FIRECRACKER_BIN"
@@ -75,7 +76,12 @@ class FirecrackerBackend(VmmBackend):
         problem = self._problem()
         if problem:
             return Capabilities(self.kind, available=False, detail=problem)
-        return Capabilities(self.kind, available=True, detail=f"firecracker {self.binary}")
+        return Capabilities(
+            self.kind,
+            available=True,
+            detail=f"firecracker {self.binary}",
+            features=Feature.PAUSE | Feature.SNAPSHOT | Feature.RESTORE,
+        )
 
     def _problem(self) -> str | None:
         if self._binary is None:
@@ -102,4 +108,33 @@ class FirecrackerBackend(VmmBackend):
             api_timeout=self.api_timeout,
             die_with_parent=self.die_with_parent,
             recipe=self.recipe,
+        )
+
+    def restore(
+        self,
+        snapshot: Path,
+        vm_dir: Path,
+        *,
+        network_interfaces: tuple[NetworkInterface, ...] | None = None,
+        recipe: Recipe[FirecrackerVmm] = FIRECRACKER_RESTORE,
+    ) -> FirecrackerVmm:
+        """A firecracker (not started) that loads the snapshot into ``vm_dir`` and resumes it.
+        ``network_interfaces``: the clone's own TAPs (``network_overrides``)."""
+        problem = self._problem()
+        if problem:
+            raise VmmUnsupported(problem)
+        manifest = read_manifest(snapshot)
+        if manifest.backend is not self.kind:
+            raise SnapshotIncompatible(
+                f"snapshot {snapshot.name} was taken by {manifest.backend}, not firecracker"
+            )
+        snap = Snapshot(snapshot, manifest)
+        return FirecrackerVmm(
+            self.binary,
+            snap.spec_for(vm_dir, network_interfaces),
+            vm_dir,
+            api_timeout=self.api_timeout,
+            die_with_parent=self.die_with_parent,
+            recipe=recipe,
+            restore_from=snap,
         )

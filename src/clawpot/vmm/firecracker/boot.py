@@ -14,6 +14,18 @@ instance, is a swap of the launch step and one more step before it::
     FIRECRACKER_BOOT.replace(SPAWN, Step("spawn under the jailer", jailed_launch, undo=kill))
                     .insert_before(SPAWN_UNDER_JAILER, Step("prepare the jail", link_files, undo=unlink))
 
+A restore (``FirecrackerBackend.restore``) is the same list with the configuration swapped for the
+snapshot and the start for a load::
+
+    FIRECRACKER_RESTORE:
+        verify the snapshot            manifest, firecracker version, kernel and rootfs, sizes, digests
+        copy the writable layer        the snapshot's writable drives into the VM directory
+                                       undo: remove the copies
+        prepare files, spawn firecracker (no --config-file, in the VM directory)
+        wait for the API               the API socket answers
+        load the snapshot              PUT /snapshot/load (File memory backend, network_overrides)
+        resume the guest               PATCH /vm Resumed
+
 Each step is one call on the handle, so a replacement uses the same public pieces
 (``vmm.process.launch(argv)``, ``vmm.kill``) instead of reaching into the handle.
 """
@@ -22,6 +34,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from clawpot.vmm.firecracker import snapshots
 from clawpot.vmm.steps import Recipe, Step
 
 if TYPE_CHECKING:
@@ -31,6 +44,11 @@ WRITE_CONFIG = "write the configuration"
 PREPARE_FILES = "prepare files"
 SPAWN = "spawn firecracker"
 WAIT_STARTED = "wait for the microVM to start"
+VERIFY_SNAPSHOT = "verify the snapshot"
+COPY_DRIVES = "copy the writable layer"
+WAIT_API = "wait for the API"
+LOAD_SNAPSHOT = "load the snapshot"
+RESUME = "resume the guest"
 
 
 async def write_config(vmm: FirecrackerVmm) -> None:
@@ -64,4 +82,36 @@ FIRECRACKER_BOOT: Recipe[FirecrackerVmm] = Recipe(
         Step(SPAWN, spawn, undo=kill),
         Step(WAIT_STARTED, wait_started),
     ]
+)
+
+
+async def verify_snapshot(vmm: FirecrackerVmm) -> None:
+    await snapshots.verify(vmm)
+
+
+async def copy_drives(vmm: FirecrackerVmm) -> None:
+    await snapshots.copy_drives(vmm)
+
+
+async def remove_drives(vmm: FirecrackerVmm) -> None:
+    vmm.remove_drives()
+
+
+async def wait_api(vmm: FirecrackerVmm) -> None:
+    await vmm.wait_api()
+
+
+async def load_snapshot(vmm: FirecrackerVmm) -> None:
+    await snapshots.load(vmm)
+
+
+async def resume(vmm: FirecrackerVmm) -> None:
+    await vmm.resume()
+
+
+FIRECRACKER_RESTORE: Recipe[FirecrackerVmm] = (
+    FIRECRACKER_BOOT.replace(WRITE_CONFIG, Step(VERIFY_SNAPSHOT, verify_snapshot))
+    .insert_after(VERIFY_SNAPSHOT, Step(COPY_DRIVES, copy_drives, undo=remove_drives))
+    .replace(WAIT_STARTED, Step(WAIT_API, wait_api))
+    .insert_after(WAIT_API, Step(LOAD_SNAPSHOT, load_snapshot), Step(RESUME, resume))
 )

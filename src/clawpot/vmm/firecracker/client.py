@@ -98,6 +98,17 @@ class FirecrackerClient:
     async def flush_metrics(self) -> None:
         await self.action(models.ActionType.FLUSH_METRICS)
 
+    # -- pause, snapshots (after InstanceStart; load only on a fresh process) ------------------------
+
+    async def set_vm_state(self, state: models.VmStateChange) -> None:
+        await self._request("PATCH", "/vm", models.Vm(state=state))
+
+    async def create_snapshot(self, body: models.SnapshotCreate) -> None:
+        await self._put("/snapshot/create", body)
+
+    async def load_snapshot(self, body: models.SnapshotLoad) -> None:
+        await self._put("/snapshot/load", body)
+
     # -- plumbing ------------------------------------------------------------------------------------
 
     async def _get(self, path: str, model: type[_R]) -> _R:

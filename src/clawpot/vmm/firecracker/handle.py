@@ -25,16 +25,18 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from pathlib import Path
 
 from clawpot.agent_client.endpoints import AgentEndpoint, HybridVsockEndpoint
 from clawpot.vmm.base import ExitInfo, VmmProcess, VmmStartError
-from clawpot.vmm.firecracker import models
+from clawpot.vmm.firecracker import models, snapshots
 from clawpot.vmm.firecracker.boot import FIRECRACKER_BOOT
 from clawpot.vmm.firecracker.client import DEFAULT_TIMEOUT, FirecrackerClient
 from clawpot.vmm.firecracker.errors import FirecrackerConfigRejected, FirecrackerError
 from clawpot.vmm.firecracker.logwatch import LogFollower
 from clawpot.vmm.firecracker.process import FirecrackerProcess, LaunchFiles, last_error_line
+from clawpot.vmm.snapshot import Snapshot, SnapshotWriter
 from clawpot.vmm.spec import BackendKind, VmSpec
 from clawpot.vmm.steps import Recipe
 
@@ -74,8 +76,13 @@ class FirecrackerVmm(VmmProcess):
         api_timeout: float = 10.0,
         die_with_parent: bool = True,
         recipe: Recipe[FirecrackerVmm] = FIRECRACKER_BOOT,
+        restore_from: Snapshot | None = None,
     ) -> None:
         self.spec = spec
+        # A restore (``boot.FIRECRACKER_RESTORE``): no configuration file; the snapshot is loaded over
+        # the API into a fresh process.
+        self.restore_from = restore_from
+        self.restored_drives: list[Path] = []
         self.recipe = recipe
         self.vm_dir = vm_dir
         self.api_timeout = api_timeout
@@ -86,9 +93,11 @@ class FirecrackerVmm(VmmProcess):
             log=vm_dir / LOG_NAME,
             serial=vm_dir / SERIAL_NAME,
             stderr=vm_dir / STDERR_NAME,
-            config=vm_dir / CONFIG_NAME,
+            config=vm_dir / CONFIG_NAME if restore_from is None else None,
         )
-        self.process = FirecrackerProcess(binary, vm_dir.name, self.files, die_with_parent=die_with_parent)
+        self.process = FirecrackerProcess(
+            binary, vm_dir.name, self.files, die_with_parent=die_with_parent, cwd=vm_dir
+        )
         self._started = False
         self._client: FirecrackerClient | None = None
 
@@ -170,7 +179,10 @@ class FirecrackerVmm(VmmProcess):
             # so drives[0] is still vda.
             drives=tuple(
                 models.Drive(
-                    drive_id=d.drive_id, path_on_host=d.path, is_root_device=False, is_read_only=d.read_only
+                    drive_id=d.drive_id,
+                    path_on_host=self._own(d.path),
+                    is_root_device=False,
+                    is_read_only=d.read_only,
                 )
                 for d in spec.drives
             ),
@@ -180,9 +192,17 @@ class FirecrackerVmm(VmmProcess):
                 for n in spec.network_interfaces
             ),
             vsock=(
-                models.Vsock(guest_cid=GUEST_CID, uds_path=self.vsock_path) if spec.agent_channel else None
+                models.Vsock(guest_cid=GUEST_CID, uds_path=self._own(self.vsock_path))
+                if spec.agent_channel
+                else None
             ),
         )
+
+    def _own(self, path: Path) -> Path:
+        """A file of this VM's directory by its name alone (firecracker runs in the directory), so a
+        snapshot records names a restore in another directory resolves to its own copies; shared files
+        (kernel, base image) keep their absolute path."""
+        return Path(path.name) if path.parent == self.vm_dir else path
 
     def write_config(self) -> None:
         config = self.config()  # validated before anything is written
@@ -218,6 +238,37 @@ class FirecrackerVmm(VmmProcess):
             )
         return FirecrackerError(info.reason)
 
+    # -- pause, resume, snapshot (``snapshots`` says what Firecracker allows) ---------------------------
+
+    async def pause(self) -> None:
+        await self.client.set_vm_state(models.VmStateChange.PAUSED)
+
+    async def resume(self) -> None:
+        await self.client.set_vm_state(models.VmStateChange.RESUMED)
+
+    async def snapshot(self, directory: Path) -> None:
+        writer = await self.capture(directory)
+        await asyncio.to_thread(self.seal, writer)
+
+    async def capture(self, directory: Path) -> SnapshotWriter:
+        """The part that needs the VM paused; ``seal`` it after resuming."""
+        return await snapshots.capture(self, directory)
+
+    def seal(self, writer: SnapshotWriter) -> Snapshot:
+        return snapshots.seal(self, writer)
+
+    # -- what the restore steps add (boot.FIRECRACKER_RESTORE) ----------------------------------------
+
+    def snapshot_source(self) -> Snapshot:
+        if self.restore_from is None:
+            raise VmmStartError("this firecracker does not restore a snapshot")
+        return self.restore_from
+
+    async def wait_api(self) -> None:
+        """Until the API socket answers (firecracker without a configuration file waits for us)."""
+        await self.process.wait_api_ready(time.monotonic() + self.api_timeout)
+        self._started = True
+
     # -- teardown ------------------------------------------------------------------------------------
 
     async def _start_failure(self, step: str, exc: Exception) -> Exception:
@@ -243,6 +294,11 @@ class FirecrackerVmm(VmmProcess):
             info = await self.process.terminate(term_seconds)
         self._remove_sockets()
         return info
+
+    def remove_drives(self) -> None:
+        for path in self.restored_drives:
+            path.unlink(missing_ok=True)
+        self.restored_drives = []
 
     def _remove_sockets(self) -> None:
         # Firecracker leaves its sockets behind when it dies; guest-initiated vsock connections

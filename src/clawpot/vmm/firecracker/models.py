@@ -188,6 +188,57 @@ class VmConfigInfo(_Response):
     vsock: VsockInfo | None = None
 
 
+class VmStateChange(enum.StrEnum):
+    PAUSED = "Paused"
+    RESUMED = "Resumed"
+
+
+class Vm(_Request):
+    """PATCH /vm: pause or resume the guest's vCPUs."""
+
+    state: VmStateChange
+
+
+class SnapshotType(enum.StrEnum):
+    FULL = "Full"
+    DIFF = "Diff"
+
+
+class SnapshotCreate(_Request):
+    """PUT /snapshot/create (the VM must be Paused)."""
+
+    snapshot_type: SnapshotType = SnapshotType.FULL
+    snapshot_path: Path
+    mem_file_path: Path
+
+
+class MemBackendType(enum.StrEnum):
+    FILE = "File"
+    UFFD = "Uffd"
+
+
+class MemBackend(_Request):
+    backend_type: MemBackendType
+    backend_path: Path
+
+
+class NetworkOverride(_Request):
+    """A restored VM's NIC on another host TAP (Firecracker >= 1.12)."""
+
+    iface_id: str
+    host_dev_name: str
+
+
+class SnapshotLoad(_Request):
+    """PUT /snapshot/load, on a fresh firecracker (nothing configured but the logger)."""
+
+    snapshot_path: Path
+    mem_backend: MemBackend
+    enable_diff_snapshots: bool | None = None
+    resume_vm: bool | None = None
+    network_overrides: tuple[NetworkOverride, ...] | None = None
+
+
 class ConfigFile(_Request):
     """The whole VM for ``firecracker --config-file``: one file instead of one API call per resource."""
 

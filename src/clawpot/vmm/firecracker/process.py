@@ -72,8 +72,19 @@ class FirecrackerProcess:
     and ``launch(argv)`` (the process itself, through ``clawpot.vmm.spawn``). ``spawn()`` does both.
     """
 
-    def __init__(self, binary: Path, vm_id: str, files: LaunchFiles, *, die_with_parent: bool = True) -> None:
+    def __init__(
+        self,
+        binary: Path,
+        vm_id: str,
+        files: LaunchFiles,
+        *,
+        die_with_parent: bool = True,
+        cwd: Path | None = None,
+    ) -> None:
         self.binary = binary
+        # Firecracker resolves relative paths in its configuration against its working directory: a VM's
+        # own files are named relative to its directory, so a snapshot restored elsewhere opens its own.
+        self.cwd = cwd
         self.vm_id = vm_id
         self.files = files
         self.die_with_parent = die_with_parent
@@ -94,7 +105,10 @@ class FirecrackerProcess:
         return self.child is not None and self.child.running
 
     def argv(self) -> list[str]:
+        # `env -C DIR` chdirs and execs firecracker: the same PID, no shell.
+        chdir = ["env", "-C", str(self.cwd)] if self.cwd is not None else []
         return [
+            *chdir,
             str(self.binary),
             "--api-sock", str(self.files.api_socket),
             "--id", self.vm_id,

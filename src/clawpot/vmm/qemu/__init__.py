@@ -1,11 +1,18 @@
 """The QEMU ``microvm`` backend: KVM where it boots guests, TCG software emulation otherwise.
 
-- ``cmdline``  the ``qemu-system-x86_64 -M microvm`` argv for a ``VmSpec`` (pure) and the TCG boot args.
-- ``qmp``      control over QMP via ``qemu.qmp``: status, ACPI power button, quit (``QmpError``).
-- ``boot``     ``QEMU_BOOT``: the default boot recipe, one named step per line (edit a copy for a variant).
+- ``cmdline``  the ``qemu-system-x86_64 -M microvm`` argv for a ``VmSpec`` (pure), guest RAM backing
+               (``RamBacking``: a shared memfd, or a snapshot's memory mapped privately), TCG boot args.
+- ``qmp``      control over QMP via ``qemu.qmp``: status, ACPI power button, quit, commands with a passed
+               fd; a bare exchange for the fast path of pause/resume (``QmpError``).
+- ``boot``     ``QEMU_BOOT``: the default boot recipe, one named step per line (edit a copy for a variant);
+               ``QEMU_RESTORE``: the same with verify, copy the writable layer, load the snapshot, cont.
+- ``snapshots`` pause/snapshot/restore with QEMU 7.2: migration to an fd with ``x-ignore-shared``, the
+               RAM memfd and writable layer copied; what 7.2 allows and what it does not.
 - ``process``  ``QemuProcess``: runs its recipe (spawn through ``clawpot.vmm.spawn``, wait for the guest
                CPU to run), stop, reap.
-- ``backend``  ``QemuBackend``: binary lookup, accelerator and agent-transport choice, ``prepare``.
+- ``backend``  ``QemuBackend``: binary lookup, accelerator and agent-transport choice, ``prepare``,
+               ``restore``.
+- ``attached`` ``AttachedQemu``: a QEMU left by an earlier server, paused and resumed over its QMP.
 - ``facts``    ``qemu_facts``: a running VM's state, size, version and accelerator, for status reports.
 
 The accelerator probe lives in ``clawpot.vmm.probe`` (it is about the host, not about QEMU only).

@@ -4,6 +4,9 @@ and hands out ``QemuProcess`` objects.
 Accelerator: the constructor's ``accel``, else ``$CLAWPOT_QEMU_ACCEL`` (``kvm``/``tcg``), else the
 probe in ``clawpot.vmm.probe`` (cached per host kernel). Agent transport: vhost-vsock when
 /dev/vhost-vsock can be opened (each VM gets its own random CID), else a virtio-serial port.
+
+Pause, resume, snapshot and restore work on every QEMU VM (``Feature.PAUSE | SNAPSHOT | RESTORE``): guest
+RAM is always a shared memfd (``cmdline.RamBacking``); ``snapshots`` says how and what 7.2 allows.
 """
 
 from __future__ import annotations
@@ -13,12 +16,21 @@ import secrets
 import shutil
 from pathlib import Path
 
-from clawpot.vmm.base import Capabilities, VmmBackend, VmmConfigError, VmmUnsupported
+from clawpot.vmm.base import (
+    AttachRecord,
+    Capabilities,
+    Feature,
+    VmmBackend,
+    VmmConfigError,
+    VmmUnsupported,
+)
 from clawpot.vmm.probe import cached_probe, probe_accelerator
-from clawpot.vmm.qemu.boot import QEMU_BOOT
+from clawpot.vmm.qemu.attached import AttachedQemu
+from clawpot.vmm.qemu.boot import QEMU_BOOT, QEMU_RESTORE
 from clawpot.vmm.qemu.cmdline import QEMU_BINARY, Accel
 from clawpot.vmm.qemu.process import QemuProcess
-from clawpot.vmm.spec import BackendKind, VmSpec
+from clawpot.vmm.snapshot import Snapshot, SnapshotIncompatible, read_manifest
+from clawpot.vmm.spec import BackendKind, NetworkInterface, VmSpec
 from clawpot.vmm.steps import Recipe
 
 ACCEL_ENV = "CLAWPOT_QEMU_ACCEL"
@@ -107,6 +119,7 @@ class QemuBackend(VmmBackend):
             available=True,
             detail=f"{self._binary}; {accel}; agent over {transport}",
             boots_guests=True,
+            features=Feature.PAUSE | Feature.SNAPSHOT | Feature.RESTORE,
         )
 
     async def choose_accel(self, spec: VmSpec) -> Accel:
@@ -132,6 +145,44 @@ class QemuBackend(VmmBackend):
             start_timeout=self.start_timeout,
             die_with_parent=self.die_with_parent,
             recipe=self.recipe,
+        )
+
+    def attach(self, record: AttachRecord) -> AttachedQemu:
+        """A QEMU started by an earlier server, with pause and resume over its QMP socket."""
+        return AttachedQemu(record, self.kind, console=self.reattach_console(record.vm_dir))
+
+    def restore(
+        self,
+        snapshot: Path,
+        vm_dir: Path,
+        *,
+        network_interfaces: tuple[NetworkInterface, ...] | None = None,
+        recipe: Recipe[QemuProcess] = QEMU_RESTORE,
+    ) -> QemuProcess:
+        """A process (not started) that resumes the VM saved under ``snapshot`` in ``vm_dir``.
+
+        Reads the manifest only (small); ``start()`` verifies every file first (``QEMU_RESTORE``).
+        ``network_interfaces`` gives the clone its own TAPs (default: the snapshot's, only right when the
+        snapshotted VM is gone). The agent channel is a fresh socket (or a new vsock CID).
+        """
+        manifest = read_manifest(snapshot)
+        if manifest.backend is not self.kind:
+            raise SnapshotIncompatible(f"snapshot {snapshot.name} was taken by {manifest.backend}, not qemu")
+        snap = Snapshot(snapshot, manifest)
+        try:
+            accel = Accel(manifest.backend_options.get("accel", "tcg"))
+        except ValueError:
+            raise SnapshotIncompatible(f"snapshot {snapshot.name}: unknown accelerator") from None
+        return QemuProcess(
+            snap.spec_for(vm_dir, network_interfaces),
+            vm_dir,
+            accel=accel,
+            binary=self.binary,
+            vsock_cid=_random_cid() if self.vsock else None,
+            start_timeout=self.start_timeout,
+            die_with_parent=self.die_with_parent,
+            recipe=recipe,
+            restore_from=snap,
         )
 
 

@@ -12,6 +12,16 @@
         wait until QMP says running  QMP answers and query-status is "running" (QEMU exiting first:
                                      it refused the configuration, VmmConfigError)
 
+    QEMU_RESTORE (a VM from a snapshot, ``QemuBackend.restore``): QEMU_BOOT with
+        verify the snapshot          manifest, backend version, kernel and rootfs, sizes and digests
+        copy the writable layer      the snapshot's writable drives into the VM directory (reflink or
+                                     data extents; never the base image)   undo: remove the copies
+        ... validate, choose the accelerator (the snapshot's), build the command line (guest RAM a
+        private mapping of the snapshot's memory file, -incoming defer -S), prepare files, spawn ...
+        load the snapshot            QMP: x-ignore-shared, getfd + migrate-incoming fd:, until paused
+        resume the guest             QMP cont
+        wait until QMP says running
+
 ``QemuProcess.start()`` runs it (``clawpot.vmm.steps``); variants edit a copy (``replace``,
 ``insert_before``, ...). Each step is one call on the process object, so a replacement (a launcher
 wrapping QEMU, say) uses the same public pieces (``process.launch(argv)``, ``process.kill``).
@@ -32,6 +42,10 @@ BUILD_COMMAND = "build the command line"
 PREPARE_FILES = "prepare files"
 SPAWN = "spawn qemu"
 WAIT_RUNNING = "wait until QMP says running"
+VERIFY_SNAPSHOT = "verify the snapshot"
+COPY_DRIVES = "copy the writable layer"
+LOAD_STATE = "load the snapshot"
+RESUME = "resume the guest"
 
 
 async def validate(qemu: QemuProcess) -> None:
@@ -66,6 +80,26 @@ async def wait_running(qemu: QemuProcess) -> None:
     await qemu.wait_running()
 
 
+async def verify_snapshot(qemu: QemuProcess) -> None:
+    await qemu.verify_snapshot()
+
+
+async def copy_drives(qemu: QemuProcess) -> None:
+    await qemu.copy_drives()
+
+
+async def remove_drives(qemu: QemuProcess) -> None:
+    qemu.remove_drives()
+
+
+async def load_state(qemu: QemuProcess) -> None:
+    await qemu.load_state()
+
+
+async def resume(qemu: QemuProcess) -> None:
+    await qemu.resume()
+
+
 QEMU_BOOT: Recipe[QemuProcess] = Recipe(
     [
         Step(VALIDATE, validate),
@@ -76,3 +110,9 @@ QEMU_BOOT: Recipe[QemuProcess] = Recipe(
         Step(WAIT_RUNNING, wait_running),
     ]
 )
+
+QEMU_RESTORE: Recipe[QemuProcess] = QEMU_BOOT.insert_before(
+    VALIDATE,
+    Step(VERIFY_SNAPSHOT, verify_snapshot),
+    Step(COPY_DRIVES, copy_drives, undo=remove_drives),
+).insert_after(SPAWN, Step(LOAD_STATE, load_state), Step(RESUME, resume))

@@ -29,9 +29,19 @@ from clawpot.agent_client.endpoints import AgentEndpoint, SerialSocketEndpoint, 
 from clawpot.vmm.base import ExitInfo, VmmConfigError, VmmProcess, VmmStartError
 from clawpot.vmm.console import CappedLog, ConsoleWriter, make_fifo
 from clawpot.vmm.logtail import tail_lines
+from clawpot.vmm.qemu import snapshots
 from clawpot.vmm.qemu.boot import QEMU_BOOT
-from clawpot.vmm.qemu.cmdline import QEMU_BINARY, Accel, QemuFiles, build_command, validate
+from clawpot.vmm.qemu.cmdline import (
+    MEMFD_RAM,
+    QEMU_BINARY,
+    Accel,
+    QemuFiles,
+    RamBacking,
+    build_command,
+    validate,
+)
 from clawpot.vmm.qemu.qmp import QmpControl, QmpError
+from clawpot.vmm.snapshot import DRIVE_PREFIX, Snapshot, SnapshotWriter, spec_entry
 from clawpot.vmm.spawn import VmmChild, spawn
 from clawpot.vmm.spec import BackendKind, VmSpec
 from clawpot.vmm.steps import Recipe
@@ -58,6 +68,7 @@ class QemuProcess(VmmProcess):
         start_timeout: float = 10.0,
         die_with_parent: bool = True,
         recipe: Recipe[QemuProcess] = QEMU_BOOT,
+        restore_from: Snapshot | None = None,
     ) -> None:
         self.spec = spec
         self.vm_dir = vm_dir
@@ -77,6 +88,11 @@ class QemuProcess(VmmProcess):
         self.console: ConsoleWriter | None = None
         # A clean exit after our QMP quit is not the guest powering off: say which it was.
         self._quit_sent = False
+        # A restore (``boot.QEMU_RESTORE``): RAM maps the snapshot's memory privately, the state is
+        # loaded from its stream before the guest runs.
+        self.restore_from = restore_from
+        self.ram: RamBacking = MEMFD_RAM if restore_from is None else RamBacking(restore_from.memory)
+        self.restored_drives: list[Path] = []
 
     @property
     def command(self) -> list[str]:
@@ -84,7 +100,14 @@ class QemuProcess(VmmProcess):
             raise VmmStartError("the accelerator is chosen when the VM starts")
         name = "clawpot-" + re.sub(r"[^A-Za-z0-9_.-]", "_", self.vm_dir.name)
         return build_command(
-            self.spec, self.files, self.accel, binary=self.binary, vsock_cid=self.vsock_cid, name=name
+            self.spec,
+            self.files,
+            self.accel,
+            binary=self.binary,
+            vsock_cid=self.vsock_cid,
+            name=name,
+            ram=self.ram,
+            incoming=self.restore_from is not None,
         )
 
     @property
@@ -193,6 +216,70 @@ class QemuProcess(VmmProcess):
                     last_error = f"QEMU status is {status!r}"
             await asyncio.sleep(_POLL)
         raise VmmStartError(f"QEMU not running after {self.start_timeout:.0f} s: {last_error}")
+
+    # -- what the restore steps add (boot.QEMU_RESTORE) ------------------------------------------------
+
+    def _snapshot(self) -> Snapshot:
+        if self.restore_from is None:
+            raise VmmStartError("this QEMU process does not restore a snapshot")
+        return self.restore_from
+
+    async def verify_snapshot(self) -> None:
+        """Check every file against the manifest (hashing what this process has not verified yet)."""
+        from clawpot.vmm.snapshot import open_snapshot
+
+        snap = self._snapshot()
+        version = await asyncio.to_thread(snapshots.qemu_version, self.binary)
+        self.restore_from = await asyncio.to_thread(
+            open_snapshot, snap.directory, backend=self.kind, backend_version=version
+        )
+
+    async def copy_drives(self) -> None:
+        """The snapshot's writable drives, copied into the VM directory (never the base image)."""
+        self.vm_dir.mkdir(parents=True, exist_ok=True)
+        self.restored_drives = await asyncio.to_thread(self._snapshot().copy_drives, self.vm_dir)
+
+    def remove_drives(self) -> None:
+        for path in self.restored_drives:
+            path.unlink(missing_ok=True)
+        self.restored_drives = []
+
+    async def load_state(self) -> None:
+        await snapshots.load_state(self, self._snapshot().state)
+
+    # -- pause, resume, snapshot -----------------------------------------------------------------------
+
+    async def pause(self) -> None:
+        """QMP ``stop``: the vCPUs stop; QEMU drains and flushes its block layer."""
+        await self.qmp.execute_quick("stop")
+
+    async def resume(self) -> None:
+        """QMP ``cont`` (also from ``postmigrate``, the state a snapshot leaves)."""
+        await self.qmp.execute_quick("cont")
+
+    async def snapshot(self, directory: Path) -> None:
+        """A complete snapshot of the paused VM at ``directory`` (``capture`` then ``seal``)."""
+        writer = await self.capture(directory)
+        await asyncio.to_thread(self.seal, writer)
+
+    async def capture(self, directory: Path) -> SnapshotWriter:
+        """The part that needs the VM paused: state, RAM and writable drives into a partial snapshot.
+        ``seal`` it (hashing, manifest, rename) after resuming to keep the pause short."""
+        return await snapshots.capture(self, directory)
+
+    def seal(self, writer: SnapshotWriter) -> Snapshot:
+        """Finish a ``capture`` (blocking: hashes the files); on failure the partial snapshot is gone."""
+        with writer:
+            drive_files = {d.drive_id: DRIVE_PREFIX + d.drive_id for d in self.spec.drives if not d.read_only}
+            return writer.seal(
+                backend=self.kind,
+                backend_version=snapshots.qemu_version(self.binary),
+                spec=spec_entry(self.spec, drive_files),
+                backend_options={
+                    "accel": (self.accel or Accel.TCG).value,
+                    "ram": "stream" if snapshots.ram_in_stream(self) else "file",
+                },
+            )
 
     def _on_exit(self, returncode: int) -> ExitInfo:
         # The console's last words first: a readiness failure quotes them right after this.

@@ -43,8 +43,11 @@ def test_the_file_describes_the_whole_vm(tmp_path: Path) -> None:
         "network-interfaces": [
             {"iface_id": "eth0", "host_dev_name": "cp-tap0", "guest_mac": "06:00:c0:a8:64:02"}
         ],
-        "vsock": {"guest_cid": GUEST_CID, "uds_path": str(vm_dir / "vsock.sock")},
+        # The VM's own files by name: firecracker runs in its directory, so a snapshot restored into
+        # another directory reopens that directory's files, never these.
+        "vsock": {"guest_cid": GUEST_CID, "uds_path": "vsock.sock"},
     }  # fmt: skip
+    assert vmm.process.argv()[:3] == ["env", "-C", str(vm_dir)]
     assert vmm.process.argv()[-2:] == ["--config-file", str(vm_dir / "firecracker.json")]
     assert "--api-sock" in vmm.process.argv()  # the API stays on for everything after the start
 

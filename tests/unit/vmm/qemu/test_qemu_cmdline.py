@@ -12,6 +12,7 @@ from clawpot.vmm.qemu.cmdline import (
     TCG_BOOT_ARGS,
     Accel,
     QemuFiles,
+    RamBacking,
     build_command,
     kernel_cmdline,
     validate,
@@ -57,7 +58,10 @@ def test_microvm_basics(spec: VmSpec, tmp_path: Path) -> None:
     files = QemuFiles.in_dir(tmp_path)
     argv = build_command(spec, files, Accel.TCG)
     assert argv[0] == "qemu-system-x86_64"
-    assert _options(argv, "-M") == ["microvm"]
+    # Guest RAM is always a shared memfd: snapshots read it, x-ignore-shared leaves it out of the stream.
+    assert _options(argv, "-M") == ["microvm,memory-backend=mem"]
+    assert "memory-backend-memfd,id=mem,size=512M,share=on" in _options(argv, "-object")
+    assert "-incoming" not in argv and "-S" not in argv
     assert _options(argv, "-accel") == ["tcg"]
     assert _options(argv, "-smp") == ["2"]
     assert _options(argv, "-m") == ["512M"]
@@ -171,3 +175,19 @@ def test_socket_path_too_long(spec: VmSpec, tmp_path: Path) -> None:
     deep = tmp_path / ("d" * 120)
     with pytest.raises(VmmConfigError, match="socket path too long"):
         validate(spec, QemuFiles.in_dir(deep))
+
+
+def test_restore_maps_the_snapshot_memory_privately_and_waits_for_the_stream(
+    spec: VmSpec, tmp_path: Path
+) -> None:
+    memory = tmp_path / "snap" / "memory"
+    argv = build_command(spec, QemuFiles.in_dir(tmp_path), Accel.TCG, ram=RamBacking(memory), incoming=True)
+    # share=off: a private copy-on-write mapping; the snapshot's file is never written.
+    assert f"memory-backend-file,id=mem,size=512M,mem-path={memory},share=off" in _options(argv, "-object")
+    assert _options(argv, "-incoming") == ["defer"]
+    assert "-S" in argv  # loaded, then stopped until the restore recipe says cont
+
+
+def test_snapshot_memory_path_with_a_comma_is_refused(spec: VmSpec, tmp_path: Path) -> None:
+    with pytest.raises(VmmConfigError, match="','"):
+        build_command(spec, QemuFiles.in_dir(tmp_path), Accel.TCG, ram=RamBacking(tmp_path / "a,b"))
