@@ -4,7 +4,7 @@
 
 Both sides run on this host as separate processes behind the same kind of socket (unix stream):
 
-- the real agent (``python -m clawpot.agent --listen-unix``), driven by ``clawpot.guest.AgentClient``;
+- the real agent (``python -m clawpot.agent --listen-unix``), driven by ``clawpot.agent_client.AgentClient``;
 - a raw server (standard library, no framing, no multiplexing, no flow control) that echoes bytes, or
   relays the stdout of ``head -c N /dev/zero`` straight to the socket.
 
@@ -16,7 +16,9 @@ Latency (the runs alternate, so all of them see the same machine load):
 - ``local_spawn_true``: ``true`` spawned and reaped by this process, no socket: the cost of the process.
 
 Throughput: N MB of zeros from ``head -c`` to the client, through the protocol (one exec, stdout events,
-credit windows) and through the raw relay; median of ``--rounds``. Prints one JSON document.
+credit windows) and through the raw relay; median of ``--rounds``, and the protocol/raw ratio of each
+round (its two transfers ran back to back) with its spread. ``--runs 0`` measures throughput only.
+Prints one JSON document.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from clawpot.agent.protocol import READY_LINE
-from clawpot.guest import AgentClient, Output, UnixSocketEndpoint, wait_ready
+from clawpot.agent_client import AgentClient, Output, UnixSocketEndpoint, wait_ready
 
 RAW_SERVER = r"""
 import os, socket, subprocess, sys
@@ -128,6 +130,41 @@ async def raw_stream(path: Path, nbytes: int) -> float:
 
 async def measure(agent_sock: Path, raw_sock: Path, runs: int, nbytes: int, rounds: int) -> dict[str, Any]:
     client = await wait_ready(UnixSocketEndpoint(agent_sock), 10)
+    lat = await measure_latency(client, raw_sock, runs) if runs else {}
+    throughput: dict[str, list[float]] = {"protocol_stdout": [], "raw_socket": []}
+    await protocol_stream(client, min(nbytes, 10_000_000))  # warm-up: first allocations, page faults
+    await raw_stream(raw_sock, min(nbytes, 10_000_000))
+    for _ in range(rounds):
+        throughput["protocol_stdout"].append(await protocol_stream(client, nbytes))
+        throughput["raw_socket"].append(await raw_stream(raw_sock, nbytes))
+    await client.close()
+
+    tput = {name: round(statistics.median(v), 1) for name, v in throughput.items()}
+    # Ratio per round (the two transfers of a round ran back to back, under the same load) and its spread.
+    pairs = zip(throughput["protocol_stdout"], throughput["raw_socket"], strict=True)
+    ratios = sorted(p / r for p, r in pairs)
+    latency_part: dict[str, Any] = {}
+    if lat:
+        latency_part = {
+            "latency": lat,
+            "exec_true_over_raw_echo_median": round(
+                lat["exec_true"]["median_ms"] / lat["raw_echo"]["median_ms"], 1
+            ),
+        }
+    return {
+        **latency_part,
+        "throughput_MBps": tput,
+        "throughput_rounds_MBps": {name: [round(x, 1) for x in v] for name, v in throughput.items()},
+        "protocol_vs_raw_throughput": round(tput["protocol_stdout"] / tput["raw_socket"], 2),
+        "protocol_vs_raw_per_round": {
+            "median": round(statistics.median(ratios), 2),
+            "min": round(ratios[0], 2),
+            "max": round(ratios[-1], 2),
+        },
+    }
+
+
+async def measure_latency(client: AgentClient, raw_sock: Path, runs: int) -> dict[str, Any]:
     echo_reader, echo_writer = await asyncio.open_unix_connection(str(raw_sock))
     echo_writer.write(b"ECHO\n")
     payload = os.urandom(64)
@@ -141,29 +178,12 @@ async def measure(agent_sock: Path, raw_sock: Path, runs: int, nbytes: int, roun
         await timed(latency["ping"], client.ping())
         await timed(latency["local_spawn_true"], local_true())
     echo_writer.close()
-
-    throughput: dict[str, list[float]] = {"protocol_stdout": [], "raw_socket": []}
-    for _ in range(rounds):
-        throughput["protocol_stdout"].append(await protocol_stream(client, nbytes))
-        throughput["raw_socket"].append(await raw_stream(raw_sock, nbytes))
-    await client.close()
-
-    lat = {name: summarize(samples) for name, samples in latency.items()}
-    tput = {name: round(statistics.median(v), 1) for name, v in throughput.items()}
-    return {
-        "latency": lat,
-        "exec_true_over_raw_echo_median": round(
-            lat["exec_true"]["median_ms"] / lat["raw_echo"]["median_ms"], 1
-        ),
-        "throughput_MBps": tput,
-        "throughput_rounds_MBps": {name: [round(x, 1) for x in v] for name, v in throughput.items()},
-        "protocol_vs_raw_throughput": round(tput["protocol_stdout"] / tput["raw_socket"], 2),
-    }
+    return {name: summarize(samples) for name, samples in latency.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=500)
+    parser.add_argument("--runs", type=int, default=500, help="latency samples each (0: throughput only)")
     parser.add_argument("--mb", type=int, default=200, help="MB streamed per throughput round")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()

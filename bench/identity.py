@@ -39,14 +39,18 @@ from pathlib import Path
 from typing import Any
 
 from clawpot import paths
+from clawpot.agent_client import GuestIdentity
 from clawpot.assets.bootargs import GuestIp, guest_cmdline
-from clawpot.guest import GuestIdentity
-from clawpot.network.testing import NetNamespace
+from clawpot.vm.boot import OVERLAY_DEVICE
 from clawpot.vm.config import VmConfig
-from clawpot.vm.machine import OVERLAY_DEVICE, Vm
+from clawpot.vm.handle import Vm
 from clawpot.vmm.qemu.backend import QemuBackend
 from clawpot.vmm.qemu.cmdline import Accel
 from clawpot.vmm.spec import NetworkInterface
+
+# The namespace harness lives with the tests (tests/support/netns.py): the product ships none.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.netns import NetNamespace
 
 READY_TIMEOUT = 180.0
 BRIDGE = "cpb-br0"

@@ -40,8 +40,8 @@ from pathlib import Path
 from qemu.qmp import QMPClient
 
 from clawpot import paths
-from clawpot.guest import wait_ready
-from clawpot.guest.endpoints import SerialSocketEndpoint
+from clawpot.agent_client import wait_ready
+from clawpot.agent_client.endpoints import SerialSocketEndpoint
 from clawpot.vm.config import VmConfig
 from clawpot.vm.handle import Vm
 from clawpot.vmm.qemu.backend import QemuBackend, find_qemu

@@ -12,7 +12,7 @@ APT_PACKAGES=(
   qemu-system-x86 e2fsprogs mmdebstrap
   # networking
   iproute2 nftables
-  # guest kernel build (DESIGN §3)
+  # guest kernel build (docs/platform-notes.md §5)
   build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils linux-source-6.12
   # python
   python3 python3-venv

@@ -7,7 +7,7 @@ Package map (each subpackage's ``__init__`` says more):
                       capability flags) and its backends: Firecracker and QEMU microvm.
 - ``clawpot.vm``      one VM's handle (booted or attached), its state machine, the boot recipe with undo.
 - ``clawpot.agent``   the in-guest agent and its wire protocol (standard library only: it runs in the guest).
-- ``clawpot.guest``   the host side of the agent channel: exec and file transfer clients.
+- ``clawpot.agent_client`` the host side of the agent channel (was ``guest``): exec, files, configure.
 - ``clawpot.network`` bridge, TAP devices, IP allocation, NAT.
 - ``clawpot.node``    the node runtime, what one host runs: store, network, backends, VM handles, agent
                       links, health, reconcile at start. A plain async interface, no gRPC.

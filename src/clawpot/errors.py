@@ -22,7 +22,7 @@ Messages are one line and quote client-supplied values only through ``quote`` (a
 from __future__ import annotations
 
 from clawpot import limits
-from clawpot.guest.errors import GuestError, RemoteError
+from clawpot.agent_client.errors import GuestError, RemoteError
 
 
 class ServerError(Exception):

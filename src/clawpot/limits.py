@@ -104,6 +104,10 @@ AGENT_PONG_HIGH_WATER = 64 * 1024
 # connection as a guest violation (a flood).
 AGENT_IGNORED_FRAMES_BURST = 1024
 AGENT_IGNORED_FRAMES_PER_S = 256
+# Bytes the host reads from an agent's socket ahead of parsing them; reading pauses past this (the
+# StreamReader it replaced paused at twice its 1 MiB limit). Parsing runs as soon as a read completes,
+# so a legitimate stream never has more than one or two socket reads (256 KiB each) waiting here.
+AGENT_READ_AHEAD = 1024 * 1024
 # Control frames (INFO, EOF) per stream: the agent sends one INFO and one EOF per output pipe.
 AGENT_STREAM_CONTROL_FRAMES = 8
 # Bytes of a previous connection the handshake may skip (serial lines deliver stale output after a
@@ -142,7 +146,7 @@ DOWNLOAD_MAX_BYTES = 1024 * 1024 * 1024
 DEFAULT_BRIDGE = "clawpot-br0"
 DEFAULT_SUBNET = "192.168.100.0/24"
 # From VMM start to the agent's first answer: seconds under KVM, 5-20 s under TCG on a busy host
-# (DESIGN §2); 60 s leaves room without letting a dead boot hang a create for long.
+# (docs/platform-notes.md §2); 60 s leaves room without letting a dead boot hang a create for long.
 DEFAULT_READY_TIMEOUT = 60.0
 # Delete / stop: the agent's clean power-off, then Ctrl+Alt+Del, then SIGTERM, then SIGKILL, within this.
 DEFAULT_STOP_GRACE = 5.0
@@ -178,6 +182,13 @@ QEMU_LOG_TAIL_BYTES = 4 * 1024
 # and quoted when a guest never became ready. A boot's last screen is a few KiB.
 CONSOLE_TAIL_BYTES = 16 * 1024
 
+# --- Guest identity: the agent's configure operation ------------------------------------------------
+
+# How long `AgentClient.configure` waits for the agent's answer. The agent does a few netlink calls and
+# rewrites three small files: milliseconds even under TCG (bench/identity.py), so 10 s only ever
+# expires on an agent that is stuck; the VM is then not handed out (its identity may be half set).
+CONFIGURE_TIMEOUT = 10.0
+
 # --- Snapshots: pause, snapshot and restore in the VMM layer (issue 12) ------------------------------
 
 # A snapshot's manifest.json is read whole; ours are ~2 KiB (a few files, one VM spec), so 1 MiB is
@@ -190,13 +201,6 @@ SNAPSHOT_HASH_CHUNK = 4 * 1024 * 1024
 # deadline for a wedged VMM, far beyond either.
 SNAPSHOT_SAVE_TIMEOUT = 30.0
 SNAPSHOT_LOAD_TIMEOUT = 30.0
-
-# --- Guest identity: the agent's configure operation ------------------------------------------------
-
-# How long `AgentClient.configure` waits for the agent's answer. The agent does a few netlink calls and
-# rewrites three small files: milliseconds even under TCG (bench/identity.py), so 10 s only ever
-# expires on an agent that is stuck; the VM is then not handed out (its identity may be half set).
-CONFIGURE_TIMEOUT = 10.0
 
 # --- Snapshots through the API: names and listing (issue 12) ----------------------------------------
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from clawpot.guest import AgentUnreachable, HybridVsockEndpoint, wait_ready
+from clawpot.agent_client import AgentUnreachable, HybridVsockEndpoint, wait_ready
 
 pytestmark = pytest.mark.firecracker
 

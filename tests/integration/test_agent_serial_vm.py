@@ -21,8 +21,8 @@ from typing import Protocol
 import pytest
 import pytest_asyncio
 
+from clawpot.agent_client import AgentClient, GuestError, Output, wait_ready
 from clawpot.assets.inject import inject
-from clawpot.guest import AgentClient, GuestError, Output, wait_ready
 from clawpot.vm.config import VmConfig
 from clawpot.vm.handle import Vm
 from clawpot.vmm.qemu.backend import QemuBackend

@@ -2,8 +2,8 @@
 
 It checks what every KVM host shows: the guest kernel starts (``Linux version``) and received exactly the
 boot arguments we passed. On this project's build machines /dev/kvm is kvm_pvm and the stock guest dies
-later with KVM_EXIT_INTERNAL_ERROR (DESIGN §2); on a real KVM host it boots on. The test does not depend
-on either: it stops Firecracker once the two lines are seen.
+later with KVM_EXIT_INTERNAL_ERROR (docs/platform-notes.md §1); on a real KVM host it boots on. The test
+does not depend on either: it stops Firecracker once the two lines are seen.
 """
 
 from __future__ import annotations

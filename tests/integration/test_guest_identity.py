@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+from support.netns import NetNamespace, icmp_echo, netns_unavailable_reason
 
+from clawpot.agent_client import AgentClient, ConfiguredIdentity, GuestIdentity
 from clawpot.assets.bootargs import GuestIp, guest_cmdline
 from clawpot.assets.inject import inject
-from clawpot.guest import AgentClient, ConfiguredIdentity, GuestIdentity
-from clawpot.network.testing import NetNamespace, icmp_echo, netns_unavailable_reason
+from clawpot.vm.boot import OVERLAY_DEVICE
 from clawpot.vm.config import VmConfig
-from clawpot.vm.machine import OVERLAY_DEVICE, Vm
+from clawpot.vm.handle import Vm
 from clawpot.vmm.qemu.backend import QemuBackend
 from clawpot.vmm.qemu.cmdline import Accel
 from clawpot.vmm.spec import NetworkInterface

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from support.agent_harness import start_agent, stop_agent, wait_until
 
+from clawpot.agent_client import wait_ready
 from clawpot.assets.cache import mounts_under, remove_tree
-from clawpot.guest import wait_ready
 
 
 def test_removal_never_reaches_into_a_mount(tmp_path: Path, root_required: None) -> None:

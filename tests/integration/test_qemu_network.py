@@ -16,8 +16,8 @@ from typing import Protocol
 import pytest
 from support.netns import NetNamespace, netns_unavailable_reason
 
+from clawpot.agent_client import wait_ready
 from clawpot.assets.bootargs import GuestIp, guest_cmdline
-from clawpot.guest import wait_ready
 from clawpot.vm.boot import OVERLAY_DEVICE
 from clawpot.vm.config import VmConfig
 from clawpot.vm.handle import Vm

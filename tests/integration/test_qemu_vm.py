@@ -21,8 +21,8 @@ import pytest
 import pytest_asyncio
 
 from clawpot.agent.protocol import READY_LINE
+from clawpot.agent_client import AgentClient
 from clawpot.assets.hashing import sha256_file
-from clawpot.guest import AgentClient
 from clawpot.vm import procfs
 from clawpot.vm.config import VmConfig
 from clawpot.vm.errors import VmStartError

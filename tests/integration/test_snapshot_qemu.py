@@ -21,7 +21,7 @@ from typing import Protocol
 import pytest
 import pytest_asyncio
 
-from clawpot.guest import AgentClient, wait_ready
+from clawpot.agent_client import AgentClient, wait_ready
 from clawpot.vm import procfs
 from clawpot.vm.config import VmConfig
 from clawpot.vm.handle import Vm

@@ -22,7 +22,7 @@ from clawpot.agent.protocol import (
     encode_frame,
     hello_line,
 )
-from clawpot.guest import UnixSocketEndpoint
+from clawpot.agent_client import UnixSocketEndpoint
 
 
 @dataclass

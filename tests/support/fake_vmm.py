@@ -29,7 +29,7 @@ import signal
 import sys
 from pathlib import Path
 
-from clawpot.guest.endpoints import AgentEndpoint, UnixSocketEndpoint
+from clawpot.agent_client.endpoints import AgentEndpoint, UnixSocketEndpoint
 from clawpot.node.node import NodeConfig
 from clawpot.vmm import registry
 from clawpot.vmm.adopted import AttachedProcess

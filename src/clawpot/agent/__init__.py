@@ -10,6 +10,7 @@ Modules:
 - ``main``        command line, listeners, READY line, signals, stop / power-off.
 - ``links``       byte streams served: stream sockets, and serial lines that outlive host connections.
 - ``connection``  one host session: handshake, frame parsing, routing frames to sessions.
+- ``outframes``   output read straight into DATA frames in one reusable buffer (no copy in Python).
 - ``session``     base class of an operation's session (credit windows, END / ERROR, cleanup).
 - ``ops``         the operations by name; ``shutdown``.
 - ``execution``   the ``exec`` operation: process groups, pipes or PTY, stdin, signals, timeout.

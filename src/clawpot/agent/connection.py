@@ -13,9 +13,10 @@ import os
 import platform
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .outframes import READ_FRAMES, OutFrames
 from .protocol import (
     DEFAULT_WINDOW,
     HELLO,
@@ -59,6 +60,8 @@ class AgentContext:
     guest: bool
     request_shutdown: Callable[[str], None]
     ops: dict[str, Callable[[Connection, int, dict[str, Any]], Session]]
+    # The one buffer every session reads its output into (outframes.py): 256 KiB per read, as before.
+    out_frames: OutFrames = field(default_factory=lambda: OutFrames(READ_FRAMES))
     # What ``configure`` changes; None: configure is refused (an agent run on a host must never rename
     # it). Set by main: the guest itself, or a sandbox's namespaces (tests).
     configure_target: Machine | None = None
@@ -74,6 +77,9 @@ class Link(Protocol):
     def writing_paused(self) -> bool: ...
 
     def write(self, data: bytes) -> None: ...
+
+    def write_view(self, data: memoryview) -> None:
+        """Write ``data``, which the caller reuses once this returns: send it now or copy it."""
 
     def end_session(self, rest: bytes) -> None:
         """The Connection is over. Sockets close (after flushing); serial rescans ``rest`` for a HELLO."""
@@ -147,6 +153,11 @@ class Connection:
         """Already encoded frames."""
         if not self.closed:
             self.link.write(frames)
+
+    def send_view(self, frames: memoryview) -> None:
+        """Already encoded frames in a buffer the caller reuses (sent or copied before this returns)."""
+        if not self.closed:
+            self.link.write_view(frames)
 
     def send_error(
         self, stream: int, code: ErrorCode, message: str, *, fatal: bool = False, level: int = logging.WARNING

@@ -27,6 +27,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from .outframes import READ_FRAMES
 from .protocol import MAX_PAYLOAD, ErrorCode, FrameType, Pipe, encode_json
 from .session import Session, SessionError, opt_bool, opt_str
 
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 _VALID_SIGNALS = frozenset(int(s) for s in signal.valid_signals())
 _MAX_TIMEOUT = 10.0 * 365 * 24 * 3600
-_READ_CHUNK = 4 * MAX_PAYLOAD
+_READ_CHUNK = READ_FRAMES * MAX_PAYLOAD
 
 
 def _take_controlling_tty() -> None:
@@ -260,18 +261,18 @@ class ExecSession(Session):
             self._stop_reading(fd)  # resumed by on_window / on_writable
             return
         try:
-            data = os.read(fd, min(_READ_CHUNK, self.send_window))
+            # Straight from the pipe into DATA frames on the link (outframes.py): no copy in Python.
+            sent = self.send_from(fd, self._outputs[fd], min(_READ_CHUNK, self.send_window))
         except BlockingIOError:
             return
         except OSError as exc:
             if exc.errno != errno.EIO:  # EIO: PTY slave closed, the normal end of a PTY session
                 log.warning("exec pid %s: read error: %s", self.pid, exc)
-            data = b""
-        if not data:
+            sent = 0
+        if not sent:
             self._output_closed(fd)
             return
-        self.send_window -= len(data)
-        self.send_data(data, self._outputs[fd])
+        self.send_window -= sent
 
     def _output_closed(self, fd: int) -> None:
         self._stop_reading(fd)

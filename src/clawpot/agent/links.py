@@ -40,11 +40,13 @@ class SocketLink(asyncio.Protocol):
         self._on_closed = on_closed
         self._transport: asyncio.Transport | None = None
         self._paused = False
+        self._fd = -1
         self.conn = Connection(ctx, self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        self._fd = transport.get_extra_info("socket").fileno()
         transport.set_write_buffer_limits(high=_HIGH_WATER, low=_LOW_WATER)
         log.info("%s: connected", self.name)
 
@@ -77,6 +79,25 @@ class SocketLink(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
+
+    def write_view(self, data: memoryview) -> None:
+        """Write bytes the caller overwrites as soon as this returns (outframes.py).
+
+        While the transport has nothing queued, the bytes go to the socket directly, as the transport
+        itself would send them; only what the socket does not take is copied, into a ``bytes`` the
+        transport may keep (some Python versions queue the caller's object instead of copying it)."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if not transport.get_write_buffer_size():
+            try:
+                data = data[os.write(self._fd, data) :]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                pass  # the transport's own write below meets the same error and closes the connection
+        if data:
+            transport.write(bytes(data))
 
     def end_session(self, rest: bytes) -> None:
         if self._transport is not None:
@@ -178,11 +199,14 @@ class SerialLink:
 
     # --- writing ---------------------------------------------------------------------------------------
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self._closed:
             return
         self._out += data
         self._flush()
+
+    def write_view(self, data: memoryview) -> None:
+        self.write(data)  # copied into the outgoing buffer at once
 
     def _flush(self) -> None:
         while self._out:

@@ -116,38 +116,69 @@ def encode_frame(ftype: int, stream: int, payload: bytes = b"", flags: int = 0) 
 
 
 class FrameDecoder:
-    """Incremental frame parser: ``feed`` bytes, then call ``next`` until it returns None."""
+    """Incremental frame parser: ``feed`` bytes, then call ``next`` until it returns None.
+
+    Frames are parsed in place in the chunk last fed; only a frame split across chunks is carried over
+    (at most one frame, in ``_carry``). Each payload is copied once, into the ``bytes`` handed out.
+    """
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self._pos = 0
+        self._carry = bytearray()  # the start of a frame the chunk ended in the middle of
+        self._chunk = b""
+        self._pos = 0  # parsed up to here in _chunk
 
     def feed(self, data: bytes) -> None:
-        if self._pos and self._pos >= len(self._buf) // 2:
-            # Compact lazily: one memmove per half buffer instead of one per frame.
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
+        if self._pos < len(self._chunk):
+            self._carry += memoryview(self._chunk)[self._pos :]
+        self._chunk = data if isinstance(data, bytes) else bytes(data)
+        self._pos = 0
 
     def next(self) -> Frame | None:
-        buf, pos = self._buf, self._pos
-        if len(buf) - pos < HEADER_SIZE:
+        if self._carry:
+            return self._next_carried()
+        chunk, pos = self._chunk, self._pos
+        if len(chunk) - pos < HEADER_SIZE:
             return None
-        magic, ftype, flags, stream, length = HEADER.unpack_from(buf, pos)
-        if magic != MAGIC:
-            raise FrameError(ErrorCode.BAD_FRAME, f"bad frame magic {bytes(magic)!r}")
-        if length > MAX_PAYLOAD:
-            raise FrameError(ErrorCode.FRAME_TOO_LARGE, f"frame of {length} bytes exceeds {MAX_PAYLOAD}")
+        ftype, flags, stream, length = _parse_header(chunk, pos)
         end = pos + HEADER_SIZE + length
-        if len(buf) < end:
+        if len(chunk) < end:
             return None
-        payload = bytes(buf[pos + HEADER_SIZE : end])
         self._pos = end
+        return Frame(ftype, stream, flags, chunk[pos + HEADER_SIZE : end])
+
+    def _next_carried(self) -> Frame | None:
+        """The frame that starts in the carry, completed from the chunk."""
+        carry, chunk = self._carry, self._chunk
+        if len(carry) < HEADER_SIZE:
+            take = min(HEADER_SIZE - len(carry), len(chunk) - self._pos)
+            carry += chunk[self._pos : self._pos + take]
+            self._pos += take
+            if len(carry) < HEADER_SIZE:
+                return None
+        ftype, flags, stream, length = _parse_header(carry, 0)
+        size = HEADER_SIZE + length
+        if len(carry) < size:
+            take = min(size - len(carry), len(chunk) - self._pos)
+            carry += chunk[self._pos : self._pos + take]
+            self._pos += take
+            if len(carry) < size:
+                return None
+        payload = bytes(memoryview(carry)[HEADER_SIZE:size])
+        del carry[:size]  # more only when fed twice without draining
         return Frame(ftype, stream, flags, payload)
 
     def rest(self) -> bytes:
         """Unparsed bytes (used to rescan for a handshake after a framing error)."""
-        return bytes(self._buf[self._pos :])
+        return bytes(self._carry) + self._chunk[self._pos :]
+
+
+def _parse_header(buf: bytes | bytearray, pos: int) -> tuple[int, int, int, int]:
+    magic, ftype, flags, stream, length = HEADER.unpack_from(buf, pos)
+    if magic != MAGIC:
+        raise FrameError(ErrorCode.BAD_FRAME, f"bad frame magic {bytes(magic)!r}")
+    if length > MAX_PAYLOAD:
+        raise FrameError(ErrorCode.FRAME_TOO_LARGE, f"frame of {length} bytes exceeds {MAX_PAYLOAD}")
+    return ftype, flags, stream, length
 
 
 def encode_json(obj: dict[str, Any]) -> bytes:

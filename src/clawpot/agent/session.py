@@ -99,6 +99,16 @@ class Session:
         ]
         self.conn.send_raw(b"".join(frames))
 
+    def send_from(self, fd: int, pipe: int, limit: int) -> int:
+        """Read up to ``limit`` bytes of ``fd`` (one read) and send them as DATA frames on ``pipe``.
+
+        Returns how many bytes went out, 0 at end of file; raises what ``os.read`` raises."""
+        count, frames = self.conn.ctx.out_frames.read(fd, self.id, pipe, limit)
+        if frames is not None:
+            with frames:
+                self.conn.send_view(frames)
+        return count
+
     def grant(self, consumed: int, *, flush: bool = False) -> None:
         """Give the host back credit for ``consumed`` bytes, batched into few WINDOW frames."""
         self._grant_pending += consumed

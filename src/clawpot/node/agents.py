@@ -14,9 +14,9 @@ import logging
 import time
 
 from clawpot import errors, limits
-from clawpot.guest import AgentClient, GuestError, wait_ready
-from clawpot.guest.endpoints import AgentEndpoint
-from clawpot.guest.errors import AgentDisconnected, AgentUnreachable, ProtocolError
+from clawpot.agent_client import AgentClient, GuestError, wait_ready
+from clawpot.agent_client.endpoints import AgentEndpoint
+from clawpot.agent_client.errors import AgentDisconnected, AgentUnreachable, ProtocolError
 from clawpot.node.health import AgentHealth, HealthStatus
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from clawpot import errors, limits
-from clawpot.guest import GuestError, PtySize
-from clawpot.guest.errors import RemoteError
+from clawpot.agent_client import GuestError, PtySize
+from clawpot.agent_client.errors import RemoteError
 from clawpot.node.agents import one_line
 from clawpot.node.sessions import DownloadHandle, ExecParams, ExecSession, upload_watched
 from clawpot.node.vms import NodeVm

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clawpot import errors
+from clawpot.agent_client import GuestError, GuestIdentity
 from clawpot.assets.bootargs import GuestIp, guest_cmdline
-from clawpot.guest import GuestError, GuestIdentity
 from clawpot.network import NetworkManager, NetworkSlot
 from clawpot.node.agents import one_line
 from clawpot.node.datadir import Assets

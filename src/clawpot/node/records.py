@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from clawpot.guest.endpoints import (
+from clawpot.agent_client.endpoints import (
     AgentEndpoint,
     HybridVsockEndpoint,
     SerialSocketEndpoint,

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from clawpot import errors
-from clawpot.guest import Download, ExecProcess, ExitStatus, GuestError, Output
+from clawpot.agent_client import Download, ExecProcess, ExitStatus, GuestError, Output
 
 
 @dataclass(frozen=True)

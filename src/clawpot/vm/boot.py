@@ -14,20 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 
+from clawpot import limits
+from clawpot.agent_client import wait_ready
 from clawpot.assets.bootargs import guest_cmdline
 from clawpot.assets.scratch import make_scratch_disk
-from clawpot.guest import wait_ready
 from clawpot.vm import validation
 from clawpot.vm.config import VmConfig
 from clawpot.vm.directory import VmDirectory
 from clawpot.vm.errors import VmError
 from clawpot.vmm.base import VmmProcess
+from clawpot.vmm.logtail import tail_lines
 from clawpot.vmm.spec import Drive, NetworkInterface, VmSpec
 
 if TYPE_CHECKING:
@@ -175,18 +176,12 @@ async def _wait_for_agent(vm: Vm) -> Undo:
 
 def _with_console_tail(reason: str, serial_log: Path, lines: int = CONSOLE_TAIL_LINES) -> str:
     """``reason`` plus the guest's last console lines: a guest that never became ready says why there,
-    and its directory (with the log) is removed by the undo that follows."""
-    try:
-        with open(serial_log, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 16 * 1024))
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return reason
-    tail = [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
+    and its directory (with the log) is removed by the undo that follows. The console is the guest's
+    text: read bounded and printable only (``vmm.logtail``)."""
+    tail = [line.rstrip() for line in tail_lines(serial_log, limits.CONSOLE_TAIL_BYTES) if line.strip()]
     if not tail:
         return f"{reason} (the guest printed nothing on its console)"
-    return "\n".join([reason, "last lines of the guest console:", *(f"  {line}" for line in tail)])
+    return "\n".join([reason, "last lines of the guest console:", *(f"  {line}" for line in tail[-lines:])])
 
 
 def restore_steps(snapshot: Path) -> list[Step]:

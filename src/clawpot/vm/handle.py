@@ -26,8 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from clawpot import limits, paths
-from clawpot.guest import AgentClient, GuestError
-from clawpot.guest.endpoints import AgentEndpoint
+from clawpot.agent_client import AgentClient, GuestError
+from clawpot.agent_client.endpoints import AgentEndpoint
 from clawpot.vm import procfs
 from clawpot.vm.boot import Step, Undo, boot_steps
 from clawpot.vm.config import VmConfig

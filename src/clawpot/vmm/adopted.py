@@ -19,7 +19,7 @@ import signal
 import time
 from pathlib import Path
 
-from clawpot.guest.endpoints import AgentEndpoint
+from clawpot.agent_client.endpoints import AgentEndpoint
 from clawpot.vm import procfs
 from clawpot.vm.directory import read_metadata
 from clawpot.vmm.base import (

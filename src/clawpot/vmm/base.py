@@ -16,7 +16,7 @@ import enum
 from dataclasses import dataclass
 from pathlib import Path
 
-from clawpot.guest.endpoints import AgentEndpoint
+from clawpot.agent_client.endpoints import AgentEndpoint
 from clawpot.vmm.console import ConsoleWriter
 from clawpot.vmm.spec import BackendKind, VmSpec
 

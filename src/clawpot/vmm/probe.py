@@ -31,8 +31,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from clawpot import limits
 from clawpot.paths import assets_dir, data_dir
 from clawpot.vmm.base import VmmError, VmmUnsupported
+from clawpot.vmm.logtail import tail_text
 from clawpot.vmm.qemu.cmdline import QEMU_BINARY, Accel
 from clawpot.vmm.qemu.process import QemuProcess
 from clawpot.vmm.spec import Drive, VmSpec
@@ -225,10 +227,9 @@ async def _watch(process: QemuProcess, within: float) -> tuple[bool, str]:
 
 
 def _read(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""
+    # Polled while the probe boots: only the end matters (the marker, QEMU's complaint), and the files
+    # are the guest's and QEMU's to grow.
+    return tail_text(path, limits.CONSOLE_TAIL_BYTES)
 
 
 @contextlib.asynccontextmanager

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from agent_harness import AgentProcess, start_agent, stop_agent
 
-from clawpot.guest import AgentClient, wait_ready
+from clawpot.agent_client import AgentClient, wait_ready
 
 
 @pytest.fixture(scope="module")

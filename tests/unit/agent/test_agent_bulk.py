@@ -11,7 +11,7 @@ from pathlib import Path
 
 from agent_harness import AgentProcess
 
-from clawpot.guest import AgentClient, Exited, Output
+from clawpot.agent_client import AgentClient, Exited, Output
 
 SIZE = 100 * 1024 * 1024
 RSS_LIMIT = 64 * 1024 * 1024

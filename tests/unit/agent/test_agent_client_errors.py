@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from agent_harness import start_agent, stop_agent
 
-from clawpot.guest import AgentDisconnected, RemoteError, UnixSocketEndpoint, wait_ready
+from clawpot.agent_client import AgentDisconnected, RemoteError, UnixSocketEndpoint, wait_ready
 
 
 async def test_wait_ready_until_the_agent_comes_up(tmp_path: Path) -> None:

@@ -29,8 +29,8 @@ from agent_harness import AgentProcess, RawConnection, start_agent, stop_agent
 from clawpot.agent import arp, etcfiles
 from clawpot.agent.identity import parse_request
 from clawpot.agent.protocol import FrameType, decode_json
-from clawpot.guest import AgentClient, GuestIdentity, ProtocolError, RemoteError, wait_ready
-from clawpot.guest.identity import parse_result
+from clawpot.agent_client import AgentClient, GuestIdentity, ProtocolError, RemoteError, wait_ready
+from clawpot.agent_client.identity import parse_result
 
 BOOT = {"address": "10.9.0.2/24", "gateway": "10.9.0.1", "mac": "06:00:0a:09:00:02", "hostname": "boot-name"}
 # What the sandbox looks like before each test: the identity a VM booted with ip= and clawpot.* has.

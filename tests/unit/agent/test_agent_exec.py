@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from agent_harness import AgentProcess, kill_quietly, pid_alive, wait_until
 
-from clawpot.guest import AgentClient, Exited, Output, PtySize, RemoteError, wait_ready
+from clawpot.agent_client import AgentClient, Exited, Output, PtySize, RemoteError, wait_ready
 
 
 async def test_exit_codes(client: AgentClient) -> None:

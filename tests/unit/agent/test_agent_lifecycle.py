@@ -14,7 +14,7 @@ from agent_harness import kill_quietly, pid_alive, start_agent, stop_agent, wait
 
 from clawpot.agent.power import may_power_off
 from clawpot.agent.protocol import READY_LINE
-from clawpot.guest import AgentClient, AgentDisconnected, wait_ready
+from clawpot.agent_client import AgentClient, AgentDisconnected, wait_ready
 
 
 async def test_shutdown_operation_stops_a_host_agent(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from agent_harness import start_agent, stop_agent
 
 import clawpot.agent
-from clawpot.guest import wait_ready
+from clawpot.agent_client import wait_ready
 
 AGENT_DIR = Path(clawpot.agent.__file__).parent
 

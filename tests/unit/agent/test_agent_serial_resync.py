@@ -4,8 +4,8 @@ The agent serves one end of a socketpair with ``--serial-fd`` (a serial line: ho
 HELLO and may follow each other without the agent noticing any disconnect). In front of the other end the
 test plays the part of QEMU's virtio-serial chardev: a unix socket serving one client at a time, which
 delivers output the agent wrote while nobody was connected to the *next* client — as measured on the real
-device (DESIGN.md §2). What cannot exist on a host is the virtio port itself (read() == 0 while no host is
-connected, SIGIO on reconnect): the in-VM tests cover that part.
+device (docs/platform-notes.md §3). What cannot exist on a host is the virtio port itself (read() == 0
+while no host is connected, SIGIO on reconnect): the in-VM tests cover that part.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 from agent_harness import AgentProcess, kill_quietly, pid_alive, start_agent, stop_agent, wait_until
 
 from clawpot.agent.protocol import HEADER, MAGIC, FrameType
-from clawpot.guest import Output, SerialSocketEndpoint, wait_ready
+from clawpot.agent_client import Output, SerialSocketEndpoint, wait_ready
 
 
 class SerialRelay:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from clawpot.assets.kernel import KernelRecipe, config_mismatches, fragment_bytes, parse_config
 
-# The options DESIGN §3 requires beyond tinyconfig.
+# The options the guest needs beyond tinyconfig (docs/platform-notes.md §5 and kernel.fragment).
 REQUIRED = [
     "64BIT",
     "SMP",

@@ -18,7 +18,7 @@ import pytest
 from support.agent_harness import AgentProcess, pid_alive, start_agent, stop_agent, wait_until
 
 from clawpot import errors, limits
-from clawpot.guest import AgentClient, wait_ready
+from clawpot.agent_client import AgentClient, wait_ready
 from clawpot.node.sessions import ExecSession, upload_watched
 
 

@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from clawpot import errors, limits
-from clawpot.guest.errors import AgentDisconnected, AgentUnreachable, ProtocolError, RemoteError
+from clawpot.agent_client.errors import AgentDisconnected, AgentUnreachable, ProtocolError, RemoteError
 from clawpot.node.sessions import OutputChunk
 from clawpot.server.servicer import VmServicer
 from clawpot.v1 import vm_pb2, vm_pb2_grpc

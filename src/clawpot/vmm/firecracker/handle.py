@@ -28,7 +28,7 @@ import re
 import time
 from pathlib import Path
 
-from clawpot.guest.endpoints import AgentEndpoint, HybridVsockEndpoint
+from clawpot.agent_client.endpoints import AgentEndpoint, HybridVsockEndpoint
 from clawpot.vmm.base import ExitInfo, VmmProcess, VmmStartError
 from clawpot.vmm.firecracker import models, snapshots
 from clawpot.vmm.firecracker.boot import FIRECRACKER_BOOT

@@ -31,7 +31,7 @@ from clawpot.vmm.spec import VmSpec
 
 QEMU_BINARY = "qemu-system-x86_64"
 
-# Without these the TCG guest hangs after "Marking TSC unstable" (DESIGN §2): TCG's TSC is not
+# Without these the TCG guest hangs after "Marking TSC unstable" (docs/platform-notes.md §2): TCG's TSC is not
 # calibratable, so give the kernel its frequency and loop count instead of measuring them.
 TCG_BOOT_ARGS: tuple[str, ...] = ("tsc_early_khz=2000000", "lpj=4000000", "no_timer_check")
 

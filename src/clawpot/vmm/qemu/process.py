@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from clawpot import limits
-from clawpot.guest.endpoints import AgentEndpoint, SerialSocketEndpoint, VsockEndpoint
+from clawpot.agent_client.endpoints import AgentEndpoint, SerialSocketEndpoint, VsockEndpoint
 from clawpot.vmm.base import ExitInfo, VmmConfigError, VmmProcess, VmmStartError
 from clawpot.vmm.console import CappedLog, ConsoleWriter, make_fifo
 from clawpot.vmm.logtail import tail_lines

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from clawpot.guest.endpoints import SerialSocketEndpoint, VsockEndpoint
+from clawpot.agent_client.endpoints import SerialSocketEndpoint, VsockEndpoint
 from clawpot.vmm.base import VmmConfigError, VmmStartError, VmmUnsupported
 from clawpot.vmm.qemu.backend import ACCEL_ENV, QemuBackend
 from clawpot.vmm.qemu.cmdline import Accel

@@ -6,6 +6,7 @@ Modules:
 - ``transport``   open the byte stream for an endpoint (and Firecracker's ``CONNECT``/``OK`` exchange).
 - ``connection``  one connection: handshake, reader task, multiplexed streams with credit-based flow control;
                   everything a guest can make it hold is bounded (``violation`` says why it dropped a guest).
+- ``chunks``      the agent's bytes as the socket delivers them (takes over from the StreamReader).
 - ``process``     a remote process: output events, stdin, signals, resize, exit status.
 - ``files``       streamed, atomic upload and download.
 - ``identity``    ``GuestIdentity`` (hostname, address, gateway, DNS, MAC) and the ``configure`` call.
@@ -19,9 +20,9 @@ Typical use::
         result = await agent.run(["uname", "-a"])
 """
 
-from clawpot.guest.client import AgentClient, PtySize, connect, wait_ready
-from clawpot.guest.connection import AgentInfo
-from clawpot.guest.endpoints import (
+from clawpot.agent_client.client import AgentClient, PtySize, connect, wait_ready
+from clawpot.agent_client.connection import AgentInfo
+from clawpot.agent_client.endpoints import (
     AgentEndpoint,
     HybridVsockEndpoint,
     SerialSocketEndpoint,
@@ -29,10 +30,16 @@ from clawpot.guest.endpoints import (
     VsockEndpoint,
     describe,
 )
-from clawpot.guest.errors import AgentDisconnected, AgentUnreachable, GuestError, ProtocolError, RemoteError
-from clawpot.guest.files import Download, RemoteFile
-from clawpot.guest.identity import ConfiguredIdentity, GuestIdentity
-from clawpot.guest.process import ExecEvent, ExecProcess, ExecResult, Exited, ExitStatus, Output
+from clawpot.agent_client.errors import (
+    AgentDisconnected,
+    AgentUnreachable,
+    GuestError,
+    ProtocolError,
+    RemoteError,
+)
+from clawpot.agent_client.files import Download, RemoteFile
+from clawpot.agent_client.identity import ConfiguredIdentity, GuestIdentity
+from clawpot.agent_client.process import ExecEvent, ExecProcess, ExecResult, Exited, ExitStatus, Output
 
 __all__ = [
     "AgentClient",

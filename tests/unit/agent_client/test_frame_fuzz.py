@@ -24,7 +24,7 @@ from clawpot.agent.protocol import (
     encode_frame,
     encode_json,
 )
-from clawpot.guest.connection import AgentConnection, AgentInfo, RunState
+from clawpot.agent_client.connection import AgentConnection, AgentInfo, RunState
 from clawpot.limits import AGENT_HOST_BUFFER_BUDGET, AGENT_RECEIVE_WINDOW
 
 FUZZ = settings(
@@ -112,7 +112,7 @@ async def _run_connection(data: bytes) -> tuple[AgentConnection, str, list[int]]
 @example(data=encode_frame(FrameType.END, 1, b"{}") + encode_frame(FrameType.DATA, 1, b"x") * 2000)
 def test_dispatch_of_arbitrary_frames_is_bounded(data: bytes, caplog: pytest.LogCaptureFixture) -> None:
     caplog.clear()
-    with caplog.at_level(logging.ERROR, logger="clawpot.guest"):
+    with caplog.at_level(logging.ERROR, logger="clawpot.agent_client"):
         conn, reason, (peak_buffered, peak_data) = asyncio.run(_run_connection(data))
     assert conn.state is RunState.CLOSED
     assert "internal error" not in reason, reason

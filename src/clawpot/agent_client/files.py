@@ -17,8 +17,8 @@ from types import TracebackType
 from typing import BinaryIO
 
 from clawpot.agent.protocol import MAX_PAYLOAD, FrameType, Pipe
-from clawpot.guest.connection import AgentConnection, Stream, guest_int, guest_json
-from clawpot.guest.errors import GuestError, ProtocolError
+from clawpot.agent_client.connection import AgentConnection, Stream, guest_int, guest_json
+from clawpot.agent_client.errors import GuestError, ProtocolError
 
 _LOCAL_CHUNK = 4 * MAX_PAYLOAD
 

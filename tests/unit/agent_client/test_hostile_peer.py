@@ -26,7 +26,7 @@ from clawpot.agent.protocol import (
     encode_frame,
     encode_json,
 )
-from clawpot.guest import AgentClient, AgentDisconnected, ProtocolError, RemoteError
+from clawpot.agent_client import AgentClient, AgentDisconnected, ProtocolError, RemoteError
 from clawpot.limits import (
     AGENT_HOST_BUFFER_BUDGET,
     AGENT_IGNORED_FRAMES_BURST,
@@ -95,7 +95,7 @@ async def test_guest_that_never_reads_trips_the_buffer_budget() -> None:
 async def test_error_flood_log_is_short_escaped_and_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
     """Defect 4a: ERROR frames were logged in full. Now each line is cut and escaped, and a flood is
     rate-limited and then dropped."""
-    caplog.set_level(logging.DEBUG, logger="clawpot.guest")
+    caplog.set_level(logging.DEBUG, logger="clawpot.agent_client")
     message = ESCAPES + "A" * 60_000
     frame = encode_frame(
         FrameType.ERROR, 0, encode_json({"code": "x" * 1000, "message": message, "fatal": False})
@@ -103,7 +103,7 @@ async def test_error_flood_log_is_short_escaped_and_rate_limited(caplog: pytest.
     async with hostile_agent(lambda peer: peer.flood(frame, 5000)) as h:
         await dropped(h.client)
         assert h.client.violation is not None and "stream-0 ERROR" in h.client.violation
-    records = [r for r in caplog.records if r.name.startswith("clawpot.guest")]
+    records = [r for r in caplog.records if r.name.startswith("clawpot.agent_client")]
     text = "\n".join(r.getMessage() for r in records)
     assert len(records) <= AGENT_LOG_BURST + 2, text
     assert len(text) <= 16 * 1024
@@ -114,12 +114,12 @@ async def test_error_flood_log_is_short_escaped_and_rate_limited(caplog: pytest.
 
 async def test_log_limit_holds_across_reconnects(caplog: pytest.LogCaptureFixture) -> None:
     """The rate limit is per VM (its endpoint name), so dropping and reconnecting does not reset it."""
-    caplog.set_level(logging.DEBUG, logger="clawpot.guest")
+    caplog.set_level(logging.DEBUG, logger="clawpot.agent_client")
     frame = encode_frame(FrameType.ERROR, 0, encode_json({"code": "c", "message": "m"}))
     for _ in range(4):
         async with hostile_agent(lambda peer: peer.flood(frame, 3000)) as h:
             await dropped(h.client)
-    lines = [r for r in caplog.records if r.name.startswith("clawpot.guest")]
+    lines = [r for r in caplog.records if r.name.startswith("clawpot.agent_client")]
     assert len(lines) <= AGENT_LOG_BURST + 4 + 2
 
 

@@ -46,8 +46,9 @@ from clawpot.agent.protocol import (
     find_line,
     hello_line,
 )
-from clawpot.guest.errors import AgentDisconnected, GuestError, ProtocolError, RemoteError
-from clawpot.guest.untrusted import TokenBucket, limiter_for, printable
+from clawpot.agent_client.chunks import ChunkReader
+from clawpot.agent_client.errors import AgentDisconnected, GuestError, ProtocolError, RemoteError
+from clawpot.agent_client.untrusted import TokenBucket, limiter_for, printable
 from clawpot.limits import (
     AGENT_HANDSHAKE_MAX_STALE,
     AGENT_HOST_BUFFER_BUDGET,
@@ -437,16 +438,21 @@ class AgentConnection:
 
     async def _read_loop(self, leftover: bytes) -> None:
         decoder = FrameDecoder()
-        decoder.feed(leftover)
         reason = "agent closed the connection"
         try:
-            while True:
+            # From here on the socket's chunks are parsed as they come (chunks.py says why).
+            source, held = await ChunkReader.take_over(self._reader, self._writer)
+            for data in (leftover, held):
+                decoder.feed(data)
                 while (frame := decoder.next()) is not None:
                     self._dispatch(frame)
-                data = await self._reader.read(_READ_SIZE)
+            while True:
+                data = await source.read()
                 if not data:
                     break
                 decoder.feed(data)
+                while (frame := decoder.next()) is not None:
+                    self._dispatch(frame)
         except GuestViolation as exc:
             self._violate(str(exc))
             reason = f"guest violation: {exc}"

@@ -12,7 +12,7 @@ import asyncio
 import re
 import socket
 
-from clawpot.guest.endpoints import (
+from clawpot.agent_client.endpoints import (
     AgentEndpoint,
     HybridVsockEndpoint,
     SerialSocketEndpoint,

@@ -13,8 +13,8 @@ from types import TracebackType
 from typing import Literal
 
 from clawpot.agent.protocol import Frame, FrameType, Pipe
-from clawpot.guest.connection import Stream, guest_int, guest_json
-from clawpot.guest.errors import AgentDisconnected, ProtocolError
+from clawpot.agent_client.connection import Stream, guest_int, guest_json
+from clawpot.agent_client.errors import AgentDisconnected, ProtocolError
 
 
 @dataclass(frozen=True)

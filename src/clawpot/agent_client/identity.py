@@ -14,8 +14,8 @@ from typing import Any
 
 from clawpot.agent.identity import DEFAULT_INTERFACE, FIELDS, parse_request
 from clawpot.agent.protocol import FrameType, decode_json
-from clawpot.guest.connection import AgentConnection
-from clawpot.guest.errors import ProtocolError, RemoteError
+from clawpot.agent_client.connection import AgentConnection
+from clawpot.agent_client.errors import ProtocolError, RemoteError
 
 
 @dataclass(frozen=True)

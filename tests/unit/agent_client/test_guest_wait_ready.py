@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from clawpot.guest import AgentUnreachable, SerialSocketEndpoint, UnixSocketEndpoint, wait_ready
+from clawpot.agent_client import AgentUnreachable, SerialSocketEndpoint, UnixSocketEndpoint, wait_ready
 
 
 async def test_nothing_listening(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 
 class GuestError(Exception):
-    """Root of ``clawpot.guest`` errors.
+    """Root of ``clawpot.agent_client`` errors.
 
     GuestError
     ├── AgentUnreachable    no working connection to the agent before the deadline

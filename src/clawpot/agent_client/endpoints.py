@@ -1,6 +1,6 @@
 """How to reach a VM's agent from the host: one value per channel kind.
 
-A VMM backend hands one of these out for each VM; the client in ``clawpot.guest`` connects to it.
+A VMM backend hands one of these out for each VM; the client in ``clawpot.agent_client`` connects to it.
 """
 
 from __future__ import annotations

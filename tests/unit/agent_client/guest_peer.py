@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from clawpot.agent.protocol import HELLO, encode_frame, encode_json, welcome_line
-from clawpot.guest import AgentClient
-from clawpot.guest.connection import AgentConnection
+from clawpot.agent_client import AgentClient
+from clawpot.agent_client.connection import AgentConnection
 
 # Small socket buffers: a peer that does not read makes the host's writes back up at once.
 _SOCKET_BUFFER = 16 * 1024

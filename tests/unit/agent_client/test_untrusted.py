@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from clawpot.guest.untrusted import LogLimiter, limiter_for, printable
+from clawpot.agent_client.untrusted import LogLimiter, limiter_for, printable
 
 
 @pytest.mark.parametrize(
@@ -35,8 +35,8 @@ def test_printable_cuts_long_text_without_reading_it_all() -> None:
 def test_log_limiter_bursts_then_counts(caplog: pytest.LogCaptureFixture) -> None:
     now = [0.0]
     limiter = LogLimiter(burst=3, per_second=1.0, clock=lambda: now[0])
-    logger = logging.getLogger("clawpot.guest.test")
-    with caplog.at_level(logging.INFO, logger="clawpot.guest.test"):
+    logger = logging.getLogger("clawpot.agent_client.test")
+    with caplog.at_level(logging.INFO, logger="clawpot.agent_client.test"):
         for i in range(100):
             limiter.log(logger, logging.INFO, "line %d", i)
         now[0] += 2.5  # two tokens back

@@ -17,8 +17,8 @@ from typing import Any
 
 from clawpot import limits
 from clawpot.agent.protocol import FrameType
-from clawpot.guest import files, identity
-from clawpot.guest.connection import (
+from clawpot.agent_client import files, identity
+from clawpot.agent_client.connection import (
     RECEIVE_WINDOW,
     AgentConnection,
     AgentInfo,
@@ -26,10 +26,10 @@ from clawpot.guest.connection import (
     guest_int,
     guest_json,
 )
-from clawpot.guest.endpoints import AgentEndpoint, HybridVsockEndpoint, SerialSocketEndpoint, describe
-from clawpot.guest.errors import AgentDisconnected, AgentUnreachable, GuestError, ProtocolError
-from clawpot.guest.process import ExecProcess, ExecResult, Exited
-from clawpot.guest.transport import hybrid_vsock_connect, open_stream
+from clawpot.agent_client.endpoints import AgentEndpoint, HybridVsockEndpoint, SerialSocketEndpoint, describe
+from clawpot.agent_client.errors import AgentDisconnected, AgentUnreachable, GuestError, ProtocolError
+from clawpot.agent_client.process import ExecProcess, ExecResult, Exited
+from clawpot.agent_client.transport import hybrid_vsock_connect, open_stream
 
 log = logging.getLogger(__name__)
 
