@@ -260,17 +260,27 @@ def _write_cache(probe: AccelProbe, data: Path | None) -> None:
         pass  # not cached: the next caller probes again, which is slower but still right
 
 
+def _answer_without_booting(data: Path | None) -> tuple[bool | None, Path, Path]:
+    """What can be said without booting a probe VM (the cache; no usable /dev/kvm; no assets or QEMU to
+    boot, where the loaded KVM module decides: kvm_pvm cannot run our stock kernel), or None, with the
+    kernel and root image a probe would boot."""
+    assets = assets_dir(data_dir(data))
+    kernel, rootfs = assets / "vmlinux", assets / "rootfs.ext4"
+    if (cached := cached_probe(data)) is not None:
+        return cached.kvm_boots_guests, kernel, rootfs
+    if kvm_device_problem() is not None:
+        return False, kernel, rootfs
+    if not (kernel.is_file() and rootfs.is_file()) or shutil.which(QEMU_BINARY) is None:
+        return kvm_provider() != "kvm_pvm", kernel, rootfs
+    return None, kernel, rootfs
+
+
 async def kvm_boots_guests_async(data: Path | None = None) -> bool:
     """``kvm_boots_guests`` for code running on an event loop: a probe boot (cache miss) is awaited as a
     coroutine (QEMU is a child process the loop watches), so the loop keeps serving meanwhile."""
-    if (cached := cached_probe(data)) is not None:
-        return cached.kvm_boots_guests
-    if kvm_device_problem() is not None:
-        return False
-    assets = assets_dir(data_dir(data))
-    kernel, rootfs = assets / "vmlinux", assets / "rootfs.ext4"
-    if not (kernel.is_file() and rootfs.is_file()) or shutil.which(QEMU_BINARY) is None:
-        return kvm_provider() != "kvm_pvm"
+    known, kernel, rootfs = _answer_without_booting(data)
+    if known is not None:
+        return known
     probe = await probe_accelerator(kernel, rootfs, data=data)
     return probe.kvm_boots_guests
 
@@ -278,18 +288,13 @@ async def kvm_boots_guests_async(data: Path | None = None) -> bool:
 def kvm_boots_guests(data: Path | None = None) -> bool:
     """Synchronous answer for callers outside an event loop's flow (backend choice ``auto``).
 
-    Uses the cache; otherwise probes with the installed kernel and root image, in a private thread
-    and event loop so it also works when called from inside a running loop. Without installed assets
-    nothing can be booted, so the loaded KVM module decides: kvm_pvm cannot run our stock kernel.
+    Uses what is known without booting (``_answer_without_booting``); otherwise probes with the installed
+    kernel and root image, in a private thread and event loop so it also works when called from inside a
+    running loop.
     """
-    if (cached := cached_probe(data)) is not None:
-        return cached.kvm_boots_guests
-    if kvm_device_problem() is not None:
-        return False
-    assets = assets_dir(data_dir(data))
-    kernel, rootfs = assets / "vmlinux", assets / "rootfs.ext4"
-    if not (kernel.is_file() and rootfs.is_file()) or shutil.which(QEMU_BINARY) is None:
-        return kvm_provider() != "kvm_pvm"
+    known, kernel, rootfs = _answer_without_booting(data)
+    if known is not None:
+        return known
     with ThreadPoolExecutor(max_workers=1) as pool:
         probe = pool.submit(asyncio.run, probe_accelerator(kernel, rootfs, data=data)).result()
     return probe.kvm_boots_guests
