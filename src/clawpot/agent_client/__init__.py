@@ -33,6 +33,7 @@ from clawpot.agent_client.endpoints import (
 from clawpot.agent_client.errors import (
     AgentDisconnected,
     AgentUnreachable,
+    FileTooLarge,
     GuestError,
     ProtocolError,
     RemoteError,
@@ -54,6 +55,7 @@ __all__ = [
     "ExecResult",
     "ExitStatus",
     "Exited",
+    "FileTooLarge",
     "GuestError",
     "GuestIdentity",
     "HybridVsockEndpoint",

@@ -198,9 +198,12 @@ class AgentClient:
         """
         return await files.put_file(self._conn, source, remote, mode=mode, mkdirs=mkdirs)
 
-    async def get_file(self, remote: str, local: Path) -> files.RemoteFile:
-        """Download ``remote`` into ``local`` (replaced atomically, mode bits kept)."""
-        return await files.get_file(self._conn, remote, local)
+    async def get_file(
+        self, remote: str, local: Path, max_size: int = limits.DOWNLOAD_MAX_BYTES
+    ) -> files.RemoteFile:
+        """Download ``remote`` into ``local`` (replaced atomically, mode made safe, at most ``max_size``
+        bytes: ``FileTooLarge`` otherwise, with nothing kept)."""
+        return await files.get_file(self._conn, remote, local, max_size)
 
     async def open_file(self, remote: str) -> files.Download:
         """Stream a guest file: ``async with await client.open_file(p) as d: async for chunk in d``."""

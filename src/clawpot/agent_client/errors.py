@@ -11,7 +11,8 @@ class GuestError(Exception):
     ├── AgentUnreachable    no working connection to the agent before the deadline
     ├── AgentDisconnected   the connection broke, or was closed, while in use
     ├── ProtocolError       the peer answered but does not speak our protocol (or version)
-    └── RemoteError         the agent refused or failed one operation (``code`` + message)
+    ├── RemoteError         the agent refused or failed one operation (``code`` + message)
+    └── FileTooLarge        a download went past the size the caller allows (nothing is kept)
     """
 
 
@@ -40,3 +41,7 @@ class RemoteError(GuestError):
         super().__init__(f"{message} [{code}]")
         self.code = code
         self.message = message
+
+
+class FileTooLarge(GuestError):
+    pass

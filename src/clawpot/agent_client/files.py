@@ -10,17 +10,41 @@ import asyncio
 import contextlib
 import os
 import secrets
+import stat
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
+from clawpot import limits
 from clawpot.agent.protocol import MAX_PAYLOAD, FrameType, Pipe
 from clawpot.agent_client.connection import AgentConnection, Stream, guest_int, guest_json
-from clawpot.agent_client.errors import GuestError, ProtocolError
+from clawpot.agent_client.errors import FileTooLarge, GuestError, ProtocolError
 
 _LOCAL_CHUNK = 4 * MAX_PAYLOAD
+# Bits a downloaded file never gets, whatever the guest says: setuid, setgid, sticky, world-writable.
+_UNSAFE_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWOTH
+_DEFAULT_MODE = 0o644
+
+
+def safe_mode(guest_mode: int, umask: int) -> int:
+    """The mode a file copied out of a guest gets: the guest's permission bits without setuid, setgid,
+    sticky and world-write, then the umask (0644 when the guest gives none)."""
+    mode = (guest_mode & 0o7777) or _DEFAULT_MODE
+    return mode & ~_UNSAFE_BITS & ~umask & 0o777
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (os.umask would, for a moment, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
 
 Source = Path | bytes | AsyncIterable[bytes]
 
@@ -129,18 +153,26 @@ async def open_download(conn: AgentConnection, remote: str) -> Download:
     return Download(stream, RemoteFile(remote, size, mode))
 
 
-async def get_file(conn: AgentConnection, remote: str, local: Path) -> RemoteFile:
-    """Download ``remote`` to ``local`` (written to a temporary file, then renamed; mode bits kept)."""
+async def get_file(
+    conn: AgentConnection, remote: str, local: Path, max_size: int = limits.DOWNLOAD_MAX_BYTES
+) -> RemoteFile:
+    """Download ``remote`` to ``local``: written to a temporary file, renamed into place when complete,
+    with the guest's mode made safe (``safe_mode``). The guest's word is untrusted: more than
+    ``max_size`` bytes (claimed or received) is ``FileTooLarge`` and leaves no file."""
     tmp = local.with_name(f".{local.name}.{secrets.token_hex(4)}.part")
     async with await open_download(conn, remote) as download:
+        if download.info.size > max_size:
+            raise FileTooLarge(f"{remote}: the guest reports {download.info.size} bytes, over {max_size}")
         f: BinaryIO = await asyncio.to_thread(open, tmp, "wb")
         try:
             try:
                 async for chunk in download:
+                    if download.received > max_size:
+                        raise FileTooLarge(f"{remote}: the guest sent more than {max_size} bytes")
                     await asyncio.to_thread(f.write, chunk)
             finally:
                 await asyncio.to_thread(f.close)
-            await asyncio.to_thread(os.chmod, tmp, download.info.mode & 0o777)
+            await asyncio.to_thread(os.chmod, tmp, safe_mode(download.info.mode, current_umask()))
             await asyncio.to_thread(os.replace, tmp, local)
         except BaseException:
             with contextlib.suppress(OSError):

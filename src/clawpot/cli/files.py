@@ -22,13 +22,11 @@ import click
 import grpc
 
 from clawpot import limits
+from clawpot.agent_client.files import current_umask, safe_mode
 from clawpot.cli.connection import EXIT_FAILED, EXIT_USAGE, die, stub
 from clawpot.v1 import vm_pb2
 
 CHUNK = 256 * 1024
-# Bits a downloaded file never gets, whatever the guest says: setuid, setgid, sticky, world-writable.
-_UNSAFE_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWOTH
-_DEFAULT_MODE = 0o644
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
@@ -62,26 +60,6 @@ class _SizeParam(click.ParamType[int]):
             return parse_size(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
-
-
-def safe_mode(guest_mode: int, umask: int) -> int:
-    """The mode a downloaded file gets: the guest's permission bits without setuid, setgid, sticky
-    and world-write, then the umask (0644 when the guest gives none)."""
-    mode = (guest_mode & 0o7777) or _DEFAULT_MODE
-    return mode & ~_UNSAFE_BITS & ~umask & 0o777
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it (os.umask would, for a moment, for every thread)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
 
 
 def download_target(dst: str, remote_path: str) -> Path:
@@ -147,7 +125,7 @@ def _download(server: str, vm_id: str, path: str, target: Path, max_size: int) -
     except OSError as exc:
         die(f"cannot write in {target.parent}: {exc.strerror or exc}", EXIT_FAILED)
     try:
-        mode = _DEFAULT_MODE
+        mode = 0  # until the guest says: safe_mode gives 0644 for none
         received = 0
         with stub(server) as api, os.fdopen(fd, "wb") as out:
             request = vm_pb2.DownloadFileRequest(vm_id=vm_id, path=path, max_size=max_size)

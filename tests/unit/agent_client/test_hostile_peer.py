@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from clawpot.agent.protocol import (
     encode_frame,
     encode_json,
 )
-from clawpot.agent_client import AgentClient, AgentDisconnected, ProtocolError, RemoteError
+from clawpot.agent_client import AgentClient, AgentDisconnected, FileTooLarge, ProtocolError, RemoteError
 from clawpot.limits import (
     AGENT_HOST_BUFFER_BUDGET,
     AGENT_IGNORED_FRAMES_BURST,
@@ -297,3 +298,39 @@ async def test_lying_file_info_is_a_protocol_error(tmp_path: Path) -> None:
         with pytest.raises(ProtocolError, match="mode"):
             await h.client.get_file("/etc/passwd", tmp_path / "out")
         assert not os.listdir(tmp_path)
+
+
+async def test_get_file_stops_a_guest_sending_past_max_size_and_keeps_nothing(tmp_path: Path) -> None:
+    def scenario(peer: Peer) -> None:
+        peer.send(FrameType.INFO, 1, encode_json({"size": 4, "mode": 0o644}))  # a lie: 4 bytes...
+        peer.send(FrameType.DATA, 1, b"x" * 6)  # ...then 6
+        peer.send(FrameType.DATA, 1, b"x" * 6)
+
+    async with hostile_agent(scenario) as h:
+        with pytest.raises(FileTooLarge, match="more than 8 bytes"):
+            await h.client.get_file("/big", tmp_path / "out", max_size=8)
+        assert not os.listdir(tmp_path)
+
+
+async def test_get_file_refuses_a_claimed_size_past_max_size(tmp_path: Path) -> None:
+    def scenario(peer: Peer) -> None:
+        peer.send(FrameType.INFO, 1, encode_json({"size": 300 << 20, "mode": 0o644}))
+
+    async with hostile_agent(scenario) as h:
+        with pytest.raises(FileTooLarge, match="reports 314572800 bytes"):
+            await h.client.get_file("/big", tmp_path / "out", max_size=1 << 20)
+        assert not os.listdir(tmp_path)
+
+
+async def test_get_file_never_keeps_setuid_or_world_write(tmp_path: Path) -> None:
+    def scenario(peer: Peer) -> None:
+        peer.send(FrameType.INFO, 1, encode_json({"size": 3, "mode": 0o6777}))
+        peer.send(FrameType.DATA, 1, b"abc")
+        peer.send(FrameType.END, 1, encode_json({"ok": True}))
+
+    async with hostile_agent(scenario) as h:
+        info = await h.client.get_file("/suid", tmp_path / "out")
+    assert info.mode == 0o6777  # what the guest said, reported as it is
+    mode = (tmp_path / "out").stat().st_mode
+    assert (tmp_path / "out").read_bytes() == b"abc"
+    assert not mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWOTH)
