@@ -40,6 +40,12 @@ else
   log "apt: all ${#APT_PACKAGES[@]} packages present"
 fi
 
+# The unprivileged account VMMs run as (src/clawpot/vmm/account.py): jailed Firecracker, QEMU.
+if ! id -u clawpot-vmm >/dev/null 2>&1; then
+  log "user: creating system user clawpot-vmm (VMMs run as it)"
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin clawpot-vmm
+fi
+
 LOCK="requirements/dev.lock"
 STAMP=".venv/.lock-sha256"
 want="$(sha256sum "$LOCK" pyproject.toml | sha256sum | cut -d' ' -f1)"

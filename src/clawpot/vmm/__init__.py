@@ -24,6 +24,7 @@
 - ``snapshot``     snapshot directories for every backend: ``SnapshotWriter`` (temporary directory, manifest
                    with sizes and digests, atomic rename), ``open_snapshot`` (verified before a restore:
                    ``SnapshotCorrupt`` / ``SnapshotIncompatible``), sparse and reflink copies.
+- ``account``      ``vmm_account()``: the unprivileged user (``clawpot-vmm``) VMMs run as.
 - ``registry``     ``auto | firecracker | qemu`` → a backend.
 - ``adopted``      ``AttachedProcess``: a VMM started by an earlier server, watched through a pidfd (the
                    default ``VmmBackend.attach``); takes its console back; ``kill_pid`` for orphans.
