@@ -208,3 +208,30 @@ SNAPSHOT_LOAD_TIMEOUT = 30.0
 # digits, '.', '-', '_', starting with a letter or digit (never hidden, never '..'), and short enough to
 # read. 64 like a VM id.
 MAX_SNAPSHOT_NAME_CHARS = 64
+
+# --- Operations: metrics, console logs, the event stream (issue 15) ----------------------------------
+
+# Events kept in memory for WatchVms clients that resume from a sequence number. An event is ~200
+# bytes: 10000 of them are ~2 MB, and cover far more than any reconnect gap (a busy host makes a few
+# events a second).
+EVENTS_KEPT = 10_000
+# Events one watcher may fall behind before it is dropped (RESOURCE_EXHAUSTED, it can resume with
+# `since`): a stuck client costs at most this many queued events, never unbounded memory.
+EVENTS_SUBSCRIBER_QUEUE = 1_000
+# Watchers at once (each holds a queue of at most EVENTS_SUBSCRIBER_QUEUE): 100 x 1000 x ~200 B =
+# 20 MB at the very worst. More get RESOURCE_EXHAUSTED.
+EVENTS_MAX_WATCHERS = 100
+# StreamLogs --tail: at most this many lines (the kept console is at most 2 MiB anyway; a bound keeps
+# the line index the server builds small).
+LOGS_TAIL_MAX_LINES = 10_000
+# Bytes per StreamLogs message: small enough for a smooth `logs -f`, large enough for few messages;
+# well under gRPC's 4 MiB message limit.
+LOGS_CHUNK_BYTES = 32 * 1024
+# How often a following StreamLogs looks for new console output (and for a rotation): the console
+# writer itself batches at CONSOLE_READ_INTERVAL; a quarter second feels live and costs one fstat.
+LOGS_FOLLOW_INTERVAL = 0.25
+# Concurrent StreamLogs calls: each holds one open file and one chunk buffer.
+LOGS_MAX_STREAMS = 64
+# A scrape of /metrics waits this long for the event loop to hand it the node's state; a loop that is
+# wedged for longer gets an empty scrape (with the process metrics) instead of a hung Prometheus.
+METRICS_SNAPSHOT_TIMEOUT = 5.0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -14,6 +13,7 @@ from clawpot import limits
 from clawpot.node.datadir import NodeError
 from clawpot.node.node import NodeConfig
 from clawpot.paths import data_dir as default_data_dir
+from clawpot.server import logfmt
 from clawpot.server.apitoken import TokenError
 from clawpot.server.app import DEFAULT_LISTEN, ServerConfig, serve
 from clawpot.server.listeners import ListenError, TlsFiles
@@ -96,6 +96,21 @@ from clawpot.vmm.spec import BackendKind
     is_flag=True,
     help="On SIGTERM stop every VM. Default: leave them running; the next start adopts them.",
 )
+@click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    help=(
+        "Serve Prometheus metrics at http://HOST:PORT/metrics. A non-loopback HOST needs --tls-cert and "
+        "--tls-key (then https; --tls-client-ca requires scrapers' certificates)."
+    ),
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text, or one JSON object per line (one line per API call, with its fields).",
+)
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
 def main(
     listen: tuple[str, ...],
@@ -112,13 +127,12 @@ def main(
     agent_timeout: float,
     memory_overcommit: float,
     stop_vms_on_exit: bool,
+    metrics_listen: str | None,
+    log_format: str,
     verbose: bool,
 ) -> None:
     """Serve the Clawpot API: create, list, delete VMs and exec/copy files in them."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logfmt.configure(log_format, verbose=verbose)
     if (tls_cert is None) != (tls_key is None):
         _fail("--tls-cert and --tls-key go together")
     if tls_client_ca is not None and tls_cert is None:
@@ -130,6 +144,7 @@ def main(
         socket_group=socket_group,
         stop_vms_on_exit=stop_vms_on_exit,
         memory_overcommit=memory_overcommit,
+        metrics_listen=metrics_listen,
         node=NodeConfig(
             data_dir=default_data_dir(data_dir),
             default_backend=None if vmm == "auto" else BackendKind(vmm),

@@ -17,19 +17,22 @@ import asyncio
 import contextlib
 import errno
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from clawpot import errors, limits, paths
+from clawpot.metrics import instruments
 from clawpot.network import NetworkConfig, NetworkError, NetworkManager
-from clawpot.node import calls, reconcile
+from clawpot.node import calls, console, reconcile
 from clawpot.node.backends import Backends
 from clawpot.node.datadir import Assets, NodeError, lock_data_dir
+from clawpot.node.events import EventKind, EventLog
 from clawpot.node.health import AgentHealth
 from clawpot.node.launch import LaunchParams, launch, restore
-from clawpot.node.resources import release
+from clawpot.node.resources import release, release_network
 from clawpot.node.sessions import DownloadHandle, ExecParams, ExecSession
 from clawpot.node.snapshots import SnapshotCatalog, SnapshotInfo
 from clawpot.node.store import Origin, Store, VmRecord
@@ -89,6 +92,10 @@ class Node:
         self.vms: dict[str, NodeVm] = {}
         self._lock_file = lock
         self._health_loop: asyncio.Task[None] | None = None
+        # Every state change, numbered, for WatchVms (``events``); set when the node closes, so
+        # following log streams end too.
+        self.events = EventLog()
+        self.closing = asyncio.Event()
 
     # -- start and stop -------------------------------------------------------------------------------
 
@@ -116,7 +123,14 @@ class Node:
             lock.close()
             raise
 
+    def end_streams(self) -> None:
+        """End the streams clients hold open (event watchers, followed consoles): the server is
+        stopping, and they would otherwise hold its graceful shutdown for the whole grace period."""
+        self.closing.set()
+        self.events.close()
+
     async def close(self, *, stop_vms: bool) -> None:
+        self.end_streams()
         if self._health_loop is not None:
             self._health_loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -178,6 +192,7 @@ class Node:
         self.store.insert(record)
         nvm = NodeVm(record, self.config.agent_timeout)
         self.vms[vm_id] = nvm
+        self.events.emit(record, EventKind.CREATED)
         return nvm
 
     async def boot(self, nvm: NodeVm, request: VmRequest) -> VmView:
@@ -192,10 +207,12 @@ class Node:
             ip_address=request.ip_address,
             allow_peers=request.allow_peers,
         )
+        started = time.monotonic()
         nvm.create_task = asyncio.create_task(self._boot(nvm, backend, params), name=f"create {nvm.id}")
         try:
             # Shielded, so that a cancelled caller reaches the boot only through the path below.
             record = await asyncio.shield(nvm.create_task)
+            instruments.CREATE_SECONDS.labels(origin=record.origin.value).observe(time.monotonic() - started)
             return VmView(record, nvm.agent.health)
         except asyncio.CancelledError:
             # The caller was cancelled (client gone, or the server stopping): stop the boot and let its
@@ -211,7 +228,7 @@ class Node:
             if nvm.record.origin is Origin.RESTORE:
                 info = self.snapshots.info(nvm.record.snapshot)
                 directory = self.snapshots.path(info.name)
-                return await restore(
+                record = await restore(
                     nvm,
                     backend,
                     params,
@@ -221,15 +238,20 @@ class Node:
                     directory,
                     info.manifest,
                 )
-            return await launch(nvm, backend, params, self.network, self.store, self._on_transition)
+            else:
+                record = await launch(nvm, backend, params, self.network, self.store, self._on_transition)
         except BaseException as exc:
             if not nvm.deleting:
+                reason = "cancelled" if isinstance(exc, asyncio.CancelledError) else str(exc)
+                self.events.emit(nvm.record, EventKind.ERROR, reason or type(exc).__name__, VmState.ERROR)
                 await to_completion(self._discard(nvm))
             if nvm.deleting and not isinstance(exc, errors.ServerError):
                 raise errors.FailedPrecondition(
                     f"VM {nvm.id} was deleted while it was being created"
                 ) from exc
             raise
+        self.events.emit(record, EventKind.RUNNING)
+        return record
 
     async def _discard(self, nvm: NodeVm) -> None:
         """Undo a create completely: VMM, directory, TAP, address, row."""
@@ -239,6 +261,7 @@ class Node:
         await release(self.network, nvm.record)
         self.store.delete(nvm.id)
         self.vms.pop(nvm.id, None)
+        self.events.emit(nvm.record, EventKind.DELETED, state=VmState.STOPPED)
 
     # -- a VM's life after its boot -------------------------------------------------------------------
 
@@ -248,14 +271,31 @@ class Node:
             nvm.record = nvm.record.with_(state=VmState.ERROR, error=event.reason, pid=None, ip_address="")
             nvm.agent.mark(AgentHealth.UNKNOWN, "the VM is not running")
             self.store.update(nvm.record)
-            asyncio.get_running_loop().create_task(self._release_after_crash(nvm))
+            self.events.emit(nvm.record, EventKind.ERROR, event.reason)
+            nvm.release_task = asyncio.get_running_loop().create_task(self._release_after_crash(nvm))
 
     async def _release_after_crash(self, nvm: NodeVm) -> None:
+        """Free what a dead VM held, except its console: kept until the VM is deleted, for `logs`."""
         await nvm.agent.close()
+        path = self.console_path(nvm)
+        await asyncio.to_thread(console.set_aside, path)  # the VMM's cleanup removes its console
         if nvm.vm is not None:
             with contextlib.suppress(Exception):
                 await nvm.vm.stop()
-        await release(self.network, nvm.record)
+        await release_network(self.network, nvm.record)
+        await asyncio.to_thread(console.keep_only_console, path)
+
+    def console_path(self, nvm: NodeVm) -> Path:
+        """The VM's current console file (``clawpot.node.console`` reads it, with its predecessor)."""
+        return console.console_log(nvm.record.vm_dir, nvm.record.backend)
+
+    def more_output_may_come(self, vm_id: str) -> bool:
+        """Whether the VM can still print: it exists, is not being deleted, and its VMM runs or is
+        starting (a VM in Error printed its last words before it got there)."""
+        nvm = self.vms.get(vm_id)
+        if nvm is None or nvm.deleting:
+            return False
+        return nvm.record.state in (VmState.STARTING, VmState.RUNNING, VmState.PAUSED)
 
     # -- delete ---------------------------------------------------------------------------------------
 
@@ -287,6 +327,9 @@ class Node:
             nvm.create_task.cancel()
             with contextlib.suppress(BaseException):
                 await nvm.create_task
+        if nvm.release_task is not None:
+            # A crash's release still running: let it finish, or it would race the removal below.
+            await asyncio.gather(nvm.release_task, return_exceptions=True)
         if nvm.vm is not None:
             # A clean guest shutdown through the agent keeps the writable layer consistent; the VMM is
             # stopped after it. Same path for a VM booted here and one attached after a restart.
@@ -297,6 +340,7 @@ class Node:
         await release(self.network, nvm.record)
         self.store.delete(nvm.id)
         self.vms.pop(nvm.id, None)
+        self.events.emit(nvm.record, EventKind.DELETED, state=VmState.STOPPED)
 
     # -- operations a backend may offer ---------------------------------------------------------------
 
@@ -312,7 +356,8 @@ class Node:
             if nvm.health_task is not None:
                 nvm.health_task.cancel()  # a ping in flight would only time out against stopped vCPUs
             await self._vmm_operation(nvm, Vm.pause)
-            self._record_state(nvm, VmState.PAUSED)
+            if self._record_state(nvm, VmState.PAUSED):
+                self.events.emit(nvm.record, EventKind.PAUSED)
             nvm.agent.mark(AgentHealth.UNKNOWN, "the VM is paused")
         return nvm.view()
 
@@ -323,7 +368,8 @@ class Node:
         async with nvm.operation:
             self._in_state(nvm, "resume", VmState.PAUSED)
             await self._vmm_operation(nvm, Vm.resume)
-            self._record_state(nvm, VmState.RUNNING)
+            if self._record_state(nvm, VmState.RUNNING):
+                self.events.emit(nvm.record, EventKind.RESUMED)
         return nvm.view()
 
     async def snapshot(self, vm_id: str, name: str) -> SnapshotInfo:
@@ -404,11 +450,14 @@ class Node:
             wanted = " or ".join(states)
             raise errors.FailedPrecondition(f"cannot {action} VM {nvm.id}: it is {current}, not {wanted}")
 
-    def _record_state(self, nvm: NodeVm, state: VmState) -> None:
+    def _record_state(self, nvm: NodeVm, state: VmState) -> bool:
+        """Record ``state``; False when a delete or a crash got there while the VMM was asked (theirs
+        is the newer state)."""
         if nvm.deleting or nvm.record.state is VmState.ERROR:
-            return  # a delete or a crash got there while the VMM was asked: theirs is the newer state
+            return False
         nvm.record = nvm.record.with_(state=state)
         self.store.update(nvm.record)
+        return True
 
     async def _vmm_operation(self, nvm: NodeVm, operation: Callable[[Vm], Awaitable[None]]) -> None:
         if nvm.vm is None:
@@ -438,6 +487,20 @@ class Node:
         except Exception:  # a bug must not kill the checks of this VM for good
             log.exception("VM %s: health check failed", nvm.id)
 
+    # -- console and events ----------------------------------------------------------------------------
+
+    def logs(self, vm_id: str, tail_lines: int | None, follow: bool) -> AsyncIterator[bytes]:
+        """The VM's console (``clawpot.node.console.read``); following ends when the VM can print no
+        more, or the node closes."""
+        nvm = self.get(vm_id)
+        return console.read(
+            self.console_path(nvm),
+            tail_lines=tail_lines,
+            follow=follow,
+            more_may_come=lambda: self.more_output_may_come(vm_id),
+            stop=self.closing,
+        )
+
     # -- guest operations -----------------------------------------------------------------------------
 
     def running(self, vm_id: str) -> NodeVm:
@@ -451,7 +514,10 @@ class Node:
         return nvm
 
     async def exec(self, vm_id: str, params: ExecParams) -> ExecSession:
-        return await calls.exec_in(self.running(vm_id), params)
+        started = time.monotonic()
+        session = await calls.exec_in(self.running(vm_id), params)
+        instruments.EXEC_START_SECONDS.observe(time.monotonic() - started)
+        return session
 
     async def upload(self, vm_id: str, path: str, mode: int, chunks: AsyncIterator[bytes]) -> int:
         return await calls.upload_to(self.running(vm_id), path, mode, chunks)

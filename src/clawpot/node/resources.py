@@ -41,7 +41,12 @@ async def attach_network(
 
 async def release(network: NetworkManager | None, record: VmRecord) -> None:
     """Free the VM's network slot and remove its directory (idempotent)."""
+    await release_network(network, record)
+    await asyncio.to_thread(shutil.rmtree, record.vm_dir, True)
+
+
+async def release_network(network: NetworkManager | None, record: VmRecord) -> None:
+    """Free the VM's network slot (TAP, address, rules); idempotent."""
     if network is not None:
         with contextlib.suppress(NetworkError):
             await asyncio.to_thread(network.detach_vm, record.id)
-    await asyncio.to_thread(shutil.rmtree, record.vm_dir, True)

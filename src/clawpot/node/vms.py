@@ -27,6 +27,8 @@ class NodeVm:
         self.create_task: asyncio.Task[VmRecord] | None = None
         self.delete_task: asyncio.Task[None] | None = None
         self.health_task: asyncio.Task[None] | None = None  # the periodic check in flight, if any
+        # Freeing what a crashed VM held (its console kept): a delete waits for it.
+        self.release_task: asyncio.Task[None] | None = None
         self.deleting = False
         # One VMM operation at a time (pause, resume, snapshot): a resume must not land mid-snapshot.
         self.operation = asyncio.Lock()

@@ -10,6 +10,11 @@ them: 0600, or 0660 for ``--socket-group``) and the *network* one serves TCP, wh
 health checking needs the API token (``auth``) and non-loopback addresses need TLS (``listeners``).
 Two servers rather than one that tells listeners apart by ``context.peer()``: a call can only reach
 the token-free path through a socket the filesystem let it open, whatever the peer string says.
+
+Both count and log every call (``rpcmetrics``). With ``--metrics-listen`` a third listener serves
+Prometheus' ``/metrics`` (``clawpot.metrics``): the same loopback-or-TLS rule, checked up front.
+On shutdown the streams clients hold open (WatchVms, StreamLogs --follow) are ended first, so they
+do not hold the grace period.
 """
 
 from __future__ import annotations
@@ -30,10 +35,14 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 
 from clawpot import limits
+from clawpot.metrics import instruments
+from clawpot.metrics.collector import NodeCollector
+from clawpot.metrics.http import MetricsServer, check_address
 from clawpot.node.node import Node, NodeConfig
 from clawpot.server import apitoken, listeners
 from clawpot.server.auth import TokenAuthInterceptor
 from clawpot.server.listeners import TlsFiles
+from clawpot.server.rpcmetrics import RpcMetricsInterceptor
 from clawpot.server.servicer import VmServicer
 from clawpot.service.service import Service
 from clawpot.v1 import vm_pb2, vm_pb2_grpc
@@ -53,6 +62,8 @@ class ServerConfig:
     stop_vms_on_exit: bool = False
     tls: TlsFiles | None = None
     socket_group: str | None = None
+    # HOST:PORT for Prometheus' /metrics (None: not served).
+    metrics_listen: str | None = None
 
 
 @contextlib.contextmanager
@@ -63,6 +74,16 @@ def _private_umask() -> Iterator[None]:
         yield
     finally:
         os.umask(old)
+
+
+def _known_methods() -> frozenset[str]:
+    """Every method the servers serve (``/package.Service/Method``): the RPC metrics' label values."""
+    from grpc_health.v1 import health_pb2 as h
+    from grpc_reflection.v1alpha import reflection_pb2 as r
+
+    services = [vm_pb2.DESCRIPTOR.services_by_name["VmService"], *h.DESCRIPTOR.services_by_name.values()]
+    services += list(r.DESCRIPTOR.services_by_name.values())
+    return frozenset(f"/{svc.full_name}/{m.name}" for svc in services for m in svc.methods)
 
 
 def _grpc_server(
@@ -93,8 +114,12 @@ def _open_unix_socket(path: Path, gid: int | None) -> None:
 async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> None:
     # Every flag is checked before anything has side effects (ListenError: one line).
     plan = listeners.plan(config.listen, tls=config.tls, socket_group=config.socket_group)
+    metrics_address = (
+        check_address(config.metrics_listen, config.tls) if config.metrics_listen is not None else None
+    )
     token = apitoken.ensure_token(config.node.data_dir)
     node = await Node.open(config.node)
+    rpc_metrics = RpcMetricsInterceptor(_known_methods())
     servicer = VmServicer(Service(node, memory_overcommit=config.memory_overcommit))
     health_servicer = health_aio.HealthServicer()
     stop = asyncio.Event()
@@ -103,9 +128,16 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
         loop.add_signal_handler(sig, stop.set)
 
     servers: list[grpc.aio.Server] = []
+    collector: NodeCollector | None = None
+    metrics: MetricsServer | None = None
     try:
+        if metrics_address is not None:
+            collector = NodeCollector.of(node, loop)
+            instruments.REGISTRY.register(collector)
+            metrics = MetricsServer(metrics_address, instruments.REGISTRY)
+            log.info("serving /metrics on %s", config.metrics_listen)
         if plan.unix:
-            local = _grpc_server(servicer, health_servicer, ())
+            local = _grpc_server(servicer, health_servicer, (rpc_metrics,))
             for path in plan.unix:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with contextlib.suppress(FileNotFoundError):
@@ -113,7 +145,8 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
                 _bind(local, f"unix:{path}", None)
             servers.append(local)
         if plan.tcp:
-            network = _grpc_server(servicer, health_servicer, (TokenAuthInterceptor(token),))
+            # Metrics first: a call the token check refuses is counted too (UNAUTHENTICATED).
+            network = _grpc_server(servicer, health_servicer, (rpc_metrics, TokenAuthInterceptor(token)))
             for address in plan.tcp:
                 _bind(network, address, plan.tls)
             servers.append(network)
@@ -131,7 +164,12 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
         log.info("shutting down (grace %.0fs)", config.shutdown_grace)
         await health_servicer.enter_graceful_shutdown()
     finally:
+        node.end_streams()
         await asyncio.gather(*(server.stop(config.shutdown_grace) for server in servers))
+        if metrics is not None:
+            await asyncio.to_thread(metrics.close)
+        if collector is not None:
+            instruments.REGISTRY.unregister(collector)
         await node.close(stop_vms=config.stop_vms_on_exit)
         for path in plan.unix:
             with contextlib.suppress(FileNotFoundError):

@@ -14,6 +14,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from clawpot import errors, limits
+from clawpot.node.events import EventKind, VmEvent
 from clawpot.node.health import AgentHealth
 from clawpot.node.sessions import ExecParams, ExecSession
 from clawpot.node.snapshots import SnapshotInfo
@@ -34,6 +35,7 @@ _STATUS: dict[type[errors.ServerError], grpc.StatusCode] = {
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
 }
 
 _STATE_TO_PB = {
@@ -53,6 +55,15 @@ _HEALTH_TO_PB = {
     AgentHealth.HEALTHY: vm_pb2.AGENT_HEALTH_HEALTHY,
     AgentHealth.UNRESPONSIVE: vm_pb2.AGENT_HEALTH_UNRESPONSIVE,
     AgentHealth.DEGRADED: vm_pb2.AGENT_HEALTH_DEGRADED,
+}
+
+_EVENT_TO_PB = {
+    EventKind.CREATED: vm_pb2.VM_EVENT_KIND_CREATED,
+    EventKind.RUNNING: vm_pb2.VM_EVENT_KIND_RUNNING,
+    EventKind.PAUSED: vm_pb2.VM_EVENT_KIND_PAUSED,
+    EventKind.RESUMED: vm_pb2.VM_EVENT_KIND_RESUMED,
+    EventKind.ERROR: vm_pb2.VM_EVENT_KIND_ERROR,
+    EventKind.DELETED: vm_pb2.VM_EVENT_KIND_DELETED,
 }
 
 T = TypeVar("T")
@@ -94,6 +105,19 @@ def vm_to_pb(view: VmView) -> vm_pb2.Vm:
         health_detail=health.detail[: limits.MAX_HEALTH_DETAIL_CHARS],
         origin=_ORIGIN_TO_PB[rec.origin],
         snapshot=rec.snapshot,
+    )
+
+
+def event_to_pb(event: VmEvent) -> vm_pb2.VmEvent:
+    return vm_pb2.VmEvent(
+        sequence=event.sequence,
+        at=_timestamp(event.at),
+        vm_id=event.vm_id,
+        kind=_EVENT_TO_PB[event.kind],
+        state=_STATE_TO_PB[event.state],
+        backend=_BACKEND_TO_PB[event.backend],
+        origin=_ORIGIN_TO_PB[event.origin],
+        reason=event.reason,
     )
 
 
@@ -283,3 +307,36 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
             raise
         except Exception as exc:
             await _abort(context, exc)
+
+    async def StreamLogs(
+        self, request: vm_pb2.StreamLogsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[vm_pb2.LogChunk]:
+        tail = request.tail_lines if request.HasField("tail_lines") else None
+        stream = await self._call(context, lambda: self._service.logs(request.id, tail, request.follow))
+        try:
+            async for data in stream:
+                yield vm_pb2.LogChunk(data=data)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            await _abort(context, exc)
+        finally:
+            await stream.aclose()
+
+    async def WatchVms(
+        self, request: vm_pb2.WatchVmsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[vm_pb2.VmEvent]:
+        since = request.since_sequence if request.HasField("since_sequence") else None
+        follow = not request.no_follow
+        watcher = await self._call(context, lambda: self._service.watch(since, follow=follow))
+        events = watcher.events()
+        try:
+            async for event in events:
+                yield event_to_pb(event)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            await _abort(context, exc)
+        finally:
+            await events.aclose()
+            watcher.close()

@@ -8,10 +8,11 @@ kind, which the gRPC servicer turns into a status code. No gRPC here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
 from clawpot import errors, limits
+from clawpot.node.events import Watcher
 from clawpot.node.node import Node, VmRequest
 from clawpot.node.sessions import DownloadHandle, ExecParams, ExecSession
 from clawpot.node.snapshots import SnapshotInfo
@@ -38,6 +39,7 @@ class Service:
     def __init__(self, node: Node, *, memory_overcommit: float = limits.DEFAULT_MEMORY_OVERCOMMIT) -> None:
         self.node = node
         self.memory_overcommit = memory_overcommit
+        self._log_streams = 0
 
     async def create(self, params: CreateParams) -> VmView:
         if params.from_snapshot is not None:
@@ -151,3 +153,24 @@ class Service:
         validate.vm_id(vm_id)
         validate.guest_path(path)
         return await self.node.download(vm_id, path)
+
+    async def logs(self, vm_id: str, tail_lines: int | None, follow: bool) -> AsyncGenerator[bytes, None]:
+        """The VM's console; at most ``limits.LOGS_MAX_STREAMS`` at once (RESOURCE_EXHAUSTED)."""
+        validate.vm_id(vm_id)
+        if tail_lines is not None and tail_lines > limits.LOGS_TAIL_MAX_LINES:
+            raise errors.InvalidArgument(f"tail_lines: at most {limits.LOGS_TAIL_MAX_LINES}")
+        if self._log_streams >= limits.LOGS_MAX_STREAMS:
+            raise errors.ResourceExhausted(f"too many console streams (at most {limits.LOGS_MAX_STREAMS})")
+        stream = self.node.logs(vm_id, tail_lines, follow)  # NOT_FOUND before anything is counted
+        return self._counted(stream)
+
+    async def _counted(self, stream: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+        self._log_streams += 1
+        try:
+            async for data in stream:
+                yield data
+        finally:
+            self._log_streams -= 1
+
+    async def watch(self, since: int | None, *, follow: bool = True) -> Watcher:
+        return self.node.events.watch(since, follow=follow)

@@ -116,6 +116,39 @@ BACKEND_FIRECRACKER: Backend.ValueType  # 1
 BACKEND_QEMU: Backend.ValueType  # 2
 Global___Backend: _TypeAlias = Backend  # noqa: Y015
 
+class _VmEventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _VmEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_VmEventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VM_EVENT_KIND_UNSPECIFIED: _VmEventKind.ValueType  # 0
+    VM_EVENT_KIND_CREATED: _VmEventKind.ValueType  # 1
+    """accepted, STARTING"""
+    VM_EVENT_KIND_RUNNING: _VmEventKind.ValueType  # 2
+    """its agent answered"""
+    VM_EVENT_KIND_PAUSED: _VmEventKind.ValueType  # 3
+    VM_EVENT_KIND_RESUMED: _VmEventKind.ValueType  # 4
+    VM_EVENT_KIND_ERROR: _VmEventKind.ValueType  # 5
+    """its VMM died, or its create failed: `reason` says why"""
+    VM_EVENT_KIND_DELETED: _VmEventKind.ValueType  # 6
+    """gone, with everything it held"""
+
+class VmEventKind(_VmEventKind, metaclass=_VmEventKindEnumTypeWrapper): ...
+
+VM_EVENT_KIND_UNSPECIFIED: VmEventKind.ValueType  # 0
+VM_EVENT_KIND_CREATED: VmEventKind.ValueType  # 1
+"""accepted, STARTING"""
+VM_EVENT_KIND_RUNNING: VmEventKind.ValueType  # 2
+"""its agent answered"""
+VM_EVENT_KIND_PAUSED: VmEventKind.ValueType  # 3
+VM_EVENT_KIND_RESUMED: VmEventKind.ValueType  # 4
+VM_EVENT_KIND_ERROR: VmEventKind.ValueType  # 5
+"""its VMM died, or its create failed: `reason` says why"""
+VM_EVENT_KIND_DELETED: VmEventKind.ValueType  # 6
+"""gone, with everything it held"""
+Global___VmEventKind: _TypeAlias = VmEventKind  # noqa: Y015
+
 @_typing.final
 class Vm(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -868,3 +901,123 @@ class DownloadFileResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___DownloadFileResponse: _TypeAlias = DownloadFileResponse  # noqa: Y015
+
+@_typing.final
+class StreamLogsRequest(_message.Message):
+    """--- operations: console logs and the event stream (issue 15) ---"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TAIL_LINES_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    tail_lines: _builtins.int
+    """Only the last N lines of what is kept (at most 10000); unset: everything kept."""
+    follow: _builtins.bool
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        tail_lines: _builtins.int | None = ...,
+        follow: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_tail_lines", b"_tail_lines", "tail_lines", b"tail_lines"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tail_lines", b"_tail_lines", "follow", b"follow", "id", b"id", "tail_lines", b"tail_lines"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__tail_lines: _TypeAlias = _typing.Literal["tail_lines"]  # noqa: Y015
+    _WhichOneofArgType__tail_lines: _TypeAlias = _typing.Literal["_tail_lines", b"_tail_lines"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tail_lines) -> _WhichOneofReturnType__tail_lines | None: ...
+
+Global___StreamLogsRequest: _TypeAlias = StreamLogsRequest  # noqa: Y015
+
+@_typing.final
+class LogChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """at most 32 KiB of console output, as the guest wrote it"""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogChunk: _TypeAlias = LogChunk  # noqa: Y015
+
+@_typing.final
+class WatchVmsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_SEQUENCE_FIELD_NUMBER: _builtins.int
+    NO_FOLLOW_FIELD_NUMBER: _builtins.int
+    since_sequence: _builtins.int
+    """Unset: only events from now on. 0: every event still kept, then new ones. N: the events after N."""
+    no_follow: _builtins.bool
+    """End the stream after the events kept now instead of waiting for new ones."""
+    def __init__(
+        self,
+        *,
+        since_sequence: _builtins.int | None = ...,
+        no_follow: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_since_sequence", b"_since_sequence", "since_sequence", b"since_sequence"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_since_sequence", b"_since_sequence", "no_follow", b"no_follow", "since_sequence", b"since_sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__since_sequence: _TypeAlias = _typing.Literal["since_sequence"]  # noqa: Y015
+    _WhichOneofArgType__since_sequence: _TypeAlias = _typing.Literal["_since_sequence", b"_since_sequence"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__since_sequence) -> _WhichOneofReturnType__since_sequence | None: ...
+
+Global___WatchVmsRequest: _TypeAlias = WatchVmsRequest  # noqa: Y015
+
+@_typing.final
+class VmEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    VM_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    BACKEND_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Grows by one per event; also across server restarts (a server starts above any earlier one)."""
+    vm_id: _builtins.str
+    kind: Global___VmEventKind.ValueType
+    state: Global___VmState.ValueType
+    """the VM's state after the event"""
+    backend: Global___Backend.ValueType
+    origin: Global___VmOrigin.ValueType
+    reason: _builtins.str
+    """for ERROR: the VMM's or the boot's explanation (one line)"""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        vm_id: _builtins.str = ...,
+        kind: Global___VmEventKind.ValueType = ...,
+        state: Global___VmState.ValueType = ...,
+        backend: Global___Backend.ValueType = ...,
+        origin: Global___VmOrigin.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "backend", b"backend", "kind", b"kind", "origin", b"origin", "reason", b"reason", "sequence", b"sequence", "state", b"state", "vm_id", b"vm_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VmEvent: _TypeAlias = VmEvent  # noqa: Y015

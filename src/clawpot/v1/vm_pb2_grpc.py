@@ -94,6 +94,16 @@ class VmServiceStub:
                 request_serializer=clawpot_dot_v1_dot_vm__pb2.DownloadFileRequest.SerializeToString,
                 response_deserializer=clawpot_dot_v1_dot_vm__pb2.DownloadFileResponse.FromString,
                 _registered_method=True)
+        self.StreamLogs = channel.unary_stream(
+                '/clawpot.v1.VmService/StreamLogs',
+                request_serializer=clawpot_dot_v1_dot_vm__pb2.StreamLogsRequest.SerializeToString,
+                response_deserializer=clawpot_dot_v1_dot_vm__pb2.LogChunk.FromString,
+                _registered_method=True)
+        self.WatchVms = channel.unary_stream(
+                '/clawpot.v1.VmService/WatchVms',
+                request_serializer=clawpot_dot_v1_dot_vm__pb2.WatchVmsRequest.SerializeToString,
+                response_deserializer=clawpot_dot_v1_dot_vm__pb2.VmEvent.FromString,
+                _registered_method=True)
 
 
 class VmServiceServicer:
@@ -184,6 +194,24 @@ class VmServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamLogs(self, request, context):
+        """The VM's serial console: what is kept (at most 1 MiB and its rotated predecessor), or its last
+        `tail_lines` lines; with `follow`, then what it prints next, until the VM is deleted or goes to
+        ERROR (whose console is kept until delete). Raw guest bytes: untrusted text.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchVms(self, request, context):
+        """Every VM state change, numbered. Resume after a reconnect with `since_sequence`: OUT_OF_RANGE when
+        the events after it are no longer kept (the last 10000 are, in memory; not across a server
+        restart). A watcher that falls 1000 events behind is dropped with RESOURCE_EXHAUSTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VmServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -246,6 +274,16 @@ def add_VmServiceServicer_to_server(servicer, server):
                     servicer.DownloadFile,
                     request_deserializer=clawpot_dot_v1_dot_vm__pb2.DownloadFileRequest.FromString,
                     response_serializer=clawpot_dot_v1_dot_vm__pb2.DownloadFileResponse.SerializeToString,
+            ),
+            'StreamLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamLogs,
+                    request_deserializer=clawpot_dot_v1_dot_vm__pb2.StreamLogsRequest.FromString,
+                    response_serializer=clawpot_dot_v1_dot_vm__pb2.LogChunk.SerializeToString,
+            ),
+            'WatchVms': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchVms,
+                    request_deserializer=clawpot_dot_v1_dot_vm__pb2.WatchVmsRequest.FromString,
+                    response_serializer=clawpot_dot_v1_dot_vm__pb2.VmEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -572,6 +610,60 @@ class VmService:
             '/clawpot.v1.VmService/DownloadFile',
             clawpot_dot_v1_dot_vm__pb2.DownloadFileRequest.SerializeToString,
             clawpot_dot_v1_dot_vm__pb2.DownloadFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/clawpot.v1.VmService/StreamLogs',
+            clawpot_dot_v1_dot_vm__pb2.StreamLogsRequest.SerializeToString,
+            clawpot_dot_v1_dot_vm__pb2.LogChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchVms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/clawpot.v1.VmService/WatchVms',
+            clawpot_dot_v1_dot_vm__pb2.WatchVmsRequest.SerializeToString,
+            clawpot_dot_v1_dot_vm__pb2.VmEvent.FromString,
             options,
             channel_credentials,
             insecure,
