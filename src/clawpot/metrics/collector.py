@@ -129,9 +129,16 @@ def _vm_counts(vms: list[VmSample]) -> Iterator[Metric]:
     family = GaugeMetricFamily(
         "clawpot_vms", "VMs on this node, by state and backend.", labels=("state", "backend")
     )
-    counts = {(state, backend): 0 for state in VmState for backend in BackendKind}
+    # The states the API shows (NotStarted is a handle's state before its boot: Starting, as in the API).
+    counts = {
+        (state, backend): 0
+        for state in VmState
+        if state is not VmState.NOT_STARTED
+        for backend in BackendKind
+    }
     for vm in vms:
-        counts[(vm.state, vm.backend)] += 1
+        state = VmState.STARTING if vm.state is VmState.NOT_STARTED else vm.state
+        counts[(state, vm.backend)] += 1
     for (state, backend), count in counts.items():
         family.add_metric((state.value.lower(), backend.value), count)
     yield family

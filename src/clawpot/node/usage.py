@@ -1,9 +1,12 @@
 """What a VM costs the host right now: CPU seconds used so far and memory held, read from the kernel.
 
-From the VM's cgroup where it has one (``cpu.stat`` ``usage_usec``, ``memory.current``: the VMM and
-every thread or helper it started), else from its VMM process in ``/proc`` (``stat`` utime + stime,
-``statm`` resident pages). A VM gets a cgroup from whoever places it in one: ``set_cgroup_locator``
-is the seam (the jailer's placement registers a function from VM id to cgroup directory).
+From the VM's cgroup where it has one (the VMM and every thread or helper it started): cgroup v2's
+``cpu.stat`` ``usage_usec`` and ``memory.current``, or v1's ``cpuacct.usage`` and
+``memory.usage_in_bytes`` (hosts with v1 controllers, like this project's build machine, mount cpu and
+memory as separate v1 hierarchies: a VM then has one directory in each). Else from its VMM process in
+``/proc`` (``stat`` utime + stime, ``statm`` resident pages). A VM gets a cgroup from whoever places it
+in one: ``set_cgroup_locator`` is the seam (the jail's placement registers a function from VM id to
+the VM's cgroup directories).
 
 Reads are a few small files per VM and never block on the guest, so the metrics scrape (and the
 E2B-style API's per-sandbox metrics) can call ``read_usage`` for every VM at scrape time. No gRPC.
@@ -16,15 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
-# VM id -> its cgroup directory (cgroup v2), or None when it has none.
-CgroupLocator = Callable[[str], Path | None]
+# VM id -> its cgroup directories (one for v2; one per v1 hierarchy), empty when it has none.
+CgroupLocator = Callable[[str], Sequence[Path]]
 _cgroup_locator: CgroupLocator | None = None
 
 
@@ -45,29 +48,52 @@ def read_usage(vm_id: str, pid: int | None, start_ticks: int | None = None) -> V
     """The VM's usage from its cgroup if it has one, else from its VMM's ``/proc`` entry; None when
     neither can be read (no VMM, it exited, or its PID now belongs to another process)."""
     if _cgroup_locator is not None:
-        cgroup = _cgroup_locator(vm_id)
-        if cgroup is not None:
-            usage = from_cgroup(cgroup)
+        cgroups = _cgroup_locator(vm_id)
+        if cgroups:
+            usage = from_cgroup(*cgroups)
             if usage is not None:
                 return usage
     return from_proc(pid, start_ticks) if pid is not None else None
 
 
-def from_cgroup(path: Path) -> VmUsage | None:
-    """cgroup v2: ``cpu.stat`` (usage_usec) and ``memory.current``."""
+def from_cgroup(*directories: Path) -> VmUsage | None:
+    """CPU and memory from the VM's cgroup directories: v2 files first, then v1's; None unless both
+    numbers are found."""
+    cpu: float | None = None
+    memory: int | None = None
+    for path in directories:
+        if cpu is None:
+            cpu = _v2_cpu(path)
+        if cpu is None:
+            cpu = _int_file(path / "cpuacct.usage", scale=1e-9)
+        if memory is None:
+            memory = _int(path / "memory.current") or _int(path / "memory.usage_in_bytes")
+    if cpu is None or memory is None:
+        return None
+    return VmUsage(cpu, memory, "cgroup")
+
+
+def _v2_cpu(path: Path) -> float | None:
     try:
-        cpu_usec = None
         for line in (path / "cpu.stat").read_text().splitlines():
             key, _, value = line.partition(" ")
             if key == "usage_usec":
-                cpu_usec = int(value)
-                break
-        memory = int((path / "memory.current").read_text())
+                return int(value) / 1e6
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _int(path: Path) -> int | None:
+    try:
+        return int(path.read_text())
     except (OSError, ValueError):
         return None
-    if cpu_usec is None:
-        return None
-    return VmUsage(cpu_usec / 1e6, memory, "cgroup")
+
+
+def _int_file(path: Path, scale: float) -> float | None:
+    value = _int(path)
+    return None if value is None else value * scale
 
 
 def from_proc(pid: int, start_ticks: int | None = None) -> VmUsage | None:

@@ -52,7 +52,7 @@ def test_the_cgroup_wins_where_the_locator_names_one(tmp_path: Path, busy: subpr
     cgroup.mkdir()
     (cgroup / "cpu.stat").write_text("usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n")
     (cgroup / "memory.current").write_text("314572800\n")
-    usage.set_cgroup_locator(lambda vm_id: cgroup if vm_id == "abc" else None)
+    usage.set_cgroup_locator(lambda vm_id: [cgroup] if vm_id == "abc" else [])
     try:
         assert usage.read_usage("abc", busy.pid) == usage.VmUsage(2.5, 314572800, "cgroup")
         other = usage.read_usage("other", busy.pid)
@@ -63,3 +63,13 @@ def test_the_cgroup_wins_where_the_locator_names_one(tmp_path: Path, busy: subpr
     finally:
         usage.set_cgroup_locator(None)
     assert usage.read_usage("abc", None) is None
+
+
+def test_cgroup_v1_hierarchies(tmp_path: Path) -> None:
+    cpu, memory = tmp_path / "cpu,cpuacct" / "vm-abc", tmp_path / "memory" / "vm-abc"
+    cpu.mkdir(parents=True)
+    memory.mkdir(parents=True)
+    (cpu / "cpuacct.usage").write_text("1500000000\n")  # nanoseconds
+    (memory / "memory.usage_in_bytes").write_text("104857600\n")
+    assert usage.from_cgroup(cpu, memory) == usage.VmUsage(1.5, 104857600, "cgroup")
+    assert usage.from_cgroup(cpu) is None  # memory missing: not half an answer
