@@ -4,7 +4,7 @@ From the VM's cgroup where it has one (the VMM and every thread or helper it sta
 ``cpu.stat`` ``usage_usec`` and ``memory.current``, or v1's ``cpuacct.usage`` and
 ``memory.usage_in_bytes`` (hosts with v1 controllers, like this project's build machine, mount cpu and
 memory as separate v1 hierarchies: a VM then has one directory in each). Else from its VMM process in
-``/proc`` (``stat`` utime + stime, ``statm`` resident pages). A VM gets a cgroup from whoever places it
+``/proc`` (``stat``: utime + stime, and rss). A VM gets a cgroup from whoever places it
 in one: ``set_cgroup_locator`` is the seam (the jail's placement registers a function from VM id to
 the VM's cgroup directories).
 
@@ -97,17 +97,17 @@ def _int_file(path: Path, scale: float) -> float | None:
 
 
 def from_proc(pid: int, start_ticks: int | None = None) -> VmUsage | None:
-    """``/proc/PID/stat`` (utime + stime, and the start time that tells PID reuse) and ``statm``."""
+    """``/proc/PID/stat`` alone: utime + stime, rss (the same resident count ``statm`` and ``status``
+    show) and the start time that tells PID reuse. One small read per VM."""
     with contextlib.suppress(OSError, ValueError, IndexError):
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
         # The command name is in parentheses and may contain anything: the fields follow the last ')'.
         fields = stat[stat.rindex(b")") + 2 :].split()
-        # Fields counted from 1 in proc(5): state is 3, utime 14, stime 15, starttime 22.
+        # Fields counted from 1 in proc(5): state is 3 (index 0 here), utime 14, stime 15,
+        # starttime 22, rss 24 (pages).
         if start_ticks is not None and int(fields[19]) != start_ticks:
             return None
         cpu = (int(fields[11]) + int(fields[12])) / _CLK_TCK
-        with open(f"/proc/{pid}/statm", "rb") as f:
-            resident_pages = int(f.read().split()[1])
-        return VmUsage(cpu, resident_pages * _PAGE_SIZE, "proc")
+        return VmUsage(cpu, int(fields[21]) * _PAGE_SIZE, "proc")
     return None
