@@ -6,6 +6,8 @@ that runs, and the listen rules match the API's."""
 from __future__ import annotations
 
 import asyncio
+import ssl
+import subprocess
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from clawpot.metrics import instruments
 from clawpot.metrics.collector import NodeCollector
-from clawpot.metrics.http import MetricsServer, check_address
+from clawpot.metrics.http import MetricsAddress, MetricsServer, check_address
 from clawpot.node.node import Node
 from clawpot.server.app import _known_methods
 from clawpot.server.listeners import ListenError, TlsFiles
@@ -126,3 +128,23 @@ def test_listen_rules_match_the_api(tmp_path: Path) -> None:
     for bad in ("unix:/tmp/m.sock", "9464", "127.0.0.1:x", "127.0.0.1:70000", ":9464"):
         with pytest.raises(ListenError):
             check_address(bad, None)
+
+
+def test_off_loopback_it_is_served_over_tls_only(tmp_path: Path) -> None:
+    cert, key = tmp_path / "m.crt", tmp_path / "m.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=metrics",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    # What check_address gives for a non-loopback HOST with TLS, bound here on loopback to test it.
+    server = MetricsServer(MetricsAddress("127.0.0.1", 0, TlsFiles(cert, key)), instruments.REGISTRY)
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        url = f"https://127.0.0.1:{server.port}/metrics"
+        with urllib.request.urlopen(url, context=context, timeout=10) as reply:
+            assert b"# TYPE clawpot_rpcs_total counter" in reply.read()
+        with pytest.raises(OSError):  # plain HTTP gets no answer it can read
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10).read()
+    finally:
+        server.close()
