@@ -121,6 +121,12 @@ def _tail_start(fd: int, size: int, lines: int) -> tuple[int, int]:
     return 0, wanted
 
 
+def _open_kept(path: Path) -> int | None:
+    """``path``, or its copy set aside while a crashed VM's directory is being cleaned (milliseconds)."""
+    fd = _open(path)
+    return fd if fd is not None else _open(_kept_dir(path) / path.name)
+
+
 class _Cursor:
     """An open console file and how far it has been read."""
 
@@ -155,7 +161,7 @@ async def read(
     Error, being deleted or gone: what it printed last is still sent) or ``stop`` is set."""
     if tail_lines is not None:
         tail_lines = min(max(tail_lines, 0), limits.LOGS_TAIL_MAX_LINES)
-    current_fd, previous_fd = _open(path), _open(_rotated(path))
+    current_fd, previous_fd = _open_kept(path), _open_kept(_rotated(path))
     current = _Cursor(current_fd) if current_fd is not None else None
     previous = _Cursor(previous_fd) if previous_fd is not None else None
     try:

@@ -125,6 +125,7 @@ class EventLog:
         self._first = self.last_sequence + 1
         self._watchers: set[Watcher] = set()
         self.dropped_watchers = 0  # for the metrics
+        self._closed = False
 
     @property
     def oldest_kept(self) -> int:
@@ -164,6 +165,8 @@ class EventLog:
         """A watcher of the events after ``since`` (every kept one for 0), then of new ones; only new
         ones when ``since`` is None. ``OutOfRange`` when events after ``since`` are no longer kept,
         or ``since`` was never issued."""
+        if self._closed:
+            raise errors.Unavailable("the server is stopping")
         if len(self._watchers) >= self.max_watchers:
             raise errors.ResourceExhausted(f"too many event watchers (at most {self.max_watchers})")
         backlog: list[VmEvent] = []
@@ -187,7 +190,9 @@ class EventLog:
         return watcher
 
     def close(self) -> None:
-        """End every watcher's stream (the server is stopping): they finish what they were sent."""
+        """End every watcher's stream (the server is stopping): they finish what they were sent. New
+        watchers are refused from now on."""
+        self._closed = True
         for watcher in list(self._watchers):
             watcher._end()
         self._watchers.clear()

@@ -99,6 +99,8 @@ async def test_no_follow_ends_after_the_backlog_and_close_ends_live_watchers() -
     await asyncio.sleep(0)
     log.close()
     assert await asyncio.wait_for(task, 5) == []
+    with pytest.raises(errors.Unavailable, match="stopping"):
+        log.watch()
 
 
 async def _collect(events: object) -> list[VmEvent]:
