@@ -1,32 +1,47 @@
 """``NetworkManager``: the one object the server uses for networking.
 
     setup()                         bridge + gateway address + forwarding + rules (idempotent)
-    attach_vm(id, ip, allow_peers)  address, TAP, rules -> NetworkSlot (undone on failure)
-    detach_vm(id)                   TAP deleted, address freed, rules updated
+    attach_vm(id, ip, allow_peers, policy)  address, TAP, policy, rules -> NetworkSlot (undone on failure)
+    detach_vm(id)                   TAP deleted, address, policy and ports freed, rules updated
+    set_egress(id, egress)          a running VM's egress policy: stored, its chain rewritten alone
+    pin(id, addresses, ttl)         addresses the DNS forwarder answered for an allowed domain
     reconcile(known_vm_ids)         after a crash: store, allocations and links agree again
     teardown()                      Clawpot's tables, TAPs and bridge removed, forwarding restored
 
 Every method acts on the network namespace of the calling process. The rules are re-rendered from
 the allocation table under SQLite's write lock after each change, so concurrent servers or threads
 can never leave a stale set behind and the last writer always saw every committed allocation.
+Pinned DNS answers live in nft sets with timeouts and in memory here (with their expiry), so a full
+re-render keeps them with the time they have left.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
+import time
 from collections.abc import Iterable
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from clawpot.network.bridge import delete_bridge, ensure_bridge, read_ip_forward, write_ip_forward
+from clawpot.network import policydb, vmrules
+from clawpot.network.bridge import (
+    delete_bridge,
+    ensure_bridge,
+    read_ip_forward,
+    set_route_localnet,
+    write_ip_forward,
+)
 from clawpot.network.config import NetworkConfig
 from clawpot.network.db import Database
-from clawpot.network.errors import LinkError, NetworkError
+from clawpot.network.errors import AllocationError, LinkError, NetworkError
 from clawpot.network.firewall import Firewall
 from clawpot.network.ipam import Allocation, IpAllocator
 from clawpot.network.links import find_link, iproute
 from clawpot.network.naming import tap_name_for
+from clawpot.network.policy import EgressPolicy
+from clawpot.network.policydb import VmNetworkPolicy
 from clawpot.network.reconcile import ReconcilePlan, plan
 from clawpot.network.slot import NetworkSlot
 from clawpot.network.tap import clawpot_taps, delete_tap, ensure_tap
@@ -46,6 +61,13 @@ class NetworkManager:
         self.db = db if isinstance(db, Database) else Database(db)
         self.allocator = IpAllocator(self.db, self.config)
         self.firewall = Firewall(self.config, nft)
+        # One nft change at a time: a pin must not land between a full render and its apply.
+        self._rules_lock = threading.RLock()
+        # What the last sync saw, for the DNS forwarder's per-query lookups (no SQLite on that path).
+        self._policies: dict[str, VmNetworkPolicy] = {}
+        self._by_address: dict[str, str] = {}
+        # vm_id -> pinned address -> monotonic expiry.
+        self._pins: dict[str, dict[str, float]] = {}
 
     # -- host side --------------------------------------------------------------------------------
 
@@ -54,6 +76,9 @@ class NetworkManager:
         _ = self.firewall.nft  # fail on a missing nft before changing anything
         with iproute() as ipr:
             ensure_bridge(ipr, self.config)
+        # Published ports on 127.0.0.1 are DNATed out of the bridge: the kernel routes a loopback
+        # source there only with route_localnet (docs/networking.md: why this is safe here).
+        set_route_localnet(self.config.bridge)
         self._enable_forwarding()
         self.sync_rules()
 
@@ -83,17 +108,37 @@ class NetworkManager:
                 conn.execute("DELETE FROM network_state WHERE key = ?", (_IP_FORWARD_KEY,))
 
     def sync_rules(self) -> None:
-        """Re-render and atomically apply the ruleset from the allocation table."""
-        with self.db.write() as conn:
+        """Re-render and atomically apply the ruleset from the allocation and policy tables."""
+        with self.db.write() as conn, self._rules_lock:
             allocations = self.allocator.allocations(conn)
-            self.firewall.apply([NetworkSlot.from_allocation(self.config, a) for a in allocations])
+            policies = policydb.load_all(self.db, conn)
+            slots = [NetworkSlot.from_allocation(self.config, a) for a in allocations]
+            live = {s.vm_id for s in slots}
+            self._pins = {vm: p for vm, p in self._pins.items() if vm in live}
+            self.firewall.apply(slots, policies, {vm: self._pins_left(vm) for vm in live})
+            self._policies = policies
+            self._by_address = {str(s.address): s.vm_id for s in slots}
+
+    def _pins_left(self, vm_id: str) -> dict[str, int]:
+        """The VM's pinned addresses with the whole seconds they have left (expired ones dropped)."""
+        now = time.monotonic()
+        pins = self._pins.get(vm_id, {})
+        for address in [a for a, expiry in pins.items() if expiry - now < 1]:
+            del pins[address]
+        return {a: int(expiry - now) for a, expiry in pins.items()}
 
     # -- per VM -----------------------------------------------------------------------------------
 
     def attach_vm(
-        self, vm_id: str, requested_ip: str | IPv4Address | None = None, *, allow_peers: bool = False
+        self,
+        vm_id: str,
+        requested_ip: str | IPv4Address | None = None,
+        *,
+        allow_peers: bool = False,
+        policy: VmNetworkPolicy | None = None,
     ) -> NetworkSlot:
-        """Give the VM an address and a TAP on the bridge; on any failure nothing new is left behind.
+        """Give the VM an address, a TAP on the bridge and its policy (None: keep the stored one); on
+        any failure nothing new is left behind (``PortInUse`` for a published port already taken).
 
         Repeating it for an attached VM returns the same slot (and applies a changed ``allow_peers``).
         """
@@ -102,6 +147,9 @@ class NetworkManager:
         slot = NetworkSlot.from_allocation(self.config, allocation)
         tap_created = False
         try:
+            if policy is not None:
+                with self.db.write() as conn:
+                    policydb.put(conn, vm_id, policy)
             with iproute() as ipr:
                 bridge = find_link(ipr, self.config.bridge)
                 if bridge is None:
@@ -116,6 +164,8 @@ class NetworkManager:
                     delete_tap(ipr, slot.tap_name)
             if previous is None:
                 with contextlib.suppress(NetworkError, sqlite3.Error):
+                    with self.db.write() as conn:
+                        policydb.remove(conn, vm_id)
                     self.allocator.release(vm_id)
             raise
         return slot
@@ -124,9 +174,68 @@ class NetworkManager:
         """Delete the VM's TAP and free its address; returns the freed allocation (None if it had none)."""
         with iproute() as ipr:
             delete_tap(ipr, tap_name_for(vm_id, self.config.tap_prefix))
+        with self.db.write() as conn:
+            policydb.remove(conn, vm_id)
         released = self.allocator.release(vm_id)
         self.sync_rules()
         return released
+
+    # -- egress policy and DNS pins ---------------------------------------------------------------
+
+    def policy(self, vm_id: str) -> VmNetworkPolicy:
+        """The VM's policy as last synced (the default one for a VM without rows)."""
+        return self._policies.get(vm_id, VmNetworkPolicy())
+
+    def vm_at(self, address: str) -> tuple[str, EgressPolicy] | None:
+        """The VM using guest ``address`` and its egress policy (the DNS forwarder asks per query)."""
+        vm_id = self._by_address.get(address)
+        return None if vm_id is None else (vm_id, self.policy(vm_id).egress)
+
+    def set_egress(self, vm_id: str, egress: EgressPolicy) -> VmNetworkPolicy:
+        """Store the VM's new egress policy and rewrite its chain and sets in one transaction.
+
+        Pins of domains the new policy no longer allows are dropped with the old set. Raises
+        ``AllocationError`` for a VM without an address."""
+        slot = self.slot(vm_id)
+        if slot is None:
+            raise AllocationError(f"VM {vm_id} has no network address")
+        with self.db.write() as conn, self._rules_lock:
+            policydb.set_egress(conn, vm_id, egress)
+            if egress.default_deny and not egress.allow.domains:
+                self._pins.pop(vm_id, None)
+            script = vmrules.render_update(self.config, slot, egress, self._pins_left(vm_id))
+            try:
+                self.firewall.update(script, f"update the egress rules of VM {vm_id}")
+            except NetworkError:
+                # Its chain is missing or differs (another server's render?): the whole ruleset, then.
+                self.firewall.apply(
+                    [NetworkSlot.from_allocation(self.config, a) for a in self.allocator.allocations(conn)],
+                    {**policydb.load_all(self.db, conn)},
+                    {vm: self._pins_left(vm) for vm in self._pins},
+                )
+            current = self._policies.get(vm_id, VmNetworkPolicy())
+            self._policies[vm_id] = VmNetworkPolicy(egress, current.ports)
+        return self._policies[vm_id]
+
+    def pin(self, vm_id: str, addresses: Iterable[str], ttl: int) -> None:
+        """Allow the VM to reach ``addresses`` for ``ttl`` seconds (clamped by the caller)."""
+        slot = self.slot_cached(vm_id)
+        items = sorted(set(addresses))
+        if slot is None or not items:
+            return
+        with self._rules_lock:
+            self.firewall.update(
+                vmrules.render_pin(self.config, slot, items, ttl), f"pin DNS answers for VM {vm_id}"
+            )
+            expiry = time.monotonic() + ttl
+            self._pins.setdefault(vm_id, {}).update(dict.fromkeys(items, expiry))
+
+    def slot_cached(self, vm_id: str) -> NetworkSlot | None:
+        """The VM's slot from the last sync's addresses (no SQLite: the DNS path calls it)."""
+        address = next((a for a, v in self._by_address.items() if v == vm_id), None)
+        if address is None:
+            return None
+        return NetworkSlot.derive(self.config, vm_id, IPv4Address(address))
 
     def set_allow_peers(self, vm_id: str, allow: bool) -> NetworkSlot | None:
         allocation = self.allocator.set_allow_peers(vm_id, allow)
@@ -153,6 +262,10 @@ class NetworkManager:
         todo = plan(self.config, self.allocator.allocations(), known_vm_ids, taps)
         for vm_id in todo.release:
             self.allocator.release(vm_id)
+        with self.db.write() as conn:
+            known = {a.vm_id for a in self.allocator.allocations(conn)}
+            for vm_id in set(policydb.load_all(self.db, conn)) - known:
+                policydb.remove(conn, vm_id)
         with iproute() as ipr:
             for name in todo.delete_taps:
                 delete_tap(ipr, name)
