@@ -44,8 +44,8 @@ DNS_PORT = 53
 
 # (vm_id, policy) of the VM at a guest address, or None for an address that is no VM's.
 PolicyLookup = Callable[[str], "tuple[str, EgressPolicy] | None"]
-# Pin these addresses for the VM for this many seconds; must be done when it returns.
-Pinner = Callable[[str, list[str], int], Awaitable[None]]
+# Pin (vm_id, query name, addresses, seconds): done when it returns.
+Pinner = Callable[[str, str, list[str], int], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ class DnsForwarder:
             addresses, ttl = _a_records(response)
             if addresses:
                 try:
-                    await self._pin(vm_id, addresses, ttl)
+                    await self._pin(vm_id, qname, addresses, ttl)
                 except Exception as exc:
                     log.warning("DNS: cannot pin %s for VM %s: %s", qname, vm_id, exc)
                     return _reply(query, dns.rcode.SERVFAIL)

@@ -4,7 +4,7 @@
     attach_vm(id, ip, allow_peers, policy)  address, TAP, policy, rules -> NetworkSlot (undone on failure)
     detach_vm(id)                   TAP deleted, address, policy and ports freed, rules updated
     set_egress(id, egress)          a running VM's egress policy: stored, its chain rewritten alone
-    pin(id, addresses, ttl)         addresses the DNS forwarder answered for an allowed domain
+    pin(id, domain, addresses, ttl) addresses the DNS forwarder answered for an allowed domain
     reconcile(known_vm_ids)         after a crash: store, allocations and links agree again
     teardown()                      Clawpot's tables, TAPs and bridge removed, forwarding restored
 
@@ -66,8 +66,8 @@ class NetworkManager:
         # What the last sync saw, for the DNS forwarder's per-query lookups (no SQLite on that path).
         self._policies: dict[str, VmNetworkPolicy] = {}
         self._by_address: dict[str, str] = {}
-        # vm_id -> pinned address -> monotonic expiry.
-        self._pins: dict[str, dict[str, float]] = {}
+        # vm_id -> pinned address -> (monotonic expiry, the domain whose answer it was).
+        self._pins: dict[str, dict[str, tuple[float, str]]] = {}
 
     # -- host side --------------------------------------------------------------------------------
 
@@ -123,9 +123,9 @@ class NetworkManager:
         """The VM's pinned addresses with the whole seconds they have left (expired ones dropped)."""
         now = time.monotonic()
         pins = self._pins.get(vm_id, {})
-        for address in [a for a, expiry in pins.items() if expiry - now < 1]:
+        for address in [a for a, (expiry, _) in pins.items() if expiry - now < 1]:
             del pins[address]
-        return {a: int(expiry - now) for a, expiry in pins.items()}
+        return {a: int(expiry - now) for a, (expiry, _) in pins.items()}
 
     # -- per VM -----------------------------------------------------------------------------------
 
@@ -201,8 +201,9 @@ class NetworkManager:
             raise AllocationError(f"VM {vm_id} has no network address")
         with self.db.write() as conn, self._rules_lock:
             policydb.set_egress(conn, vm_id, egress)
-            if egress.default_deny and not egress.allow.domains:
-                self._pins.pop(vm_id, None)
+            # Pins stay only for domains the new policy still allows.
+            kept = {a: pin for a, pin in self._pins.get(vm_id, {}).items() if egress.pins(pin[1])}
+            self._pins[vm_id] = kept
             script = vmrules.render_update(self.config, slot, egress, self._pins_left(vm_id))
             try:
                 self.firewall.update(script, f"update the egress rules of VM {vm_id}")
@@ -217,8 +218,8 @@ class NetworkManager:
             self._policies[vm_id] = VmNetworkPolicy(egress, current.ports)
         return self._policies[vm_id]
 
-    def pin(self, vm_id: str, addresses: Iterable[str], ttl: int) -> None:
-        """Allow the VM to reach ``addresses`` for ``ttl`` seconds (clamped by the caller)."""
+    def pin(self, vm_id: str, domain: str, addresses: Iterable[str], ttl: int) -> None:
+        """Allow the VM to reach ``addresses`` (answered for ``domain``) for ``ttl`` seconds."""
         slot = self.slot_cached(vm_id)
         items = sorted(set(addresses))
         if slot is None or not items:
@@ -228,7 +229,7 @@ class NetworkManager:
                 vmrules.render_pin(self.config, slot, items, ttl), f"pin DNS answers for VM {vm_id}"
             )
             expiry = time.monotonic() + ttl
-            self._pins.setdefault(vm_id, {}).update(dict.fromkeys(items, expiry))
+            self._pins.setdefault(vm_id, {}).update(dict.fromkeys(items, (expiry, domain)))
 
     def slot_cached(self, vm_id: str) -> NetworkSlot | None:
         """The VM's slot from the last sync's addresses (no SQLite: the DNS path calls it)."""

@@ -163,8 +163,8 @@ class Node:
         if not upstreams:
             log.warning("no DNS upstream (none in /etc/resolv.conf, no --dns-upstream): guests get SERVFAIL")
 
-        async def pin(vm_id: str, addresses: list[str], ttl: int) -> None:
-            await asyncio.to_thread(network.pin, vm_id, addresses, ttl)
+        async def pin(vm_id: str, qname: str, addresses: list[str], ttl: int) -> None:
+            await asyncio.to_thread(network.pin, vm_id, qname, addresses, ttl)
 
         forwarder = DnsForwarder(gateway, upstreams, network.vm_at, pin)
         try:
