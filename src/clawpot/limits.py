@@ -228,6 +228,9 @@ DNS_MAX_TCP_CONNECTIONS = 32
 # address does not stay allowed for good.
 DNS_PIN_MIN_TTL = 60
 DNS_PIN_MAX_TTL = 86_400
+# A pinned address is refreshed (one nft transaction) only when an answer would extend it by more than
+# this: the same name asked again within 30 s costs no rule update. Half the minimum TTL.
+DNS_PIN_REFRESH_SLACK = 30
 # Entries in one VM's --allow-out or --deny-out list, and published ports per VM: bounds on the rules
 # one request can make (a set of 256 intervals is still one lookup per packet).
 MAX_EGRESS_ENTRIES = 256

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from clawpot import limits
 from clawpot.network import policydb, vmrules
 from clawpot.network.bridge import (
     delete_bridge,
@@ -221,10 +222,16 @@ class NetworkManager:
     def pin(self, vm_id: str, domain: str, addresses: Iterable[str], ttl: int) -> None:
         """Allow the VM to reach ``addresses`` (answered for ``domain``) for ``ttl`` seconds."""
         slot = self.slot_cached(vm_id)
-        items = sorted(set(addresses))
-        if slot is None or not items:
+        if slot is None:
             return
         with self._rules_lock:
+            # An address pinned with nearly this long left needs no nft transaction (each costs tens of
+            # ms, bench/egress_rules.py): a guest resolving a name before every connection stays cheap.
+            current = self._pins.get(vm_id, {})
+            fresh_until = time.monotonic() + ttl - limits.DNS_PIN_REFRESH_SLACK
+            items = sorted(a for a in set(addresses) if a not in current or current[a][0] < fresh_until)
+            if not items:
+                return
             self.firewall.update(
                 vmrules.render_pin(self.config, slot, items, ttl), f"pin DNS answers for VM {vm_id}"
             )
