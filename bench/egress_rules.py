@@ -45,6 +45,11 @@ def policy(i: int, round_: int) -> EgressPolicy:
     )
 
 
+def answer(i: int, round_: int) -> str:
+    """A new address each round: every ``pin`` measured is a real nft transaction."""
+    return f"198.{18 + round_}.{i // 250}.{i % 250}"
+
+
 def measure(vms: int, rounds: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cp-bench-egress-") as tmp:
         manager = NetworkManager(Path(tmp) / "state.db")
@@ -76,13 +81,13 @@ def measure(vms: int, rounds: int) -> dict[str, Any]:
             start = time.perf_counter()
             for i, vm_id in enumerate(ids):
                 t = time.perf_counter()
-                manager.pin(vm_id, f"svc{i}.example.com.", [f"198.51.100.{i % 250}"], 300)
+                manager.pin(vm_id, f"svc{i}.example.com.", [answer(i, round_)], 300)
                 per_op["pin"].append(time.perf_counter() - t)
             samples["pin"].append(time.perf_counter() - start)
 
             start = time.perf_counter()
             for i, vm_id in enumerate(ids):  # the same answers again: already pinned, no nft call
-                manager.pin(vm_id, f"svc{i}.example.com.", [f"198.51.100.{i % 250}"], 300)
+                manager.pin(vm_id, f"svc{i}.example.com.", [answer(i, round_)], 300)
             samples["pin_again"].append(time.perf_counter() - start)
 
             policies = policydb.load_all(manager.db)

@@ -3,12 +3,14 @@ namespace, the manager driven in a child forked into it (its in-memory pins live
 
 What guests can then reach is shown with real VMs in test_egress.py; here: a policy change rewrites
 one VM's chain and sets only, pins survive a full re-render but not a policy that drops their domain,
-a port published twice is refused with nothing left behind, and reconcile forgets dead VMs' policies.
+a port published twice (or on an address the host lacks, or held by a host process) is refused with
+nothing left behind, and reconcile forgets dead VMs' policies.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import pytest
 from support.netns import NetNamespace, netns_unavailable_reason, nft_set
 
 from clawpot.network import NetworkManager, PortInUse
-from clawpot.network.policy import EgressPolicy, parse_ports
+from clawpot.network.policy import EgressPolicy, PolicyError, parse_ports
 from clawpot.network.policydb import VmNetworkPolicy
 from clawpot.network.vmrules import key
 
@@ -91,12 +93,23 @@ def test_a_port_published_twice_is_refused_with_nothing_left(ns: NetNamespace, t
             error = str(exc)
         else:
             error = ""
+        # Checked on the host side too: an address the host does not have, a port a host process holds.
+        for spec in ("10.99.0.1:7000:80", "7001:80"):
+            try:
+                with socket.socket() as listener:
+                    listener.bind(("127.0.0.1", 7001))
+                    listener.listen()
+                    manager.attach_vm("vm-c", policy=VmNetworkPolicy(ports=parse_ports([spec])))
+            except (PolicyError, PortInUse) as exc:
+                error += f" | {type(exc).__name__}: {exc}"
         with manager.db.read() as conn:
             rows = conn.execute("SELECT COUNT(*) FROM port_forwards").fetchone()[0]
         return error, [s.vm_id for s in manager.slots()], rows, sorted(manager.policy("vm-a").ports)
 
     error, vms, rows, ports = ns.call(scenario)
     assert "127.0.0.1:8080/tcp is already published by VM vm-a" in error
+    assert "PolicyError: --publish 10.99.0.1:7000:80/tcp: 10.99.0.1 is not an address of this host" in error
+    assert "PortInUse: --publish 127.0.0.1:7001:80/tcp: a host process already listens there" in error
     assert vms == ["vm-a"] and rows == 2 and len(ports) == 2
     publish = ns.run(["nft", "list", "map", "inet", "clawpot", "publish"]).stdout
     assert "8080" in publish and "9090" not in publish

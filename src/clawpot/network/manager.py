@@ -41,7 +41,7 @@ from clawpot.network.firewall import Firewall
 from clawpot.network.ipam import Allocation, IpAllocator
 from clawpot.network.links import find_link, iproute
 from clawpot.network.naming import tap_name_for
-from clawpot.network.policy import EgressPolicy
+from clawpot.network.policy import EgressPolicy, check_host_side
 from clawpot.network.policydb import VmNetworkPolicy
 from clawpot.network.reconcile import ReconcilePlan, plan
 from clawpot.network.slot import NetworkSlot
@@ -149,6 +149,8 @@ class NetworkManager:
         tap_created = False
         try:
             if policy is not None:
+                for port in policy.ports:
+                    check_host_side(port)
                 with self.db.write() as conn:
                     policydb.put(conn, vm_id, policy)
             with iproute() as ipr:

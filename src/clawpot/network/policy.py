@@ -17,8 +17,10 @@ address and port to the guest's, loopback unless a host address is given.
 
 from __future__ import annotations
 
+import errno
 import json
 import re
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
@@ -26,7 +28,7 @@ from typing import Any
 
 from clawpot import limits
 from clawpot.errors import quote
-from clawpot.network.errors import NetworkConfigError
+from clawpot.network.errors import NetworkConfigError, PortInUse
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 PROTOCOLS = ("tcp", "udp")
@@ -165,6 +167,23 @@ class PortForward:
 
     def __str__(self) -> str:
         return f"{self.host_address}:{self.host_port}:{self.guest_port}/{self.protocol}"
+
+
+def check_host_side(port: PortForward) -> None:
+    """The host address is one of this host's (namespace's) and no host process holds the port: a
+    trial bind, released at once. A DNAT would silently shadow such a listener's new connections."""
+    kind = socket.SOCK_STREAM if port.protocol == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as sock:
+        try:
+            sock.bind((str(port.host_address), port.host_port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise PolicyError(
+                    f"--publish {port}: {port.host_address} is not an address of this host"
+                ) from None
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(f"--publish {port}: a host process already listens there") from None
+            raise PolicyError(f"--publish {port}: cannot use the host port: {exc.strerror}") from None
 
 
 def _port(text: str, spec: str) -> int:

@@ -17,6 +17,7 @@ from clawpot.network import (
     NetworkSlot,
     PortInUse,
 )
+from clawpot.network.policy import PolicyError
 from clawpot.network.policydb import VmNetworkPolicy
 from clawpot.node.store import VmRecord
 from clawpot.node.tasks import to_completion
@@ -44,7 +45,7 @@ async def attach_network(
         raise errors.ResourceExhausted(str(exc)) from exc
     except (AddressInUse, PortInUse) as exc:
         raise errors.AlreadyExists(str(exc)) from exc
-    except AddressNotAllowed as exc:
+    except (AddressNotAllowed, PolicyError) as exc:
         raise errors.InvalidArgument(str(exc)) from exc
 
 
