@@ -133,3 +133,20 @@ def test_reconcile_forgets_policies_of_vms_that_are_gone(ns: NetNamespace, tmp_p
 
     kept, owners = ns.call(scenario)
     assert kept and owners == ["vm-a"]
+
+
+def test_a_pool_vm_takes_its_policy_when_handed_out(ns: NetNamespace, tmp_path: Path) -> None:
+    """A VM attached without a policy (a warm pool) gets the create's egress and ports later."""
+    db = tmp_path / "state.db"
+
+    def scenario() -> tuple[list[Any], bool]:
+        manager = NetworkManager(db)
+        manager.setup()
+        slot = manager.attach_vm("pool-1")
+        policy = VmNetworkPolicy(EgressPolicy(no_internet=True), parse_ports(["8080:80"]))
+        manager.set_policy("pool-1", policy)
+        return chain(ns, f"egress_{key(slot)}"), manager.policy("pool-1") == policy
+
+    rules, stored = ns.call(scenario)
+    assert rules == [[{"drop": None}]] and stored
+    assert "127.0.0.1 . tcp . 8080" in ns.run(["nft", "list", "map", "inet", "clawpot", "publish"]).stdout

@@ -4,6 +4,7 @@
     attach_vm(id, ip, allow_peers, policy)  address, TAP, policy, rules -> NetworkSlot (undone on failure)
     detach_vm(id)                   TAP deleted, address, policy and ports freed, rules updated
     set_egress(id, egress)          a running VM's egress policy: stored, its chain rewritten alone
+    set_policy(id, policy)          egress and ports replaced on an attached VM (a pool VM handed out)
     pin(id, domain, addresses, ttl) addresses the DNS forwarder answered for an allowed domain
     reconcile(known_vm_ids)         after a crash: store, allocations and links agree again
     teardown()                      Clawpot's tables, TAPs and bridge removed, forwarding restored
@@ -220,6 +221,21 @@ class NetworkManager:
             current = self._policies.get(vm_id, VmNetworkPolicy())
             self._policies[vm_id] = VmNetworkPolicy(egress, current.ports)
         return self._policies[vm_id]
+
+    def set_policy(self, vm_id: str, policy: VmNetworkPolicy) -> VmNetworkPolicy:
+        """Replace an attached VM's whole policy, ports included (e.g. a pool VM handed out with the
+        create's policy): checked like ``attach_vm``'s, then the ruleset re-rendered (ports change the
+        shared ``publish`` map). On ``PortInUse`` or ``PolicyError`` nothing changes."""
+        if self.allocator.lookup(vm_id) is None:
+            raise AllocationError(f"VM {vm_id} has no network address")
+        current = self.policy(vm_id).ports
+        for port in policy.ports:
+            if port not in current:
+                check_host_side(port)
+        with self.db.write() as conn:
+            policydb.put(conn, vm_id, policy)
+        self.sync_rules()
+        return self.policy(vm_id)
 
     def pin(self, vm_id: str, domain: str, addresses: Iterable[str], ttl: int) -> None:
         """Allow the VM to reach ``addresses`` (answered for ``domain``) for ``ttl`` seconds."""
