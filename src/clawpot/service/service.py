@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
 from clawpot import errors, limits
+from clawpot.network.policydb import VmNetworkPolicy
 from clawpot.node.events import Watcher
 from clawpot.node.node import Node, VmRequest
 from clawpot.node.sessions import DownloadHandle, ExecParams, ExecSession
@@ -33,6 +34,12 @@ class CreateParams:
     # Restore this snapshot instead of a cold boot. vcpus, memory_mib and backend then come from the
     # snapshot: 0 / None take them, any other value must match it.
     from_snapshot: str | None = None
+    # Egress policy and published ports (network/policy.py): --allow-out, --deny-out, --no-internet,
+    # --publish.
+    allow_out: tuple[str, ...] = ()
+    deny_out: tuple[str, ...] = ()
+    no_internet: bool = False
+    publish: tuple[str, ...] = ()
 
 
 class Service:
@@ -51,6 +58,7 @@ class Service:
             if self.node.network is None:
                 raise errors.InvalidArgument("this server runs without networking (--no-network)")
         validate.labels(params.labels)
+        policy = self._network_policy(params)
         # May wait for the auto probe started with the node; other calls are served meanwhile.
         kind = await self.node.backends.resolve(params.backend)
         self.node.backends.get(kind)  # UNAVAILABLE now, before anything is reserved
@@ -61,6 +69,7 @@ class Service:
             labels=dict(params.labels),
             ip_address=params.ip_address or None,
             allow_peers=params.allow_peers,
+            network_policy=policy,
         )
         # Admission and reservation with no await in between: concurrent creates cannot overbook.
         self._admit(params.memory_mib)
@@ -74,6 +83,7 @@ class Service:
             if self.node.network is None:
                 raise errors.InvalidArgument("this server runs without networking (--no-network)")
         validate.labels(params.labels)
+        policy = self._network_policy(params)
         info = self.node.snapshots.info(name)  # NOT_FOUND, or FAILED_PRECONDITION for a broken manifest
         for what, asked, recorded in (
             ("vcpus", params.vcpus, info.vcpus),
@@ -93,10 +103,26 @@ class Service:
             ip_address=params.ip_address or None,
             allow_peers=params.allow_peers,
             snapshot=name,
+            network_policy=policy,
         )
         self._admit(info.memory_mib)
         nvm = self.node.reserve(request)
         return await self.node.boot(nvm, request)
+
+    def _network_policy(self, params: CreateParams) -> VmNetworkPolicy:
+        policy = validate.network_policy(
+            params.allow_out, params.deny_out, params.no_internet, params.publish
+        )
+        if policy != VmNetworkPolicy() and self.node.network is None:
+            raise errors.InvalidArgument("this server runs without networking: no egress policy or ports")
+        return policy
+
+    async def set_egress(
+        self, vm_id: str, allow_out: tuple[str, ...], deny_out: tuple[str, ...], no_internet: bool
+    ) -> VmView:
+        validate.vm_id(vm_id)
+        policy = validate.network_policy(allow_out, deny_out, no_internet)
+        return await self.node.set_egress(vm_id, policy.egress)
 
     def _admit(self, memory_mib: int) -> None:
         total = validation.host_total_mib()

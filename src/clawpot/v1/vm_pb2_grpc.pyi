@@ -59,6 +59,8 @@ class VmServiceStub:
     """Write a file into the guest atomically. The first request must be `header`, then `chunk`s."""
     DownloadFile: _grpc.UnaryStreamMultiCallable[_vm_pb2.DownloadFileRequest, _vm_pb2.DownloadFileResponse]
     """Read a file from the guest: `info` first, then `chunk`s."""
+    SetVmNetwork: _grpc.UnaryUnaryMultiCallable[_vm_pb2.SetVmNetworkRequest, _vm_pb2.Vm]
+    """Replace a Running or Paused VM's egress policy; applied at once, stored, kept across restarts."""
     StreamLogs: _grpc.UnaryStreamMultiCallable[_vm_pb2.StreamLogsRequest, _vm_pb2.LogChunk]
     """The VM's serial console: what is kept (at most 1 MiB and its rotated predecessor), or its last
     `tail_lines` lines; with `follow`, then what it prints next, until the VM is deleted or goes to
@@ -101,6 +103,8 @@ class VmServiceAsyncStub(VmServiceStub):
     """Write a file into the guest atomically. The first request must be `header`, then `chunk`s."""
     DownloadFile: _aio.UnaryStreamMultiCallable[_vm_pb2.DownloadFileRequest, _vm_pb2.DownloadFileResponse]  # type: ignore[assignment]
     """Read a file from the guest: `info` first, then `chunk`s."""
+    SetVmNetwork: _aio.UnaryUnaryMultiCallable[_vm_pb2.SetVmNetworkRequest, _vm_pb2.Vm]  # type: ignore[assignment]
+    """Replace a Running or Paused VM's egress policy; applied at once, stored, kept across restarts."""
     StreamLogs: _aio.UnaryStreamMultiCallable[_vm_pb2.StreamLogsRequest, _vm_pb2.LogChunk]  # type: ignore[assignment]
     """The VM's serial console: what is kept (at most 1 MiB and its rotated predecessor), or its last
     `tail_lines` lines; with `follow`, then what it prints next, until the VM is deleted or goes to
@@ -212,6 +216,14 @@ class VmServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_vm_pb2.DownloadFileResponse], _abc.AsyncIterator[_vm_pb2.DownloadFileResponse]]:
         """Read a file from the guest: `info` first, then `chunk`s."""
+
+    @_abc_1.abstractmethod
+    def SetVmNetwork(
+        self,
+        request: _vm_pb2.SetVmNetworkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vm_pb2.Vm, _abc.Awaitable[_vm_pb2.Vm]]:
+        """Replace a Running or Paused VM's egress policy; applied at once, stored, kept across restarts."""
 
     @_abc_1.abstractmethod
     def StreamLogs(
