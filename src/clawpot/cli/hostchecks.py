@@ -17,10 +17,9 @@ from pathlib import Path
 
 from clawpot import paths
 from clawpot.network.config import DEFAULT_TABLE, NetworkConfig
+from clawpot.network.dnsforward import DNS_PORT, check_forwarder
 from clawpot.network.errors import NetworkError
 
-# The DNS forwarder listens on the gateway's port 53 (what guests get as their resolver).
-DNS_PORT = 53
 _NFT_TIMEOUT = 10.0
 
 
@@ -64,15 +63,18 @@ def bridge(name: str) -> Check:
 
 
 def dns_forwarder(gateway: ipaddress.IPv4Address, port: int = DNS_PORT) -> Check:
-    """A UDP listener on the gateway's port 53 (or on every address) in this namespace."""
+    """A UDP listener on the gateway's port 53 (or on every address) in this namespace, which answers
+    a query (``network.dnsforward.check_forwarder``; REFUSED counts: it refuses hosts that are no VM).
+    Nothing is sent when nothing listens."""
     listening = _udp_listeners()
     wanted = {(gateway, port), (ipaddress.IPv4Address("0.0.0.0"), port)}
-    found = wanted & listening
     name = f"DNS forwarder {gateway}:{port}"
-    if found:
-        where = ", ".join(f"{a}:{p}" for a, p in sorted(found))
-        return Check(name, True, f"listening (udp {where})", required=False)
-    return Check(name, False, "no listener (clawpot-server runs it while it serves VMs)", required=False)
+    if not wanted & listening:
+        return Check(name, False, "no listener (clawpot-server runs it while it serves VMs)", required=False)
+    problem = check_forwarder(str(gateway), port)
+    if problem is not None:
+        return Check(name, False, f"listening, but {problem}", required=False)
+    return Check(name, True, "listening and answering", required=False)
 
 
 def cgroups(mountinfo: Path = Path("/proc/self/mountinfo")) -> Check:

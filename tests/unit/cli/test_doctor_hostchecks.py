@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 from pathlib import Path
 
 from clawpot import paths
@@ -12,14 +13,28 @@ from clawpot.network.config import NetworkConfig
 from clawpot.network.ipam import IpAllocator
 
 
-def test_a_udp_listener_on_the_gateway_is_found() -> None:
+def test_a_dns_forwarder_on_the_gateway_is_found_and_asked() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+        # Listening but silent: found, and said not to answer.
+        silent = hostchecks.dns_forwarder(ipaddress.IPv4Address("127.0.0.1"), port)
+        assert not silent.ok and "listening, but no DNS answer" in silent.detail
+        sock.recvfrom(512)  # that unanswered query
+        # A stand-in forwarder that refuses every query (what the real one tells a non-VM).
+        responder = threading.Thread(target=_refuse_one, args=(sock,), daemon=True)
+        responder.start()
         found = hostchecks.dns_forwarder(ipaddress.IPv4Address("127.0.0.1"), port)
-        assert found.ok and "listening" in found.detail
+        responder.join(5)
+        assert found.ok and found.detail == "listening and answering"
     gone = hostchecks.dns_forwarder(ipaddress.IPv4Address("127.0.0.1"), port)
-    assert not gone.ok and not gone.required
+    assert not gone.ok and not gone.required and "no listener" in gone.detail
+
+
+def _refuse_one(sock: socket.socket) -> None:
+    query, peer = sock.recvfrom(512)
+    flags = int.from_bytes(query[2:4], "big") | 0x8000 | 5  # QR (a response), RCODE REFUSED
+    sock.sendto(query[:2] + flags.to_bytes(2, "big") + query[4:], peer)
 
 
 def test_cgroup_mounts_v2_and_v1(tmp_path: Path) -> None:
