@@ -94,8 +94,11 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def test_metrics_follow_known_activity(server: ServerProcess, vm: str) -> None:
     before = scrape(server)
-    for n in range(3):
-        assert server.exec(vm, "echo", str(n)).returncode == 0
+    with server.stub() as api:  # three Exec calls over real gRPC (no CLI start-up on a loaded host)
+        for n in range(3):
+            request = vm_pb2.ExecRequest(start=vm_pb2.ExecStart(vm_id=vm, argv=["echo", str(n)]))
+            replies = list(api.Exec(iter([request]), timeout=120))
+            assert replies[-1].exit.exit_code == 0 and replies[0].stdout == f"{n}\n".encode()
     after = scrape(server)
 
     def delta(name: str, **labels: str) -> float:
