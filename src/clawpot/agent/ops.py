@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Any
 from .configure import ConfigureSession
 from .execution import ExecSession
 from .files import GetSession, PutSession
+from .fsops import ListSession, MkdirSession, MoveSession, RemoveSession, StatSession
 from .session import Session
+from .watch import WatchSession
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -30,4 +32,10 @@ OPS: dict[str, Callable[[Connection, int, dict[str, Any]], Session]] = {
     "get": GetSession,
     "shutdown": ShutdownSession,
     "configure": ConfigureSession,
+    "stat": StatSession,
+    "list": ListSession,
+    "mkdir": MkdirSession,
+    "move": MoveSession,
+    "remove": RemoveSession,
+    "watch": WatchSession,
 }
