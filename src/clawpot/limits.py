@@ -208,3 +208,20 @@ SNAPSHOT_LOAD_TIMEOUT = 30.0
 # digits, '.', '-', '_', starting with a letter or digit (never hidden, never '..'), and short enough to
 # read. 64 like a VM id.
 MAX_SNAPSHOT_NAME_CHARS = 64
+
+# --- E2B envd: managed processes (issue 14) --------------------------------------------------------
+
+# The agent's own bounds live in clawpot/agent/processes.py (it cannot import this module): 1 MiB of
+# output kept per process while nobody listens, 1 MiB waiting for a slow listener before the process is
+# paused, at most 256 running and 64 exited processes remembered.
+# A unary proc_* call (list, input, signal, resize) is answered at once by a healthy agent (~1 ms under
+# TCG): 10 s, like --agent-timeout, bounds a wedged or hostile one.
+AGENT_PROC_CALL_TIMEOUT = 10.0
+# proc_list answers at most the agent's 256 running processes; more is a lie.
+AGENT_PROC_LIST_MAX = 256
+# The user E2B's SDK runs commands as when it names none (E2B templates' default user); the rootfs has it.
+E2B_DEFAULT_USER = "user"
+# Keepalive events on Process Start/Connect streams: the SDK asks for one every 50 s
+# (Keepalive-Ping-Interval); the server sends them at most this often too, so a client that went away
+# is noticed (and its agent stream detached) within this many seconds even when the process is silent.
+E2B_KEEPALIVE_MAX_INTERVAL = 15.0

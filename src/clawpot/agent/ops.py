@@ -8,6 +8,14 @@ from typing import TYPE_CHECKING, Any
 from .configure import ConfigureSession
 from .execution import ExecSession
 from .files import GetSession, PutSession
+from .procops import (
+    ProcAttachSession,
+    ProcInputSession,
+    ProcListSession,
+    ProcResizeSession,
+    ProcSignalSession,
+    ProcStartSession,
+)
 from .session import Session
 
 if TYPE_CHECKING:
@@ -30,4 +38,10 @@ OPS: dict[str, Callable[[Connection, int, dict[str, Any]], Session]] = {
     "get": GetSession,
     "shutdown": ShutdownSession,
     "configure": ConfigureSession,
+    "proc_start": ProcStartSession,
+    "proc_attach": ProcAttachSession,
+    "proc_list": ProcListSession,
+    "proc_input": ProcInputSession,
+    "proc_signal": ProcSignalSession,
+    "proc_resize": ProcResizeSession,
 }

@@ -91,6 +91,7 @@ class ErrorCode(enum.StrEnum):
     CANCELLED = "cancelled"
     NOT_SUPPORTED = "not_supported"
     INTERNAL = "internal"
+    NOT_FOUND = "not_found"  # a managed process (proc_*) with that pid or tag does not exist
 
 
 @dataclass(frozen=True, slots=True)
