@@ -209,6 +209,23 @@ SNAPSHOT_LOAD_TIMEOUT = 30.0
 # read. 64 like a VM id.
 MAX_SNAPSHOT_NAME_CHARS = 64
 
+# --- E2B SDK front door: REST control plane and listener (issue 14) ---------------------------------
+
+# The one template Clawpot serves: E2B's default template name maps to the default image.
+E2B_DEFAULT_TEMPLATE = "base"
+# <vm_dir>/e2b.json (template, metadata, env vars, access token): ours are < 1 KiB with the bounds
+# below; 256 KiB only bounds a damaged file.
+E2B_ATTRS_MAX_BYTES = 256 * 1024
+# A REST request body (POST /sandboxes is the largest: metadata + envVars, a few KiB): bounded so a
+# client cannot make the server buffer megabytes before validation.
+E2B_MAX_BODY_BYTES = 1024 * 1024
+# Graceful stop of the HTTP listener: in-flight requests get this long (as the gRPC grace).
+E2B_SHUTDOWN_GRACE = 10.0
+# Idle HTTP connections are kept this long. The SDK pools connections for 300 s and reuses them; a
+# server that drops them after hypercorn's default 5 s makes clients race a closing socket. 75 s, as
+# common front proxies use, keeps reuse working at the cost of a few idle sockets.
+E2B_KEEP_ALIVE_TIMEOUT = 75.0
+
 # --- E2B envd: managed processes (issue 14) --------------------------------------------------------
 
 # The agent's own bounds live in clawpot/agent/processes.py (it cannot import this module): 1 MiB of
