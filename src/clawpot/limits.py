@@ -209,6 +209,40 @@ SNAPSHOT_LOAD_TIMEOUT = 30.0
 # read. 64 like a VM id.
 MAX_SNAPSHOT_NAME_CHARS = 64
 
+# --- E2B SDK front door: REST control plane and listener (issue 14) ---------------------------------
+
+# The one template Clawpot serves: E2B's default template name maps to the default image.
+E2B_DEFAULT_TEMPLATE = "base"
+# <vm_dir>/e2b.json (template, metadata, env vars, access token): ours are < 1 KiB with the bounds
+# below; 256 KiB only bounds a damaged file.
+E2B_ATTRS_MAX_BYTES = 256 * 1024
+# A REST request body (POST /sandboxes is the largest: metadata + envVars, a few KiB): bounded so a
+# client cannot make the server buffer megabytes before validation.
+E2B_MAX_BODY_BYTES = 1024 * 1024
+# Graceful stop of the HTTP listener: in-flight requests get this long (as the gRPC grace).
+E2B_SHUTDOWN_GRACE = 10.0
+# Idle HTTP connections are kept this long. The SDK pools connections for 300 s and reuses them; a
+# server that drops them after hypercorn's default 5 s makes clients race a closing socket. 75 s, as
+# common front proxies use, keeps reuse working at the cost of a few idle sockets.
+E2B_KEEP_ALIVE_TIMEOUT = 75.0
+
+# --- E2B envd: managed processes (issue 14) --------------------------------------------------------
+
+# The agent's own bounds live in clawpot/agent/processes.py (it cannot import this module): 1 MiB of
+# output kept per process while nobody listens, 1 MiB waiting for a slow listener before the process is
+# paused, at most 256 running and 64 exited processes remembered.
+# A unary proc_* call (list, input, signal, resize) is answered at once by a healthy agent (~1 ms under
+# TCG): 10 s, like --agent-timeout, bounds a wedged or hostile one.
+AGENT_PROC_CALL_TIMEOUT = 10.0
+# proc_list answers at most the agent's 256 running processes; more is a lie.
+AGENT_PROC_LIST_MAX = 256
+# The user E2B's SDK runs commands as when it names none (E2B templates' default user); the rootfs has it.
+E2B_DEFAULT_USER = "user"
+# Keepalive events on Process Start/Connect streams: the SDK asks for one every 50 s
+# (Keepalive-Ping-Interval); the server sends them at most this often too, so a client that went away
+# is noticed (and its agent stream detached) within this many seconds even when the process is silent.
+E2B_KEEPALIVE_MAX_INTERVAL = 15.0
+
 # --- E2B filesystem: the agent's stat/list/mkdir/move/remove/watch and /files (issue 14) ------------
 
 # Entries one ListDir returns at most. E2B's envd has no bound; ours keeps a hostile or huge tree

@@ -65,6 +65,8 @@ class AgentContext:
     # What ``configure`` changes; None: configure is refused (an agent run on a host must never rename
     # it). Set by main: the guest itself, or a sandbox's namespaces (tests).
     configure_target: Machine | None = None
+    # The managed processes (processes.ProcessTable, created on first use): they outlive connections.
+    processes: Any = None
 
 
 class Link(Protocol):

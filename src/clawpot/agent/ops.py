@@ -9,6 +9,14 @@ from .configure import ConfigureSession
 from .execution import ExecSession
 from .files import GetSession, PutSession
 from .fsops import ListSession, MkdirSession, MoveSession, RemoveSession, StatSession
+from .procops import (
+    ProcAttachSession,
+    ProcInputSession,
+    ProcListSession,
+    ProcResizeSession,
+    ProcSignalSession,
+    ProcStartSession,
+)
 from .session import Session
 from .watch import WatchSession
 
@@ -38,4 +46,10 @@ OPS: dict[str, Callable[[Connection, int, dict[str, Any]], Session]] = {
     "move": MoveSession,
     "remove": RemoveSession,
     "watch": WatchSession,
+    "proc_start": ProcStartSession,
+    "proc_attach": ProcAttachSession,
+    "proc_list": ProcListSession,
+    "proc_input": ProcInputSession,
+    "proc_signal": ProcSignalSession,
+    "proc_resize": ProcResizeSession,
 }

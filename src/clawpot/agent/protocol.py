@@ -92,6 +92,7 @@ class ErrorCode(enum.StrEnum):
     NOT_SUPPORTED = "not_supported"
     INTERNAL = "internal"
     UNKNOWN_USER = "unknown_user"  # a filesystem operation named a user the guest does not have
+    NOT_FOUND = "not_found"  # a managed process (proc_*) with that pid or tag does not exist
 
 
 @dataclass(frozen=True, slots=True)

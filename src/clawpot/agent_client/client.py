@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -17,7 +17,7 @@ from typing import Any
 
 from clawpot import limits
 from clawpot.agent.protocol import FrameType
-from clawpot.agent_client import files, fs, identity
+from clawpot.agent_client import files, fs, identity, procs
 from clawpot.agent_client.connection import (
     RECEIVE_WINDOW,
     AgentConnection,
@@ -186,6 +186,33 @@ class AgentClient:
         with contextlib.suppress(GuestError):
             await proc.write(data)
             await proc.close_stdin()
+
+    # --- managed processes (they outlive the call that started them; agent_client.procs) ----------------
+
+    async def proc_start(self, spec: procs.ProcSpec) -> ExecProcess:
+        """Start a managed process; closing the returned process detaches from it (it runs on)."""
+        return await procs.start(self._conn, spec)
+
+    async def proc_attach(self, selector: procs.Selector) -> ExecProcess:
+        """Listen to a managed process again (RemoteError ``not_found`` if there is none)."""
+        return await procs.attach(self._conn, selector)
+
+    async def proc_list(self) -> list[procs.ProcInfo]:
+        return await procs.list_processes(self._conn)
+
+    async def proc_input(
+        self, selector: procs.Selector, data: bytes | AsyncIterator[bytes], *, close: bool = False
+    ) -> None:
+        await procs.send_input(self._conn, selector, data, close=close)
+
+    async def proc_close_stdin(self, selector: procs.Selector) -> None:
+        await procs.close_stdin(self._conn, selector)
+
+    async def proc_signal(self, selector: procs.Selector, signo: int) -> None:
+        await procs.send_signal(self._conn, selector, signo)
+
+    async def proc_resize(self, selector: procs.Selector, rows: int, cols: int) -> None:
+        await procs.resize(self._conn, selector, rows, cols)
 
     # --- files -----------------------------------------------------------------------------------------
 

@@ -96,6 +96,14 @@ from clawpot.vmm.spec import BackendKind
     is_flag=True,
     help="On SIGTERM stop every VM. Default: leave them running; the next start adopts them.",
 )
+@click.option(
+    "--e2b-listen",
+    metavar="ADDR",
+    help=(
+        "Also serve the E2B SDK's API (control plane and envd) on HOST:PORT or unix:/path, HTTP/1.1 and "
+        "HTTP/2. X-API-Key must be the API token; a non-loopback HOST needs --tls-cert/--tls-key."
+    ),
+)
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
 def main(
     listen: tuple[str, ...],
@@ -112,6 +120,7 @@ def main(
     agent_timeout: float,
     memory_overcommit: float,
     stop_vms_on_exit: bool,
+    e2b_listen: str | None,
     verbose: bool,
 ) -> None:
     """Serve the Clawpot API: create, list, delete VMs and exec/copy files in them."""
@@ -128,6 +137,7 @@ def main(
         listen=listen or (DEFAULT_LISTEN,),
         tls=tls,
         socket_group=socket_group,
+        e2b_listen=e2b_listen,
         stop_vms_on_exit=stop_vms_on_exit,
         memory_overcommit=memory_overcommit,
         node=NodeConfig(

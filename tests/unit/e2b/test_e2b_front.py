@@ -1,0 +1,90 @@
+"""The E2B front door's listener rules, API key and routing (real Service over the fake-VMM node)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from clawpot.e2b import listener
+from clawpot.e2b.app import create_app
+from clawpot.e2b.context import E2bContext
+from clawpot.node.node import Node
+from clawpot.server.listeners import ListenError, TlsFiles
+from clawpot.service.service import Service
+
+TOKEN = "k" * 43
+
+
+@pytest.fixture
+async def client(node: Node) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(E2bContext(service=Service(node), token=TOKEN))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://e2b") as c:
+        yield c
+
+
+def test_plan_loopback_clear_text_and_unix() -> None:
+    assert listener.plan("127.0.0.1:3000", None).tls is None
+    assert listener.plan("[::1]:3000", None).unix is None
+    assert listener.plan("unix:/run/e2b.sock", None).unix == Path("/run/e2b.sock")
+
+
+def test_plan_refuses_clear_text_off_loopback() -> None:
+    with pytest.raises(ListenError, match="needs TLS"):
+        listener.plan("0.0.0.0:3000", None)
+    with pytest.raises(ListenError, match="expected HOST:PORT"):
+        listener.plan("nonsense", None)
+
+
+def test_plan_checks_tls_files(tmp_path: Path) -> None:
+    (tmp_path / "c.pem").write_text("not pem")
+    with pytest.raises(ListenError, match="TLS files unusable"):
+        listener.plan("0.0.0.0:3000", TlsFiles(tmp_path / "c.pem", tmp_path / "c.pem"))
+
+
+def test_bind_port_zero_reports_the_port() -> None:
+    sock = listener.bind(listener.plan("127.0.0.1:0", None))
+    try:
+        host, port = listener.bound_address(sock).rsplit(":", 1)
+        assert host == "127.0.0.1" and int(port) > 0
+    finally:
+        sock.close()
+
+
+def test_bind_unix_is_private(tmp_path: Path) -> None:
+    sock = listener.bind(listener.plan(f"unix:{tmp_path}/e2b.sock", None))
+    try:
+        assert (tmp_path / "e2b.sock").stat().st_mode & 0o777 == 0o600
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    ("headers", "needle"), [({}, "missing API key"), ({"X-API-Key": "wrong"}, "wrong API key")]
+)
+async def test_rest_needs_the_api_key(
+    client: httpx.AsyncClient, headers: dict[str, str], needle: str
+) -> None:
+    reply = await client.get("/sandboxes", headers=headers)
+    assert reply.status_code == 401
+    body = reply.json()
+    assert body["code"] == 401 and needle in body["message"]
+    assert "'wrong'" not in body["message"]  # never echoes what was presented
+
+
+async def test_health_is_open(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/health")).status_code == 200
+
+
+async def test_unknown_route_has_e2b_shape(client: httpx.AsyncClient) -> None:
+    reply = await client.get("/no/such/route", headers={"X-API-Key": TOKEN})
+    assert reply.status_code == 404 and reply.json()["code"] == 404
+
+
+async def test_sandbox_header_routes_to_envd(client: httpx.AsyncClient) -> None:
+    # No API key: envd requests are authenticated by the sandbox's access token, not the API key.
+    reply = await client.get("/health", headers={"E2b-Sandbox-Id": "nosuchvm", "E2b-Sandbox-Port": "49983"})
+    assert reply.status_code == 502
+    assert "not found" in reply.json()["message"]
