@@ -3,7 +3,7 @@
 - ``proc_start``: like ``exec`` (``argv``, ``env``, ``cwd``, ``pty``, ``stdin``, ``timeout``) plus ``user``
   and ``tag``; the environment is the user's login basics (PATH, HOME, USER, LOGNAME) under ``env``,
   ``cwd`` defaults to the user's home. INFO {pid}, then output like ``proc_attach``.
-- ``proc_attach``: ``pid`` or ``tag``. INFO {pid}, the output buffered while nobody listened, live
+- ``proc_attach``: ``pid`` or ``tag``. INFO {pid, pty}, the output buffered while nobody listened, live
   output, END {exit_code, signal, timed_out, duration} when the process has ended (at once for one that
   ended already). CANCEL on either stream detaches: the process runs on, END {"detached": true}.
 - ``proc_list``: END {processes: [{pid, tag, argv, env, cwd, pty}]} of the running ones.
@@ -136,7 +136,8 @@ class ProcAttachSession(Session):
 
     def start(self) -> None:
         self.managed = self.target()
-        self.send(FrameType.INFO, encode_json({"pid": self.managed.pid}))
+        pty = self.managed.spec.pty is not None
+        self.send(FrameType.INFO, encode_json({"pid": self.managed.pid, "pty": pty}))
         self.managed.attach(self)
 
     # --- Listener --------------------------------------------------------------------------------------

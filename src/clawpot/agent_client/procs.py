@@ -66,26 +66,26 @@ class ProcInfo:
     pty: bool
 
 
-async def _opened(stream: Stream, pty: bool) -> ExecProcess:
+async def _opened(stream: Stream) -> ExecProcess:
     try:
         info = guest_json(await stream.recv_until(FrameType.INFO), "process info")
         pid = guest_int(info, "pid", 1, 2**31 - 1, "process info")
     except BaseException:
         stream.close()
         raise
-    return ExecProcess(stream, pid, pty)
+    return ExecProcess(stream, pid, info.get("pty") is True)
 
 
 async def start(conn: AgentConnection, spec: ProcSpec, window: int = RECEIVE_WINDOW) -> ExecProcess:
     """Start a managed process; RemoteError ``spawn_failed`` / ``bad_request`` if it cannot start."""
-    return await _opened(conn.open_stream(spec.request(), window), spec.pty is not None)
+    return await _opened(conn.open_stream(spec.request(), window))
 
 
 async def attach(conn: AgentConnection, selector: Selector, window: int = RECEIVE_WINDOW) -> ExecProcess:
     """Listen to a managed process: what it wrote while nobody listened, then live output and its end.
     RemoteError ``not_found`` if no process has that pid or tag."""
     stream = conn.open_stream({"op": "proc_attach", **selector.request()}, window)
-    return await _opened(stream, pty=False)
+    return await _opened(stream)
 
 
 async def _unary(conn: AgentConnection, request: dict[str, Any]) -> dict[str, Any]:
