@@ -17,16 +17,17 @@ from clawpot.e2b.envd.gen.filesystem import filesystem_pb as pb
 
 # Go's FileMode type letters, in the order String() prints them, with the st_mode test for each
 # (append-only, exclusive, temporary and irregular never come out of a Linux stat).
+_IFMT = 0o170000  # the file type bits of st_mode (stat.S_IFMT is a function)
 _GO_TYPE_LETTERS: tuple[tuple[str, int, int], ...] = (
-    ("d", stat.S_IFMT, stat.S_IFDIR),
-    ("L", stat.S_IFMT, stat.S_IFLNK),
-    ("D", stat.S_IFMT, stat.S_IFBLK),  # ModeDevice, for block devices...
-    ("D", stat.S_IFMT, stat.S_IFCHR),  # ...and character devices (which also get 'c' below)
-    ("p", stat.S_IFMT, stat.S_IFIFO),
-    ("S", stat.S_IFMT, stat.S_IFSOCK),
+    ("d", _IFMT, stat.S_IFDIR),
+    ("L", _IFMT, stat.S_IFLNK),
+    ("D", _IFMT, stat.S_IFBLK),  # ModeDevice, for block devices...
+    ("D", _IFMT, stat.S_IFCHR),  # ...and character devices (which also get 'c' below)
+    ("p", _IFMT, stat.S_IFIFO),
+    ("S", _IFMT, stat.S_IFSOCK),
     ("u", stat.S_ISUID, stat.S_ISUID),
     ("g", stat.S_ISGID, stat.S_ISGID),
-    ("c", stat.S_IFMT, stat.S_IFCHR),
+    ("c", _IFMT, stat.S_IFCHR),
     ("t", stat.S_ISVTX, stat.S_ISVTX),
 )
 
