@@ -225,3 +225,15 @@ E2B_SHUTDOWN_GRACE = 10.0
 # server that drops them after hypercorn's default 5 s makes clients race a closing socket. 75 s, as
 # common front proxies use, keeps reuse working at the cost of a few idle sockets.
 E2B_KEEP_ALIVE_TIMEOUT = 75.0
+
+# --- VM lifetimes (issue 13) --------------------------------------------------------------------------
+
+# A lifetime (create --timeout, SetVmTimeout, --vm-timeout, E2B's timeout) is 1 s to 30 days. E2B's
+# own maximum is 24 h; 30 days leaves room for long jobs while catching unit mistakes (ms for s).
+MIN_VM_TIMEOUT = 1
+MAX_VM_TIMEOUT = 30 * 24 * 3600
+# The reaper sleeps until the next deadline but at most this long, so a wall clock that jumps is
+# noticed within a minute.
+LIFETIME_MAX_SLEEP = 60.0
+# A VM whose delete (or pause) failed at expiry is tried again this much later.
+LIFETIME_RETRY_INTERVAL = 5.0

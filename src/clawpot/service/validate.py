@@ -121,3 +121,10 @@ def exec_request(argv: Sequence[str], env: Mapping[str, str], cwd: str | None, t
             f"argv, env and cwd take {encoded} bytes encoded for the agent: at most "
             f"{limits.MAX_EXEC_REQUEST_BYTES}"
         )
+
+
+def vm_timeout(seconds: int) -> None:
+    if not limits.MIN_VM_TIMEOUT <= seconds <= limits.MAX_VM_TIMEOUT:
+        raise InvalidArgument(
+            f"timeout {seconds} s out of range: {limits.MIN_VM_TIMEOUT}-{limits.MAX_VM_TIMEOUT} s (30 days)"
+        )
