@@ -2,8 +2,8 @@
 
 One server runs in a network namespace this module creates (server_harness) with ``--e2b-listen`` on a
 unix socket, reached over a loopback TCP relay (tests/support/tcp_relay.py); one VM is shared by every
-test (the last one deletes it). The SDK's ``Sandbox`` is built for that VM with its own constructor
-(the sandbox_url mode, E2b-Sandbox-Id header), so these tests need only the envd side of the front door.
+test, made by ``Sandbox.create`` (the last one kills it); each test connects to it with
+``Sandbox.connect``, as separate programs would.
 
 Checked, as the SDK's documented behaviour says: foreground and background commands, exit codes and
 ``CommandExitException``, on_stdout/on_stderr, stdin (send_stdin, close_stdin), envs, cwd, the default
@@ -23,10 +23,8 @@ from typing import Any
 
 import pytest
 from e2b import AsyncSandbox, CommandExitException, Sandbox, TimeoutException
-from e2b.connection_config import ConnectionConfig
 from e2b.exceptions import SandboxNotRunningException
 from e2b.sandbox.commands.command_handle import PtySize
-from packaging.version import Version
 from server_harness import InstalledAssets, ServerProcess, server_in_namespace
 from support.tcp_relay import TcpToUnixRelay
 
@@ -46,27 +44,17 @@ class Assets:
 class Envd:
     server: ServerProcess
     url: str
-    vm_id: str
+    api_key: str
+    sandbox_id: str
 
     def opts(self) -> dict[str, Any]:
-        headers = {"E2b-Sandbox-Id": self.vm_id, "E2b-Sandbox-Port": "49983"}
-        config = ConnectionConfig(
-            sandbox_url=self.url, api_key="unused", extra_sandbox_headers=headers, request_timeout=30
-        )
-        return {
-            "sandbox_id": self.vm_id,
-            "sandbox_domain": None,
-            "envd_version": Version("0.6.4"),
-            "envd_access_token": None,
-            "traffic_access_token": None,
-            "connection_config": config,
-        }
+        return {"api_key": self.api_key, "api_url": self.url, "sandbox_url": self.url, "request_timeout": 120}
 
     def sandbox(self) -> Sandbox:
-        return Sandbox(**self.opts())
+        return Sandbox.connect(self.sandbox_id, **self.opts())
 
-    def async_sandbox(self) -> AsyncSandbox:
-        return AsyncSandbox(**self.opts())
+    async def async_sandbox(self) -> AsyncSandbox:
+        return await AsyncSandbox.connect(self.sandbox_id, **self.opts())
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +78,11 @@ def envd(tmp_path_factory: pytest.TempPathFactory, assets: Assets) -> Iterator[E
     workdir = tmp_path_factory.mktemp("envd")
     listen = workdir / "e2b.sock"
     with server_in_namespace(workdir, assets, "--e2b-listen", f"unix:{listen}") as server:
-        vm_id = server.create()
+        token = (server.data_dir / "api-token").read_text().strip()
         with TcpToUnixRelay(listen) as relay:
-            yield Envd(server, relay.url, vm_id)
+            opts = {"api_key": token, "api_url": relay.url, "sandbox_url": relay.url, "request_timeout": 120}
+            sbx = Sandbox.create(**opts)
+            yield Envd(server, relay.url, token, sbx.sandbox_id)
 
 
 def test_foreground_default_user_env_cwd_and_exit_codes(envd: Envd) -> None:
@@ -170,7 +160,7 @@ def test_pty(envd: Envd) -> None:
 
 
 async def test_async_sdk(envd: Envd) -> None:
-    sbx = envd.async_sandbox()
+    sbx = await envd.async_sandbox()
     out: list[str] = []
     result = await sbx.commands.run("echo async; whoami", on_stdout=out.append)
     assert result.stdout == "async\nuser\n" and "".join(out) == result.stdout
@@ -184,7 +174,7 @@ async def test_async_sdk(envd: Envd) -> None:
 def test_killed_sandbox_is_an_error_not_a_hang(envd: Envd) -> None:
     sbx = envd.sandbox()
     running = sbx.commands.run("sleep 300", background=True)
-    envd.server.cli_ok("delete", envd.vm_id)
+    assert sbx.kill() is True
     started = time.monotonic()
     with pytest.raises(SandboxNotRunningException):
         sbx.commands.run("true")
