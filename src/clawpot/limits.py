@@ -226,6 +226,36 @@ E2B_SHUTDOWN_GRACE = 10.0
 # common front proxies use, keeps reuse working at the cost of a few idle sockets.
 E2B_KEEP_ALIVE_TIMEOUT = 75.0
 
+# --- VM lifetimes (issue 13) --------------------------------------------------------------------------
+
+# A lifetime (create --timeout, SetVmTimeout, --vm-timeout, E2B's timeout) is 1 s to 30 days. E2B's
+# own maximum is 24 h; 30 days leaves room for long jobs while catching unit mistakes (ms for s).
+MIN_VM_TIMEOUT = 1
+MAX_VM_TIMEOUT = 30 * 24 * 3600
+# The reaper sleeps until the next deadline but at most this long, so a wall clock that jumps is
+# noticed within a minute.
+LIFETIME_MAX_SLEEP = 60.0
+# A VM whose delete (or pause) failed at expiry is tried again this much later.
+LIFETIME_RETRY_INTERVAL = 5.0
+# Sandbox metadata (E2B's string map, kept in e2b.json and returned by get and list): bounded like
+# labels, a bit larger because E2B users put ids and JSON snippets in it.
+E2B_MAX_METADATA_ITEMS = 64
+E2B_MAX_METADATA_BYTES = 16 * 1024
+# E2B's defaults when a request leaves the timeout out: 15 s for the v1 create and resume, 300 s for
+# the v2 create (the SDK's documented default) and for a v2 connect that resumes a paused sandbox.
+E2B_V1_DEFAULT_TIMEOUT = 15
+E2B_V2_DEFAULT_TIMEOUT = 300
+# POST /sandboxes/{id}/refreshes: E2B's bound on `duration`, and its default when left out.
+E2B_MAX_REFRESH_SECONDS = 3600
+E2B_DEFAULT_REFRESH_SECONDS = 15
+# GET /v2/sandboxes page size: E2B's spec, 1-100 (default 100).
+E2B_MAX_PAGE_SIZE = 100
+# GET /sandboxes/{id}/logs: E2B's default number of lines, and how much of the console's end is read
+# (the console file is capped at 1 MiB anyway).
+E2B_DEFAULT_LOG_LINES = 1000
+E2B_MAX_LOG_LINES = 10000
+E2B_LOG_TAIL_BYTES = 1024 * 1024
+
 # --- E2B envd: managed processes (issue 14) --------------------------------------------------------
 
 # The agent's own bounds live in clawpot/agent/processes.py (it cannot import this module): 1 MiB of

@@ -104,6 +104,13 @@ from clawpot.vmm.spec import BackendKind
         "HTTP/2. X-API-Key must be the API token; a non-loopback HOST needs --tls-cert/--tls-key."
     ),
 )
+@click.option(
+    "--vm-timeout",
+    type=click.IntRange(limits.MIN_VM_TIMEOUT, limits.MAX_VM_TIMEOUT),
+    default=None,
+    metavar="SECONDS",
+    help="Delete VMs created without --timeout this long after their create. Default: no lifetime.",
+)
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
 def main(
     listen: tuple[str, ...],
@@ -121,6 +128,7 @@ def main(
     memory_overcommit: float,
     stop_vms_on_exit: bool,
     e2b_listen: str | None,
+    vm_timeout: int | None,
     verbose: bool,
 ) -> None:
     """Serve the Clawpot API: create, list, delete VMs and exec/copy files in them."""
@@ -138,6 +146,7 @@ def main(
         tls=tls,
         socket_group=socket_group,
         e2b_listen=e2b_listen,
+        vm_timeout=vm_timeout,
         stop_vms_on_exit=stop_vms_on_exit,
         memory_overcommit=memory_overcommit,
         node=NodeConfig(

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from clawpot import errors
-from clawpot.e2b.sandboxes import SandboxAttrs, load_attrs
+from clawpot.e2b.sandboxes import SandboxAttrs, ensure_attrs
 from clawpot.node.node import Node
 from clawpot.node.vms import VmView
 from clawpot.service import validate
@@ -41,8 +41,8 @@ class E2bContext:
     def sandbox(self, sandbox_id: str) -> Sandbox:
         """The sandbox ``sandbox_id`` (= VM id); ``errors.NotFound`` if there is no such VM.
 
-        A VM made through gRPC (no E2B attributes stored) is a sandbox too, with default attributes:
-        not secure, no env vars, no metadata.
+        A VM made through gRPC or the CLI is a sandbox too: it gets default attributes (secure, with a
+        fresh access token that ``connect`` hands out) the first time it is looked at.
         """
         try:
             validate.vm_id(sandbox_id)
@@ -52,4 +52,4 @@ class E2bContext:
             view = self.node.get(sandbox_id).view()
         except errors.NotFound:
             raise errors.NotFound(f"sandbox {errors.quote(sandbox_id)} not found") from None
-        return Sandbox(sandbox_id, view, load_attrs(view.record.vm_dir))
+        return Sandbox(sandbox_id, view, ensure_attrs(view.record.vm_dir))

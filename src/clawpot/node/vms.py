@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from clawpot.node.agents import AgentLink
 from clawpot.node.health import HealthStatus
+from clawpot.node.lifetimes import Lifetime
 from clawpot.node.store import VmRecord
 from clawpot.vm.handle import Vm
 from clawpot.vm.state import VmState
@@ -30,6 +31,8 @@ class NodeVm:
         self.deleting = False
         # One VMM operation at a time (pause, resume, snapshot): a resume must not land mid-snapshot.
         self.operation = asyncio.Lock()
+        # When the VM's lifetime ends (the reaper acts then); None: it lives until deleted.
+        self.lifetime: Lifetime | None = None
 
     @property
     def id(self) -> str:
@@ -40,7 +43,7 @@ class NodeVm:
         return self.record.state in HOLDS_MEMORY
 
     def view(self) -> VmView:
-        return VmView(self.record, self.agent.health)
+        return VmView(self.record, self.agent.health, self.lifetime)
 
 
 @dataclass(frozen=True)
@@ -49,3 +52,4 @@ class VmView:
 
     record: VmRecord
     health: HealthStatus
+    lifetime: Lifetime | None = None

@@ -57,6 +57,7 @@ class ServerConfig:
     tls: TlsFiles | None = None
     socket_group: str | None = None
     e2b_listen: str | None = None  # the E2B SDK front door (clawpot.e2b), off unless given
+    vm_timeout: int | None = None  # lifetime of VMs created without one; None: unlimited
 
 
 @contextlib.contextmanager
@@ -100,7 +101,7 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
     e2b_plan = e2b_listener.plan(config.e2b_listen, config.tls) if config.e2b_listen else None
     token = apitoken.ensure_token(config.node.data_dir)
     node = await Node.open(config.node)
-    service = Service(node, memory_overcommit=config.memory_overcommit)
+    service = Service(node, memory_overcommit=config.memory_overcommit, default_timeout=config.vm_timeout)
     servicer = VmServicer(service)
     health_servicer = health_aio.HealthServicer()
     stop = asyncio.Event()

@@ -94,6 +94,7 @@ def vm_to_pb(view: VmView) -> vm_pb2.Vm:
         health_detail=health.detail[: limits.MAX_HEALTH_DETAIL_CHARS],
         origin=_ORIGIN_TO_PB[rec.origin],
         snapshot=rec.snapshot,
+        expires_at=_timestamp(view.lifetime.expires_at) if view.lifetime is not None else None,
     )
 
 
@@ -136,6 +137,7 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
             ip_address=request.ip_address or None,
             allow_peers=request.allow_peer_traffic,
             from_snapshot=request.from_snapshot if restoring else None,
+            timeout=request.timeout_seconds or None,
         )
         view = await self._call(context, lambda: self._service.create(params))
         return vm_to_pb(view)
@@ -283,3 +285,11 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
             raise
         except Exception as exc:
             await _abort(context, exc)
+
+    async def SetVmTimeout(
+        self, request: vm_pb2.SetVmTimeoutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> vm_pb2.Vm:
+        view = await self._call(
+            context, lambda: self._service.set_timeout(request.id, request.timeout_seconds)
+        )
+        return vm_to_pb(view)

@@ -59,6 +59,10 @@ class VmServiceStub:
     """Write a file into the guest atomically. The first request must be `header`, then `chunk`s."""
     DownloadFile: _grpc.UnaryStreamMultiCallable[_vm_pb2.DownloadFileRequest, _vm_pb2.DownloadFileResponse]
     """Read a file from the guest: `info` first, then `chunk`s."""
+    SetVmTimeout: _grpc.UnaryUnaryMultiCallable[_vm_pb2.SetVmTimeoutRequest, _vm_pb2.Vm]
+    """Set a VM's lifetime to end `timeout_seconds` from now (0: no lifetime, it lives until deleted).
+    Shortens or extends; when it ends the VM is deleted. Returns the VM with its new `expires_at`.
+    """
 
 @_typing.type_check_only
 class VmServiceAsyncStub(VmServiceStub):
@@ -91,6 +95,10 @@ class VmServiceAsyncStub(VmServiceStub):
     """Write a file into the guest atomically. The first request must be `header`, then `chunk`s."""
     DownloadFile: _aio.UnaryStreamMultiCallable[_vm_pb2.DownloadFileRequest, _vm_pb2.DownloadFileResponse]  # type: ignore[assignment]
     """Read a file from the guest: `info` first, then `chunk`s."""
+    SetVmTimeout: _aio.UnaryUnaryMultiCallable[_vm_pb2.SetVmTimeoutRequest, _vm_pb2.Vm]  # type: ignore[assignment]
+    """Set a VM's lifetime to end `timeout_seconds` from now (0: no lifetime, it lives until deleted).
+    Shortens or extends; when it ends the VM is deleted. Returns the VM with its new `expires_at`.
+    """
 
 class VmServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -192,5 +200,15 @@ class VmServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_vm_pb2.DownloadFileResponse], _abc.AsyncIterator[_vm_pb2.DownloadFileResponse]]:
         """Read a file from the guest: `info` first, then `chunk`s."""
+
+    @_abc_1.abstractmethod
+    def SetVmTimeout(
+        self,
+        request: _vm_pb2.SetVmTimeoutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vm_pb2.Vm, _abc.Awaitable[_vm_pb2.Vm]]:
+        """Set a VM's lifetime to end `timeout_seconds` from now (0: no lifetime, it lives until deleted).
+        Shortens or extends; when it ends the VM is deleted. Returns the VM with its new `expires_at`.
+        """
 
 def add_VmServiceServicer_to_server(servicer: VmServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -81,7 +81,7 @@ class _Ctx:
     def sandbox(self, sandbox_id: str) -> _Sandbox:
         if sandbox_id not in self.node.vms:
             raise errors.NotFound(f"sandbox {sandbox_id} not found")
-        return _Sandbox(sandbox_id, self.attrs.get(sandbox_id, SandboxAttrs()))
+        return _Sandbox(sandbox_id, self.attrs[sandbox_id])
 
 
 @dataclass
@@ -129,7 +129,9 @@ def envd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Envd]:
         ctx = _Ctx(_HostNode(_Link(client)), {})
         ctx.node.vms.add("sbx-secure")
         ctx.attrs["sbx-secure"] = SandboxAttrs(envd_access_token=TOKEN, env_vars={"FROM_SANDBOX": "yes"})
-        ctx.attrs[SANDBOX] = SandboxAttrs(env_vars={"FROM_SANDBOX": "one", "SHADOWED": "sandbox"})
+        ctx.attrs[SANDBOX] = SandboxAttrs(
+            env_vars={"FROM_SANDBOX": "one", "SHADOWED": "sandbox"}, envd_access_token=None
+        )
         app = create_envd_app(ctx, default_user="root")  # type: ignore[arg-type]
         server = asyncio.create_task(listener.serve(app, sock, None, stop))
         ready.set_result(ctx)
