@@ -7,7 +7,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
+from clawpot.cli.server import main
 from clawpot.e2b import listener
 from clawpot.e2b.app import create_app
 from clawpot.e2b.context import E2bContext
@@ -88,3 +90,12 @@ async def test_sandbox_header_routes_to_envd(client: httpx.AsyncClient) -> None:
     reply = await client.get("/health", headers={"E2b-Sandbox-Id": "nosuchvm", "E2b-Sandbox-Port": "49983"})
     assert reply.status_code == 502
     assert "not found" in reply.json()["message"]
+
+
+def test_server_refuses_clear_text_e2b_off_loopback(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    argv = ["--listen", f"unix:{tmp_path}/s.sock", "--data-dir", str(data), "--e2b-listen", "0.0.0.0:3000"]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 1
+    assert "--e2b-listen 0.0.0.0:3000: not a loopback address, so it needs TLS" in result.output
+    assert not data.exists()  # refused before anything was made
