@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -198,6 +199,31 @@ def test_async_sdk_files_and_watch(envd: Envd, tmp_path: Path) -> None:
         await asyncio.wait_for(got.wait(), 10)
         await handle.stop()
         assert (FilesystemEventType.CREATE, "watched.txt") in seen
+
+    asyncio.run(main())
+
+
+def test_empty_files_and_async_streams(envd: Envd, tmp_path: Path) -> None:
+    sbx = envd.sandbox()
+    sbx.files.write(str(tmp_path / "empty-multipart"), b"")
+    sbx.files.write(str(tmp_path / "empty-octet"), b"", use_octet_stream=True)
+    assert (tmp_path / "empty-multipart").read_bytes() == b""
+    assert (tmp_path / "empty-octet").read_bytes() == b""
+    assert sbx.files.read(str(tmp_path / "empty-multipart")) == ""
+
+    async def main() -> None:
+        asbx = envd.async_sandbox()
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(4):
+                yield bytes([i]) * 100_000
+
+        await asbx.files.write(str(tmp_path / "streamed.bin"), chunks())
+        stream = await asbx.files.read(str(tmp_path / "streamed.bin"), format="stream")
+        got = b"".join([chunk async for chunk in stream])
+        assert got == b"".join(bytes([i]) * 100_000 for i in range(4))
+        with pytest.raises(FileNotFoundException):
+            await asbx.files.watch_dir(str(tmp_path / "absent"), lambda event: None)
 
     asyncio.run(main())
 
