@@ -224,6 +224,7 @@ class Watch:
         self._sync_token = 0
         self._synced = -1
         self.dropped = 0  # events the agent could not keep for us (its queue was full)
+        self._closed = False
         self._lock = asyncio.Lock()
 
     async def _read_frame(self) -> None:
@@ -271,11 +272,13 @@ class Watch:
 
     def close(self) -> None:
         """End the watch in the guest (its inotify descriptor is closed)."""
+        self._closed = True
         self._stream.close()
 
     @property
     def closed(self) -> bool:
-        return self._stream.finished
+        """Closed here, or ended by the guest or a lost connection."""
+        return self._closed or self._stream.finished
 
 
 def parse_event(body: dict[str, Any]) -> WatchEvent:

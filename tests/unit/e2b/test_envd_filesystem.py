@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,11 +25,13 @@ from e2b.exceptions import (
     AuthenticationException,
     FileNotFoundException,
     InvalidArgumentException,
+    RateLimitException,
     SandboxException,
 )
 from e2b.sandbox.filesystem.filesystem import WriteEntry
 from test_envd_process import TOKEN, Envd
 
+from clawpot import limits
 from clawpot.e2b.envd.files import choose_encoding
 
 
@@ -226,6 +229,24 @@ def test_empty_files_and_async_streams(envd: Envd, tmp_path: Path) -> None:
             await asbx.files.watch_dir(str(tmp_path / "absent"), lambda event: None)
 
     asyncio.run(main())
+
+
+def test_watchers_are_bounded_and_abandoned_streams_freed(envd: Envd, tmp_path: Path) -> None:
+    async def open_and_leave() -> None:
+        asbx = envd.async_sandbox()
+        for _ in range(3):
+            handle = await asbx.files.watch_dir(str(tmp_path), lambda event: None, timeout=60)
+            await handle.stop()
+
+    asyncio.run(open_and_leave())
+    time.sleep(2 * limits.E2B_WATCH_STREAM_LIVENESS + 0.5)  # the server notices at its next keepalive
+    sbx = envd.sandbox()
+    handles = [sbx.files.watch_dir(str(tmp_path)) for _ in range(limits.E2B_WATCHERS_PER_SANDBOX)]
+    with pytest.raises(RateLimitException):  # RESOURCE_EXHAUSTED, as the SDK words it
+        sbx.files.watch_dir(str(tmp_path))
+    for handle in handles:
+        handle.stop()
+    sbx.files.watch_dir(str(tmp_path)).stop()
 
 
 def test_signed_urls_on_a_secure_sandbox(envd: Envd, tmp_path: Path) -> None:

@@ -219,8 +219,11 @@ class FilesystemService:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ctx.timeout_ms / 1000 if ctx.timeout_ms else None
         watch = await self._open_watch(ctx, request.path, request.recursive, request.include_entry)
-        self._watchers["stream-" + secrets.token_hex(8)] = _Watcher(sid, watch)  # counts against the bound
-        interval = _keepalive_interval(ctx)
+        key = "stream-" + secrets.token_hex(8)
+        self._watchers[key] = _Watcher(sid, watch)  # counts against the sandbox's bound while it lasts
+        # Connect notices a client that went away only when the next message is sent: keepalives at
+        # least this often end an abandoned stream (and free its watch) within about a second.
+        interval = min(_keepalive_interval(ctx), limits.E2B_WATCH_STREAM_LIVENESS)
         pending: asyncio.Future[WatchEvent] | None = None
         try:
             yield _watch_event("start", pb.WatchDirResponse.StartEvent())
@@ -246,7 +249,7 @@ class FilesystemService:
                 with contextlib.suppress(BaseException):
                     await pending
             watch.close()
-            self._prune()
+            self._watchers.pop(key, None)
 
 
 def _watch_event(field: str, value: Any) -> pb.WatchDirResponse:
