@@ -32,6 +32,7 @@ from clawpot.agent_client import AgentClient, wait_ready
 from clawpot.e2b import listener
 from clawpot.e2b.envd import create_envd_app
 from clawpot.e2b.sandboxes import SandboxAttrs
+from clawpot.vm.state import VmState
 
 SANDBOX = "sbx-1"
 TOKEN = "secret-token"
@@ -68,9 +69,20 @@ class _HostNode:
 
 
 @dataclass
+class _Record:
+    state: VmState = VmState.RUNNING
+
+
+@dataclass
+class _View:
+    record: _Record = field(default_factory=_Record)
+
+
+@dataclass
 class _Sandbox:
     id: str
     attrs: SandboxAttrs
+    view: _View = field(default_factory=_View)
 
 
 @dataclass
@@ -208,12 +220,13 @@ def test_close_stdin_and_connect_by_pid(envd: Envd) -> None:
     sbx = envd.sandbox()
     handle = sbx.commands.run("cat; echo done", background=True, stdin=True)
     handle.send_stdin("piped ")
+    sbx.commands.stream_input(handle.pid, ["streamed ", b"in ", "order "])
     handle.disconnect()
     again = sbx.commands.connect(handle.pid)
     sbx.commands.close_stdin(handle.pid)
     result = again.wait()
     assert result.stdout.endswith("done\n")
-    assert "piped" in result.stdout
+    assert result.stdout == "piped streamed in order done\n"
 
 
 def test_timeout_kills_the_process(envd: Envd) -> None:

@@ -7,7 +7,8 @@
    except ``/health`` (open in envd too) and ``/files`` with a ``signature`` (checked by ``/files``).
    A wrong or missing token: 401, the SDK's ``AuthenticationException``.
 3. Routing: ``/process.Process/*`` → ``process.ProcessService`` (Connect), ``/filesystem.Filesystem/*``
-   and ``/files`` → ``filesystem``, ``GET /health`` → 204, ``GET /envs`` → the sandbox's ``envVars``.
+   and ``/files`` → ``filesystem``, ``GET /health`` → 204 (502 unless the VM runs), ``GET /envs`` →
+   the sandbox's ``envVars``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from clawpot.e2b.envd import filesystem
 from clawpot.e2b.envd.gen.process.process_connect import ProcessASGIApplication
 from clawpot.e2b.envd.guest import sandbox_gone_message
 from clawpot.e2b.envd.process import SANDBOX_HEADER, ProcessService
+from clawpot.vm.state import VmState
 
 ACCESS_TOKEN_HEADER = "x-access-token"
 PROCESS_PREFIX = "/process.Process/"
@@ -42,6 +44,14 @@ def _token_ok(sandbox: Sandbox, headers: Headers, scope: Scope) -> bool:
         return True  # a signed URL: /files checks the signature
     given = headers.get(ACCESS_TOKEN_HEADER, "")
     return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _health(sandbox: Sandbox) -> Response:
+    """204 while the VM runs; otherwise 502 as E2B's edge answers (the SDK's ``is_running`` is False)."""
+    state = sandbox.view.record.state
+    if state is VmState.RUNNING:
+        return Response(status_code=204)
+    return e2b_errors.error_response(502, f"The sandbox {sandbox.id} is {state.value.lower()}")
 
 
 def create_envd_app(ctx: E2bContext, *, default_user: str = limits.E2B_DEFAULT_USER) -> ASGIApp:
@@ -71,7 +81,7 @@ def create_envd_app(ctx: E2bContext, *, default_user: str = limits.E2B_DEFAULT_U
         elif path == "/files":
             await files_app(scope, receive, send)
         elif path == "/health":
-            await Response(status_code=204)(scope, receive, send)
+            await _health(sandbox)(scope, receive, send)
         elif path == "/envs" and scope["method"] == "GET":
             await JSONResponse(sandbox.attrs.env_vars)(scope, receive, send)
         else:
