@@ -15,6 +15,9 @@ Modules:
 - ``ops``         the operations by name; ``shutdown``.
 - ``execution``   the ``exec`` operation: process groups, pipes or PTY, stdin, signals, timeout.
 - ``files``       the ``put`` (atomic) and ``get`` operations, streamed.
+- ``processes``   the table of managed processes: they outlive streams and connections, found by pid or
+                  tag, output kept in a bounded ring while nobody listens (E2B's envd processes).
+- ``procops``     the ``proc_*`` operations on that table: start, attach, list, input, signal, resize.
 - ``identity``    the ``configure`` request and its validation (shared with the host client).
 - ``configure``   the ``configure`` operation: hostname, address, gateway, DNS and MAC of the guest.
 - ``netlink``     a minimal rtnetlink client: link, IPv4 addresses, default route.

@@ -9,8 +9,10 @@ Modules:
 - ``chunks``      the agent's bytes as the socket delivers them (takes over from the StreamReader).
 - ``process``     a remote process: output events, stdin, signals, resize, exit status.
 - ``files``       streamed, atomic upload and download.
+- ``procs``       managed processes (``proc_*``): start, attach by pid or tag, list, input, signal, resize.
 - ``identity``    ``GuestIdentity`` (hostname, address, gateway, DNS, MAC) and the ``configure`` call.
-- ``client``      ``AgentClient`` (exec, run, put_file, get_file, configure, ping, shutdown), ``wait_ready``.
+- ``client``      ``AgentClient`` (exec, run, proc_*, put_file, get_file, configure, ping, shutdown),
+                  ``wait_ready``.
 - ``errors``      ``GuestError`` and its subclasses.
 - ``untrusted``   guest-supplied text made safe for logs (``printable``) and rate-limited per VM.
 
