@@ -149,7 +149,9 @@ class ProcessService:
         deadline = asyncio.get_running_loop().time() + remaining / 1000 if remaining is not None else None
         agent, link = await agent_for(self._ctx, sid)
         try:
-            proc = await proc_of(agent)
+            # The agent answers at once (INFO after the spawn): its budget bounds a wedged or hostile one.
+            async with asyncio.timeout(link.budget(None)):
+                proc = await proc_of(agent)
         except BaseException as exc:
             raise connect_error(exc, sid, link, agent) from exc
         try:
