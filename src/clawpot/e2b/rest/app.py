@@ -162,6 +162,10 @@ class Routes:
             raise errors.InvalidArgument("invalid request body: timeout: Field required")
         seconds = _seconds(body.timeout if body.timeout is not None else limits.E2B_V2_DEFAULT_TIMEOUT)
         if state == "paused":
+            if body.memory is False:
+                raise errors.InvalidArgument(
+                    "on_resume='reboot' is not supported: a sandbox resumes from memory"
+                )
             await self._resume(sandbox, seconds)
             return JSONResponse(shapes.sandbox_body(self.ctx.sandbox(sandbox.id)), status_code=201)
         await self._extend(sandbox, seconds)
