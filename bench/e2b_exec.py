@@ -24,12 +24,10 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,30 +38,11 @@ sys.path[:0] = [
 ]
 
 from e2b import Sandbox  # noqa: E402
-from server_harness import server_in_namespace  # noqa: E402
-from support.tcp_relay import TcpToUnixRelay  # noqa: E402
+from e2b_harness import e2b_server  # noqa: E402
+from support.tree_assets import tree_assets  # noqa: E402
 
 from clawpot.assets import install  # noqa: E402
-from clawpot.assets.rootfs import IMAGE_OUTPUT, BaseRecipe, ImageRecipe  # noqa: E402
 from clawpot.v1 import vm_pb2  # noqa: E402
-
-
-@dataclass(frozen=True)
-class Assets:
-    kernel: Path
-    rootfs: Path
-
-
-def this_tree_assets(workdir: Path) -> Assets:
-    installer = install.Installer()
-    base = BaseRecipe()
-    image = ImageRecipe.from_host(base, lambda: installer.ensure_entry(base)[0])
-    entry, _ = installer.ensure_entry(image)
-    rootfs = workdir / "rootfs.ext4"
-    subprocess.run(["cp", "--sparse=always", str(entry.file(IMAGE_OUTPUT)), str(rootfs)], check=True)
-    kernel = workdir / "vmlinux"
-    kernel.symlink_to(install.installed().kernel)
-    return Assets(kernel, rootfs)
 
 
 def grpc_exec(stub: Any, vm_id: str, argv: list[str]) -> None:
@@ -89,37 +68,28 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="clawpot-bench-e2b-") as tmp:
         workdir = Path(tmp)
-        assets = this_tree_assets(workdir)
-        listen = workdir / "e2b.sock"
-        with server_in_namespace(workdir / "srv", assets, "--e2b-listen", f"unix:{listen}") as server:  # type: ignore[arg-type]
-            token = (server.data_dir / "api-token").read_text().strip()
-            with TcpToUnixRelay(listen) as relay:
-                opts = {
-                    "api_key": token,
-                    "api_url": relay.url,
-                    "sandbox_url": relay.url,
-                    "request_timeout": 120,
+        assets = tree_assets(workdir, install.installed().kernel)
+        with e2b_server(workdir / "srv", assets) as (server, endpoint):
+            sbx = Sandbox.create(**endpoint.opts())
+            with server.stub() as stub:
+                variants: dict[str, Callable[[], object]] = {
+                    "sdk_run_true": lambda: sbx.commands.run("true"),
+                    "grpc_exec_bash_login_true": lambda: grpc_exec(
+                        stub, sbx.sandbox_id, ["/bin/bash", "-l", "-c", "true"]
+                    ),
+                    "grpc_exec_true": lambda: grpc_exec(stub, sbx.sandbox_id, ["true"]),
+                    "sdk_list": lambda: sbx.commands.list(),
                 }
-                sbx = Sandbox.create(**opts)
-                with server.stub() as stub:
-                    variants: dict[str, Callable[[], object]] = {
-                        "sdk_run_true": lambda: sbx.commands.run("true"),
-                        "grpc_exec_bash_login_true": lambda: grpc_exec(
-                            stub, sbx.sandbox_id, ["/bin/bash", "-l", "-c", "true"]
-                        ),
-                        "grpc_exec_true": lambda: grpc_exec(stub, sbx.sandbox_id, ["true"]),
-                        "sdk_list": lambda: sbx.commands.list(),
-                    }
-                    for call in variants.values():  # warm-up: first connections, translation caches
-                        for _ in range(3):
-                            call()
-                    samples: dict[str, list[float]] = {name: [] for name in variants}
-                    for _ in range(args.runs):
-                        for name, call in variants.items():
-                            t0 = time.perf_counter()
-                            call()
-                            samples[name].append(time.perf_counter() - t0)
-                sbx.kill()
+                for call in variants.values():  # warm-up: first connections, translation caches
+                    for _ in range(3):
+                        call()
+                samples: dict[str, list[float]] = {name: [] for name in variants}
+                for _ in range(args.runs):
+                    for name, call in variants.items():
+                        t0 = time.perf_counter()
+                        call()
+                        samples[name].append(time.perf_counter() - t0)
+            sbx.kill()
     results = {name: summarize(v) for name, v in samples.items()}
     sdk, same = results["sdk_run_true"]["median_ms"], results["grpc_exec_bash_login_true"]["median_ms"]
     print(
