@@ -326,3 +326,60 @@ def test_user_header_is_parsed() -> None:
         users.username({"authorization": "Basic " + base64.b64encode(b"../x:").decode()})
     with pytest.raises(ValueError):
         users.username({"authorization": "Bearer abc"})
+
+
+def test_output_while_disconnected_reaches_the_next_connect(envd: Envd) -> None:
+    sbx = envd.sandbox()
+    handle = sbx.commands.run("sleep 1; echo later; echo err >&2", background=True)
+    handle.disconnect()
+    time.sleep(2)  # "later" is written while nobody listens
+    result = sbx.commands.connect(handle.pid).wait()
+    assert (result.stdout, result.stderr) == ("later\n", "err\n")
+
+
+def test_bad_requests_get_connect_errors(envd: Envd) -> None:
+    from connectrpc.code import Code
+    from connectrpc.errors import ConnectError
+    from e2b.envd.process import process_connect, process_pb
+    from protobuf import Oneof
+
+    client = process_connect.ProcessClientSync(envd.url)
+    headers = {"E2b-Sandbox-Id": SANDBOX}
+    with pytest.raises(ConnectError) as info:
+        client.send_signal(process_pb.SendSignalRequest(signal=process_pb.Signal.SIGKILL), headers=headers)
+    assert info.value.code == Code.INVALID_ARGUMENT
+    selector = process_pb.ProcessSelector(selector=Oneof("pid", 2**31 - 2))
+    with pytest.raises(ConnectError) as info:
+        client.send_signal(
+            process_pb.SendSignalRequest(process=selector, signal=process_pb.Signal.UNSPECIFIED),
+            headers=headers,
+        )
+    assert info.value.code == Code.UNIMPLEMENTED
+    with pytest.raises(ConnectError) as info:
+        client.send_input(
+            process_pb.SendInputRequest(
+                process=selector, input=process_pb.ProcessInput(input=Oneof("stdin", b"x"))
+            ),
+            headers=headers,
+        )
+    assert info.value.code == Code.NOT_FOUND
+    bad_user = {**headers, "Authorization": "Basic " + base64.b64encode(b"../etc:").decode()}
+    with pytest.raises(ConnectError) as info:
+        list(
+            client.start(
+                process_pb.StartRequest(process=process_pb.ProcessConfig(cmd="true")), headers=bad_user
+            )
+        )
+    assert info.value.code == Code.UNAUTHENTICATED
+    sbx = envd.sandbox()
+    plain = sbx.commands.run("sleep 30", background=True)
+    with pytest.raises(ConnectError) as info:
+        client.update(
+            process_pb.UpdateRequest(
+                process=process_pb.ProcessSelector(selector=Oneof("pid", plain.pid)),
+                pty=process_pb.PTY(size=process_pb.PTY.Size(rows=10, cols=10)),
+            ),
+            headers=headers,
+        )
+    assert info.value.code == Code.INVALID_ARGUMENT
+    assert plain.kill()

@@ -26,7 +26,7 @@ from clawpot.e2b.context import E2bContext, Sandbox
 from clawpot.e2b.envd import filesystem
 from clawpot.e2b.envd.gen.process.process_connect import ProcessASGIApplication
 from clawpot.e2b.envd.guest import sandbox_gone_message
-from clawpot.e2b.envd.process import SANDBOX_HEADER, ProcessService
+from clawpot.e2b.envd.process import SANDBOX_HEADER, ProcessService, watch_disconnect
 from clawpot.vm.state import VmState
 
 ACCESS_TOKEN_HEADER = "x-access-token"
@@ -56,7 +56,7 @@ def _health(sandbox: Sandbox) -> Response:
 
 def create_envd_app(ctx: E2bContext, *, default_user: str = limits.E2B_DEFAULT_USER) -> ASGIApp:
     """``default_user``: who runs what names no user (E2B's ``user``; tests on a host agent: root)."""
-    process_app = ProcessASGIApplication(ProcessService(ctx, default_user))  # type: ignore[arg-type]
+    process_app = watch_disconnect(ProcessASGIApplication(ProcessService(ctx, default_user)))  # type: ignore[arg-type]
     filesystem_app = filesystem.create_filesystem_app(ctx)
     files_app = filesystem.create_files_app(ctx)
 
