@@ -383,3 +383,10 @@ def test_bad_requests_get_connect_errors(envd: Envd) -> None:
         )
     assert info.value.code == Code.INVALID_ARGUMENT
     assert plain.kill()
+
+
+def test_large_output_streams_through(envd: Envd) -> None:
+    # 8 MiB: many times every window on the way (agent stream 1 MiB, listener backlog 1 MiB).
+    result = envd.sandbox().commands.run("head -c 8388608 /dev/zero | tr '\\0' a; echo; echo tail >&2")
+    assert len(result.stdout) == 8388608 + 1 and set(result.stdout.strip()) == {"a"}
+    assert result.stderr == "tail\n"
