@@ -106,6 +106,7 @@ def test_pause_and_resume_by_connect(e2b: tuple[ServerProcess, E2bEndpoint], san
     assert sandbox.pause() is True
     assert sandbox.get_info().state == SandboxState.PAUSED
     assert sandbox.pause() is False  # already paused
+    assert not sandbox.is_running()  # its envd does not answer while paused
     paused = Sandbox.list(query=SandboxQuery(state=[SandboxState.PAUSED]), **endpoint.opts()).next_items()
     assert sandbox.sandbox_id in [s.sandbox_id for s in paused]
     resumed = Sandbox.connect(sandbox.sandbox_id, timeout=900, **endpoint.opts())

@@ -6,8 +6,9 @@ PLACEHOLDER (the e2bapi skeleton): the envd helpers replace this module with the
 endpoints, translated to Clawpot's agent protocol. The contract they keep: ``create_envd_app(ctx)``
 returns an ASGI app; ``ctx`` (``clawpot.e2b.context.E2bContext``) gives ``ctx.sandbox(id)`` (the VM and
 its ``SandboxAttrs``: ``envd_access_token`` for ``secure`` sandboxes, ``env_vars``), ``ctx.service``
-and ``ctx.node``. This placeholder answers ``GET /health`` for a sandbox that exists (204) and 501
-otherwise, so the SDK's wait for envd after create does not hang.
+and ``ctx.node``. This placeholder answers ``GET /health`` for a running sandbox (204), 502 for a
+missing or not running one (as E2B's edge does: the SDK's ``is_running()`` is then False), and 501
+otherwise, so no SDK call hangs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from clawpot import errors
 from clawpot.e2b import errors as e2b_errors
 from clawpot.e2b.context import E2bContext
+from clawpot.vm.state import VmState
 
 
 def create_envd_app(ctx: E2bContext) -> ASGIApp:
@@ -27,10 +29,16 @@ def create_envd_app(ctx: E2bContext) -> ASGIApp:
             return
         sandbox_id = Headers(scope=scope).get("e2b-sandbox-id", "")
         try:
-            ctx.sandbox(sandbox_id)
+            sandbox = ctx.sandbox(sandbox_id)
         except errors.NotFound as exc:
             # E2B's edge answers a missing sandbox with 502 and this body; the SDK maps it.
             await e2b_errors.error_response(502, str(exc))(scope, receive, send)
+            return
+        if sandbox.view.record.state is not VmState.RUNNING:
+            # A paused (or starting) sandbox's envd does not answer: 502, as E2B's edge says it, so the
+            # SDK's is_running() is False and calls fail at once instead of hanging.
+            message = f"sandbox {sandbox.id} is {sandbox.view.record.state}, not running"
+            await e2b_errors.error_response(502, message)(scope, receive, send)
             return
         if scope["path"] == "/health":
             await Response(status_code=204)(scope, receive, send)
