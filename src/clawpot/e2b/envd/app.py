@@ -2,12 +2,13 @@
 
 1. The sandbox must exist: otherwise 502 ``The sandbox ... was not found``, the answer of E2B's edge
    proxy, which the SDK turns into ``SandboxNotRunningException`` (a Connect client reads a plain 502
-   as UNAVAILABLE with that message; ``/health`` as "not running").
+   as UNAVAILABLE with that message; ``/health`` as "not running"). One that is not running (paused)
+   gets 502 too, naming its state.
 2. A ``secure`` sandbox needs ``X-Access-Token`` (its envd access token, compared in constant time),
    except ``/health`` (open in envd too) and ``/files`` with a ``signature`` (checked by ``/files``).
    A wrong or missing token: 401, the SDK's ``AuthenticationException``.
 3. Routing: ``/process.Process/*`` → ``process.ProcessService`` (Connect), ``/filesystem.Filesystem/*``
-   and ``/files`` → ``filesystem``, ``GET /health`` → 204 (502 unless the VM runs), ``GET /envs`` →
+   and ``/files`` → ``filesystem``, ``GET /health`` → 204, ``GET /envs`` →
    the sandbox's ``envVars``.
 """
 
@@ -46,14 +47,6 @@ def _token_ok(sandbox: Sandbox, headers: Headers, scope: Scope) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
-def _health(sandbox: Sandbox) -> Response:
-    """204 while the VM runs; otherwise 502 as E2B's edge answers (the SDK's ``is_running`` is False)."""
-    state = sandbox.view.record.state
-    if state is VmState.RUNNING:
-        return Response(status_code=204)
-    return e2b_errors.error_response(502, f"The sandbox {sandbox.id} is {state.value.lower()}")
-
-
 def create_envd_app(ctx: E2bContext, *, default_user: str = limits.E2B_DEFAULT_USER) -> ASGIApp:
     """``default_user``: who runs what names no user (E2B's ``user``; tests on a host agent: root)."""
     process_app = watch_disconnect(ProcessASGIApplication(ProcessService(ctx, default_user)))  # type: ignore[arg-type]
@@ -70,6 +63,13 @@ def create_envd_app(ctx: E2bContext, *, default_user: str = limits.E2B_DEFAULT_U
         except errors.NotFound:
             await e2b_errors.error_response(502, sandbox_gone_message(sandbox_id))(scope, receive, send)
             return
+        state = sandbox.view.record.state
+        if state is not VmState.RUNNING:
+            # A paused (or starting, stopping) sandbox's envd does not answer: 502, as E2B's edge says
+            # it, so the SDK's is_running() is False and calls fail at once instead of hanging.
+            message = f"The sandbox {sandbox.id} is {state.value.lower()}, not running"
+            await e2b_errors.error_response(502, message)(scope, receive, send)
+            return
         if not _token_ok(sandbox, headers, scope):
             await e2b_errors.error_response(401, "invalid or missing X-Access-Token")(scope, receive, send)
             return
@@ -81,7 +81,7 @@ def create_envd_app(ctx: E2bContext, *, default_user: str = limits.E2B_DEFAULT_U
         elif path == "/files":
             await files_app(scope, receive, send)
         elif path == "/health":
-            await _health(sandbox)(scope, receive, send)
+            await Response(status_code=204)(scope, receive, send)
         elif path == "/envs" and scope["method"] == "GET":
             await JSONResponse(sandbox.attrs.env_vars)(scope, receive, send)
         else:
