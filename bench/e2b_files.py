@@ -4,7 +4,8 @@ SDK against the same through Clawpot's gRPC API (``clawpot cp``'s calls), same V
     .venv/bin/python bench/e2b_files.py [--runs 15] [--size-kib 1024]
 
 As root. One ``clawpot-server`` with ``--e2b-listen`` runs in a network namespace this script creates
-and deletes (tests/integration/server_harness.py), one QEMU VM made with ``Sandbox.create``. Runs
+and deletes (tests/integration/e2b_harness.py), one QEMU VM made with ``Sandbox.create`` from this
+tree's root image. Runs
 alternate, so every variant sees the same machine load:
 
 - ``sdk_write``: ``sbx.files.write(path, data)`` (multipart POST /files → agent ``put`` in place);
@@ -13,7 +14,7 @@ alternate, so every variant sees the same machine load:
 - ``grpc_read``: ``DownloadFile`` over the unix socket.
 
 The SDK talks TCP and the server's E2B listener is a unix socket inside the namespace, so the SDK's
-bytes cross a loopback TCP relay (tests/support/tcp_relay.py, one extra copy each way); ``relay_rtt``
+bytes cross a loopback TCP relay (tests/support/tcp_to_unix.py, one extra copy each way); ``relay_rtt``
 (a GET /health through it) says what that hop costs a call. Prints one JSON document (milliseconds).
 """
 
@@ -24,12 +25,10 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,35 +38,13 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "integration")]
 import grpc  # noqa: E402
 import httpx  # noqa: E402
 from e2b import Sandbox  # noqa: E402
-from server_harness import server_in_namespace  # noqa: E402
-from support.tcp_relay import TcpToUnixRelay  # noqa: E402
+from e2b_harness import e2b_server  # noqa: E402
+from support.tree_assets import tree_assets  # noqa: E402
 
 from clawpot import paths  # noqa: E402
-from clawpot.assets.install import Installer  # noqa: E402
-from clawpot.assets.rootfs import IMAGE_OUTPUT, BaseRecipe, ImageRecipe  # noqa: E402
 from clawpot.v1 import vm_pb2, vm_pb2_grpc  # noqa: E402
 
 CHUNK = 64 * 1024
-
-
-@dataclass(frozen=True)
-class Assets:
-    kernel: Path
-    rootfs: Path
-
-
-def assets(workdir: Path) -> Assets:
-    """The installed kernel and this tree's root image (with the ``user`` account), as the tests take."""
-    installer = Installer()
-    base = BaseRecipe()
-    image = ImageRecipe.from_host(base, lambda: installer.ensure_entry(base)[0])
-    entry, _ = installer.ensure_entry(image)
-    (workdir / "assets").mkdir()
-    kernel = workdir / "assets" / "vmlinux"
-    kernel.symlink_to(paths.assets_dir() / "vmlinux")
-    rootfs = workdir / "assets" / "rootfs.ext4"
-    subprocess.run(["cp", "--sparse=always", str(entry.file(IMAGE_OUTPUT)), str(rootfs)], check=True)
-    return Assets(kernel, rootfs)
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -109,19 +86,16 @@ def main() -> int:
     relay_rtt: list[float] = []
     with tempfile.TemporaryDirectory(prefix="clawpot-bench-e2b-") as tmp:
         workdir = Path(tmp)
-        listen = workdir / "e2b.sock"
+        (workdir / "assets").mkdir()
+        # This tree's root image (its agent, the `user` account), as the integration tests take it.
+        assets = tree_assets(workdir / "assets", paths.assets_dir() / "vmlinux")
         boot_started = time.perf_counter()
-        with (
-            server_in_namespace(workdir, assets(workdir), "--e2b-listen", f"unix:{listen}") as server,
-            TcpToUnixRelay(listen) as relay,
-        ):
-            token = (server.data_dir / "api-token").read_text().strip()
-            opts = {"api_key": token, "api_url": relay.url, "sandbox_url": relay.url, "request_timeout": 120}
-            sbx = Sandbox.create(**opts)
+        with e2b_server(workdir, assets) as (server, endpoint):
+            sbx = Sandbox.create(**endpoint.opts())
             create_ms = (time.perf_counter() - boot_started) * 1000
             channel = grpc.insecure_channel(server.url)
             api = vm_pb2_grpc.VmServiceStub(channel)
-            health = httpx.Client(base_url=relay.url, headers={"E2b-Sandbox-Id": sbx.sandbox_id})
+            health = httpx.Client(base_url=endpoint.url, headers={"E2b-Sandbox-Id": sbx.sandbox_id})
             # Warm both paths (first-call costs: connections, the guest's page cache, TCG translation).
             sbx.files.write("/tmp/warm", data)
             api.UploadFile(upload_requests(sbx.sandbox_id, "/tmp/warm", data))

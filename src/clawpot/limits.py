@@ -221,10 +221,11 @@ E2B_ATTRS_MAX_BYTES = 256 * 1024
 E2B_MAX_BODY_BYTES = 1024 * 1024
 # Graceful stop of the HTTP listener: in-flight requests get this long (as the gRPC grace).
 E2B_SHUTDOWN_GRACE = 10.0
-# Idle HTTP connections are kept this long. The SDK pools connections for 300 s and reuses them; a
-# server that drops them after hypercorn's default 5 s makes clients race a closing socket. 75 s, as
-# common front proxies use, keeps reuse working at the cost of a few idle sockets.
-E2B_KEEP_ALIVE_TIMEOUT = 75.0
+# Idle HTTP connections are kept this long. The SDK pools connections for 300 s (E2B_KEEPALIVE_EXPIRY)
+# and reuses them; a server that closes them first (hypercorn's default: 5 s) makes a client race a
+# closing socket, and the SDK does not retry a request it had written. Longer than the SDK's 300 s, the
+# client always closes first; an idle connection costs a socket and a few KiB.
+E2B_KEEP_ALIVE_TIMEOUT = 330.0
 
 # --- VM lifetimes (issue 13) --------------------------------------------------------------------------
 

@@ -106,6 +106,7 @@ def test_pause_and_resume_by_connect(e2b: tuple[ServerProcess, E2bEndpoint], san
     assert sandbox.pause() is True
     assert sandbox.get_info().state == SandboxState.PAUSED
     assert sandbox.pause() is False  # already paused
+    assert not sandbox.is_running()  # its envd does not answer while paused
     paused = Sandbox.list(query=SandboxQuery(state=[SandboxState.PAUSED]), **endpoint.opts()).next_items()
     assert sandbox.sandbox_id in [s.sandbox_id for s in paused]
     resumed = Sandbox.connect(sandbox.sandbox_id, timeout=900, **endpoint.opts())
@@ -160,6 +161,11 @@ async def test_async_lifecycle_and_expiry_deletes_the_vm(
     assert [s.sandbox_id for s in await page.next_items()] == [sid]
     same = await AsyncSandbox.connect(sid, **endpoint.opts())
     assert same.sandbox_id == sid
+    assert await sbx.pause() is True
+    assert (await sbx.get_info()).state == SandboxState.PAUSED
+    assert not await sbx.is_running()
+    resumed = await AsyncSandbox.connect(sid, timeout=300, **endpoint.opts())
+    assert (await resumed.get_info()).state == SandboxState.RUNNING
 
     qemu_pid = server.vmm_pids()[sid]
     await sbx.set_timeout(3)  # the lifetime now ends in 3 s: the VM must then be deleted

@@ -18,6 +18,9 @@ Modules:
 - ``accounts``    the guest user an operation acts for; paths relative to its home; owned directories.
 - ``fsops``       ``stat``, ``list`` (streamed), ``mkdir``, ``move``, ``remove``: E2B envd's semantics.
 - ``watch``       the ``watch`` operation: inotify events (ctypes), bounded queue, host syncs.
+- ``processes``   the table of managed processes: they outlive streams and connections, found by pid or
+                  tag, output kept in a bounded ring while nobody listens (E2B's envd processes).
+- ``procops``     the ``proc_*`` operations on that table: start, attach, list, input, signal, resize.
 - ``identity``    the ``configure`` request and its validation (shared with the host client).
 - ``configure``   the ``configure`` operation: hostname, address, gateway, DNS and MAC of the guest.
 - ``netlink``     a minimal rtnetlink client: link, IPv4 addresses, default route.

@@ -41,7 +41,10 @@ log = logging.getLogger(__name__)
 
 # Bounds of the table (the guest's own memory, but a host must not be able to make the agent grow without
 # limit either): kept here, since the agent cannot import the host's clawpot.limits.
-RING_BYTES = 1 << 20  # output kept per process while nobody listens: 1 MiB, as E2B's envd scrollback
+RING_BYTES = 1 << 20  # output kept per process while nobody listens: 1 MiB
+# ...and by all processes together (running and retained): a small guest (256 MiB) must not lose a
+# quarter of its memory to output nobody reads. Past it, the ring being written drops its oldest bytes.
+TOTAL_RING_BYTES = 16 << 20
 LISTENER_BACKLOG = 1 << 20  # output waiting for one slow listener before the process is paused
 MAX_RUNNING = 256  # managed processes running at once
 RETAINED_EXITED = 64  # exited processes still findable (exit status, unread output)
@@ -73,37 +76,60 @@ class Spec:
     shown_env: dict[str, str] = field(default_factory=dict)  # the env the host asked for (for list)
 
 
-class OutputRing:
-    """The last ``capacity`` bytes of output, as (pipe, bytes) chunks; older bytes are dropped."""
+class RingBudget:
+    """Bytes held by all rings together, and the bound on them."""
 
-    def __init__(self, capacity: int = RING_BYTES) -> None:
+    def __init__(self, limit: int = TOTAL_RING_BYTES) -> None:
+        self.limit = limit
+        self.used = 0
+
+
+class OutputRing:
+    """The last ``capacity`` bytes of output, as (pipe, bytes) chunks; older bytes are dropped. With a
+    shared ``budget`` the ring also drops its oldest bytes while all rings together hold too much."""
+
+    def __init__(self, capacity: int = RING_BYTES, budget: RingBudget | None = None) -> None:
         self.capacity = capacity
+        self.budget = budget
         self.size = 0
         self.dropped = 0
         self._chunks: deque[tuple[int, bytes]] = deque()
 
+    def _resize(self, delta: int) -> None:
+        self.size += delta
+        if self.budget is not None:
+            self.budget.used += delta
+
+    def _limit(self) -> int:
+        if self.budget is None:
+            return self.capacity
+        return min(self.capacity, max(0, self.budget.limit - (self.budget.used - self.size)))
+
     def append(self, pipe: int, data: bytes) -> None:
-        if len(data) > self.capacity:
-            self.dropped += len(data) - self.capacity
-            data = data[-self.capacity :]
+        limit = self._limit()
+        if len(data) > limit:
+            self.dropped += len(data) - limit
+            data = data[len(data) - limit :]
+        if not data:
+            return
         self._chunks.append((pipe, data))
-        self.size += len(data)
-        while self.size > self.capacity:
+        self._resize(len(data))
+        while self.size > limit:
             old_pipe, old = self._chunks[0]
-            excess = self.size - self.capacity
+            excess = self.size - limit
             if len(old) <= excess:
                 self._chunks.popleft()
-                self.size -= len(old)
+                self._resize(-len(old))
                 self.dropped += len(old)
             else:
                 self._chunks[0] = (old_pipe, old[excess:])
-                self.size -= excess
+                self._resize(-excess)
                 self.dropped += excess
 
     def drain(self) -> list[tuple[int, bytes]]:
         chunks = list(self._chunks)
         self._chunks.clear()
-        self.size = 0
+        self._resize(-self.size)
         return chunks
 
 
@@ -116,7 +142,7 @@ class ManagedProcess:
         self.timed_out = False
         self.started = time.monotonic()
         self.result: dict[str, Any] | None = None
-        self.ring = OutputRing()
+        self.ring = OutputRing(RING_BYTES, table.ring_budget)
         self.listeners: list[Listener] = []
         self._outputs: dict[int, int] = {}  # fd -> pipe
         self._reading: set[int] = set()
@@ -456,6 +482,7 @@ class ProcessTable:
         self.ctx = ctx
         self.running: dict[int, ManagedProcess] = {}
         self._exited: OrderedDict[int, ManagedProcess] = OrderedDict()
+        self.ring_budget = RingBudget()
 
     def start(self, spec: Spec) -> ManagedProcess:
         if len(self.running) >= MAX_RUNNING:
@@ -463,11 +490,14 @@ class ProcessTable:
         managed = ManagedProcess(self, spec)
         managed.spawn()
         # A pid reused after an old process's exit: the old retained entry is stale now.
-        self._exited.pop(managed.pid, None)
+        stale = self._exited.pop(managed.pid, None)
+        if stale is not None:
+            stale.ring.drain()
         if spec.tag is not None:
             for pid, old in list(self._exited.items()):
                 if old.spec.tag == spec.tag:
                     del self._exited[pid]
+                    old.ring.drain()
         self.running[managed.pid] = managed
         return managed
 
@@ -487,7 +517,8 @@ class ProcessTable:
         self.running.pop(managed.pid, None)
         self._exited[managed.pid] = managed
         while len(self._exited) > RETAINED_EXITED:
-            self._exited.popitem(last=False)
+            _, oldest = self._exited.popitem(last=False)
+            oldest.ring.drain()  # its bytes go back to the budget
         if delivered:
             managed.ring.drain()  # its listeners had everything
 

@@ -64,9 +64,13 @@ def parse_spec(req: dict[str, Any]) -> Spec:
     env = _parse_env(req)
     name = opt_str(req, "user")
     user = lookup_user(name) if name is not None else lookup_user_by_uid(os.getuid())
-    cwd = opt_str(req, "cwd") or user.pw_dir or "/"
+    # As envd: no cwd is the user's home, ``~`` is expanded, a relative path is taken from the home.
+    home = user.pw_dir or "/"
+    cwd = opt_str(req, "cwd") or home
+    if cwd == "~" or cwd.startswith("~/"):
+        cwd = home + cwd[1:]
     if not cwd.startswith("/"):
-        cwd = os.path.join(user.pw_dir or "/", cwd)
+        cwd = os.path.join(home, cwd)
     check_cwd(cwd)
     pty = _parse_pty(req)
     full_env = {**login_env(user), **env}

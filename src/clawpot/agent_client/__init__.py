@@ -10,9 +10,10 @@ Modules:
 - ``process``     a remote process: output events, stdin, signals, resize, exit status.
 - ``files``       streamed, atomic (or in-place) upload and download.
 - ``fs``          stat, list, mkdir, move, remove and watch (E2B's filesystem service), answers checked.
+- ``procs``       managed processes (``proc_*``): start, attach by pid or tag, list, input, signal, resize.
 - ``identity``    ``GuestIdentity`` (hostname, address, gateway, DNS, MAC) and the ``configure`` call.
-- ``client``      ``AgentClient`` (exec, run, put_file, write_file, get_file, open_file, stat, list_dir,
-                  make_dir, move, remove, watch, configure, ping, shutdown), ``wait_ready``.
+- ``client``      ``AgentClient`` (exec, run, proc_*, put_file, write_file, get_file, open_file, stat,
+                  list_dir, make_dir, move, remove, watch, configure, ping, shutdown), ``wait_ready``.
 - ``errors``      ``GuestError`` and its subclasses.
 - ``untrusted``   guest-supplied text made safe for logs (``printable``) and rate-limited per VM.
 

@@ -74,10 +74,12 @@ class Reaper:
         self._task = asyncio.create_task(self._run(), name="VM lifetimes")
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._task, *self._working.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        """Stop looking for deadlines; a delete or pause already under way is let finish (the node is
+        about to close: it must not close under a half-done delete)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.gather(*self._working.values(), return_exceptions=True)
 
     def changed(self) -> None:
         self._wake.set()
@@ -111,6 +113,10 @@ class Reaper:
                 await asyncio.wait_for(self._wake.wait(), delay)
 
     async def _end(self, nvm: NodeVm) -> None:
+        if nvm.lifetime is None or nvm.lifetime.expires_at > self._clock():
+            self._working.pop(nvm.id, None)  # moved or removed since it was found due
+            self._wake.set()
+            return
         try:
             log.info("VM %s: lifetime ended, %s", nvm.id, nvm.lifetime.on_expiry if nvm.lifetime else "-")
             await self._expire(nvm)

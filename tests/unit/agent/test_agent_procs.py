@@ -8,6 +8,7 @@ import asyncio
 import os
 import pwd
 import signal
+from pathlib import Path
 
 import pytest
 from agent_harness import AgentProcess, pid_alive, wait_until
@@ -162,3 +163,24 @@ def test_output_ring_bounds() -> None:
     ring.append(1, b"x" * 25)
     assert ring.drain() == [(1, b"x" * 10)]
     assert ring.size == 0
+
+
+def test_rings_share_one_budget() -> None:
+    budget = processes.RingBudget(10)
+    first, second = processes.OutputRing(8, budget), processes.OutputRing(8, budget)
+    first.append(1, b"abcdef")
+    second.append(1, b"123456")  # only 4 bytes left in the budget: the oldest 2 go
+    assert (first.size, second.size, budget.used) == (6, 4, 10)
+    assert second.drain() == [(1, b"3456")]
+    assert budget.used == 6
+    first.append(2, b"XYZ")  # the ring's own capacity (8) bounds it now
+    assert first.drain() == [(1, b"bcdef"), (2, b"XYZ")]
+    assert budget.used == 0
+
+
+async def test_cwd_tilde_and_relative_are_under_home(client: AgentClient) -> None:
+    home = str(Path(pwd.getpwuid(os.getuid()).pw_dir).resolve())  # noqa: ASYNC240 - one local lookup
+    for cwd in ("~", "."):
+        proc = await client.proc_start(ProcSpec(["pwd"], cwd=cwd))
+        out, _, _ = await _collect(proc)
+        assert out.decode().strip() == home

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ssl
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 from click.testing import CliRunner
+from starlette.types import ASGIApp
 
 from clawpot.cli.server import main
 from clawpot.e2b import listener
@@ -99,3 +104,55 @@ def test_server_refuses_clear_text_e2b_off_loopback(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "--e2b-listen 0.0.0.0:3000: not a loopback address, so it needs TLS" in result.output
     assert not data.exists()  # refused before anything was made
+
+
+@contextlib.asynccontextmanager
+async def _listening(app: ASGIApp, address: str, tls: TlsFiles | None) -> AsyncIterator[int]:
+    sock = listener.bind(listener.plan(address, tls))
+    port = int(sock.getsockname()[1])
+    stop = asyncio.Event()
+    task = asyncio.create_task(listener.serve(app, sock, tls, stop))
+    try:
+        for _ in range(100):  # hypercorn accepts once its serve task has run
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            await asyncio.sleep(0.02)
+        yield port
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+
+async def test_the_listener_speaks_http1_and_h2c_in_clear(node: Node) -> None:
+    app = create_app(E2bContext(service=Service(node), token=TOKEN))
+    async with _listening(app, "127.0.0.1:0", None) as port:
+        url = f"http://127.0.0.1:{port}/sandboxes"
+        async with httpx.AsyncClient() as h1:
+            reply = await h1.get(url, headers={"X-API-Key": TOKEN})
+            assert (reply.http_version, reply.status_code, reply.json()) == ("HTTP/1.1", 200, [])
+        async with httpx.AsyncClient(http1=False, http2=True) as h2:  # prior knowledge
+            reply = await h2.get(url)
+            assert (reply.http_version, reply.status_code) == ("HTTP/2", 401)
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> TlsFiles:
+    cert, key = tmp_path / "c.crt", tmp_path / "c.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return TlsFiles(cert, key)
+
+
+async def test_the_listener_speaks_h2_over_tls(node: Node, self_signed: TlsFiles) -> None:
+    app = create_app(E2bContext(service=Service(node), token=TOKEN))
+    async with (
+        _listening(app, "127.0.0.1:0", self_signed) as port,
+        httpx.AsyncClient(http2=True, verify=ssl.create_default_context(cafile=self_signed.cert)) as client,
+    ):
+        reply = await client.get(f"https://127.0.0.1:{port}/sandboxes", headers={"X-API-Key": TOKEN})
+        assert (reply.http_version, reply.status_code) == ("HTTP/2", 200)

@@ -32,6 +32,7 @@ from clawpot.agent_client import AgentClient, wait_ready
 from clawpot.e2b import listener
 from clawpot.e2b.envd import create_envd_app
 from clawpot.e2b.sandboxes import SandboxAttrs
+from clawpot.vm.state import VmState
 
 SANDBOX = "sbx-1"
 TOKEN = "secret-token"
@@ -68,9 +69,20 @@ class _HostNode:
 
 
 @dataclass
+class _Record:
+    state: VmState = VmState.RUNNING
+
+
+@dataclass
+class _View:
+    record: _Record = field(default_factory=_Record)
+
+
+@dataclass
 class _Sandbox:
     id: str
     attrs: SandboxAttrs
+    view: _View = field(default_factory=_View)
 
 
 @dataclass
@@ -208,12 +220,13 @@ def test_close_stdin_and_connect_by_pid(envd: Envd) -> None:
     sbx = envd.sandbox()
     handle = sbx.commands.run("cat; echo done", background=True, stdin=True)
     handle.send_stdin("piped ")
+    sbx.commands.stream_input(handle.pid, ["streamed ", b"in ", "order "])
     handle.disconnect()
     again = sbx.commands.connect(handle.pid)
     sbx.commands.close_stdin(handle.pid)
     result = again.wait()
     assert result.stdout.endswith("done\n")
-    assert "piped" in result.stdout
+    assert result.stdout == "piped streamed in order done\n"
 
 
 def test_timeout_kills_the_process(envd: Envd) -> None:
@@ -313,3 +326,67 @@ def test_user_header_is_parsed() -> None:
         users.username({"authorization": "Basic " + base64.b64encode(b"../x:").decode()})
     with pytest.raises(ValueError):
         users.username({"authorization": "Bearer abc"})
+
+
+def test_output_while_disconnected_reaches_the_next_connect(envd: Envd) -> None:
+    sbx = envd.sandbox()
+    handle = sbx.commands.run("sleep 1; echo later; echo err >&2", background=True)
+    handle.disconnect()
+    time.sleep(2)  # "later" is written while nobody listens
+    result = sbx.commands.connect(handle.pid).wait()
+    assert (result.stdout, result.stderr) == ("later\n", "err\n")
+
+
+def test_bad_requests_get_connect_errors(envd: Envd) -> None:
+    from connectrpc.code import Code
+    from connectrpc.errors import ConnectError
+    from e2b.envd.process import process_connect, process_pb
+    from protobuf import Oneof
+
+    client = process_connect.ProcessClientSync(envd.url)
+    headers = {"E2b-Sandbox-Id": SANDBOX}
+    with pytest.raises(ConnectError) as info:
+        client.send_signal(process_pb.SendSignalRequest(signal=process_pb.Signal.SIGKILL), headers=headers)
+    assert info.value.code == Code.INVALID_ARGUMENT
+    selector = process_pb.ProcessSelector(selector=Oneof("pid", 2**31 - 2))
+    with pytest.raises(ConnectError) as info:
+        client.send_signal(
+            process_pb.SendSignalRequest(process=selector, signal=process_pb.Signal.UNSPECIFIED),
+            headers=headers,
+        )
+    assert info.value.code == Code.UNIMPLEMENTED
+    with pytest.raises(ConnectError) as info:
+        client.send_input(
+            process_pb.SendInputRequest(
+                process=selector, input=process_pb.ProcessInput(input=Oneof("stdin", b"x"))
+            ),
+            headers=headers,
+        )
+    assert info.value.code == Code.NOT_FOUND
+    bad_user = {**headers, "Authorization": "Basic " + base64.b64encode(b"../etc:").decode()}
+    with pytest.raises(ConnectError) as info:
+        list(
+            client.start(
+                process_pb.StartRequest(process=process_pb.ProcessConfig(cmd="true")), headers=bad_user
+            )
+        )
+    assert info.value.code == Code.UNAUTHENTICATED
+    sbx = envd.sandbox()
+    plain = sbx.commands.run("sleep 30", background=True)
+    with pytest.raises(ConnectError) as info:
+        client.update(
+            process_pb.UpdateRequest(
+                process=process_pb.ProcessSelector(selector=Oneof("pid", plain.pid)),
+                pty=process_pb.PTY(size=process_pb.PTY.Size(rows=10, cols=10)),
+            ),
+            headers=headers,
+        )
+    assert info.value.code == Code.INVALID_ARGUMENT
+    assert plain.kill()
+
+
+def test_large_output_streams_through(envd: Envd) -> None:
+    # 8 MiB: many times every window on the way (agent stream 1 MiB, listener backlog 1 MiB).
+    result = envd.sandbox().commands.run("head -c 8388608 /dev/zero | tr '\\0' a; echo; echo tail >&2")
+    assert len(result.stdout) == 8388608 + 1 and set(result.stdout.strip()) == {"a"}
+    assert result.stderr == "tail\n"

@@ -14,11 +14,14 @@ from support.agent_harness import pid_alive
 from support.fake_vmm import FakeVmmBackend, node_config
 
 from clawpot import errors
-from clawpot.node.lifetimes import Expiry
+from clawpot.node.lifetimes import Expiry, Lifetime, Reaper
 from clawpot.node.node import Node
+from clawpot.node.store import VmRecord
+from clawpot.node.vms import NodeVm
 from clawpot.service.service import CreateParams, Service
 from clawpot.vm.state import VmState
 from clawpot.vmm.base import Feature
+from clawpot.vmm.spec import BackendKind
 
 
 async def _until(predicate: object, within: float = 10.0) -> None:
@@ -132,3 +135,45 @@ async def test_a_paused_vm_expires_too(node: Node, backend: FakeVmmBackend) -> N
     vm_id = (await service.create(CreateParams(timeout=2))).record.id
     await service.pause(vm_id)
     await _until(lambda: vm_id not in node.vms, within=5)
+
+
+def _nvm(vm_id: str, lifetime: Lifetime | None) -> NodeVm:
+    record = VmRecord(vm_id, VmState.RUNNING, BackendKind.QEMU, 1, 256, Path("/nonexistent") / vm_id)
+    nvm = NodeVm(record, agent_timeout=1.0)
+    nvm.lifetime = lifetime
+    return nvm
+
+
+async def test_the_reaper_acts_in_deadline_order_retries_failures_and_skips_moved_deadlines() -> None:
+    """The reaper's own logic, with a clock and an action of the test's (the node's real delete and
+    pause are exercised above)."""
+    now = [1000.0]
+    vms = {
+        "late": _nvm("late", Lifetime(1003.0)),
+        "soon": _nvm("soon", Lifetime(1001.0)),
+        "never": _nvm("never", None),
+        "flaky": _nvm("flaky", Lifetime(1002.0)),
+    }
+    acted: list[str] = []
+    failures = {"flaky": 1}
+
+    async def expire(nvm: NodeVm) -> None:
+        if failures.get(nvm.id, 0) > 0:
+            failures[nvm.id] -= 1
+            raise RuntimeError("VMM did not stop")
+        acted.append(nvm.id)
+        nvm.lifetime = None
+
+    reaper = Reaper(vms, expire, clock=lambda: now[0])
+    reaper.start()
+    try:
+        for step in range(1, 12):  # time advances one second per step; the reaper is woken each time
+            now[0] = 1000.0 + step
+            if step == 2:
+                vms["late"].lifetime = Lifetime(1020.0)  # moved before it was due: not acted on at 1003
+            reaper.changed()
+            await asyncio.sleep(0.05)
+        assert acted == ["soon", "flaky"]  # flaky: failed at 1002, retried 5 s later
+        assert vms["late"].lifetime is not None and "never" not in acted
+    finally:
+        await reaper.stop()

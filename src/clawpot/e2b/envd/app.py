@@ -2,12 +2,14 @@
 
 1. The sandbox must exist: otherwise 502 ``The sandbox ... was not found``, the answer of E2B's edge
    proxy, which the SDK turns into ``SandboxNotRunningException`` (a Connect client reads a plain 502
-   as UNAVAILABLE with that message; ``/health`` as "not running").
+   as UNAVAILABLE with that message; ``/health`` as "not running"). One that is not running (paused)
+   gets 502 too, naming its state.
 2. A ``secure`` sandbox needs ``X-Access-Token`` (its envd access token, compared in constant time),
    except ``/health`` (open in envd too) and ``/files`` with a ``signature`` (checked by ``/files``).
    A wrong or missing token: 401, the SDK's ``AuthenticationException``.
 3. Routing: ``/process.Process/*`` → ``process.ProcessService`` (Connect), ``/filesystem.Filesystem/*``
-   and ``/files`` → ``filesystem``, ``GET /health`` → 204, ``GET /envs`` → the sandbox's ``envVars``.
+   and ``/files`` → ``filesystem``, ``GET /health`` → 204, ``GET /envs`` →
+   the sandbox's ``envVars``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from clawpot.e2b.context import E2bContext, Sandbox
 from clawpot.e2b.envd import filesystem
 from clawpot.e2b.envd.gen.process.process_connect import ProcessASGIApplication
 from clawpot.e2b.envd.guest import sandbox_gone_message
-from clawpot.e2b.envd.process import SANDBOX_HEADER, ProcessService
+from clawpot.e2b.envd.process import SANDBOX_HEADER, ProcessService, watch_disconnect
+from clawpot.vm.state import VmState
 
 ACCESS_TOKEN_HEADER = "x-access-token"
 PROCESS_PREFIX = "/process.Process/"
@@ -46,7 +49,7 @@ def _token_ok(sandbox: Sandbox, headers: Headers, scope: Scope) -> bool:
 
 def create_envd_app(ctx: E2bContext, *, default_user: str = limits.E2B_DEFAULT_USER) -> ASGIApp:
     """``default_user``: who runs what names no user (E2B's ``user``; tests on a host agent: root)."""
-    process_app = ProcessASGIApplication(ProcessService(ctx, default_user))  # type: ignore[arg-type]
+    process_app = watch_disconnect(ProcessASGIApplication(ProcessService(ctx, default_user)))  # type: ignore[arg-type]
     filesystem_app = filesystem.create_filesystem_app(ctx, default_user=default_user)
     files_app = filesystem.create_files_app(ctx, default_user=default_user)
 
@@ -59,6 +62,13 @@ def create_envd_app(ctx: E2bContext, *, default_user: str = limits.E2B_DEFAULT_U
             sandbox = ctx.sandbox(sandbox_id)
         except errors.NotFound:
             await e2b_errors.error_response(502, sandbox_gone_message(sandbox_id))(scope, receive, send)
+            return
+        state = sandbox.view.record.state
+        if state is not VmState.RUNNING:
+            # A paused (or starting, stopping) sandbox's envd does not answer: 502, as E2B's edge says
+            # it, so the SDK's is_running() is False and calls fail at once instead of hanging.
+            message = f"The sandbox {sandbox.id} is {state.value.lower()}, not running"
+            await e2b_errors.error_response(502, message)(scope, receive, send)
             return
         if not _token_ok(sandbox, headers, scope):
             await e2b_errors.error_response(401, "invalid or missing X-Access-Token")(scope, receive, send)

@@ -26,6 +26,7 @@ _REMOTE_CODES = {
     "bad_request": Code.INVALID_ARGUMENT,
     "spawn_failed": Code.INVALID_ARGUMENT,
     "not_supported": Code.UNIMPLEMENTED,
+    "too_many_sessions": Code.RESOURCE_EXHAUSTED,  # the agent's concurrent streams (64 per connection)
 }
 
 
@@ -52,6 +53,9 @@ def connect_error(
     if isinstance(exc, ConnectError):
         return exc
     if isinstance(exc, RemoteError):
+        if exc.code == "unknown_op":
+            old = "the guest agent predates this operation: rebuild the image (clawpot assets install)"
+            return ConnectError(Code.UNIMPLEMENTED, old)
         return ConnectError(_REMOTE_CODES.get(exc.code, Code.INTERNAL), exc.message)
     if isinstance(exc, GuestError):
         if link is not None and agent is not None:

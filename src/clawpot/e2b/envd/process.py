@@ -18,11 +18,13 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from protobuf import Oneof
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clawpot import errors, limits
 from clawpot.agent_client import AgentClient, ExecEvent, ExecProcess, Exited, ExitStatus
@@ -85,6 +87,33 @@ def _event(oneof: Any) -> pb.ProcessEvent:
 _KEEPALIVE = _event(Oneof("keepalive", pb.ProcessEvent.KeepAlive()))
 
 
+# Set per request by ``watch_disconnect``: fires when the client goes away, so a Start/Connect stream
+# detaches at once and what the process writes next waits in the agent's ring for the next Connect,
+# instead of being pulled into a stream nobody reads (connectrpc itself only notices at the next send).
+_client_gone: ContextVar[asyncio.Event | None] = ContextVar("envd_client_gone", default=None)
+
+
+def watch_disconnect(app: ASGIApp) -> ASGIApp:
+    """ASGI wrapper: note the client's ``http.disconnect`` for the streams of this request."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        gone = asyncio.Event()
+
+        async def watched() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+            return message
+
+        token = _client_gone.set(gone)
+        try:
+            await app(scope, watched, send)
+        finally:
+            _client_gone.reset(token)
+
+    return wrapped
+
+
 def _deadline_exceeded() -> ConnectError:
     return ConnectError(Code.DEADLINE_EXCEEDED, "the request's timeout passed: the process was killed")
 
@@ -102,6 +131,8 @@ async def process_events(
     yield _event(Oneof("start", pb.ProcessEvent.StartEvent(pid=proc.pid)))
     events = aiter(proc)
     pending: asyncio.Future[ExecEvent] | None = None
+    gone = _client_gone.get()
+    gone_wait = asyncio.ensure_future(gone.wait()) if gone is not None else None
     try:
         while True:
             if pending is None:
@@ -109,7 +140,10 @@ async def process_events(
             wait = interval if deadline is None else min(interval, deadline - loop.time())
             if wait <= 0:
                 raise _deadline_exceeded()
-            done, _ = await asyncio.wait({pending}, timeout=wait)
+            waiting = {pending} | ({gone_wait} if gone_wait else set())
+            done, _ = await asyncio.wait(waiting, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            if gone_wait is not None and gone_wait.done():
+                return  # the client went away: detach, leave the output to the next Connect
             if not done:
                 if deadline is not None and loop.time() >= deadline:
                     raise _deadline_exceeded()
@@ -125,6 +159,8 @@ async def process_events(
             output: Any = Oneof("pty" if proc.pty else event.stream, event.data)
             yield _event(Oneof("data", pb.ProcessEvent.DataEvent(output=output)))
     finally:
+        if gone_wait is not None:
+            gone_wait.cancel()
         if pending is not None and not pending.done():
             pending.cancel()
             with contextlib.suppress(BaseException):
@@ -149,7 +185,9 @@ class ProcessService:
         deadline = asyncio.get_running_loop().time() + remaining / 1000 if remaining is not None else None
         agent, link = await agent_for(self._ctx, sid)
         try:
-            proc = await proc_of(agent)
+            # The agent answers at once (INFO after the spawn): its budget bounds a wedged or hostile one.
+            async with asyncio.timeout(link.budget(None)):
+                proc = await proc_of(agent)
         except BaseException as exc:
             raise connect_error(exc, sid, link, agent) from exc
         try:

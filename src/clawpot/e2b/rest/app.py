@@ -30,6 +30,7 @@ from clawpot.e2b.rest import bodies, listing, logs, shapes
 from clawpot.e2b.rest.usage import UsageReader
 from clawpot.e2b.sandboxes import SandboxAttrs, save_attrs
 from clawpot.node.lifetimes import Expiry
+from clawpot.node.vms import VmView
 from clawpot.service.service import CreateParams
 from clawpot.vm.state import VmState
 
@@ -115,10 +116,10 @@ class Routes:
         sandbox, state = self._sandbox(request)
         return JSONResponse(shapes.detail_body(sandbox, state))
 
-    async def list(self, request: Request, *, v2: bool) -> Response:
+    async def list_sandboxes(self, request: Request, *, v2: bool) -> Response:
         query = listing.parse_query(request.query_params, v2=v2)
         found: list[tuple[Sandbox, str]] = []
-        for view in self.ctx.node.views():
+        for view in await self._all_views():
             state = shapes.e2b_state(view.record.state)
             if state is None:
                 continue
@@ -129,6 +130,16 @@ class Routes:
         page, token = listing.select(found, query)
         headers = {"X-Next-Token": token} if token else {}
         return JSONResponse([shapes.listed_body(s, state) for s, state in page], headers=headers)
+
+    async def _all_views(self) -> list[VmView]:
+        """Every VM the service lists to users, through its own paging (what it hides stays hidden)."""
+        views: list[VmView] = []
+        token = ""
+        while True:
+            page, token = await self.ctx.service.list_page(limits.MAX_PAGE_SIZE, token)
+            views += page
+            if not token:
+                return views
 
     async def kill(self, request: Request) -> Response:
         sandbox = self.ctx.sandbox(request.path_params["sandbox_id"])  # any state: an Error VM too
@@ -294,8 +305,8 @@ def create_rest_app(ctx: E2bContext) -> Starlette:
         Route("/health", _health, methods=["GET"]),
         route("/sandboxes", functools.partial(r.create, v2=False), "POST"),
         route("/v2/sandboxes", functools.partial(r.create, v2=True), "POST"),
-        route("/sandboxes", functools.partial(r.list, v2=False), "GET"),
-        route("/v2/sandboxes", functools.partial(r.list, v2=True), "GET"),
+        route("/sandboxes", functools.partial(r.list_sandboxes, v2=False), "GET"),
+        route("/v2/sandboxes", functools.partial(r.list_sandboxes, v2=True), "GET"),
         route("/sandboxes/metrics", r.metrics_many, "GET"),
         route(sandbox, r.get, "GET"),
         route(sandbox, r.kill, "DELETE"),
