@@ -296,6 +296,10 @@ E2B_WATCH_EVENTS_PER_CALL = 8192
 # How long GetWatcherEvents waits for the agent to confirm it has read every queued inotify event
 # (milliseconds under TCG; a bound for a stuck agent, after which the events so far are returned).
 E2B_WATCH_SYNC_TIMEOUT = 5.0
+# File metadata (E2B's user.e2b.* xattrs) the host accepts in one entry: envd keeps at most 4096 bytes
+# per file (keys + values + a 9-byte prefix per key), so at most 4096 / 10 keys; a little slack.
+AGENT_FS_METADATA_KEYS = 512
+AGENT_FS_METADATA_BYTES = 8192
 # A WatchDir stream sends a keepalive at least this often: Connect only notices that the client went
 # away when it sends, so this is how long an abandoned stream keeps its watch (and its place among the
 # sandbox's watchers). One tiny message a second per open watch costs nothing measurable.

@@ -56,6 +56,10 @@ def test_write_files_and_gzip(envd: Envd) -> None:
     assert [i.path for i in infos] == [f"/home/user/multi/file{i}.txt" for i in range(3)]
     assert [sbx.files.read(e["path"]) for e in entries] == ["content 0", "content 1", "content 2"]
 
+    tagged = sbx.files.write("tagged.txt", "x", metadata={"author": "clawpot"})
+    assert tagged.metadata == {"author": "clawpot"}
+    assert sbx.files.get_info("tagged.txt").metadata == {"author": "clawpot"}  # an xattr on the VM's disk
+
     assert sbx.files.write("gz.txt", "zipped text", gzip=True).path == "/home/user/gz.txt"
     assert sbx.files.read("gz.txt", gzip=True) == "zipped text"
     assert sbx.files.read("gz.txt") == "zipped text"

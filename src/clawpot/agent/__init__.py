@@ -18,6 +18,7 @@ Modules:
 - ``accounts``    the guest user an operation acts for; paths relative to its home; owned directories.
 - ``fsops``       ``stat``, ``list`` (streamed), ``mkdir``, ``move``, ``remove``: E2B envd's semantics.
 - ``watch``       the ``watch`` operation: inotify events (ctypes), bounded queue, host syncs.
+- ``metadata``    user-defined file metadata as envd keeps it (``user.e2b.*`` extended attributes).
 - ``processes``   the table of managed processes: they outlive streams and connections, found by pid or
                   tag, output kept in a bounded ring while nobody listens (E2B's envd processes).
 - ``procops``     the ``proc_*`` operations on that table: start, attach, list, input, signal, resize.

@@ -19,6 +19,7 @@ import stat
 import tempfile
 from typing import TYPE_CHECKING, Any
 
+from . import metadata as file_metadata
 from .accounts import ensure_dirs, request_account, request_path
 from .protocol import MAX_PAYLOAD, ErrorCode, FrameType, Pipe, encode_json
 from .session import Session, SessionError, opt_bool, opt_int, os_error
@@ -42,6 +43,8 @@ class PutSession(Session):
         self.mode = opt_int(req, "mode", 0o644, 0, 0o7777)
         self.mkdirs = opt_bool(req, "mkdirs", False)
         self.inplace = opt_bool(req, "inplace", False)
+        # E2B uploads always carry the file's whole metadata set (possibly empty: clear it); others none.
+        self.metadata = file_metadata.validate(req["metadata"]) if req.get("metadata") is not None else None
         self.size = 0
         self._fd: int | None = None
         self._tmp: str | None = None
@@ -80,12 +83,18 @@ class PutSession(Session):
         if pipe != Pipe.STDIN or self._fd is None or (self._tmp is None and not self.inplace):
             raise SessionError(ErrorCode.BAD_REQUEST, "put sessions take EOF on stdin only")
         fd, self._fd = self._fd, None
+        if self.metadata is not None:
+            try:
+                file_metadata.write(fd, self.metadata)
+            except OSError as exc:
+                os.close(fd)
+                raise os_error("write metadata of", self.path, exc) from None
         if self._tmp is None:  # in place: the file is already where it belongs
             try:
                 os.close(fd)
             except OSError as exc:
                 raise os_error("write", self.path, exc) from None
-            self.finish({"size": self.size, "path": self.path})
+            self.finish(self._result())
             return
         try:
             try:
@@ -98,7 +107,13 @@ class PutSession(Session):
             raise os_error("write", self.path, exc) from None
         self._tmp = None
         self._sync_dir()
-        self.finish({"size": self.size, "path": self.path})
+        self.finish(self._result())
+
+    def _result(self) -> dict[str, Any]:
+        result: dict[str, Any] = {"size": self.size, "path": self.path}
+        if self.metadata is not None:
+            result["metadata"] = file_metadata.read(self.path)  # what persisted, as envd reports it
+        return result
 
     def _sync_dir(self) -> None:
         # Makes the rename itself durable; best effort (some filesystems refuse fsync on directories).

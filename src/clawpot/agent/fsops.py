@@ -7,7 +7,8 @@ user, and an entry describes a symlink by its target's type and permission bits.
 An entry, as sent to the host (raw numbers: the host formats them)::
 
     {"name", "path", "mode": lstat st_mode, "size", "uid", "gid", "owner", "group", "mtime_ns",
-     "target": resolved symlink target or null, "target_mode": the target's st_mode or null}
+     "target": resolved symlink target or null, "target_mode": the target's st_mode or null,
+     "metadata": {key: value} of its user.e2b.* xattrs, when it has any}
 
 ``list`` streams entries as JSON lines (DATA on stdout, within the host's window) and ends with
 END ``{count, truncated}``; it stops after the request's ``limit`` entries. The others answer with END.
@@ -25,6 +26,7 @@ import stat
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from . import metadata as file_metadata
 from .accounts import ensure_dirs, request_account, request_path
 from .protocol import MAX_PAYLOAD, ErrorCode, FrameType, Pipe
 from .session import Session, SessionError, opt_int, os_error
@@ -87,7 +89,7 @@ def entry(path: str, names: Names, st: os.stat_result | None = None) -> dict[str
             target_mode = os.stat(target).st_mode
         except OSError:
             target = path  # as envd: a link that cannot be resolved names itself
-    return {
+    info = {
         "name": base_name(path),
         "path": path,
         "mode": st.st_mode,
@@ -100,6 +102,10 @@ def entry(path: str, names: Names, st: os.stat_result | None = None) -> dict[str
         "target": target,
         "target_mode": target_mode,
     }
+    metadata = file_metadata.read(path)
+    if metadata:
+        info["metadata"] = metadata
+    return info
 
 
 def _stat_entry(path: str) -> dict[str, Any]:

@@ -234,13 +234,22 @@ class AgentClient:
         mode: int | None = None,
         mkdirs: bool = True,
         inplace: bool = False,
+        metadata: dict[str, str] | None = None,
     ) -> files.RemoteFile:
         """Upload as ``put_file`` does, for a guest ``user``: ``remote`` may be relative to the user's
         home, the file and the directories created belong to the user. ``inplace`` writes the file where
         it is (as E2B's envd does: watchers see its own write events) instead of replacing it. Returns
-        the resolved path and the size written."""
+        the resolved path and the size written. ``metadata`` replaces the file's user-defined metadata
+        (E2B's ``user.e2b.*`` xattrs; ``{}`` clears it) and comes back as the file keeps it."""
         return await files.put_file(
-            self._conn, source, remote, mode=mode, mkdirs=mkdirs, user=user, inplace=inplace
+            self._conn,
+            source,
+            remote,
+            mode=mode,
+            mkdirs=mkdirs,
+            user=user,
+            inplace=inplace,
+            metadata=metadata,
         )
 
     async def get_file(

@@ -55,6 +55,7 @@ class RemoteFile:
     path: str
     size: int
     mode: int
+    metadata: dict[str, str] | None = None  # after an upload with metadata: what the file keeps
 
 
 async def _read_local(path: Path) -> AsyncIterator[bytes]:
@@ -79,6 +80,7 @@ async def put_file(
     mkdirs: bool = False,
     user: str | None = None,
     inplace: bool = False,
+    metadata: dict[str, str] | None = None,
 ) -> RemoteFile:
     """Upload ``source`` to the guest path ``remote`` (atomically replaced, or written in place with
     ``inplace``); returns the path the agent wrote (``remote`` resolved from ``user``'s home when
@@ -98,6 +100,8 @@ async def put_file(
         request["user"] = user
     if inplace:
         request["inplace"] = True
+    if metadata is not None:
+        request["metadata"] = metadata  # the file's whole set: {} clears what it had
     stream = conn.open_stream(request)
     try:
         try:
@@ -112,7 +116,8 @@ async def put_file(
         if size is None:
             raise ProtocolError("malformed put result from the agent: no size")
         path = result.get("path", remote)
-        return RemoteFile(fs.guest_text(path, "put result path"), size, mode or 0)
+        kept = fs.guest_metadata(result.get("metadata"))
+        return RemoteFile(fs.guest_text(path, "put result path"), size, mode or 0, kept)
     finally:
         stream.close()
 

@@ -45,6 +45,7 @@ class Entry:
     mtime_ns: int
     target: str | None = None
     target_mode: int | None = None
+    metadata: dict[str, str] | None = None  # user-defined (E2B's user.e2b.* xattrs), None when none
 
     @property
     def is_symlink(self) -> bool:
@@ -94,7 +95,24 @@ def parse_entry(body: Any) -> Entry:
         mtime_ns=num("mtime_ns", -(2**63), 2**63 - 1) or 0,
         target=None if target is None else guest_text(target, "symlink target"),
         target_mode=num("target_mode", 0, 0o177777, required=False),
+        metadata=guest_metadata(body.get("metadata")),
     )
+
+
+def guest_metadata(value: Any) -> dict[str, str] | None:
+    """File metadata from the guest: string keys and values within envd's size bound, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(value) > limits.AGENT_FS_METADATA_KEYS:
+        raise ProtocolError("malformed metadata from the agent")
+    total = 0
+    out: dict[str, str] = {}
+    for key, val in value.items():
+        out[guest_text(key, "metadata key", 256)] = guest_text(val, "metadata value", 4096)
+        total += len(key) + len(val)
+    if total > limits.AGENT_FS_METADATA_BYTES:
+        raise ProtocolError("metadata from the agent exceeds its bound")
+    return out or None
 
 
 class LineReader:

@@ -238,3 +238,17 @@ async def test_get_resolves_for_a_user(client: AgentClient, tmp_path: Path) -> N
     with pytest.raises(RemoteError) as missing:
         await client.open_file(str(tmp_path / "absent"), user="nobody")
     assert missing.value.errno == "ENOENT"
+
+
+async def test_put_metadata_is_the_files_whole_set(client: AgentClient, tmp_path: Path) -> None:
+    target = str(tmp_path / "meta.txt")
+    first = await client.write_file(b"a", target, inplace=True, metadata={"a": "1", "b": "2"})
+    assert first.metadata == {"a": "1", "b": "2"}
+    second = await client.write_file(b"b", target, inplace=True, metadata={"b": "3"})
+    assert second.metadata == {"b": "3"} and (await client.stat(target)).metadata == {"b": "3"}
+    assert (await client.write_file(b"c", target, inplace=True, metadata={})).metadata is None
+    await client.write_file(b"d", target, metadata=None)  # not an E2B upload: metadata untouched
+    for bad in ({"k": "\u00e9"}, {"": "v"}, {"k" * 300: "v"}, {"k": "v" * 5000}):
+        with pytest.raises(RemoteError) as refused:
+            await client.write_file(b"x", target, inplace=True, metadata=bad)
+        assert refused.value.code == "bad_request"

@@ -249,6 +249,31 @@ def test_watchers_are_bounded_and_abandoned_streams_freed(envd: Envd, tmp_path: 
     sbx.files.watch_dir(str(tmp_path)).stop()
 
 
+def test_metadata_as_envd_keeps_it(envd: Envd, tmp_path: Path) -> None:
+    """E2B's own SDK tests (test_metadata.py): set on upload (multipart and octet-stream, every file of a
+    write_files), surfaced by get_info, list and rename, replaced (and cleared) by the next upload."""
+    sbx = envd.sandbox()
+    meta = {"author": "mish", "purpose": "upload"}
+    assert sbx.files.write(str(tmp_path / "m.txt"), "x", metadata=meta).metadata == meta
+    assert sbx.files.get_info(str(tmp_path / "m.txt")).metadata == meta
+    octet = sbx.files.write(str(tmp_path / "o.txt"), "x", metadata=meta, use_octet_stream=True)
+    assert octet.metadata == meta
+    assert os.getxattr(tmp_path / "o.txt", "user.e2b.author") == b"mish"
+
+    infos = sbx.files.write_files(
+        [WriteEntry(path=str(tmp_path / f"w{i}.txt"), data="d") for i in range(2)], metadata={"source": "t"}
+    )
+    assert [i.metadata for i in infos] == [{"source": "t"}] * 2
+    assert {e.name: e.metadata for e in sbx.files.list(str(tmp_path))}["w1.txt"] == {"source": "t"}
+    assert sbx.files.rename(str(tmp_path / "w1.txt"), str(tmp_path / "r.txt")).metadata == {"source": "t"}
+
+    cleared = sbx.files.write(str(tmp_path / "m.txt"), "second")
+    assert cleared.metadata is None and sbx.files.get_info(str(tmp_path / "m.txt")).metadata is None
+    assert sbx.files.write(str(tmp_path / "plain.txt"), "p").metadata is None
+    with pytest.raises(InvalidArgumentException):
+        sbx.files.write(str(tmp_path / "bad.txt"), "x", metadata={"k": "caf\u00e9"})
+
+
 def test_signed_urls_on_a_secure_sandbox(envd: Envd, tmp_path: Path) -> None:
     secure = envd.sandbox("sbx-secure", token=TOKEN)
     secure.files.write(str(tmp_path / "signed.txt"), "signed")

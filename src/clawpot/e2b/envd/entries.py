@@ -74,6 +74,7 @@ def entry_info(entry: Entry) -> pb.EntryInfo:
         owner=entry.owner,
         group=entry.group,
         modified_time=timestamp(entry.mtime_ns) if entry.mtime_ns else None,
+        metadata=dict(entry.metadata or {}),
     )
     if entry.is_symlink:
         info.symlink_target = entry.target or entry.path

@@ -4,9 +4,11 @@ GET ``/files?path=P[&username=U]``: the file's bytes (``application/octet-stream
 ``Accept-Encoding`` prefers it, as envd negotiates). POST ``/files[?path=P][&username=U]``: the body is
 ``application/octet-stream`` (``path`` required) or ``multipart/form-data`` with ``file`` parts (each
 part's file name is its path unless ``path`` is given), optionally ``Content-Encoding: gzip``; the
-answer is envd's list of ``{"path", "name", "type": "file"}``. Files are written in place and owned by
-the user; missing parent directories are created for the user. ``user`` is accepted as a synonym of
-``username``; without either the sandbox's default user acts. Relative paths are from the user's home.
+answer is envd's list of ``{"path", "name", "type": "file", "metadata"?}``; ``X-Metadata-<key>``
+headers become the file's metadata (``user.e2b.<key>`` xattrs, its whole set: none clears it). Files
+are written in place and owned by the user; missing parent directories are created for the user.
+``user`` is accepted as a synonym of ``username``; without either the sandbox's default user acts.
+Relative paths are from the user's home.
 
 Errors have envd's shape ``{"code", "message"}``: 404 ``path '...' does not exist`` (the SDK's
 ``FileNotFoundException``), 400 for a directory or a bad request, 401 for an unknown user or a bad
@@ -53,6 +55,12 @@ _PART_QUEUE_CHUNKS = 8
 # Decompressed bytes produced per step from a gzip body (a small bomb cannot make one step large).
 _INFLATE_STEP = 256 * 1024
 _GZIP_LEVEL = 1  # the client cannot tell levels apart; level 1 costs the least CPU
+METADATA_HEADER = "x-metadata-"
+# envd's bounds on file metadata (user.e2b.<key> xattrs): checked here too, so a bad header is a 400
+# before any byte of the body is written.
+_METADATA_PREFIX = "user.e2b."
+_METADATA_MAX_KEY = 255 - len(_METADATA_PREFIX)
+_METADATA_MAX_TOTAL = 4096
 
 
 class FilesError(Exception):
@@ -289,14 +297,45 @@ async def _body_chunks(request: Request, inflater: _Inflater) -> AsyncIterator[b
     inflater.finish()
 
 
-def _written(file: RemoteFile) -> dict[str, str]:
-    return {"path": file.path, "name": file.path.rstrip("/").rsplit("/", 1)[-1], "type": "file"}
+def _written(file: RemoteFile) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "path": file.path,
+        "name": file.path.rstrip("/").rsplit("/", 1)[-1],
+        "type": "file",
+    }
+    if file.metadata:
+        out["metadata"] = file.metadata
+    return out
+
+
+def upload_metadata(request: Request) -> dict[str, str]:
+    """``X-Metadata-<key>: <value>`` headers as envd reads them: key lowercased, the first value of a
+    repeated header; checked as envd checks them (400 otherwise). Every upload sends its file's whole
+    set, so an upload without such headers clears the file's metadata."""
+    found: dict[str, str] = {}
+    for raw_name, raw_value in request.headers.raw:
+        lowered = raw_name.decode("latin-1").lower()
+        if lowered.startswith(METADATA_HEADER) and len(lowered) > len(METADATA_HEADER):
+            found.setdefault(lowered[len(METADATA_HEADER) :], raw_value.decode("latin-1"))
+    total = 0
+    for key, text in found.items():
+        if len(key) > _METADATA_MAX_KEY:
+            raise FilesError(400, f"invalid metadata: key {key[:40]!r} exceeds {_METADATA_MAX_KEY} bytes")
+        if not all(0x20 <= ord(c) <= 0x7E for c in key + text):
+            raise FilesError(400, "invalid metadata: keys and values must be printable US-ASCII")
+        total += len(_METADATA_PREFIX) + len(key) + len(text)
+    if total > _METADATA_MAX_TOTAL:
+        raise FilesError(
+            400, f"invalid metadata: total metadata size {total} exceeds {_METADATA_MAX_TOTAL} bytes"
+        )
+    return found
 
 
 async def _upload(ctx: E2bContext, request: Request, default_user: str) -> Response:
     query = _query(request)
     agent, link, sid = await _sandbox_agent(ctx, request, "write")
     user = _username(query, default_user)
+    metadata = upload_metadata(request)
     inflater = _Inflater(request.headers.get("content-encoding"))
     media, params = parse_options_header(request.headers.get("content-type", ""))
     path = query.get("path")
@@ -305,7 +344,7 @@ async def _upload(ctx: E2bContext, request: Request, default_user: str) -> Respo
             raise FilesError(400, "path query parameter is required for raw body upload")
         try:
             file = await agent.write_file(
-                _body_chunks(request, inflater), path, user=user, inplace=True, mkdirs=True
+                _body_chunks(request, inflater), path, user=user, inplace=True, mkdirs=True, metadata=metadata
             )
         except FilesError:
             raise
@@ -316,7 +355,7 @@ async def _upload(ctx: E2bContext, request: Request, default_user: str) -> Respo
         boundary = params.get(b"boundary")
         if not boundary:
             raise FilesError(400, "error parsing multipart form: no boundary")
-        written = await _multipart(request, inflater, boundary, agent, user, path)
+        written = await _multipart(request, inflater, boundary, agent, user, path, metadata)
         return JSONResponse([_written(f) for f in written])
     raise FilesError(
         400,
@@ -329,11 +368,11 @@ class _PartUpload:
     """One ``file`` part on its way to the agent: the parser's data goes through a small queue to an
     upload task, so a slow guest slows the client down instead of filling the host's memory."""
 
-    def __init__(self, agent: AgentClient, target: str, user: str) -> None:
+    def __init__(self, agent: AgentClient, target: str, user: str, metadata: dict[str, str]) -> None:
         self.target = target
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(_PART_QUEUE_CHUNKS)
         self._task = asyncio.ensure_future(
-            agent.write_file(self._chunks(), target, user=user, inplace=True, mkdirs=True)
+            agent.write_file(self._chunks(), target, user=user, inplace=True, mkdirs=True, metadata=metadata)
         )
 
     async def _chunks(self) -> AsyncIterator[bytes]:
@@ -363,7 +402,13 @@ class _PartUpload:
 
 
 async def _multipart(
-    request: Request, inflater: _Inflater, boundary: bytes, agent: AgentClient, user: str, path: str | None
+    request: Request,
+    inflater: _Inflater,
+    boundary: bytes,
+    agent: AgentClient,
+    user: str,
+    path: str | None,
+    metadata: dict[str, str],
 ) -> list[RemoteFile]:
     """Stream each ``file`` part to the agent as it is parsed (other parts are skipped), one at a time,
     as envd does: a part that fails stops the upload (earlier ones stay written). A part's path is the
@@ -402,7 +447,7 @@ async def _multipart(
                     raise FilesError(400, f"error reading form: {exc}") from None
                 for kind, data in events:
                     if kind == "disposition":
-                        current = _start_part(data, path, seen, agent, user)
+                        current = _start_part(data, path, seen, agent, user, metadata)
                     elif kind == "data" and current is not None:
                         await current.feed(data)
                     elif kind == "end" and current is not None:
@@ -424,7 +469,12 @@ async def _multipart(
 
 
 def _start_part(
-    disposition: bytes, path: str | None, seen: set[str], agent: AgentClient, user: str
+    disposition: bytes,
+    path: str | None,
+    seen: set[str],
+    agent: AgentClient,
+    user: str,
+    metadata: dict[str, str],
 ) -> _PartUpload | None:
     _, options = parse_options_header(disposition)
     if options.get(b"name") != b"file":
@@ -439,4 +489,4 @@ def _start_part(
             "only the first specified file was uploaded",
         )
     seen.add(target)
-    return _PartUpload(agent, target, user)
+    return _PartUpload(agent, target, user, metadata)
