@@ -273,3 +273,34 @@ E2B_DEFAULT_USER = "user"
 # (Keepalive-Ping-Interval); the server sends them at most this often too, so a client that went away
 # is noticed (and its agent stream detached) within this many seconds even when the process is silent.
 E2B_KEEPALIVE_MAX_INTERVAL = 15.0
+
+# --- E2B filesystem: the agent's stat/list/mkdir/move/remove/watch and /files (issue 14) ------------
+
+# Entries one ListDir returns at most. E2B's envd has no bound; ours keeps a hostile or huge tree
+# from making the host hold an unbounded answer (an entry is ~200 bytes: 64 Ki entries ~ 13 MiB of
+# protobuf). A listing with more fails with RESOURCE_EXHAUSTED instead of being silently cut.
+E2B_LIST_MAX_ENTRIES = 64 * 1024
+# Longest JSON line (an entry or an event) the host accepts from the agent: two paths of 4096 bytes
+# escaped as \uXXXX (6 characters a byte) plus names and numbers fit in 64 KiB.
+AGENT_FS_LINE_MAX = 64 * 1024
+# Longest string field of an entry the host passes on (names, paths, owners) in characters; a Linux
+# path is at most 4096 bytes.
+AGENT_FS_TEXT_MAX = 4096
+# Watchers one sandbox may hold at once (CreateWatcher and WatchDir streams together). Each holds a
+# session of the VM's agent connection, which has 64 (MAX_SESSIONS): a quarter leaves room for
+# commands and transfers.
+E2B_WATCHERS_PER_SANDBOX = 16
+# Events GetWatcherEvents returns at most per call (the agent keeps at most 4096 waiting and the
+# stream's window holds a few thousand more): beyond, the rest stays for the next call.
+E2B_WATCH_EVENTS_PER_CALL = 8192
+# How long GetWatcherEvents waits for the agent to confirm it has read every queued inotify event
+# (milliseconds under TCG; a bound for a stuck agent, after which the events so far are returned).
+E2B_WATCH_SYNC_TIMEOUT = 5.0
+# File metadata (E2B's user.e2b.* xattrs) the host accepts in one entry: envd keeps at most 4096 bytes
+# per file (keys + values + a 9-byte prefix per key), so at most 4096 / 10 keys; a little slack.
+AGENT_FS_METADATA_KEYS = 512
+AGENT_FS_METADATA_BYTES = 8192
+# A WatchDir stream sends a keepalive at least this often: Connect only notices that the client went
+# away when it sends, so this is how long an abandoned stream keeps its watch (and its place among the
+# sandbox's watchers). One tiny message a second per open watch costs nothing measurable.
+E2B_WATCH_STREAM_LIVENESS = 1.0

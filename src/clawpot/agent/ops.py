@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from .configure import ConfigureSession
 from .execution import ExecSession
 from .files import GetSession, PutSession
+from .fsops import ListSession, MkdirSession, MoveSession, RemoveSession, StatSession
 from .procops import (
     ProcAttachSession,
     ProcInputSession,
@@ -17,6 +18,7 @@ from .procops import (
     ProcStartSession,
 )
 from .session import Session
+from .watch import WatchSession
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -38,6 +40,12 @@ OPS: dict[str, Callable[[Connection, int, dict[str, Any]], Session]] = {
     "get": GetSession,
     "shutdown": ShutdownSession,
     "configure": ConfigureSession,
+    "stat": StatSession,
+    "list": ListSession,
+    "mkdir": MkdirSession,
+    "move": MoveSession,
+    "remove": RemoveSession,
+    "watch": WatchSession,
     "proc_start": ProcStartSession,
     "proc_attach": ProcAttachSession,
     "proc_list": ProcListSession,

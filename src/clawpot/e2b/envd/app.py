@@ -50,8 +50,8 @@ def _token_ok(sandbox: Sandbox, headers: Headers, scope: Scope) -> bool:
 def create_envd_app(ctx: E2bContext, *, default_user: str = limits.E2B_DEFAULT_USER) -> ASGIApp:
     """``default_user``: who runs what names no user (E2B's ``user``; tests on a host agent: root)."""
     process_app = watch_disconnect(ProcessASGIApplication(ProcessService(ctx, default_user)))  # type: ignore[arg-type]
-    filesystem_app = filesystem.create_filesystem_app(ctx)
-    files_app = filesystem.create_files_app(ctx)
+    filesystem_app = filesystem.create_filesystem_app(ctx, default_user=default_user)
+    files_app = filesystem.create_files_app(ctx, default_user=default_user)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
