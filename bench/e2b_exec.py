@@ -9,8 +9,10 @@ tree builds (from the asset cache). Samples alternate between the variants, so a
 
 - ``sdk_run_true``: ``sbx.commands.run("true")`` (sync SDK): one Connect server stream; the SDK runs
   every command as ``/bin/bash -l -c CMD`` as the sandbox's default user;
-- ``grpc_exec_bash_login_true``: gRPC ``Exec`` of the same ``/bin/bash -l -c true`` (as root): the same
-  guest work through the primary API: the difference to ``sdk_run_true`` is the front door's cost;
+- ``sdk_run_true_as_root``: the same with ``user="root"``;
+- ``grpc_exec_bash_login_true``: gRPC ``Exec`` of the same ``/bin/bash -l -c true`` (as root, with the
+  agent's environment): the same guest work through the primary API: the difference to
+  ``sdk_run_true_as_root`` is the front door's cost;
 - ``grpc_exec_true``: gRPC ``Exec`` of ``true`` itself: what Clawpot's own API pays for ``exec true``
   (no login shell, which costs tens of ms under TCG);
 - ``sdk_list``: ``sbx.commands.list()`` (unary Connect call, one agent round trip, no process).
@@ -74,6 +76,7 @@ def main() -> None:
             with server.stub() as stub:
                 variants: dict[str, Callable[[], object]] = {
                     "sdk_run_true": lambda: sbx.commands.run("true"),
+                    "sdk_run_true_as_root": lambda: sbx.commands.run("true", user="root"),
                     "grpc_exec_bash_login_true": lambda: grpc_exec(
                         stub, sbx.sandbox_id, ["/bin/bash", "-l", "-c", "true"]
                     ),
@@ -91,7 +94,8 @@ def main() -> None:
                         samples[name].append(time.perf_counter() - t0)
             sbx.kill()
     results = {name: summarize(v) for name, v in samples.items()}
-    sdk, same = results["sdk_run_true"]["median_ms"], results["grpc_exec_bash_login_true"]["median_ms"]
+    sdk = results["sdk_run_true_as_root"]["median_ms"]
+    same = results["grpc_exec_bash_login_true"]["median_ms"]
     print(
         json.dumps(
             {

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .accounts import Account
 from .execution import _set_winsize, _take_controlling_tty
 from .protocol import ErrorCode, Pipe
 from .session import SessionError
@@ -68,7 +69,7 @@ class Spec:
     argv: list[str]
     env: dict[str, str]
     cwd: str | None
-    user: str | None
+    user: Account | None  # None: the agent's own user
     pty: tuple[int, int] | None
     stdin: bool
     timeout: float | None
@@ -182,14 +183,13 @@ class ManagedProcess:
         child_fds: list[int] = []
         owned: list[int] = []
         user_kwargs: dict[str, Any] = {}
-        if spec.user is not None:
-            entry = pwd.getpwnam(spec.user)  # checked by parse_spec
-            if entry.pw_uid != os.getuid():
-                user_kwargs = {
-                    "user": entry.pw_uid,
-                    "group": entry.pw_gid,
-                    "extra_groups": os.getgrouplist(entry.pw_name, entry.pw_gid),
-                }
+        account = spec.user
+        if account is not None and account.uid != os.getuid():
+            user_kwargs = {
+                "user": account.uid,
+                "group": account.gid,
+                "extra_groups": os.getgrouplist(account.name, account.gid),
+            }
         try:
             if spec.pty is not None:
                 master, slave = os.openpty()
@@ -542,21 +542,20 @@ def table(ctx: AgentContext) -> ProcessTable:
 # --- request parsing -----------------------------------------------------------------------------------
 
 
-def login_env(user: pwd.struct_passwd) -> dict[str, str]:
+def login_env(account: Account) -> dict[str, str]:
     """The environment envd gives a process: PATH of the agent, then HOME, USER and LOGNAME of the user."""
     return {
         "PATH": os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
-        "HOME": user.pw_dir,
-        "USER": user.pw_name,
-        "LOGNAME": user.pw_name,
+        "HOME": account.home,
+        "USER": account.name,
+        "LOGNAME": account.name,
     }
 
 
-def lookup_user(name: str) -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        raise SessionError(ErrorCode.BAD_REQUEST, f"user {name[:64]!r} does not exist") from None
+def own_account() -> Account:
+    """The agent's own user, as an account (what a request naming no user runs as)."""
+    entry = pwd.getpwuid(os.getuid())
+    return Account(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir or "/")
 
 
 def check_cwd(cwd: str) -> None:

@@ -17,12 +17,11 @@ A pid or tag that matches nothing fails with ``not_found``.
 
 from __future__ import annotations
 
-import os
-import pwd
 import signal
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from . import accounts
 from .execution import _parse_argv, _parse_pty, _parse_timeout
 from .processes import (
     MAX_TAG,
@@ -30,7 +29,7 @@ from .processes import (
     Spec,
     check_cwd,
     login_env,
-    lookup_user,
+    own_account,
     table,
 )
 from .protocol import ErrorCode, FrameType, Pipe, encode_json
@@ -62,35 +61,26 @@ def _parse_tag(req: dict[str, Any]) -> str | None:
 def parse_spec(req: dict[str, Any]) -> Spec:
     argv = _parse_argv(req)
     env = _parse_env(req)
-    name = opt_str(req, "user")
-    user = lookup_user(name) if name is not None else lookup_user_by_uid(os.getuid())
-    # As envd: no cwd is the user's home, ``~`` is expanded, a relative path is taken from the home.
-    home = user.pw_dir or "/"
-    cwd = opt_str(req, "cwd") or home
-    if cwd == "~" or cwd.startswith("~/"):
-        cwd = home + cwd[1:]
-    if not cwd.startswith("/"):
-        cwd = os.path.join(home, cwd)
+    named = accounts.request_account(req)  # unknown_user for a name the guest does not have
+    account = named or own_account()
+    # As envd: no cwd is the user's home; ``~`` and relative paths are taken from it.
+    cwd = accounts.resolve(opt_str(req, "cwd") or "~", account)
     check_cwd(cwd)
     pty = _parse_pty(req)
-    full_env = {**login_env(user), **env}
+    full_env = {**login_env(account), **env}
     if pty is not None:
         full_env.setdefault("TERM", "xterm-256color")
     return Spec(
         argv=argv,
         env=full_env,
         cwd=cwd,
-        user=user.pw_name if name is not None else None,
+        user=named,
         pty=pty,
         stdin=opt_bool(req, "stdin", True),
         timeout=_parse_timeout(req),
         tag=_parse_tag(req),
         shown_env=env,
     )
-
-
-def lookup_user_by_uid(uid: int) -> pwd.struct_passwd:
-    return pwd.getpwuid(uid)
 
 
 def find(conn: Connection, req: dict[str, Any]) -> ManagedProcess:

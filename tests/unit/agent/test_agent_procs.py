@@ -144,7 +144,7 @@ async def test_cwd_env_and_bad_requests(client: AgentClient, tmp_path: object) -
     assert info.value.code == "bad_request" and "does not exist" in info.value.message
     with pytest.raises(RemoteError) as info:
         await client.proc_start(ProcSpec(["true"], user="no-such-user-xyz"))
-    assert info.value.code == "bad_request"
+    assert info.value.code == "unknown_user"
 
 
 async def test_many_processes(client: AgentClient) -> None:

@@ -191,7 +191,7 @@ def test_callbacks_env_cwd_and_user(envd: Envd) -> None:
     assert "".join(out) == result.stdout and "".join(err) == "e\n"
     with pytest.raises(InvalidArgumentException, match="does not exist"):
         sbx.commands.run("true", cwd="/no/such/dir")
-    with pytest.raises(InvalidArgumentException, match="does not exist"):
+    with pytest.raises(AuthenticationException, match="invalid username"):  # as envd answers
         sbx.commands.run("true", user="no-such-user-xyz")
 
 

@@ -53,6 +53,8 @@ def connect_error(
     if isinstance(exc, ConnectError):
         return exc
     if isinstance(exc, RemoteError):
+        if exc.code == "unknown_user":  # envd: "invalid username", UNAUTHENTICATED
+            return ConnectError(Code.UNAUTHENTICATED, f"invalid username: {exc.message}")
         if exc.code == "unknown_op":
             old = "the guest agent predates this operation: rebuild the image (clawpot assets install)"
             return ConnectError(Code.UNIMPLEMENTED, old)
