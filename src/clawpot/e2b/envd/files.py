@@ -44,6 +44,7 @@ from clawpot import errors, limits
 from clawpot.agent_client import AgentClient, GuestError, RemoteError
 from clawpot.agent_client.files import Download, RemoteFile
 from clawpot.e2b.context import E2bContext, Sandbox
+from clawpot.e2b.envd import users
 from clawpot.e2b.envd.guest import agent_for, sandbox_gone_message
 from clawpot.node.agents import one_line
 
@@ -102,10 +103,10 @@ def _query(request: Request) -> dict[str, str]:
 
 
 def _username(query: dict[str, str], default_user: str) -> str:
-    name = query.get("username") or query.get("user") or default_user
-    if len(name) > 32 or not all(c.isalnum() or c in "._-" for c in name) or name.startswith("-"):
-        raise FilesError(401, f"error looking up user {name[:32]!r}: invalid user name")
-    return name
+    try:
+        return users.checked(query.get("username") or query.get("user") or default_user)
+    except ValueError as exc:
+        raise FilesError(401, f"error looking up user: {exc}") from None
 
 
 def _check_signature(sandbox: Sandbox, request: Request, query: dict[str, str], operation: str) -> None:
