@@ -273,6 +273,10 @@ E2B_DEFAULT_USER = "user"
 # (Keepalive-Ping-Interval); the server sends them at most this often too, so a client that went away
 # is noticed (and its agent stream detached) within this many seconds even when the process is silent.
 E2B_KEEPALIVE_MAX_INTERVAL = 15.0
+# A command's `timeout` kills it this much before the client's deadline (at most a tenth of the
+# timeout): by the time the SDK raises TimeoutException the process is gone, as with E2B's envd, whose
+# kill comes a network round trip before the SDK's next call can look.
+E2B_TIMEOUT_KILL_MARGIN = 0.1
 
 # --- E2B filesystem: the agent's stat/list/mkdir/move/remove/watch and /files (issue 14) ------------
 

@@ -51,14 +51,14 @@ def assets(installed_assets: InstalledAssets, tmp_path_factory: pytest.TempPathF
 @pytest.fixture(scope="module")
 def envd(tmp_path_factory: pytest.TempPathFactory, assets: TreeAssets) -> Iterator[Envd]:
     with e2b_server(tmp_path_factory.mktemp("envd"), assets) as (server, endpoint):
-        sbx = Sandbox.create(**endpoint.opts())
+        sbx = Sandbox.create(envs={"FROM_CREATE": "yes", "MINE": "create"}, **endpoint.opts())
         yield Envd(server, endpoint, sbx.sandbox_id)
 
 
 def test_foreground_default_user_env_cwd_and_exit_codes(envd: Envd) -> None:
     sbx = envd.sandbox()
-    result = sbx.commands.run("whoami; pwd; echo $HOME $MINE", envs={"MINE": "mine"})
-    assert result.stdout == "user\n/home/user\n/home/user mine\n"
+    result = sbx.commands.run("whoami; pwd; echo $HOME $MINE $FROM_CREATE", envs={"MINE": "mine"})
+    assert result.stdout == "user\n/home/user\n/home/user mine yes\n"  # the command's envs win
     assert result.exit_code == 0
     assert sbx.commands.run("whoami; pwd", user="root", cwd="/tmp").stdout == "root\n/tmp\n"
     with pytest.raises(CommandExitException) as info:

@@ -234,10 +234,11 @@ def test_timeout_kills_the_process(envd: Envd) -> None:
     started = time.monotonic()
     with pytest.raises(TimeoutException):
         sbx.commands.run("echo $$ > /tmp/envd-timeout.pid; sleep 60", timeout=1.5)
+    listed = {p.pid for p in sbx.commands.list()}  # at once: the kill came just before the deadline
     assert time.monotonic() - started < 10
     pid = int(Path("/tmp/envd-timeout.pid").read_text())
+    assert pid not in listed
     assert wait_until(lambda: not pid_alive(pid), 10), "the timed-out process was not killed"
-    assert pid not in {p.pid for p in sbx.commands.list()}
 
 
 def test_broken_utf8_is_replaced(envd: Envd) -> None:

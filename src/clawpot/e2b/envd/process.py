@@ -114,6 +114,13 @@ def watch_disconnect(app: ASGIApp) -> ASGIApp:
     return wrapped
 
 
+def _kill_after(remaining: float) -> float:
+    """When the agent kills a process whose request has ``remaining`` seconds: a little before the
+    client's deadline, so that when the SDK raises ``TimeoutException`` the process is already gone (a
+    ``commands.list()`` right after does not show it); the stream still ends with DEADLINE_EXCEEDED."""
+    return max(remaining - min(limits.E2B_TIMEOUT_KILL_MARGIN, remaining / 10), 0.001)
+
+
 def _deadline_exceeded() -> ConnectError:
     return ConnectError(Code.DEADLINE_EXCEEDED, "the request's timeout passed: the process was killed")
 
@@ -222,7 +229,7 @@ class ProcessService:
             user=user,
             pty=(size.rows or 24, size.cols or 80) if request.pty is not None and size is not None else None,
             stdin=request.stdin if request.has_field("stdin") else True,
-            timeout=max(remaining / 1000, 0.001) if remaining is not None else None,
+            timeout=_kill_after(remaining / 1000) if remaining is not None else None,
             tag=request.tag if request.has_field("tag") else None,
         )
         if request.pty is not None and spec.pty is None:
