@@ -21,4 +21,6 @@ today and a control plane could drive, one node per host, later. No gRPC here.
 - ``records``     agent endpoints as text for the store.
 - ``orphans``     VMM processes and VM directories nobody tracks any more.
 - ``tasks``       ``to_completion``: finish work a cancelled caller must not cut half-way.
+- ``lifetimes``   ``Lifetime`` (a stored deadline and what ends the VM then: delete, or pause) and the
+                  ``Reaper``: one task that acts when a deadline passes, also one passed while down.
 """

@@ -61,6 +61,10 @@ class VmServiceStub:
     """Read a file from the guest: `info` first, then `chunk`s."""
     SetVmNetwork: _grpc.UnaryUnaryMultiCallable[_vm_pb2.SetVmNetworkRequest, _vm_pb2.Vm]
     """Replace a Running or Paused VM's egress policy; applied at once, stored, kept across restarts."""
+    SetVmTimeout: _grpc.UnaryUnaryMultiCallable[_vm_pb2.SetVmTimeoutRequest, _vm_pb2.Vm]
+    """Set a VM's lifetime to end `timeout_seconds` from now (0: no lifetime, it lives until deleted).
+    Shortens or extends; when it ends the VM is deleted. Returns the VM with its new `expires_at`.
+    """
 
 @_typing.type_check_only
 class VmServiceAsyncStub(VmServiceStub):
@@ -95,6 +99,10 @@ class VmServiceAsyncStub(VmServiceStub):
     """Read a file from the guest: `info` first, then `chunk`s."""
     SetVmNetwork: _aio.UnaryUnaryMultiCallable[_vm_pb2.SetVmNetworkRequest, _vm_pb2.Vm]  # type: ignore[assignment]
     """Replace a Running or Paused VM's egress policy; applied at once, stored, kept across restarts."""
+    SetVmTimeout: _aio.UnaryUnaryMultiCallable[_vm_pb2.SetVmTimeoutRequest, _vm_pb2.Vm]  # type: ignore[assignment]
+    """Set a VM's lifetime to end `timeout_seconds` from now (0: no lifetime, it lives until deleted).
+    Shortens or extends; when it ends the VM is deleted. Returns the VM with its new `expires_at`.
+    """
 
 class VmServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -204,5 +212,15 @@ class VmServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_vm_pb2.Vm, _abc.Awaitable[_vm_pb2.Vm]]:
         """Replace a Running or Paused VM's egress policy; applied at once, stored, kept across restarts."""
+
+    @_abc_1.abstractmethod
+    def SetVmTimeout(
+        self,
+        request: _vm_pb2.SetVmTimeoutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vm_pb2.Vm, _abc.Awaitable[_vm_pb2.Vm]]:
+        """Set a VM's lifetime to end `timeout_seconds` from now (0: no lifetime, it lives until deleted).
+        Shortens or extends; when it ends the VM is deleted. Returns the VM with its new `expires_at`.
+        """
 
 def add_VmServiceServicer_to_server(servicer: VmServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
