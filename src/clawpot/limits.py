@@ -237,6 +237,105 @@ MAX_EGRESS_ENTRIES = 256
 MAX_PUBLISHED_PORTS = 32
 # Where a published port listens when its HOSTADDR: prefix is left out: only the host itself reaches it.
 DEFAULT_PUBLISH_ADDRESS = "127.0.0.1"
+# --- E2B SDK front door: REST control plane and listener (issue 14) ---------------------------------
+
+# The one template Clawpot serves: E2B's default template name maps to the default image.
+E2B_DEFAULT_TEMPLATE = "base"
+# <vm_dir>/e2b.json (template, metadata, env vars, access token): ours are < 1 KiB with the bounds
+# below; 256 KiB only bounds a damaged file.
+E2B_ATTRS_MAX_BYTES = 256 * 1024
+# A REST request body (POST /sandboxes is the largest: metadata + envVars, a few KiB): bounded so a
+# client cannot make the server buffer megabytes before validation.
+E2B_MAX_BODY_BYTES = 1024 * 1024
+# Graceful stop of the HTTP listener: in-flight requests get this long (as the gRPC grace).
+E2B_SHUTDOWN_GRACE = 10.0
+# Idle HTTP connections are kept this long. The SDK pools connections for 300 s (E2B_KEEPALIVE_EXPIRY)
+# and reuses them; a server that closes them first (hypercorn's default: 5 s) makes a client race a
+# closing socket, and the SDK does not retry a request it had written. Longer than the SDK's 300 s, the
+# client always closes first; an idle connection costs a socket and a few KiB.
+E2B_KEEP_ALIVE_TIMEOUT = 330.0
+
+# --- VM lifetimes (issue 13) --------------------------------------------------------------------------
+
+# A lifetime (create --timeout, SetVmTimeout, --vm-timeout, E2B's timeout) is 1 s to 30 days. E2B's
+# own maximum is 24 h; 30 days leaves room for long jobs while catching unit mistakes (ms for s).
+MIN_VM_TIMEOUT = 1
+MAX_VM_TIMEOUT = 30 * 24 * 3600
+# The reaper sleeps until the next deadline but at most this long, so a wall clock that jumps is
+# noticed within a minute.
+LIFETIME_MAX_SLEEP = 60.0
+# A VM whose delete (or pause) failed at expiry is tried again this much later.
+LIFETIME_RETRY_INTERVAL = 5.0
+# Sandbox metadata (E2B's string map, kept in e2b.json and returned by get and list): bounded like
+# labels, a bit larger because E2B users put ids and JSON snippets in it.
+E2B_MAX_METADATA_ITEMS = 64
+E2B_MAX_METADATA_BYTES = 16 * 1024
+# E2B's defaults when a request leaves the timeout out: 15 s for the v1 create and resume, 300 s for
+# the v2 create (the SDK's documented default) and for a v2 connect that resumes a paused sandbox.
+E2B_V1_DEFAULT_TIMEOUT = 15
+E2B_V2_DEFAULT_TIMEOUT = 300
+# POST /sandboxes/{id}/refreshes: E2B's bound on `duration`, and its default when left out.
+E2B_MAX_REFRESH_SECONDS = 3600
+E2B_DEFAULT_REFRESH_SECONDS = 15
+# GET /v2/sandboxes page size: E2B's spec, 1-100 (default 100).
+E2B_MAX_PAGE_SIZE = 100
+# GET /sandboxes/{id}/logs: E2B's default number of lines, and how much of the console's end is read
+# (the console file is capped at 1 MiB anyway).
+E2B_DEFAULT_LOG_LINES = 1000
+E2B_MAX_LOG_LINES = 10000
+E2B_LOG_TAIL_BYTES = 1024 * 1024
+
+# --- E2B envd: managed processes (issue 14) --------------------------------------------------------
+
+# The agent's own bounds live in clawpot/agent/processes.py (it cannot import this module): 1 MiB of
+# output kept per process while nobody listens, 1 MiB waiting for a slow listener before the process is
+# paused, at most 256 running and 64 exited processes remembered.
+# A unary proc_* call (list, input, signal, resize) is answered at once by a healthy agent (~1 ms under
+# TCG): 10 s, like --agent-timeout, bounds a wedged or hostile one.
+AGENT_PROC_CALL_TIMEOUT = 10.0
+# proc_list answers at most the agent's 256 running processes; more is a lie.
+AGENT_PROC_LIST_MAX = 256
+# The user E2B's SDK runs commands as when it names none (E2B templates' default user); the rootfs has it.
+E2B_DEFAULT_USER = "user"
+# Keepalive events on Process Start/Connect streams: the SDK asks for one every 50 s
+# (Keepalive-Ping-Interval); the server sends them at most this often too, so a client that went away
+# is noticed (and its agent stream detached) within this many seconds even when the process is silent.
+E2B_KEEPALIVE_MAX_INTERVAL = 15.0
+# A command's `timeout` kills it this much before the client's deadline (at most a tenth of the
+# timeout): by the time the SDK raises TimeoutException the process is gone, as with E2B's envd, whose
+# kill comes a network round trip before the SDK's next call can look.
+E2B_TIMEOUT_KILL_MARGIN = 0.1
+
+# --- E2B filesystem: the agent's stat/list/mkdir/move/remove/watch and /files (issue 14) ------------
+
+# Entries one ListDir returns at most. E2B's envd has no bound; ours keeps a hostile or huge tree
+# from making the host hold an unbounded answer (an entry is ~200 bytes: 64 Ki entries ~ 13 MiB of
+# protobuf). A listing with more fails with RESOURCE_EXHAUSTED instead of being silently cut.
+E2B_LIST_MAX_ENTRIES = 64 * 1024
+# Longest JSON line (an entry or an event) the host accepts from the agent: two paths of 4096 bytes
+# escaped as \uXXXX (6 characters a byte) plus names and numbers fit in 64 KiB.
+AGENT_FS_LINE_MAX = 64 * 1024
+# Longest string field of an entry the host passes on (names, paths, owners) in characters; a Linux
+# path is at most 4096 bytes.
+AGENT_FS_TEXT_MAX = 4096
+# Watchers one sandbox may hold at once (CreateWatcher and WatchDir streams together). Each holds a
+# session of the VM's agent connection, which has 64 (MAX_SESSIONS): a quarter leaves room for
+# commands and transfers.
+E2B_WATCHERS_PER_SANDBOX = 16
+# Events GetWatcherEvents returns at most per call (the agent keeps at most 4096 waiting and the
+# stream's window holds a few thousand more): beyond, the rest stays for the next call.
+E2B_WATCH_EVENTS_PER_CALL = 8192
+# How long GetWatcherEvents waits for the agent to confirm it has read every queued inotify event
+# (milliseconds under TCG; a bound for a stuck agent, after which the events so far are returned).
+E2B_WATCH_SYNC_TIMEOUT = 5.0
+# File metadata (E2B's user.e2b.* xattrs) the host accepts in one entry: envd keeps at most 4096 bytes
+# per file (keys + values + a 9-byte prefix per key), so at most 4096 / 10 keys; a little slack.
+AGENT_FS_METADATA_KEYS = 512
+AGENT_FS_METADATA_BYTES = 8192
+# A WatchDir stream sends a keepalive at least this often: Connect only notices that the client went
+# away when it sends, so this is how long an abandoned stream keeps its watch (and its place among the
+# sandbox's watchers). One tiny message a second per open watch costs nothing measurable.
+E2B_WATCH_STREAM_LIVENESS = 1.0
 # --- Operations: metrics, console logs, the event stream (issue 15) ----------------------------------
 
 # Events kept in memory for WatchVms clients that resume from a sequence number. An event is ~200

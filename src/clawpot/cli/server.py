@@ -105,6 +105,22 @@ from clawpot.vmm.spec import BackendKind
     metavar="IP[:PORT]",
     help="Where the gateway's DNS forwarder sends guests' queries (repeatable); default: /etc/resolv.conf.",
 )
+# --- the E2B SDK's front door (e2b/) and VM lifetimes ---
+@click.option(
+    "--e2b-listen",
+    metavar="ADDR",
+    help=(
+        "Also serve the E2B SDK's API (control plane and envd) on HOST:PORT or unix:/path, HTTP/1.1 and "
+        "HTTP/2. X-API-Key must be the API token; a non-loopback HOST needs --tls-cert/--tls-key."
+    ),
+)
+@click.option(
+    "--vm-timeout",
+    type=click.IntRange(limits.MIN_VM_TIMEOUT, limits.MAX_VM_TIMEOUT),
+    default=None,
+    metavar="SECONDS",
+    help="Delete VMs created without --timeout this long after their create. Default: no lifetime.",
+)
 # --- operations: metrics and logs (metrics/, server/logfmt.py) ---
 @click.option(
     "--metrics-listen",
@@ -138,6 +154,8 @@ def main(
     memory_overcommit: float,
     stop_vms_on_exit: bool,
     dns_upstream: tuple[str, ...],
+    e2b_listen: str | None,
+    vm_timeout: int | None,
     metrics_listen: str | None,
     log_format: str,
     verbose: bool,
@@ -157,6 +175,8 @@ def main(
         listen=listen or (DEFAULT_LISTEN,),
         tls=tls,
         socket_group=socket_group,
+        e2b_listen=e2b_listen,
+        vm_timeout=vm_timeout,
         stop_vms_on_exit=stop_vms_on_exit,
         memory_overcommit=memory_overcommit,
         metrics_listen=metrics_listen,

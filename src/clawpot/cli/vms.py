@@ -1,4 +1,4 @@
-"""`clawpot create | list | get | delete | pause | resume | snapshot | snapshots`."""
+"""`clawpot create | list | get | delete | pause | resume | snapshot | snapshots | timeout`."""
 
 from __future__ import annotations
 
@@ -79,6 +79,15 @@ def _parse_labels(values: tuple[str, ...]) -> dict[str, str]:
     metavar="[HOSTADDR:]HOSTPORT:GUESTPORT[/tcp|udp]",
     help="Forward a host port to the VM (repeatable; HOSTADDR defaults to 127.0.0.1).",
 )
+@click.option(
+    "--timeout",
+    "timeout_seconds",
+    type=click.IntRange(limits.MIN_VM_TIMEOUT, limits.MAX_VM_TIMEOUT),
+    default=None,
+    metavar="SECONDS",
+    help="Delete the VM this long after it is created (`clawpot timeout` changes it). Default: the "
+    "server's --vm-timeout, none unless set.",
+)
 @click.pass_context
 def create(
     ctx: click.Context,
@@ -93,6 +102,7 @@ def create(
     deny_out: tuple[str, ...],
     no_internet: bool,
     publish: tuple[str, ...],
+    timeout_seconds: int | None,
 ) -> None:
     """Create a VM, wait until its agent answers, print its id."""
     server: str = ctx.obj
@@ -111,6 +121,7 @@ def create(
         from_snapshot=from_snapshot,
         egress=vm_pb2.EgressPolicy(allow_out=allow_out, deny_out=deny_out, no_internet=no_internet),
         publish=publish_messages(publish),
+        timeout_seconds=timeout_seconds or 0,
     )
     with stub(server) as api:
         vm = api.CreateVm(request)
@@ -294,3 +305,14 @@ def remove_snapshots(server: str, names: tuple[str, ...]) -> None:
         for name in names:
             api.DeleteSnapshot(vm_pb2.DeleteSnapshotRequest(name=name))
             click.echo(safe(name))
+
+
+@click.command()
+@click.argument("vm_id", metavar="ID")
+@click.argument("seconds", metavar="SECONDS", type=click.IntRange(0, limits.MAX_VM_TIMEOUT))
+@click.pass_obj
+def timeout(server: str, vm_id: str, seconds: int) -> None:
+    """Delete VM ID SECONDS from now (extends or shortens its lifetime; 0: no lifetime). Prints when."""
+    with stub(server) as api:
+        vm = api.SetVmTimeout(vm_pb2.SetVmTimeoutRequest(id=vm_id, timeout_seconds=seconds))
+    click.echo(vm.expires_at.ToJsonString() if vm.HasField("expires_at") else "never")

@@ -61,6 +61,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE vms ADD COLUMN snapshot TEXT NOT NULL DEFAULT ''",
         ),
     ),
+    # RESERVED for another branch's step 3 (merged at the same time as step 4 below); the lead
+    # replaces this placeholder with it. Steps must be numbered without gaps.
+    Migration(3, "reserved (placeholder for a concurrent branch's step)", ()),
+    Migration(
+        4,
+        "VM lifetimes: vm_lifetimes (deadline in epoch seconds, and what happens then: delete | pause)",
+        (
+            """
+            CREATE TABLE vm_lifetimes (
+                id          TEXT PRIMARY KEY,
+                expires_at  REAL NOT NULL,
+                on_expiry   TEXT NOT NULL DEFAULT 'delete'
+            )
+            """,
+        ),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -35,6 +35,7 @@ from clawpot.node.datadir import Assets, NodeError, lock_data_dir
 from clawpot.node.events import EventKind, EventLog
 from clawpot.node.health import AgentHealth
 from clawpot.node.launch import LaunchParams, launch, restore
+from clawpot.node.lifetimes import Expiry, Lifetime, Reaper
 from clawpot.node.resources import release, release_network
 from clawpot.node.sessions import DownloadHandle, ExecParams, ExecSession
 from clawpot.node.snapshots import SnapshotCatalog, SnapshotInfo
@@ -82,6 +83,8 @@ class VmRequest:
     snapshot: str | None = None
     # Egress policy and published ports (validated by the service).
     network_policy: VmNetworkPolicy = field(default_factory=VmNetworkPolicy)
+    # When the VM ends (stored with its row); None: it lives until deleted.
+    lifetime: Lifetime | None = None
 
 
 class Node:
@@ -100,6 +103,7 @@ class Node:
         self._lock_file = lock
         self._health_loop: asyncio.Task[None] | None = None
         self.dns: DnsForwarder | None = None
+        self.reaper = Reaper(self.vms, self._expire)
         # Every state change, numbered, for WatchVms (``events``); set when the node closes, so
         # following log streams end too.
         self.events = EventLog()
@@ -126,6 +130,10 @@ class Node:
             node.snapshots.sweep()
             await reconcile.reconcile(node)
             await node._start_dns()
+            for vm_id, lifetime in store.lifetimes().items():
+                if vm_id in node.vms:
+                    node.vms[vm_id].lifetime = lifetime
+            node.reaper.start()  # a deadline that passed while the server was down acts at once
             node._health_loop = asyncio.create_task(node._check_health_loop(), name="agent health")
             return node
         except BaseException:
@@ -139,6 +147,7 @@ class Node:
         self.events.close()
 
     async def close(self, *, stop_vms: bool) -> None:
+        await self.reaper.stop()
         self.end_streams()
         if self._health_loop is not None:
             self._health_loop.cancel()
@@ -221,10 +230,12 @@ class Node:
             origin=Origin.RESTORE if request.snapshot else Origin.COLD,
             snapshot=request.snapshot or "",
         )
-        self.store.insert(record)
+        self.store.insert(record, request.lifetime)
         nvm = NodeVm(record, self.config.agent_timeout)
         nvm.network = request.network_policy
+        nvm.lifetime = request.lifetime
         self.vms[vm_id] = nvm
+        self.reaper.changed()
         self.events.emit(record, EventKind.CREATED)
         return nvm
 
@@ -247,7 +258,7 @@ class Node:
             # Shielded, so that a cancelled caller reaches the boot only through the path below.
             record = await asyncio.shield(nvm.create_task)
             instruments.CREATE_SECONDS.labels(origin=record.origin.value).observe(time.monotonic() - started)
-            return VmView(record, nvm.agent.health, nvm.network)
+            return VmView(record, nvm.agent.health, nvm.network, nvm.lifetime)
         except asyncio.CancelledError:
             # The caller was cancelled (client gone, or the server stopping): stop the boot and let its
             # own error path undo everything, so no half-made VM is left.
@@ -330,6 +341,36 @@ class Node:
         if nvm is None or nvm.deleting:
             return False
         return nvm.record.state in (VmState.STARTING, VmState.RUNNING, VmState.PAUSED)
+
+    # -- lifetimes ------------------------------------------------------------------------------------
+
+    def set_lifetime(self, vm_id: str, lifetime: Lifetime | None) -> VmView:
+        """Set (or with None remove) when the VM ends; stored first, then the reaper is told."""
+        nvm = self.get(vm_id)
+        if nvm.deleting:
+            raise errors.FailedPrecondition(f"VM {vm_id} is being deleted")
+        self.store.set_lifetime(vm_id, lifetime)
+        nvm.lifetime = lifetime
+        self.reaper.changed()
+        return nvm.view()
+
+    async def _expire(self, nvm: NodeVm) -> None:
+        """The reaper's action for a VM whose lifetime passed: pause a Running VM whose lifetime says
+        so (E2B's autoPause) and drop its deadline; delete it otherwise."""
+        lifetime = nvm.lifetime
+        if lifetime is None or self.vms.get(nvm.id) is not nvm:
+            return
+        if lifetime.on_expiry is Expiry.PAUSE and nvm.record.state is VmState.PAUSED:
+            self.set_lifetime(nvm.id, None)  # already paused: nothing left to end
+            return
+        if lifetime.on_expiry is Expiry.PAUSE and nvm.record.state is VmState.RUNNING:
+            try:
+                await self.pause(nvm.id)
+                self.set_lifetime(nvm.id, None)
+                return
+            except errors.FailedPrecondition as exc:  # backend without pause, or not Running any more
+                log.info("VM %s: cannot pause at the end of its lifetime (%s); deleting it", nvm.id, exc)
+        await self.delete(nvm.id)
 
     # -- delete ---------------------------------------------------------------------------------------
 

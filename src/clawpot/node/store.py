@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from clawpot.node.lifetimes import Expiry, Lifetime
 from clawpot.node.migrations import MigrationError, migrate
 from clawpot.vm.state import VmState
 from clawpot.vmm.spec import BackendKind
@@ -127,7 +128,9 @@ class Store:
                 raise
             self._db.execute("COMMIT")
 
-    def insert(self, rec: VmRecord) -> None:
+    def insert(self, rec: VmRecord, lifetime: Lifetime | None = None) -> None:
+        """A new VM's row and its lifetime, in one transaction: a VM is never stored without the
+        deadline it was created with."""
         try:
             with self._tx() as db:
                 db.execute(
@@ -136,6 +139,8 @@ class Store:
                     " origin, snapshot) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     _row(rec),
                 )
+                if lifetime is not None:
+                    _put_lifetime(db, rec.id, lifetime)
         except sqlite3.IntegrityError as exc:
             raise DuplicateVm(f"VM {rec.id} already exists") from exc
 
@@ -151,6 +156,19 @@ class Store:
     def delete(self, vm_id: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM vms WHERE id=?", (vm_id,))
+            db.execute("DELETE FROM vm_lifetimes WHERE id=?", (vm_id,))
+
+    def set_lifetime(self, vm_id: str, lifetime: Lifetime | None) -> None:
+        with self._tx() as db:
+            if lifetime is None:
+                db.execute("DELETE FROM vm_lifetimes WHERE id=?", (vm_id,))
+            else:
+                _put_lifetime(db, vm_id, lifetime)
+
+    def lifetimes(self) -> dict[str, Lifetime]:
+        with self._lock:
+            rows = self._db.execute("SELECT id, expires_at, on_expiry FROM vm_lifetimes").fetchall()
+        return {row["id"]: Lifetime(row["expires_at"], Expiry(row["on_expiry"])) for row in rows}
 
     def get(self, vm_id: str) -> VmRecord | None:
         with self._lock:
@@ -202,4 +220,12 @@ def _record(row: sqlite3.Row) -> VmRecord:
         agent_endpoint=row["agent_endpoint"],
         origin=Origin(row["origin"]),
         snapshot=row["snapshot"],
+    )
+
+
+def _put_lifetime(db: sqlite3.Connection, vm_id: str, lifetime: Lifetime) -> None:
+    db.execute(
+        "INSERT INTO vm_lifetimes (id, expires_at, on_expiry) VALUES (?, ?, ?)"
+        " ON CONFLICT(id) DO UPDATE SET expires_at=excluded.expires_at, on_expiry=excluded.on_expiry",
+        (vm_id, lifetime.expires_at, lifetime.on_expiry.value),
     )

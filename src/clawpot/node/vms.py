@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from clawpot.network.policydb import VmNetworkPolicy
 from clawpot.node.agents import AgentLink
 from clawpot.node.health import HealthStatus
+from clawpot.node.lifetimes import Lifetime
 from clawpot.node.store import VmRecord
 from clawpot.vm.handle import Vm
 from clawpot.vm.state import VmState
@@ -35,6 +36,8 @@ class NodeVm:
         self.network = VmNetworkPolicy()
         # One VMM operation at a time (pause, resume, snapshot): a resume must not land mid-snapshot.
         self.operation = asyncio.Lock()
+        # When the VM's lifetime ends (the reaper acts then); None: it lives until deleted.
+        self.lifetime: Lifetime | None = None
 
     @property
     def id(self) -> str:
@@ -45,7 +48,7 @@ class NodeVm:
         return self.record.state in HOLDS_MEMORY
 
     def view(self) -> VmView:
-        return VmView(self.record, self.agent.health, self.network)
+        return VmView(self.record, self.agent.health, self.network, self.lifetime)
 
 
 @dataclass(frozen=True)
@@ -55,3 +58,4 @@ class VmView:
     record: VmRecord
     health: HealthStatus
     network: VmNetworkPolicy = field(default_factory=VmNetworkPolicy)
+    lifetime: Lifetime | None = None

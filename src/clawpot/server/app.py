@@ -35,6 +35,9 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 
 from clawpot import limits
+from clawpot.e2b import listener as e2b_listener
+from clawpot.e2b.app import create_app as create_e2b_app
+from clawpot.e2b.context import E2bContext
 from clawpot.metrics import instruments
 from clawpot.metrics.collector import NodeCollector
 from clawpot.metrics.http import MetricsServer, check_address
@@ -62,6 +65,8 @@ class ServerConfig:
     stop_vms_on_exit: bool = False
     tls: TlsFiles | None = None
     socket_group: str | None = None
+    e2b_listen: str | None = None  # the E2B SDK front door (clawpot.e2b), off unless given
+    vm_timeout: int | None = None  # lifetime of VMs created without one; None: unlimited
     # HOST:PORT for Prometheus' /metrics (None: not served).
     metrics_listen: str | None = None
 
@@ -114,13 +119,15 @@ def _open_unix_socket(path: Path, gid: int | None) -> None:
 async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> None:
     # Every flag is checked before anything has side effects (ListenError: one line).
     plan = listeners.plan(config.listen, tls=config.tls, socket_group=config.socket_group)
+    e2b_plan = e2b_listener.plan(config.e2b_listen, config.tls) if config.e2b_listen else None
     metrics_address = (
         check_address(config.metrics_listen, config.tls) if config.metrics_listen is not None else None
     )
     token = apitoken.ensure_token(config.node.data_dir)
     node = await Node.open(config.node)
     rpc_metrics = RpcMetricsInterceptor(_known_methods())
-    servicer = VmServicer(Service(node, memory_overcommit=config.memory_overcommit))
+    service = Service(node, memory_overcommit=config.memory_overcommit, default_timeout=config.vm_timeout)
+    servicer = VmServicer(service)
     health_servicer = health_aio.HealthServicer()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -128,6 +135,8 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
         loop.add_signal_handler(sig, stop.set)
 
     servers: list[grpc.aio.Server] = []
+    e2b_stop = asyncio.Event()
+    e2b_task: asyncio.Task[None] | None = None
     collector: NodeCollector | None = None
     metrics: MetricsServer | None = None
     try:
@@ -136,6 +145,11 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
             instruments.REGISTRY.register(collector)
             metrics = MetricsServer(metrics_address, instruments.REGISTRY)
             log.info("serving /metrics on %s", config.metrics_listen)
+        if e2b_plan is not None:
+            e2b_socket = e2b_listener.bind(e2b_plan)  # OSError (port taken, ...): one line, nothing left
+            e2b_app = create_e2b_app(E2bContext(service=service, token=token))
+            e2b_task = asyncio.create_task(e2b_listener.serve(e2b_app, e2b_socket, e2b_plan.tls, e2b_stop))
+            e2b_task.add_done_callback(lambda _task: stop.set())  # a listener that dies stops the server
         if plan.unix:
             local = _grpc_server(servicer, health_servicer, (rpc_metrics,))
             for path in plan.unix:
@@ -164,8 +178,14 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
         log.info("shutting down (grace %.0fs)", config.shutdown_grace)
         await health_servicer.enter_graceful_shutdown()
     finally:
+        e2b_stop.set()
         node.end_streams()
         await asyncio.gather(*(server.stop(config.shutdown_grace) for server in servers))
+        if e2b_task is not None:
+            try:
+                await e2b_task
+            except Exception:
+                log.exception("the E2B listener failed")
         if metrics is not None:
             await asyncio.to_thread(metrics.close)
         if collector is not None:

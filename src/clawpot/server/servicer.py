@@ -116,6 +116,7 @@ def vm_to_pb(view: VmView) -> vm_pb2.Vm:
             )
             for p in view.network.ports
         ],
+        expires_at=_timestamp(view.lifetime.expires_at) if view.lifetime is not None else None,
     )
 
 
@@ -189,6 +190,7 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
             deny_out=tuple(request.egress.deny_out),
             no_internet=request.egress.no_internet,
             publish=publish_specs(request.publish),
+            timeout=request.timeout_seconds or None,
         )
         view = await self._call(context, lambda: self._service.create(params))
         return vm_to_pb(view)
@@ -346,6 +348,14 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
             lambda: self._service.set_egress(
                 request.id, tuple(egress.allow_out), tuple(egress.deny_out), egress.no_internet
             ),
+        )
+        return vm_to_pb(view)
+
+    async def SetVmTimeout(
+        self, request: vm_pb2.SetVmTimeoutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> vm_pb2.Vm:
+        view = await self._call(
+            context, lambda: self._service.set_timeout(request.id, request.timeout_seconds)
         )
         return vm_to_pb(view)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from clawpot import errors, limits
 from clawpot.network.policydb import VmNetworkPolicy
 from clawpot.node.events import Watcher
+from clawpot.node.lifetimes import Expiry, Lifetime
 from clawpot.node.node import Node, VmRequest
 from clawpot.node.sessions import DownloadHandle, ExecParams, ExecSession
 from clawpot.node.snapshots import SnapshotInfo
@@ -40,13 +41,32 @@ class CreateParams:
     deny_out: tuple[str, ...] = ()
     no_internet: bool = False
     publish: tuple[str, ...] = ()
+    # Seconds from now until the VM ends; None: the server's default (``Service.default_timeout``).
+    timeout: int | None = None
+    # What ends it then: deleted, or (E2B's autoPause) paused.
+    on_expiry: Expiry = Expiry.DELETE
 
 
 class Service:
-    def __init__(self, node: Node, *, memory_overcommit: float = limits.DEFAULT_MEMORY_OVERCOMMIT) -> None:
+    def __init__(
+        self,
+        node: Node,
+        *,
+        memory_overcommit: float = limits.DEFAULT_MEMORY_OVERCOMMIT,
+        default_timeout: int | None = None,
+    ) -> None:
         self.node = node
         self.memory_overcommit = memory_overcommit
         self._log_streams = 0
+        # The lifetime of a VM created without one (clawpot-server --vm-timeout); None: unlimited.
+        self.default_timeout = default_timeout
+
+    def _lifetime(self, params: CreateParams) -> Lifetime | None:
+        seconds = params.timeout if params.timeout is not None else self.default_timeout
+        if seconds is None:
+            return None
+        validate.vm_timeout(seconds)
+        return Lifetime.from_now(seconds, params.on_expiry)
 
     async def create(self, params: CreateParams) -> VmView:
         if params.from_snapshot is not None:
@@ -59,6 +79,7 @@ class Service:
                 raise errors.InvalidArgument("this server runs without networking (--no-network)")
         validate.labels(params.labels)
         policy = self._network_policy(params)
+        lifetime = self._lifetime(params)
         # May wait for the auto probe started with the node; other calls are served meanwhile.
         kind = await self.node.backends.resolve(params.backend)
         self.node.backends.get(kind)  # UNAVAILABLE now, before anything is reserved
@@ -70,6 +91,7 @@ class Service:
             ip_address=params.ip_address or None,
             allow_peers=params.allow_peers,
             network_policy=policy,
+            lifetime=lifetime,
         )
         # Admission and reservation with no await in between: concurrent creates cannot overbook.
         self._admit(params.memory_mib)
@@ -84,6 +106,7 @@ class Service:
                 raise errors.InvalidArgument("this server runs without networking (--no-network)")
         validate.labels(params.labels)
         policy = self._network_policy(params)
+        lifetime = self._lifetime(params)
         info = self.node.snapshots.info(name)  # NOT_FOUND, or FAILED_PRECONDITION for a broken manifest
         for what, asked, recorded in (
             ("vcpus", params.vcpus, info.vcpus),
@@ -104,6 +127,7 @@ class Service:
             allow_peers=params.allow_peers,
             snapshot=name,
             network_policy=policy,
+            lifetime=lifetime,
         )
         self._admit(info.memory_mib)
         nvm = self.node.reserve(request)
@@ -144,6 +168,17 @@ class Service:
     async def delete(self, vm_id: str) -> None:
         validate.vm_id(vm_id)
         await self.node.delete(vm_id)
+
+    async def set_timeout(self, vm_id: str, seconds: int, on_expiry: Expiry | None = None) -> VmView:
+        """The VM ends ``seconds`` from now (0: never); ``on_expiry`` None keeps what it had."""
+        validate.vm_id(vm_id)
+        if seconds == 0:
+            return self.node.set_lifetime(vm_id, None)
+        validate.vm_timeout(seconds)
+        current = self.node.get(vm_id).lifetime
+        if on_expiry is None:
+            on_expiry = current.on_expiry if current is not None else Expiry.DELETE
+        return self.node.set_lifetime(vm_id, Lifetime.from_now(seconds, on_expiry))
 
     async def pause(self, vm_id: str) -> VmView:
         validate.vm_id(vm_id)

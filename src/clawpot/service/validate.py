@@ -103,15 +103,7 @@ def exec_request(argv: Sequence[str], env: Mapping[str, str], cwd: str | None, t
         raise InvalidArgument("argv contains a NUL byte")
     if (size := sum(_utf8_len(arg) for arg in argv)) > limits.MAX_ARGV_BYTES:
         raise InvalidArgument(f"argv takes {size} bytes: at most {limits.MAX_ARGV_BYTES}")
-    if len(env) > limits.MAX_ENV_ITEMS:
-        raise InvalidArgument(f"env has {len(env)} variables: at most {limits.MAX_ENV_ITEMS}")
-    for name, value in env.items():
-        if not _ENV_NAME_RE.fullmatch(name):
-            raise InvalidArgument(f"invalid environment variable name {quote(name)}")
-        if "\0" in value:
-            raise InvalidArgument(f"environment variable {quote(name)} contains a NUL byte")
-    if (size := sum(_utf8_len(k) + _utf8_len(v) for k, v in env.items())) > limits.MAX_ENV_BYTES:
-        raise InvalidArgument(f"env takes {size} bytes: at most {limits.MAX_ENV_BYTES}")
+    environment(env)
     if cwd is not None:
         guest_path(cwd, "cwd")
     if timeout is not None and not 0 <= timeout <= limits.MAX_EXEC_TIMEOUT:
@@ -134,3 +126,23 @@ def network_policy(
         return VmNetworkPolicy(EgressPolicy.parse(allow_out, deny_out, no_internet), parse_ports(publish))
     except PolicyError as exc:
         raise InvalidArgument(one_line(str(exc), 200)) from None
+
+
+def environment(env: Mapping[str, str]) -> None:
+    """Environment variables: names a shell accepts, no NUL, bounded in count and size."""
+    if len(env) > limits.MAX_ENV_ITEMS:
+        raise InvalidArgument(f"env has {len(env)} variables: at most {limits.MAX_ENV_ITEMS}")
+    for name, value in env.items():
+        if not _ENV_NAME_RE.fullmatch(name):
+            raise InvalidArgument(f"invalid environment variable name {quote(name)}")
+        if "\0" in value:
+            raise InvalidArgument(f"environment variable {quote(name)} contains a NUL byte")
+    if (size := sum(_utf8_len(k) + _utf8_len(v) for k, v in env.items())) > limits.MAX_ENV_BYTES:
+        raise InvalidArgument(f"env takes {size} bytes: at most {limits.MAX_ENV_BYTES}")
+
+
+def vm_timeout(seconds: int) -> None:
+    if not limits.MIN_VM_TIMEOUT <= seconds <= limits.MAX_VM_TIMEOUT:
+        raise InvalidArgument(
+            f"timeout {seconds} s out of range: {limits.MIN_VM_TIMEOUT}-{limits.MAX_VM_TIMEOUT} s (30 days)"
+        )

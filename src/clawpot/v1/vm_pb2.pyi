@@ -190,6 +190,7 @@ class Vm(_message.Message):
     SNAPSHOT_FIELD_NUMBER: _builtins.int
     EGRESS_FIELD_NUMBER: _builtins.int
     PUBLISHED_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___VmState.ValueType
     backend: Global___Backend.ValueType
@@ -221,6 +222,12 @@ class Vm(_message.Message):
     def published(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortForward]:
         """host ports forwarded to the VM"""
 
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the VM's lifetime ends and it is deleted (CreateVmRequest.timeout_seconds, SetVmTimeout, the
+        server's --vm-timeout); unset: no lifetime.
+        """
+
     def __init__(
         self,
         *,
@@ -241,10 +248,11 @@ class Vm(_message.Message):
         snapshot: _builtins.str = ...,
         egress: Global___EgressPolicy | None = ...,
         published: _abc.Iterable[Global___PortForward] | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "egress", b"egress", "health_since", b"health_since"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "egress", b"egress", "expires_at", b"expires_at", "health_since", b"health_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "created_at", b"created_at", "egress", b"egress", "error", b"error", "health", b"health", "health_detail", b"health_detail", "health_since", b"health_since", "id", b"id", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "origin", b"origin", "published", b"published", "snapshot", b"snapshot", "state", b"state", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "created_at", b"created_at", "egress", b"egress", "error", b"error", "expires_at", b"expires_at", "health", b"health", "health_detail", b"health_detail", "health_since", b"health_since", "id", b"id", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "origin", b"origin", "published", b"published", "snapshot", b"snapshot", "state", b"state", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -283,6 +291,7 @@ class CreateVmRequest(_message.Message):
     FROM_SNAPSHOT_FIELD_NUMBER: _builtins.int
     EGRESS_FIELD_NUMBER: _builtins.int
     PUBLISH_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     vcpus: _builtins.int
     """default 1; 1..32"""
     memory_mib: _builtins.int
@@ -295,6 +304,10 @@ class CreateVmRequest(_message.Message):
     from_snapshot: _builtins.str
     """Restore this snapshot instead of booting: a new VM (own id, address, TAP, MAC, hostname) running
     from the snapshot's memory. vcpus, memory_mib and backend are the snapshot's: leave them unset.
+    """
+    timeout_seconds: _builtins.int
+    """Delete the VM this many seconds after the create is accepted. 0: the server's default (its
+    --vm-timeout; none unless set). At most 30 days.
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -320,10 +333,11 @@ class CreateVmRequest(_message.Message):
         from_snapshot: _builtins.str = ...,
         egress: Global___EgressPolicy | None = ...,
         publish: _abc.Iterable[Global___PortForward] | None = ...,
+        timeout_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["egress", b"egress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "egress", b"egress", "from_snapshot", b"from_snapshot", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "publish", b"publish", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "egress", b"egress", "from_snapshot", b"from_snapshot", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "publish", b"publish", "timeout_seconds", b"timeout_seconds", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1015,6 +1029,31 @@ class SetVmNetworkRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetVmNetworkRequest: _TypeAlias = SetVmNetworkRequest  # noqa: Y015
+
+@_typing.final
+class SetVmTimeoutRequest(_message.Message):
+    """--- VM lifetimes (issue 13) ---"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    timeout_seconds: _builtins.int
+    """from now; 0 removes the lifetime. At most 30 days."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        timeout_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetVmTimeoutRequest: _TypeAlias = SetVmTimeoutRequest  # noqa: Y015
 
 @_typing.final
 class StreamLogsRequest(_message.Message):

@@ -99,6 +99,11 @@ class VmServiceStub:
                 request_serializer=clawpot_dot_v1_dot_vm__pb2.SetVmNetworkRequest.SerializeToString,
                 response_deserializer=clawpot_dot_v1_dot_vm__pb2.Vm.FromString,
                 _registered_method=True)
+        self.SetVmTimeout = channel.unary_unary(
+                '/clawpot.v1.VmService/SetVmTimeout',
+                request_serializer=clawpot_dot_v1_dot_vm__pb2.SetVmTimeoutRequest.SerializeToString,
+                response_deserializer=clawpot_dot_v1_dot_vm__pb2.Vm.FromString,
+                _registered_method=True)
         self.StreamLogs = channel.unary_stream(
                 '/clawpot.v1.VmService/StreamLogs',
                 request_serializer=clawpot_dot_v1_dot_vm__pb2.StreamLogsRequest.SerializeToString,
@@ -206,6 +211,14 @@ class VmServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetVmTimeout(self, request, context):
+        """Set a VM's lifetime to end `timeout_seconds` from now (0: no lifetime, it lives until deleted).
+        Shortens or extends; when it ends the VM is deleted. Returns the VM with its new `expires_at`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StreamLogs(self, request, context):
         """The VM's serial console: what is kept (at most 1 MiB and its rotated predecessor), or its last
         `tail_lines` lines; with `follow`, then what it prints next, until the VM is deleted or goes to
@@ -290,6 +303,11 @@ def add_VmServiceServicer_to_server(servicer, server):
             'SetVmNetwork': grpc.unary_unary_rpc_method_handler(
                     servicer.SetVmNetwork,
                     request_deserializer=clawpot_dot_v1_dot_vm__pb2.SetVmNetworkRequest.FromString,
+                    response_serializer=clawpot_dot_v1_dot_vm__pb2.Vm.SerializeToString,
+            ),
+            'SetVmTimeout': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetVmTimeout,
+                    request_deserializer=clawpot_dot_v1_dot_vm__pb2.SetVmTimeoutRequest.FromString,
                     response_serializer=clawpot_dot_v1_dot_vm__pb2.Vm.SerializeToString,
             ),
             'StreamLogs': grpc.unary_stream_rpc_method_handler(
@@ -653,6 +671,33 @@ class VmService:
             target,
             '/clawpot.v1.VmService/SetVmNetwork',
             clawpot_dot_v1_dot_vm__pb2.SetVmNetworkRequest.SerializeToString,
+            clawpot_dot_v1_dot_vm__pb2.Vm.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetVmTimeout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clawpot.v1.VmService/SetVmTimeout',
+            clawpot_dot_v1_dot_vm__pb2.SetVmTimeoutRequest.SerializeToString,
             clawpot_dot_v1_dot_vm__pb2.Vm.FromString,
             options,
             channel_credentials,

@@ -61,6 +61,10 @@ class VmServiceStub:
     """Read a file from the guest: `info` first, then `chunk`s."""
     SetVmNetwork: _grpc.UnaryUnaryMultiCallable[_vm_pb2.SetVmNetworkRequest, _vm_pb2.Vm]
     """Replace a Running or Paused VM's egress policy; applied at once, stored, kept across restarts."""
+    SetVmTimeout: _grpc.UnaryUnaryMultiCallable[_vm_pb2.SetVmTimeoutRequest, _vm_pb2.Vm]
+    """Set a VM's lifetime to end `timeout_seconds` from now (0: no lifetime, it lives until deleted).
+    Shortens or extends; when it ends the VM is deleted. Returns the VM with its new `expires_at`.
+    """
     StreamLogs: _grpc.UnaryStreamMultiCallable[_vm_pb2.StreamLogsRequest, _vm_pb2.LogChunk]
     """The VM's serial console: what is kept (at most 1 MiB and its rotated predecessor), or its last
     `tail_lines` lines; with `follow`, then what it prints next, until the VM is deleted or goes to
@@ -105,6 +109,10 @@ class VmServiceAsyncStub(VmServiceStub):
     """Read a file from the guest: `info` first, then `chunk`s."""
     SetVmNetwork: _aio.UnaryUnaryMultiCallable[_vm_pb2.SetVmNetworkRequest, _vm_pb2.Vm]  # type: ignore[assignment]
     """Replace a Running or Paused VM's egress policy; applied at once, stored, kept across restarts."""
+    SetVmTimeout: _aio.UnaryUnaryMultiCallable[_vm_pb2.SetVmTimeoutRequest, _vm_pb2.Vm]  # type: ignore[assignment]
+    """Set a VM's lifetime to end `timeout_seconds` from now (0: no lifetime, it lives until deleted).
+    Shortens or extends; when it ends the VM is deleted. Returns the VM with its new `expires_at`.
+    """
     StreamLogs: _aio.UnaryStreamMultiCallable[_vm_pb2.StreamLogsRequest, _vm_pb2.LogChunk]  # type: ignore[assignment]
     """The VM's serial console: what is kept (at most 1 MiB and its rotated predecessor), or its last
     `tail_lines` lines; with `follow`, then what it prints next, until the VM is deleted or goes to
@@ -224,6 +232,16 @@ class VmServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_vm_pb2.Vm, _abc.Awaitable[_vm_pb2.Vm]]:
         """Replace a Running or Paused VM's egress policy; applied at once, stored, kept across restarts."""
+
+    @_abc_1.abstractmethod
+    def SetVmTimeout(
+        self,
+        request: _vm_pb2.SetVmTimeoutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vm_pb2.Vm, _abc.Awaitable[_vm_pb2.Vm]]:
+        """Set a VM's lifetime to end `timeout_seconds` from now (0: no lifetime, it lives until deleted).
+        Shortens or extends; when it ends the VM is deleted. Returns the VM with its new `expires_at`.
+        """
 
     @_abc_1.abstractmethod
     def StreamLogs(
