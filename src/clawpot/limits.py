@@ -209,6 +209,34 @@ SNAPSHOT_LOAD_TIMEOUT = 30.0
 # read. 64 like a VM id.
 MAX_SNAPSHOT_NAME_CHARS = 64
 
+# --- Guest DNS, egress policy and port forwarding (issues 13 and 15) --------------------------------
+
+# The gateway's DNS forwarder answers untrusted guests. A real query is < 300 bytes; 4096 (the usual
+# EDNS buffer) bounds a UDP datagram or a TCP message without refusing anything a resolver sends.
+DNS_MAX_REQUEST_BYTES = 4096
+# Queries forwarded at once, over all guests: beyond it a UDP query is dropped (the guest's resolver
+# retries) and a TCP one waits. 64 keeps a flooding guest from growing the server's memory or tasks.
+DNS_MAX_IN_FLIGHT = 64
+# How long one upstream exchange may take before the guest gets SERVFAIL (a resolver's own timeout is
+# 5 s: answering first lets it try again instead of giving up).
+DNS_UPSTREAM_TIMEOUT = 4.0
+# A TCP client must send its query within this time, and may keep at most this many connections open.
+DNS_TCP_IDLE_TIMEOUT = 10.0
+DNS_MAX_TCP_CONNECTIONS = 32
+# Addresses pinned from an allowed domain's answer live for the record's TTL, clamped: at least 60 s so
+# a connection opened right after the answer is not cut by a 0-5 s TTL, at most a day so a stale
+# address does not stay allowed for good.
+DNS_PIN_MIN_TTL = 60
+DNS_PIN_MAX_TTL = 86_400
+# A pinned address is refreshed (one nft transaction) only when an answer would extend it by more than
+# this: the same name asked again within 30 s costs no rule update. Half the minimum TTL.
+DNS_PIN_REFRESH_SLACK = 30
+# Entries in one VM's --allow-out or --deny-out list, and published ports per VM: bounds on the rules
+# one request can make (a set of 256 intervals is still one lookup per packet).
+MAX_EGRESS_ENTRIES = 256
+MAX_PUBLISHED_PORTS = 32
+# Where a published port listens when its HOSTADDR: prefix is left out: only the host itself reaches it.
+DEFAULT_PUBLISH_ADDRESS = "127.0.0.1"
 # --- E2B SDK front door: REST control plane and listener (issue 14) ---------------------------------
 
 # The one template Clawpot serves: E2B's default template name maps to the default image.
@@ -256,3 +284,55 @@ E2B_MAX_PAGE_SIZE = 100
 E2B_DEFAULT_LOG_LINES = 1000
 E2B_MAX_LOG_LINES = 10000
 E2B_LOG_TAIL_BYTES = 1024 * 1024
+
+# --- E2B envd: managed processes (issue 14) --------------------------------------------------------
+
+# The agent's own bounds live in clawpot/agent/processes.py (it cannot import this module): 1 MiB of
+# output kept per process while nobody listens, 1 MiB waiting for a slow listener before the process is
+# paused, at most 256 running and 64 exited processes remembered.
+# A unary proc_* call (list, input, signal, resize) is answered at once by a healthy agent (~1 ms under
+# TCG): 10 s, like --agent-timeout, bounds a wedged or hostile one.
+AGENT_PROC_CALL_TIMEOUT = 10.0
+# proc_list answers at most the agent's 256 running processes; more is a lie.
+AGENT_PROC_LIST_MAX = 256
+# The user E2B's SDK runs commands as when it names none (E2B templates' default user); the rootfs has it.
+E2B_DEFAULT_USER = "user"
+# Keepalive events on Process Start/Connect streams: the SDK asks for one every 50 s
+# (Keepalive-Ping-Interval); the server sends them at most this often too, so a client that went away
+# is noticed (and its agent stream detached) within this many seconds even when the process is silent.
+E2B_KEEPALIVE_MAX_INTERVAL = 15.0
+# A command's `timeout` kills it this much before the client's deadline (at most a tenth of the
+# timeout): by the time the SDK raises TimeoutException the process is gone, as with E2B's envd, whose
+# kill comes a network round trip before the SDK's next call can look.
+E2B_TIMEOUT_KILL_MARGIN = 0.1
+
+# --- E2B filesystem: the agent's stat/list/mkdir/move/remove/watch and /files (issue 14) ------------
+
+# Entries one ListDir returns at most. E2B's envd has no bound; ours keeps a hostile or huge tree
+# from making the host hold an unbounded answer (an entry is ~200 bytes: 64 Ki entries ~ 13 MiB of
+# protobuf). A listing with more fails with RESOURCE_EXHAUSTED instead of being silently cut.
+E2B_LIST_MAX_ENTRIES = 64 * 1024
+# Longest JSON line (an entry or an event) the host accepts from the agent: two paths of 4096 bytes
+# escaped as \uXXXX (6 characters a byte) plus names and numbers fit in 64 KiB.
+AGENT_FS_LINE_MAX = 64 * 1024
+# Longest string field of an entry the host passes on (names, paths, owners) in characters; a Linux
+# path is at most 4096 bytes.
+AGENT_FS_TEXT_MAX = 4096
+# Watchers one sandbox may hold at once (CreateWatcher and WatchDir streams together). Each holds a
+# session of the VM's agent connection, which has 64 (MAX_SESSIONS): a quarter leaves room for
+# commands and transfers.
+E2B_WATCHERS_PER_SANDBOX = 16
+# Events GetWatcherEvents returns at most per call (the agent keeps at most 4096 waiting and the
+# stream's window holds a few thousand more): beyond, the rest stays for the next call.
+E2B_WATCH_EVENTS_PER_CALL = 8192
+# How long GetWatcherEvents waits for the agent to confirm it has read every queued inotify event
+# (milliseconds under TCG; a bound for a stuck agent, after which the events so far are returned).
+E2B_WATCH_SYNC_TIMEOUT = 5.0
+# File metadata (E2B's user.e2b.* xattrs) the host accepts in one entry: envd keeps at most 4096 bytes
+# per file (keys + values + a 9-byte prefix per key), so at most 4096 / 10 keys; a little slack.
+AGENT_FS_METADATA_KEYS = 512
+AGENT_FS_METADATA_BYTES = 8192
+# A WatchDir stream sends a keepalive at least this often: Connect only notices that the client went
+# away when it sends, so this is how long an abandoned stream keeps its watch (and its place among the
+# sandbox's watchers). One tiny message a second per open watch costs nothing measurable.
+E2B_WATCH_STREAM_LIVENESS = 1.0

@@ -14,7 +14,14 @@ Modules:
 - ``session``     base class of an operation's session (credit windows, END / ERROR, cleanup).
 - ``ops``         the operations by name; ``shutdown``.
 - ``execution``   the ``exec`` operation: process groups, pipes or PTY, stdin, signals, timeout.
-- ``files``       the ``put`` (atomic) and ``get`` operations, streamed.
+- ``files``       the ``put`` (atomic, or in place) and ``get`` operations, streamed.
+- ``accounts``    the guest user an operation acts for; paths relative to its home; owned directories.
+- ``fsops``       ``stat``, ``list`` (streamed), ``mkdir``, ``move``, ``remove``: E2B envd's semantics.
+- ``watch``       the ``watch`` operation: inotify events (ctypes), bounded queue, host syncs.
+- ``metadata``    user-defined file metadata as envd keeps it (``user.e2b.*`` extended attributes).
+- ``processes``   the table of managed processes: they outlive streams and connections, found by pid or
+                  tag, output kept in a bounded ring while nobody listens (E2B's envd processes).
+- ``procops``     the ``proc_*`` operations on that table: start, attach, list, input, signal, resize.
 - ``identity``    the ``configure`` request and its validation (shared with the host client).
 - ``configure``   the ``configure`` operation: hostname, address, gateway, DNS and MAC of the guest.
 - ``netlink``     a minimal rtnetlink client: link, IPv4 addresses, default route.

@@ -65,6 +65,8 @@ class AgentContext:
     # What ``configure`` changes; None: configure is refused (an agent run on a host must never rename
     # it). Set by main: the guest itself, or a sandbox's namespaces (tests).
     configure_target: Machine | None = None
+    # The managed processes (processes.ProcessTable, created on first use): they outlive connections.
+    processes: Any = None
 
 
 class Link(Protocol):
@@ -160,10 +162,17 @@ class Connection:
             self.link.write_view(frames)
 
     def send_error(
-        self, stream: int, code: ErrorCode, message: str, *, fatal: bool = False, level: int = logging.WARNING
+        self,
+        stream: int,
+        code: ErrorCode,
+        message: str,
+        *,
+        fatal: bool = False,
+        level: int = logging.WARNING,
+        errno: str | None = None,
     ) -> None:
         log.log(level, "%s: stream %d: %s: %s", self.link.name, stream, code, message)
-        self.send(FrameType.ERROR, stream, error_payload(code, message, fatal=fatal))
+        self.send(FrameType.ERROR, stream, error_payload(code, message, fatal=fatal, errno=errno))
 
     def session_done(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
@@ -276,7 +285,7 @@ class Connection:
             try:
                 session.handle(frame)
             except SessionError as exc:
-                session.fail(exc.code, str(exc))
+                session.fail(exc.code, str(exc), exc.errno)
         elif ftype == FrameType.ERROR:
             log.warning(
                 "%s: host reported an error on stream %d: %r",
@@ -314,10 +323,10 @@ class Connection:
         try:
             session = factory(self, sid, request)
         except SessionError as exc:
-            self.send_error(sid, exc.code, str(exc))
+            self.send_error(sid, exc.code, str(exc), errno=exc.errno)
             return
         self.sessions[sid] = session
         try:
             session.start()
         except SessionError as exc:
-            session.fail(exc.code, str(exc))
+            session.fail(exc.code, str(exc), exc.errno)

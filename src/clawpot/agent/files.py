@@ -2,9 +2,13 @@
 
 put: request {path, mode, mkdirs}; the body arrives as DATA on STDIN then EOF; it is written to a
 temporary file in the target directory, fsync'd, given its mode and renamed over the target, so readers
-see the old file or the whole new one. END {size}. Any failure removes the temporary file.
+see the old file or the whole new one. END {size, path}. Any failure removes the temporary file.
+With ``user`` (see ``accounts``) the path may be relative to the user's home, and the file and the
+directories ``mkdirs`` creates belong to the user. With ``inplace`` the file is written where it is
+instead (opened with O_TRUNC, as E2B's envd writes, so watchers see the write events of the file
+itself; the mode applies only to a file that did not exist): a failure can leave it partly written.
 
-get: request {path}; INFO {size, mode}, DATA on STDOUT (within the host's window), EOF, END {size}.
+get: request {path, user}; INFO {size, mode}, DATA on STDOUT (within the host's window), EOF, END {size}.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ import stat
 import tempfile
 from typing import TYPE_CHECKING, Any
 
+from . import metadata as file_metadata
+from .accounts import ensure_dirs, request_account, request_path
 from .protocol import MAX_PAYLOAD, ErrorCode, FrameType, Pipe, encode_json
-from .session import Session, SessionError, abs_path, opt_bool, opt_int
+from .session import Session, SessionError, opt_bool, opt_int, os_error
 
 if TYPE_CHECKING:
     import asyncio
@@ -27,18 +33,18 @@ if TYPE_CHECKING:
 _CHUNKS_PER_TURN = 16
 
 
-def _io_error(action: str, path: str, exc: OSError) -> SessionError:
-    return SessionError(ErrorCode.IO_ERROR, f"cannot {action} {path}: {exc.strerror or exc}")
-
-
 class PutSession(Session):
     op = "put"
 
     def __init__(self, conn: Connection, stream_id: int, req: dict[str, Any]) -> None:
         super().__init__(conn, stream_id, req)
-        self.path = abs_path(req)
+        self.account = request_account(req)
+        self.path = request_path(req, self.account)
         self.mode = opt_int(req, "mode", 0o644, 0, 0o7777)
         self.mkdirs = opt_bool(req, "mkdirs", False)
+        self.inplace = opt_bool(req, "inplace", False)
+        # E2B uploads always carry the file's whole metadata set (possibly empty: clear it); others none.
+        self.metadata = file_metadata.validate(req["metadata"]) if req.get("metadata") is not None else None
         self.size = 0
         self._fd: int | None = None
         self._tmp: str | None = None
@@ -49,12 +55,17 @@ class PutSession(Session):
             raise SessionError(ErrorCode.BAD_REQUEST, f"{self.path} names a directory, not a file")
         try:
             if self.mkdirs:
-                os.makedirs(parent, exist_ok=True)
+                ensure_dirs(parent or "/", self.account)
             if os.path.isdir(self.path):
-                raise IsADirectoryError(21, "Is a directory")
-            self._fd, self._tmp = tempfile.mkstemp(dir=parent, prefix=f".{name}.", suffix=".clawpot-part")
+                raise SessionError(ErrorCode.IO_ERROR, f"path is a directory: {self.path}", "EISDIR")
+            if self.inplace:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, self.mode)
+            else:
+                self._fd, self._tmp = tempfile.mkstemp(dir=parent, prefix=f".{name}.", suffix=".clawpot-part")
+            if self.account is not None:
+                os.fchown(self._fd, self.account.uid, self.account.gid)
         except OSError as exc:
-            raise _io_error("create", self.path, exc) from None
+            raise os_error("create", self.path, exc) from None
 
     def on_data(self, pipe: int, data: bytes) -> None:
         if pipe != Pipe.STDIN or self._fd is None:
@@ -64,14 +75,27 @@ class PutSession(Session):
             while view:
                 view = view[os.write(self._fd, view) :]
         except OSError as exc:
-            raise _io_error("write", self.path, exc) from None
+            raise os_error("write", self.path, exc) from None
         self.size += len(data)
         self.grant(len(data))
 
     def on_eof(self, pipe: int) -> None:
-        if pipe != Pipe.STDIN or self._fd is None or self._tmp is None:
+        if pipe != Pipe.STDIN or self._fd is None or (self._tmp is None and not self.inplace):
             raise SessionError(ErrorCode.BAD_REQUEST, "put sessions take EOF on stdin only")
         fd, self._fd = self._fd, None
+        if self.metadata is not None:
+            try:
+                file_metadata.write(fd, self.metadata)
+            except OSError as exc:
+                os.close(fd)
+                raise os_error("write metadata of", self.path, exc) from None
+        if self._tmp is None:  # in place: the file is already where it belongs
+            try:
+                os.close(fd)
+            except OSError as exc:
+                raise os_error("write", self.path, exc) from None
+            self.finish(self._result())
+            return
         try:
             try:
                 os.fchmod(fd, self.mode)
@@ -80,10 +104,16 @@ class PutSession(Session):
                 os.close(fd)
             os.replace(self._tmp, self.path)
         except OSError as exc:
-            raise _io_error("write", self.path, exc) from None
+            raise os_error("write", self.path, exc) from None
         self._tmp = None
         self._sync_dir()
-        self.finish({"size": self.size, "path": self.path})
+        self.finish(self._result())
+
+    def _result(self) -> dict[str, Any]:
+        result: dict[str, Any] = {"size": self.size, "path": self.path}
+        if self.metadata is not None:
+            result["metadata"] = file_metadata.read(self.path)  # what persisted, as envd reports it
+        return result
 
     def _sync_dir(self) -> None:
         # Makes the rename itself durable; best effort (some filesystems refuse fsync on directories).
@@ -109,7 +139,7 @@ class GetSession(Session):
 
     def __init__(self, conn: Connection, stream_id: int, req: dict[str, Any]) -> None:
         super().__init__(conn, stream_id, req)
-        self.path = abs_path(req)
+        self.path = request_path(req, request_account(req))
         self.sent = 0
         self._fd: int | None = None
         self._scheduled: asyncio.Handle | None = None
@@ -119,7 +149,9 @@ class GetSession(Session):
             self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             st = os.fstat(self._fd)
         except OSError as exc:
-            raise _io_error("open", self.path, exc) from None
+            raise os_error("open", self.path, exc) from None
+        if stat.S_ISDIR(st.st_mode):
+            raise SessionError(ErrorCode.BAD_REQUEST, f"{self.path} is a directory", "EISDIR")
         if not stat.S_ISREG(st.st_mode):
             raise SessionError(ErrorCode.BAD_REQUEST, f"{self.path} is not a regular file")
         self.send(FrameType.INFO, encode_json({"size": st.st_size, "mode": stat.S_IMODE(st.st_mode)}))

@@ -8,7 +8,17 @@ from typing import TYPE_CHECKING, Any
 from .configure import ConfigureSession
 from .execution import ExecSession
 from .files import GetSession, PutSession
+from .fsops import ListSession, MkdirSession, MoveSession, RemoveSession, StatSession
+from .procops import (
+    ProcAttachSession,
+    ProcInputSession,
+    ProcListSession,
+    ProcResizeSession,
+    ProcSignalSession,
+    ProcStartSession,
+)
 from .session import Session
+from .watch import WatchSession
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -30,4 +40,16 @@ OPS: dict[str, Callable[[Connection, int, dict[str, Any]], Session]] = {
     "get": GetSession,
     "shutdown": ShutdownSession,
     "configure": ConfigureSession,
+    "stat": StatSession,
+    "list": ListSession,
+    "mkdir": MkdirSession,
+    "move": MoveSession,
+    "remove": RemoveSession,
+    "watch": WatchSession,
+    "proc_start": ProcStartSession,
+    "proc_attach": ProcAttachSession,
+    "proc_list": ProcListSession,
+    "proc_input": ProcInputSession,
+    "proc_signal": ProcSignalSession,
+    "proc_resize": ProcResizeSession,
 }

@@ -91,6 +91,8 @@ class ErrorCode(enum.StrEnum):
     CANCELLED = "cancelled"
     NOT_SUPPORTED = "not_supported"
     INTERNAL = "internal"
+    UNKNOWN_USER = "unknown_user"  # a filesystem operation named a user the guest does not have
+    NOT_FOUND = "not_found"  # a managed process (proc_*) with that pid or tag does not exist
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,8 +200,13 @@ def decode_json(payload: bytes) -> dict[str, Any]:
     return obj
 
 
-def error_payload(code: str, message: str, *, fatal: bool = False) -> bytes:
-    return encode_json({"code": str(code), "message": message[:4000], "fatal": fatal})
+def error_payload(code: str, message: str, *, fatal: bool = False, errno: str | None = None) -> bytes:
+    """An ERROR payload; ``errno`` names the OS error behind an ``io_error`` (``ENOENT``, ``EEXIST``...)
+    so the host can tell a missing file from a full disk without parsing the message."""
+    body: dict[str, Any] = {"code": str(code), "message": message[:4000], "fatal": fatal}
+    if errno is not None:
+        body["errno"] = errno
+    return encode_json(body)
 
 
 # --- handshake ------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ A session ends exactly once, with END (success), ERROR (failure) or silently whe
 from __future__ import annotations
 
 import asyncio
+import errno as errno_module
 from typing import TYPE_CHECKING, Any
 
 from .protocol import (
@@ -29,11 +30,19 @@ if TYPE_CHECKING:
 
 
 class SessionError(Exception):
-    """Ends a session with an ERROR frame carrying ``code`` and the message."""
+    """Ends a session with an ERROR frame carrying ``code``, the message and, for an OS error, its
+    symbolic ``errno`` name."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, errno: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.errno = errno
+
+
+def os_error(action: str, path: str, exc: OSError) -> SessionError:
+    """``io_error`` for a failed OS call on ``path``, naming the errno (``ENOENT``...)."""
+    name = errno_module.errorcode.get(exc.errno or 0)
+    return SessionError(ErrorCode.IO_ERROR, f"cannot {action} {path}: {exc.strerror or exc}", name)
 
 
 class Session:
@@ -68,12 +77,12 @@ class Session:
         self.send(FrameType.END, encode_json(result))
         self.conn.session_done(self)
 
-    def fail(self, code: ErrorCode, message: str) -> None:
+    def fail(self, code: ErrorCode, message: str, errno: str | None = None) -> None:
         if self.done:
             return
         self.done = True
         self.cleanup()
-        self.send(FrameType.ERROR, error_payload(code, message))
+        self.send(FrameType.ERROR, error_payload(code, message, errno=errno))
         self.conn.session_done(self)
 
     def abort(self) -> None:

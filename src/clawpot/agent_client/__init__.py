@@ -8,9 +8,12 @@ Modules:
                   everything a guest can make it hold is bounded (``violation`` says why it dropped a guest).
 - ``chunks``      the agent's bytes as the socket delivers them (takes over from the StreamReader).
 - ``process``     a remote process: output events, stdin, signals, resize, exit status.
-- ``files``       streamed, atomic upload and download.
+- ``files``       streamed, atomic (or in-place) upload and download.
+- ``fs``          stat, list, mkdir, move, remove and watch (E2B's filesystem service), answers checked.
+- ``procs``       managed processes (``proc_*``): start, attach by pid or tag, list, input, signal, resize.
 - ``identity``    ``GuestIdentity`` (hostname, address, gateway, DNS, MAC) and the ``configure`` call.
-- ``client``      ``AgentClient`` (exec, run, put_file, get_file, configure, ping, shutdown), ``wait_ready``.
+- ``client``      ``AgentClient`` (exec, run, proc_*, put_file, write_file, get_file, open_file, stat,
+                  list_dir, make_dir, move, remove, watch, configure, ping, shutdown), ``wait_ready``.
 - ``errors``      ``GuestError`` and its subclasses.
 - ``untrusted``   guest-supplied text made safe for logs (``printable``) and rate-limited per VM.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -17,7 +17,7 @@ from typing import Any
 
 from clawpot import limits
 from clawpot.agent.protocol import FrameType
-from clawpot.agent_client import files, identity
+from clawpot.agent_client import files, fs, identity, procs
 from clawpot.agent_client.connection import (
     RECEIVE_WINDOW,
     AgentConnection,
@@ -187,6 +187,33 @@ class AgentClient:
             await proc.write(data)
             await proc.close_stdin()
 
+    # --- managed processes (they outlive the call that started them; agent_client.procs) ----------------
+
+    async def proc_start(self, spec: procs.ProcSpec) -> ExecProcess:
+        """Start a managed process; closing the returned process detaches from it (it runs on)."""
+        return await procs.start(self._conn, spec)
+
+    async def proc_attach(self, selector: procs.Selector) -> ExecProcess:
+        """Listen to a managed process again (RemoteError ``not_found`` if there is none)."""
+        return await procs.attach(self._conn, selector)
+
+    async def proc_list(self) -> list[procs.ProcInfo]:
+        return await procs.list_processes(self._conn)
+
+    async def proc_input(
+        self, selector: procs.Selector, data: bytes | AsyncIterator[bytes], *, close: bool = False
+    ) -> None:
+        await procs.send_input(self._conn, selector, data, close=close)
+
+    async def proc_close_stdin(self, selector: procs.Selector) -> None:
+        await procs.close_stdin(self._conn, selector)
+
+    async def proc_signal(self, selector: procs.Selector, signo: int) -> None:
+        await procs.send_signal(self._conn, selector, signo)
+
+    async def proc_resize(self, selector: procs.Selector, rows: int, cols: int) -> None:
+        await procs.resize(self._conn, selector, rows, cols)
+
     # --- files -----------------------------------------------------------------------------------------
 
     async def put_file(
@@ -196,7 +223,34 @@ class AgentClient:
 
         The guest file is replaced atomically. ``mode`` defaults to the local file's (0o644 otherwise).
         """
-        return await files.put_file(self._conn, source, remote, mode=mode, mkdirs=mkdirs)
+        return (await files.put_file(self._conn, source, remote, mode=mode, mkdirs=mkdirs)).size
+
+    async def write_file(
+        self,
+        source: files.Source,
+        remote: str,
+        *,
+        user: str | None = None,
+        mode: int | None = None,
+        mkdirs: bool = True,
+        inplace: bool = False,
+        metadata: dict[str, str] | None = None,
+    ) -> files.RemoteFile:
+        """Upload as ``put_file`` does, for a guest ``user``: ``remote`` may be relative to the user's
+        home, the file and the directories created belong to the user. ``inplace`` writes the file where
+        it is (as E2B's envd does: watchers see its own write events) instead of replacing it. Returns
+        the resolved path and the size written. ``metadata`` replaces the file's user-defined metadata
+        (E2B's ``user.e2b.*`` xattrs; ``{}`` clears it) and comes back as the file keeps it."""
+        return await files.put_file(
+            self._conn,
+            source,
+            remote,
+            mode=mode,
+            mkdirs=mkdirs,
+            user=user,
+            inplace=inplace,
+            metadata=metadata,
+        )
 
     async def get_file(
         self, remote: str, local: Path, max_size: int = limits.DOWNLOAD_MAX_BYTES
@@ -205,9 +259,42 @@ class AgentClient:
         bytes: ``FileTooLarge`` otherwise, with nothing kept)."""
         return await files.get_file(self._conn, remote, local, max_size)
 
-    async def open_file(self, remote: str) -> files.Download:
-        """Stream a guest file: ``async with await client.open_file(p) as d: async for chunk in d``."""
-        return await files.open_download(self._conn, remote)
+    async def open_file(self, remote: str, *, user: str | None = None) -> files.Download:
+        """Stream a guest file: ``async with await client.open_file(p) as d: async for chunk in d``.
+        A relative ``remote`` is taken from ``user``'s home."""
+        return await files.open_download(self._conn, remote, user=user)
+
+    # --- filesystem (E2B's filesystem service) --------------------------------------------------------
+
+    async def stat(self, path: str, *, user: str | None = None) -> fs.Entry:
+        """The entry of ``path``; RemoteError with errno ENOENT when it does not exist."""
+        return await fs.stat_path(self._conn, path, user=user)
+
+    async def list_dir(
+        self, path: str, *, depth: int = 1, user: str | None = None, limit: int = limits.E2B_LIST_MAX_ENTRIES
+    ) -> fs.Listing:
+        """Entries under directory ``path``, ``depth`` levels down, at most ``limit``."""
+        return await fs.list_dir(self._conn, path, depth=depth, user=user, limit=limit)
+
+    async def make_dir(self, path: str, *, user: str | None = None) -> fs.Entry:
+        """Create a directory and its parents (owned by ``user``); errno EEXIST if it already exists."""
+        return await fs.make_dir(self._conn, path, user=user)
+
+    async def move(self, source: str, destination: str, *, user: str | None = None) -> fs.Entry:
+        """Rename ``source`` to ``destination``; the destination's entry."""
+        return await fs.move(self._conn, source, destination, user=user)
+
+    async def remove(self, path: str, *, user: str | None = None) -> bool:
+        """Remove a file or directory tree; False when there was nothing to remove."""
+        return await fs.remove(self._conn, path, user=user)
+
+    async def watch(
+        self, path: str, *, user: str | None = None, recursive: bool = False, include_entry: bool = False
+    ) -> fs.Watch:
+        """Watch a directory; returns once the guest watches it. ``close()`` the watch to end it."""
+        return await fs.open_watch(
+            self._conn, path, user=user, recursive=recursive, include_entry=include_entry
+        )
 
     # --- identity --------------------------------------------------------------------------------------
 

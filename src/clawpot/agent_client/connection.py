@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import re
 import secrets
 import time
 from collections import Counter, deque
@@ -68,6 +69,8 @@ RECEIVE_WINDOW = AGENT_RECEIVE_WINDOW
 # Longest code and message of an agent's error we pass on (in exceptions, hence to API clients).
 _ERROR_CODE_CHARS = 64
 _ERROR_MESSAGE_CHARS = 500
+# An errno name as the agent reports it (errno.errorcode values: ENOENT, EEXIST, ...).
+_ERRNO_NAME = re.compile(r"E[A-Z0-9]{1,15}")
 
 
 class RunState(enum.Enum):
@@ -92,9 +95,11 @@ def _remote_error(frame: Frame) -> RemoteError:
         body = decode_json(frame.payload)
     except ValueError:
         body = {}
+    errno = body.get("errno")
     return RemoteError(
         printable(str(body.get("code", "unknown")), _ERROR_CODE_CHARS),
         printable(str(body.get("message", "agent reported an error")), _ERROR_MESSAGE_CHARS),
+        errno if isinstance(errno, str) and _ERRNO_NAME.fullmatch(errno) else None,
     )
 
 

@@ -37,10 +37,14 @@ class ProtocolError(GuestError):
 
 
 class RemoteError(GuestError):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{message} [{code}]")
+    """``code`` is the agent's error code; ``errno`` the symbolic OS error behind an ``io_error``
+    (``ENOENT``, ``EEXIST``...) when the agent named one."""
+
+    def __init__(self, code: str, message: str, errno: str | None = None) -> None:
+        super().__init__(f"{message} [{code}{'/' + errno if errno else ''}]")
         self.code = code
         self.message = message
+        self.errno = errno
 
 
 class FileTooLarge(GuestError):

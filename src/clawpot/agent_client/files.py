@@ -15,10 +15,11 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from clawpot import limits
 from clawpot.agent.protocol import MAX_PAYLOAD, FrameType, Pipe
+from clawpot.agent_client import fs
 from clawpot.agent_client.connection import AgentConnection, Stream, guest_int, guest_json
 from clawpot.agent_client.errors import FileTooLarge, GuestError, ProtocolError
 
@@ -54,6 +55,7 @@ class RemoteFile:
     path: str
     size: int
     mode: int
+    metadata: dict[str, str] | None = None  # after an upload with metadata: what the file keeps
 
 
 async def _read_local(path: Path) -> AsyncIterator[bytes]:
@@ -70,9 +72,19 @@ async def _from_bytes(data: bytes) -> AsyncIterator[bytes]:
 
 
 async def put_file(
-    conn: AgentConnection, source: Source, remote: str, *, mode: int | None = None, mkdirs: bool = False
-) -> int:
-    """Upload ``source`` to the absolute guest path ``remote`` (atomically replaced); returns its size."""
+    conn: AgentConnection,
+    source: Source,
+    remote: str,
+    *,
+    mode: int | None = None,
+    mkdirs: bool = False,
+    user: str | None = None,
+    inplace: bool = False,
+    metadata: dict[str, str] | None = None,
+) -> RemoteFile:
+    """Upload ``source`` to the guest path ``remote`` (atomically replaced, or written in place with
+    ``inplace``); returns the path the agent wrote (``remote`` resolved from ``user``'s home when
+    relative) and the size. ``user`` owns the file and the directories ``mkdirs`` creates."""
     chunks: AsyncIterable[bytes]
     if isinstance(source, Path):
         if mode is None:
@@ -82,9 +94,15 @@ async def put_file(
         chunks = _from_bytes(bytes(source))
     else:
         chunks = source
-    stream = conn.open_stream(
-        {"op": "put", "path": remote, "mode": 0o644 if mode is None else mode, "mkdirs": mkdirs}
-    )
+    request: dict[str, Any] = {"op": "put", "path": remote, "mode": 0o644 if mode is None else mode}
+    request["mkdirs"] = mkdirs
+    if user:
+        request["user"] = user
+    if inplace:
+        request["inplace"] = True
+    if metadata is not None:
+        request["metadata"] = metadata  # the file's whole set: {} clears what it had
+    stream = conn.open_stream(request)
     try:
         try:
             async for chunk in chunks:
@@ -93,11 +111,13 @@ async def put_file(
         except GuestError:
             if stream.final is None:  # not ended by the agent: the real error is ours
                 raise
-        end = await stream.recv_until(FrameType.END)
-        size = guest_int(guest_json(end, "put result"), "size", 0, 2**63, "put result")
+        result = guest_json(await stream.recv_until(FrameType.END), "put result")
+        size = guest_int(result, "size", 0, 2**63, "put result")
         if size is None:
             raise ProtocolError("malformed put result from the agent: no size")
-        return size
+        path = result.get("path", remote)
+        kept = fs.guest_metadata(result.get("metadata"))
+        return RemoteFile(fs.guest_text(path, "put result path"), size, mode or 0, kept)
     finally:
         stream.close()
 
@@ -139,8 +159,12 @@ class Download:
             self._stream.close()
 
 
-async def open_download(conn: AgentConnection, remote: str) -> Download:
-    stream = conn.open_stream({"op": "get", "path": remote})
+async def open_download(conn: AgentConnection, remote: str, *, user: str | None = None) -> Download:
+    """Start reading ``remote`` (relative paths from ``user``'s home)."""
+    request: dict[str, Any] = {"op": "get", "path": remote}
+    if user:
+        request["user"] = user
+    stream = conn.open_stream(request)
     try:
         info = guest_json(await stream.recv_until(FrameType.INFO), "file info")
         size = guest_int(info, "size", 0, 2**63, "file info")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import stat
 import subprocess
 from collections.abc import Callable
@@ -44,7 +45,7 @@ DPKG_OPTIONS = (
     "path-exclude=/usr/share/lintian/*",
 )
 BASE_RECIPE_VERSION = "2"
-IMAGE_RECIPE_VERSION = "1"
+IMAGE_RECIPE_VERSION = "2"  # 2: the unprivileged `user` account (E2B's default user)
 BASE_KIND = "rootfs-base"
 BASE_OUTPUT = "base.tar"
 IMAGE_KIND = "rootfs"
@@ -191,6 +192,7 @@ class ImageRecipe:
                 what="unpacking the base",
             )
             write_into_tree(self.payload, tree)
+            add_guest_user(tree)
             # The guest's own python compiles, so the bytecode matches its version whatever the host runs.
             run_logged(
                 [
@@ -247,6 +249,41 @@ class ImageRecipe:
             source=self.describe(),
             size_mib=str(size_mib),
         )
+
+
+# The unprivileged account E2B's SDK runs commands as by default (``limits.E2B_DEFAULT_USER``): uid/gid
+# 1000 as in E2B's templates, a home with the skeleton files, bash as its shell.
+GUEST_USER = "user"
+GUEST_UID = 1000
+
+
+def add_guest_user(tree: Path) -> None:
+    """Add ``GUEST_USER`` to the tree's passwd, group and shadow files and give it a home (no password:
+    it only runs what the agent starts as it). Idempotent."""
+    etc = tree / "etc"
+    home = tree / "home" / GUEST_USER
+    entries = {
+        "passwd": f"{GUEST_USER}:x:{GUEST_UID}:{GUEST_UID}::/home/{GUEST_USER}:/bin/bash\n",
+        "group": f"{GUEST_USER}:x:{GUEST_UID}:\n",
+        "shadow": f"{GUEST_USER}:!:19000:0:99999:7:::\n",
+        "gshadow": f"{GUEST_USER}:!::\n",
+    }
+    for name, line in entries.items():
+        path = etc / name
+        if not path.exists():
+            continue
+        text = path.read_text()
+        if not any(row.split(":", 1)[0] == GUEST_USER for row in text.splitlines()):
+            path.write_text(text + ("" if text.endswith("\n") or not text else "\n") + line)
+    home.mkdir(parents=True, exist_ok=True)
+    skel = etc / "skel"
+    if skel.is_dir():
+        for item in skel.iterdir():
+            if item.is_file() and not (home / item.name).exists():
+                shutil.copy2(item, home / item.name)
+                os.chown(home / item.name, GUEST_UID, GUEST_UID)
+    home.chmod(0o750)
+    os.chown(home, GUEST_UID, GUEST_UID)
 
 
 def tree_bytes(root: Path) -> int:

@@ -11,6 +11,7 @@ from typing import NoReturn
 import click
 
 from clawpot import limits
+from clawpot.network.dnsforward import Upstream
 from clawpot.node.datadir import NodeError
 from clawpot.node.node import NodeConfig
 from clawpot.paths import data_dir as default_data_dir
@@ -96,6 +97,15 @@ from clawpot.vmm.spec import BackendKind
     is_flag=True,
     help="On SIGTERM stop every VM. Default: leave them running; the next start adopts them.",
 )
+# --- guest DNS (network/dnsforward.py) ---
+@click.option(
+    "--dns-upstream",
+    "dns_upstream",
+    multiple=True,
+    metavar="IP[:PORT]",
+    help="Where the gateway's DNS forwarder sends guests' queries (repeatable); default: /etc/resolv.conf.",
+)
+# --- the E2B SDK's front door (e2b/) and VM lifetimes ---
 @click.option(
     "--e2b-listen",
     metavar="ADDR",
@@ -127,6 +137,7 @@ def main(
     agent_timeout: float,
     memory_overcommit: float,
     stop_vms_on_exit: bool,
+    dns_upstream: tuple[str, ...],
     e2b_listen: str | None,
     vm_timeout: int | None,
     verbose: bool,
@@ -140,6 +151,10 @@ def main(
         _fail("--tls-cert and --tls-key go together")
     if tls_client_ca is not None and tls_cert is None:
         _fail("--tls-client-ca needs --tls-cert and --tls-key")
+    try:
+        upstreams = tuple(Upstream.parse(text) for text in dns_upstream)
+    except ValueError as exc:
+        _fail(str(exc))
     tls = TlsFiles(tls_cert, tls_key, tls_client_ca) if tls_cert is not None and tls_key is not None else None
     config = ServerConfig(
         listen=listen or (DEFAULT_LISTEN,),
@@ -156,6 +171,7 @@ def main(
             subnet=subnet,
             ready_timeout=ready_timeout,
             agent_timeout=agent_timeout,
+            dns_upstreams=upstreams,
         ),
     )
     try:

@@ -24,6 +24,9 @@ from typing import IO
 
 from clawpot import errors, limits, paths
 from clawpot.network import NetworkConfig, NetworkError, NetworkManager
+from clawpot.network.dnsforward import DnsForwarder, Upstream, system_upstreams
+from clawpot.network.policy import EgressPolicy
+from clawpot.network.policydb import VmNetworkPolicy
 from clawpot.node import calls, reconcile
 from clawpot.node.backends import Backends
 from clawpot.node.datadir import Assets, NodeError, lock_data_dir
@@ -59,6 +62,8 @@ class NodeConfig:
     # How long the agent of a Running VM has to answer before an operation fails with UNAVAILABLE.
     agent_timeout: float = limits.DEFAULT_AGENT_TIMEOUT
     health_interval: float = limits.HEALTH_CHECK_INTERVAL
+    # Where the gateway's DNS forwarder sends guests' queries; empty: the host's /etc/resolv.conf.
+    dns_upstreams: tuple[Upstream, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,8 @@ class VmRequest:
     allow_peers: bool = False
     # Restore this snapshot (by name) instead of booting; vcpus and memory are then the snapshot's.
     snapshot: str | None = None
+    # Egress policy and published ports (validated by the service).
+    network_policy: VmNetworkPolicy = field(default_factory=VmNetworkPolicy)
     # When the VM ends (stored with its row); None: it lives until deleted.
     lifetime: Lifetime | None = None
 
@@ -92,6 +99,7 @@ class Node:
         self.vms: dict[str, NodeVm] = {}
         self._lock_file = lock
         self._health_loop: asyncio.Task[None] | None = None
+        self.dns: DnsForwarder | None = None
         self.reaper = Reaper(self.vms, self._expire)
 
     # -- start and stop -------------------------------------------------------------------------------
@@ -114,6 +122,7 @@ class Node:
             node.backends.start_probe()  # off the calls' path: creates that need it await it
             node.snapshots.sweep()
             await reconcile.reconcile(node)
+            await node._start_dns()
             for vm_id, lifetime in store.lifetimes().items():
                 if vm_id in node.vms:
                     node.vms[vm_id].lifetime = lifetime
@@ -145,11 +154,34 @@ class Node:
             if nvm.vm is not None:
                 nvm.vm.detach()  # the VMM keeps running; the next node attaches it
         await self.backends.close()
+        if self.dns is not None:
+            await self.dns.close()
         if self.network is not None and not self.vms:
             with contextlib.suppress(NetworkError):
                 await asyncio.to_thread(self.network.teardown)
         self.store.close()
         self._lock_file.close()
+
+    async def _start_dns(self) -> None:
+        """The gateway's DNS forwarder (network/dnsforward.py), once the bridge has its address."""
+        network = self.network
+        if network is None:
+            return
+        gateway = str(network.config.gateway)
+        upstreams = self.config.dns_upstreams or tuple(system_upstreams(exclude=gateway))
+        if not upstreams:
+            log.warning("no DNS upstream (none in /etc/resolv.conf, no --dns-upstream): guests get SERVFAIL")
+
+        async def pin(vm_id: str, qname: str, addresses: list[str], ttl: int) -> None:
+            await asyncio.to_thread(network.pin, vm_id, qname, addresses, ttl)
+
+        forwarder = DnsForwarder(gateway, upstreams, network.vm_at, pin)
+        try:
+            await forwarder.start()
+        except OSError as exc:
+            raise NodeError(f"cannot serve guests' DNS on {gateway}:53: {exc.strerror or exc}") from exc
+        self.dns = forwarder
+        log.info("DNS forwarder on %s:53 -> %s", gateway, ", ".join(f"{u.host}:{u.port}" for u in upstreams))
 
     # -- queries --------------------------------------------------------------------------------------
 
@@ -186,6 +218,7 @@ class Node:
         )
         self.store.insert(record, request.lifetime)
         nvm = NodeVm(record, self.config.agent_timeout)
+        nvm.network = request.network_policy
         nvm.lifetime = request.lifetime
         self.vms[vm_id] = nvm
         self.reaper.changed()
@@ -202,12 +235,13 @@ class Node:
             stop_grace=self.config.stop_grace,
             ip_address=request.ip_address,
             allow_peers=request.allow_peers,
+            policy=request.network_policy,
         )
         nvm.create_task = asyncio.create_task(self._boot(nvm, backend, params), name=f"create {nvm.id}")
         try:
             # Shielded, so that a cancelled caller reaches the boot only through the path below.
             record = await asyncio.shield(nvm.create_task)
-            return VmView(record, nvm.agent.health, nvm.lifetime)
+            return VmView(record, nvm.agent.health, nvm.network, nvm.lifetime)
         except asyncio.CancelledError:
             # The caller was cancelled (client gone, or the server stopping): stop the boot and let its
             # own error path undo everything, so no half-made VM is left.
@@ -338,6 +372,22 @@ class Node:
         await release(self.network, nvm.record)
         self.store.delete(nvm.id)
         self.vms.pop(nvm.id, None)
+
+    # -- network policy -------------------------------------------------------------------------------
+
+    async def set_egress(self, vm_id: str, egress: EgressPolicy) -> VmView:
+        """A new egress policy for a VM that holds an address (Running or Paused): stored and applied
+        to its rules at once; new connections and DNS answers follow it."""
+        nvm = self.get(vm_id)
+        self._in_state(nvm, "change the network policy of", VmState.RUNNING, VmState.PAUSED)
+        if self.network is None:
+            raise errors.FailedPrecondition("this server runs without a network (--bridge none)")
+        try:
+            nvm.network = await asyncio.to_thread(self.network.set_egress, vm_id, egress)
+        except NetworkError as exc:
+            raise errors.Unavailable(f"VM {vm_id}: cannot apply the egress policy: {exc}") from exc
+        log.info("VM %s: egress policy %s", vm_id, egress.to_json())
+        return nvm.view()
 
     # -- operations a backend may offer ---------------------------------------------------------------
 

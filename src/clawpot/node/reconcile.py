@@ -71,6 +71,8 @@ async def reconcile(node: Node) -> None:
         keep = [nvm.id for nvm in node.vms.values() if nvm.record.state is not VmState.ERROR]
         plan = await asyncio.to_thread(node.network.reconcile, keep)
         log.info("network reconciled: %s", plan)
+        for nvm in node.vms.values():
+            nvm.network = node.network.policy(nvm.id)
 
 
 async def attach(node: Node, nvm: NodeVm, pid: int) -> None:

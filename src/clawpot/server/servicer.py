@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from clawpot import errors, limits
+from clawpot.network.policy import EgressPolicy
 from clawpot.node.health import AgentHealth
 from clawpot.node.sessions import ExecParams, ExecSession
 from clawpot.node.snapshots import SnapshotInfo
@@ -94,7 +95,31 @@ def vm_to_pb(view: VmView) -> vm_pb2.Vm:
         health_detail=health.detail[: limits.MAX_HEALTH_DETAIL_CHARS],
         origin=_ORIGIN_TO_PB[rec.origin],
         snapshot=rec.snapshot,
+        egress=egress_to_pb(view.network.egress),
+        published=[
+            vm_pb2.PortForward(
+                host_address=str(p.host_address),
+                host_port=p.host_port,
+                guest_port=p.guest_port,
+                protocol=p.protocol,
+            )
+            for p in view.network.ports
+        ],
         expires_at=_timestamp(view.lifetime.expires_at) if view.lifetime is not None else None,
+    )
+
+
+def egress_to_pb(egress: EgressPolicy) -> vm_pb2.EgressPolicy:
+    return vm_pb2.EgressPolicy(
+        allow_out=egress.allow.entries(), deny_out=egress.deny.entries(), no_internet=egress.no_internet
+    )
+
+
+def publish_specs(ports: Iterable[vm_pb2.PortForward]) -> tuple[str, ...]:
+    """PortForward messages as ``--publish`` specs, for the one parser (network/policy.py)."""
+    default = limits.DEFAULT_PUBLISH_ADDRESS
+    return tuple(
+        f"{p.host_address or default}:{p.host_port}:{p.guest_port}/{p.protocol or 'tcp'}" for p in ports
     )
 
 
@@ -137,6 +162,10 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
             ip_address=request.ip_address or None,
             allow_peers=request.allow_peer_traffic,
             from_snapshot=request.from_snapshot if restoring else None,
+            allow_out=tuple(request.egress.allow_out),
+            deny_out=tuple(request.egress.deny_out),
+            no_internet=request.egress.no_internet,
+            publish=publish_specs(request.publish),
             timeout=request.timeout_seconds or None,
         )
         view = await self._call(context, lambda: self._service.create(params))
@@ -285,6 +314,18 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
             raise
         except Exception as exc:
             await _abort(context, exc)
+
+    async def SetVmNetwork(
+        self, request: vm_pb2.SetVmNetworkRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> vm_pb2.Vm:
+        egress = request.egress
+        view = await self._call(
+            context,
+            lambda: self._service.set_egress(
+                request.id, tuple(egress.allow_out), tuple(egress.deny_out), egress.no_internet
+            ),
+        )
+        return vm_to_pb(view)
 
     async def SetVmTimeout(
         self, request: vm_pb2.SetVmTimeoutRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from clawpot import errors, limits
+from clawpot.network.policydb import VmNetworkPolicy
 from clawpot.node.lifetimes import Expiry, Lifetime
 from clawpot.node.node import Node, VmRequest
 from clawpot.node.sessions import DownloadHandle, ExecParams, ExecSession
@@ -33,6 +34,12 @@ class CreateParams:
     # Restore this snapshot instead of a cold boot. vcpus, memory_mib and backend then come from the
     # snapshot: 0 / None take them, any other value must match it.
     from_snapshot: str | None = None
+    # Egress policy and published ports (network/policy.py): --allow-out, --deny-out, --no-internet,
+    # --publish.
+    allow_out: tuple[str, ...] = ()
+    deny_out: tuple[str, ...] = ()
+    no_internet: bool = False
+    publish: tuple[str, ...] = ()
     # Seconds the VM lives once it runs (counted from when its create returns); None: the server's
     # default (``Service.default_timeout``).
     timeout: int | None = None
@@ -83,6 +90,7 @@ class Service:
             if self.node.network is None:
                 raise errors.InvalidArgument("this server runs without networking (--no-network)")
         validate.labels(params.labels)
+        policy = self._network_policy(params)
         lifetime = self._lifetime(params)
         # May wait for the auto probe started with the node; other calls are served meanwhile.
         kind = await self.node.backends.resolve(params.backend)
@@ -94,6 +102,7 @@ class Service:
             labels=dict(params.labels),
             ip_address=params.ip_address or None,
             allow_peers=params.allow_peers,
+            network_policy=policy,
             lifetime=lifetime,
         )
         # Admission and reservation with no await in between: concurrent creates cannot overbook.
@@ -108,6 +117,7 @@ class Service:
             if self.node.network is None:
                 raise errors.InvalidArgument("this server runs without networking (--no-network)")
         validate.labels(params.labels)
+        policy = self._network_policy(params)
         lifetime = self._lifetime(params)
         info = self.node.snapshots.info(name)  # NOT_FOUND, or FAILED_PRECONDITION for a broken manifest
         for what, asked, recorded in (
@@ -128,11 +138,27 @@ class Service:
             ip_address=params.ip_address or None,
             allow_peers=params.allow_peers,
             snapshot=name,
+            network_policy=policy,
             lifetime=lifetime,
         )
         self._admit(info.memory_mib)
         nvm = self.node.reserve(request)
         return self._started(await self.node.boot(nvm, request), params)
+
+    def _network_policy(self, params: CreateParams) -> VmNetworkPolicy:
+        policy = validate.network_policy(
+            params.allow_out, params.deny_out, params.no_internet, params.publish
+        )
+        if policy != VmNetworkPolicy() and self.node.network is None:
+            raise errors.InvalidArgument("this server runs without networking: no egress policy or ports")
+        return policy
+
+    async def set_egress(
+        self, vm_id: str, allow_out: tuple[str, ...], deny_out: tuple[str, ...], no_internet: bool
+    ) -> VmView:
+        validate.vm_id(vm_id)
+        policy = validate.network_policy(allow_out, deny_out, no_internet)
+        return await self.node.set_egress(vm_id, policy.egress)
 
     def _admit(self, memory_mib: int) -> None:
         total = validation.host_total_mib()

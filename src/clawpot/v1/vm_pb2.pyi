@@ -155,6 +155,8 @@ class Vm(_message.Message):
     HEALTH_DETAIL_FIELD_NUMBER: _builtins.int
     ORIGIN_FIELD_NUMBER: _builtins.int
     SNAPSHOT_FIELD_NUMBER: _builtins.int
+    EGRESS_FIELD_NUMBER: _builtins.int
+    PUBLISHED_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___VmState.ValueType
@@ -180,6 +182,14 @@ class Vm(_message.Message):
         """when `health` last changed"""
 
     @_builtins.property
+    def egress(self) -> Global___EgressPolicy:
+        """what the VM may reach (empty: the default)"""
+
+    @_builtins.property
+    def published(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortForward]:
+        """host ports forwarded to the VM"""
+
+    @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """When the VM's lifetime ends and it is deleted (CreateVmRequest.timeout_seconds, SetVmTimeout, the
         server's --vm-timeout); unset: no lifetime.
@@ -203,11 +213,13 @@ class Vm(_message.Message):
         health_detail: _builtins.str = ...,
         origin: Global___VmOrigin.ValueType = ...,
         snapshot: _builtins.str = ...,
+        egress: Global___EgressPolicy | None = ...,
+        published: _abc.Iterable[Global___PortForward] | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "health_since", b"health_since"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "egress", b"egress", "expires_at", b"expires_at", "health_since", b"health_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "created_at", b"created_at", "error", b"error", "expires_at", b"expires_at", "health", b"health", "health_detail", b"health_detail", "health_since", b"health_since", "id", b"id", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "origin", b"origin", "snapshot", b"snapshot", "state", b"state", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "created_at", b"created_at", "egress", b"egress", "error", b"error", "expires_at", b"expires_at", "health", b"health", "health_detail", b"health_detail", "health_since", b"health_since", "id", b"id", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "origin", b"origin", "published", b"published", "snapshot", b"snapshot", "state", b"state", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -244,6 +256,8 @@ class CreateVmRequest(_message.Message):
     IP_ADDRESS_FIELD_NUMBER: _builtins.int
     ALLOW_PEER_TRAFFIC_FIELD_NUMBER: _builtins.int
     FROM_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    EGRESS_FIELD_NUMBER: _builtins.int
+    PUBLISH_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     vcpus: _builtins.int
     """default 1; 1..32"""
@@ -266,6 +280,14 @@ class CreateVmRequest(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """At most 32 labels; keys 1-63 chars [A-Za-z0-9._/-]; values up to 256 printable chars; 4 KiB in all."""
 
+    @_builtins.property
+    def egress(self) -> Global___EgressPolicy:
+        """default: everything but what isolation forbids"""
+
+    @_builtins.property
+    def publish(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortForward]:
+        """at most 32; a host port another VM publishes: ALREADY_EXISTS"""
+
     def __init__(
         self,
         *,
@@ -276,11 +298,13 @@ class CreateVmRequest(_message.Message):
         ip_address: _builtins.str = ...,
         allow_peer_traffic: _builtins.bool = ...,
         from_snapshot: _builtins.str = ...,
+        egress: Global___EgressPolicy | None = ...,
+        publish: _abc.Iterable[Global___PortForward] | None = ...,
         timeout_seconds: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["egress", b"egress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "from_snapshot", b"from_snapshot", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "timeout_seconds", b"timeout_seconds", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "egress", b"egress", "from_snapshot", b"from_snapshot", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "publish", b"publish", "timeout_seconds", b"timeout_seconds", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -882,6 +906,96 @@ class DownloadFileResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___DownloadFileResponse: _TypeAlias = DownloadFileResponse  # noqa: Y015
+
+@_typing.final
+class EgressPolicy(_message.Message):
+    """--- egress policy and port forwarding ---
+
+    What a VM may reach. Entries are IPv4 addresses, CIDRs or domain names (a domain covers its
+    subdomains; its answers from the gateway's DNS forwarder are allowed for their TTL). At most 256
+    entries per list. Deny wins over allow; a non-empty allow list makes everything else denied.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOW_OUT_FIELD_NUMBER: _builtins.int
+    DENY_OUT_FIELD_NUMBER: _builtins.int
+    NO_INTERNET_FIELD_NUMBER: _builtins.int
+    no_internet: _builtins.bool
+    """nothing forwarded, DNS refused; published ports still answer"""
+    @_builtins.property
+    def allow_out(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def deny_out(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        allow_out: _abc.Iterable[_builtins.str] | None = ...,
+        deny_out: _abc.Iterable[_builtins.str] | None = ...,
+        no_internet: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_out", b"allow_out", "deny_out", b"deny_out", "no_internet", b"no_internet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EgressPolicy: _TypeAlias = EgressPolicy  # noqa: Y015
+
+@_typing.final
+class PortForward(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_ADDRESS_FIELD_NUMBER: _builtins.int
+    HOST_PORT_FIELD_NUMBER: _builtins.int
+    GUEST_PORT_FIELD_NUMBER: _builtins.int
+    PROTOCOL_FIELD_NUMBER: _builtins.int
+    host_address: _builtins.str
+    """a host IPv4 address; default 127.0.0.1"""
+    host_port: _builtins.int
+    guest_port: _builtins.int
+    protocol: _builtins.str
+    """"tcp" (default) or "udp" """
+    def __init__(
+        self,
+        *,
+        host_address: _builtins.str = ...,
+        host_port: _builtins.int = ...,
+        guest_port: _builtins.int = ...,
+        protocol: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["guest_port", b"guest_port", "host_address", b"host_address", "host_port", b"host_port", "protocol", b"protocol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PortForward: _TypeAlias = PortForward  # noqa: Y015
+
+@_typing.final
+class SetVmNetworkRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    EGRESS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    @_builtins.property
+    def egress(self) -> Global___EgressPolicy:
+        """replaces the VM's whole policy"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        egress: Global___EgressPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["egress", b"egress"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["egress", b"egress", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetVmNetworkRequest: _TypeAlias = SetVmNetworkRequest  # noqa: Y015
 
 @_typing.final
 class SetVmTimeoutRequest(_message.Message):

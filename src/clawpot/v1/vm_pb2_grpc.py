@@ -94,6 +94,11 @@ class VmServiceStub:
                 request_serializer=clawpot_dot_v1_dot_vm__pb2.DownloadFileRequest.SerializeToString,
                 response_deserializer=clawpot_dot_v1_dot_vm__pb2.DownloadFileResponse.FromString,
                 _registered_method=True)
+        self.SetVmNetwork = channel.unary_unary(
+                '/clawpot.v1.VmService/SetVmNetwork',
+                request_serializer=clawpot_dot_v1_dot_vm__pb2.SetVmNetworkRequest.SerializeToString,
+                response_deserializer=clawpot_dot_v1_dot_vm__pb2.Vm.FromString,
+                _registered_method=True)
         self.SetVmTimeout = channel.unary_unary(
                 '/clawpot.v1.VmService/SetVmTimeout',
                 request_serializer=clawpot_dot_v1_dot_vm__pb2.SetVmTimeoutRequest.SerializeToString,
@@ -189,6 +194,13 @@ class VmServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetVmNetwork(self, request, context):
+        """Replace a Running or Paused VM's egress policy; applied at once, stored, kept across restarts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetVmTimeout(self, request, context):
         """Set a VM's lifetime to end `timeout_seconds` from now (0: no lifetime, it lives until deleted).
         Shortens or extends; when it ends the VM is deleted. Returns the VM with its new `expires_at`.
@@ -259,6 +271,11 @@ def add_VmServiceServicer_to_server(servicer, server):
                     servicer.DownloadFile,
                     request_deserializer=clawpot_dot_v1_dot_vm__pb2.DownloadFileRequest.FromString,
                     response_serializer=clawpot_dot_v1_dot_vm__pb2.DownloadFileResponse.SerializeToString,
+            ),
+            'SetVmNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetVmNetwork,
+                    request_deserializer=clawpot_dot_v1_dot_vm__pb2.SetVmNetworkRequest.FromString,
+                    response_serializer=clawpot_dot_v1_dot_vm__pb2.Vm.SerializeToString,
             ),
             'SetVmTimeout': grpc.unary_unary_rpc_method_handler(
                     servicer.SetVmTimeout,
@@ -590,6 +607,33 @@ class VmService:
             '/clawpot.v1.VmService/DownloadFile',
             clawpot_dot_v1_dot_vm__pb2.DownloadFileRequest.SerializeToString,
             clawpot_dot_v1_dot_vm__pb2.DownloadFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetVmNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clawpot.v1.VmService/SetVmNetwork',
+            clawpot_dot_v1_dot_vm__pb2.SetVmNetworkRequest.SerializeToString,
+            clawpot_dot_v1_dot_vm__pb2.Vm.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,8 @@ class VmServiceStub:
     """Write a file into the guest atomically. The first request must be `header`, then `chunk`s."""
     DownloadFile: _grpc.UnaryStreamMultiCallable[_vm_pb2.DownloadFileRequest, _vm_pb2.DownloadFileResponse]
     """Read a file from the guest: `info` first, then `chunk`s."""
+    SetVmNetwork: _grpc.UnaryUnaryMultiCallable[_vm_pb2.SetVmNetworkRequest, _vm_pb2.Vm]
+    """Replace a Running or Paused VM's egress policy; applied at once, stored, kept across restarts."""
     SetVmTimeout: _grpc.UnaryUnaryMultiCallable[_vm_pb2.SetVmTimeoutRequest, _vm_pb2.Vm]
     """Set a VM's lifetime to end `timeout_seconds` from now (0: no lifetime, it lives until deleted).
     Shortens or extends; when it ends the VM is deleted. Returns the VM with its new `expires_at`.
@@ -95,6 +97,8 @@ class VmServiceAsyncStub(VmServiceStub):
     """Write a file into the guest atomically. The first request must be `header`, then `chunk`s."""
     DownloadFile: _aio.UnaryStreamMultiCallable[_vm_pb2.DownloadFileRequest, _vm_pb2.DownloadFileResponse]  # type: ignore[assignment]
     """Read a file from the guest: `info` first, then `chunk`s."""
+    SetVmNetwork: _aio.UnaryUnaryMultiCallable[_vm_pb2.SetVmNetworkRequest, _vm_pb2.Vm]  # type: ignore[assignment]
+    """Replace a Running or Paused VM's egress policy; applied at once, stored, kept across restarts."""
     SetVmTimeout: _aio.UnaryUnaryMultiCallable[_vm_pb2.SetVmTimeoutRequest, _vm_pb2.Vm]  # type: ignore[assignment]
     """Set a VM's lifetime to end `timeout_seconds` from now (0: no lifetime, it lives until deleted).
     Shortens or extends; when it ends the VM is deleted. Returns the VM with its new `expires_at`.
@@ -200,6 +204,14 @@ class VmServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_vm_pb2.DownloadFileResponse], _abc.AsyncIterator[_vm_pb2.DownloadFileResponse]]:
         """Read a file from the guest: `info` first, then `chunk`s."""
+
+    @_abc_1.abstractmethod
+    def SetVmNetwork(
+        self,
+        request: _vm_pb2.SetVmNetworkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vm_pb2.Vm, _abc.Awaitable[_vm_pb2.Vm]]:
+        """Replace a Running or Paused VM's egress policy; applied at once, stored, kept across restarts."""
 
     @_abc_1.abstractmethod
     def SetVmTimeout(
