@@ -105,7 +105,15 @@ class Routes:
         )
         if not secure:
             attrs = dataclasses.replace(attrs, envd_access_token=None)
-        view = await self.ctx.service.create(CreateParams(timeout=seconds, on_expiry=self._expiry(attrs)))
+        egress = body.egress()
+        params = CreateParams(
+            timeout=seconds,
+            on_expiry=self._expiry(attrs),
+            allow_out=egress.allow_out,
+            deny_out=egress.deny_out,
+            no_internet=egress.no_internet,
+        )
+        view = await self.ctx.service.create(params)
         try:
             save_attrs(view.record.vm_dir, attrs)
         except OSError as exc:
