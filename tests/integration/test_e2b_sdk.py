@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import pytest
 from e2b import (
+    ALL_TRAFFIC,
     AsyncSandbox,
     AuthenticationException,
     NotFoundException,
@@ -136,11 +137,15 @@ def test_a_missing_sandbox_is_not_found_not_a_hang(e2b: tuple[ServerProcess, E2b
     assert time.monotonic() - started < QUICK
 
 
-def test_an_unknown_template_is_refused(e2b: tuple[ServerProcess, E2bEndpoint]) -> None:
+def test_an_unknown_template_or_an_inexpressible_policy_is_refused(
+    e2b: tuple[ServerProcess, E2bEndpoint],
+) -> None:
     server, endpoint = e2b
     before = set(server.vms())
     with pytest.raises(SandboxException, match="template 'code-interpreter-v1' not found"):
         Sandbox.create("code-interpreter-v1", **endpoint.opts())
+    with pytest.raises(SandboxException, match="partial denyOut"):
+        Sandbox.create(network={"deny_out": ["10.0.0.0/8"], "allow_out": ["10.1.2.3"]}, **endpoint.opts())
     assert set(server.vms()) == before
 
 
@@ -149,9 +154,15 @@ async def test_async_lifecycle_and_expiry_deletes_the_vm(
 ) -> None:
     server, endpoint = e2b
     sbx = await AsyncSandbox.create(
-        timeout=300, metadata={"suite": suite_tag, "kind": "async"}, **endpoint.opts()
+        timeout=300,
+        metadata={"suite": suite_tag, "kind": "async"},
+        network={"deny_out": [ALL_TRAFFIC], "allow_out": ["10.9.8.0/24"]},
+        **endpoint.opts(),
     )
     sid = sbx.sandbox_id
+    # E2B's egress options became the VM's egress policy (an allow list).
+    egress = server.vms()[sid].egress
+    assert (list(egress.allow_out), list(egress.deny_out), egress.no_internet) == (["10.9.8.0/24"], [], False)
     assert await sbx.is_running()
     info = await AsyncSandbox.get_info(sid, **endpoint.opts())
     assert info.metadata == {"suite": suite_tag, "kind": "async"}

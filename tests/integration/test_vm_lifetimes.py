@@ -5,13 +5,14 @@ story, one for the rest."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
 from server_harness import InstalledAssets, ServerProcess, proc_exists, server_in_namespace, wait_until
+
+from clawpot.v1 import vm_pb2
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +24,10 @@ def server(
 
 
 def _expires_at(server: ServerProcess, vm_id: str) -> float | None:
-    data = json.loads(server.cli_ok("get", vm_id))
-    stamp = data.get("expires_at")
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else None
+    """The VM's deadline as the API reports it (through gRPC: a CLI process per look is slow)."""
+    with server.stub() as api:
+        vm = api.GetVm(vm_pb2.GetVmRequest(id=vm_id), timeout=30)
+    return vm.expires_at.ToNanoseconds() / 1e9 if vm.HasField("expires_at") else None
 
 
 def _nothing_left(server: ServerProcess, vm_id: str, qemu_pid: int) -> None:
@@ -73,10 +75,8 @@ def test_timeout_extends_removes_and_shortens(server: ServerProcess) -> None:
     assert _expires_at(server, vm_id) is None
     assert server.db_rows(f"SELECT id FROM vm_lifetimes WHERE id = '{vm_id}'") == []
 
-    too_long = str(31 * 24 * 3600)
-    for bad in (["timeout", vm_id, "-5"], ["timeout", vm_id, too_long], ["create", "--timeout", "0"]):
-        result = server.cli(*bad)
-        assert result.returncode == 2, (bad, result.stderr)
+    bad = server.cli("timeout", vm_id, "-5")  # the bounds themselves: tests/unit/node/test_node_lifetimes.py
+    assert bad.returncode == 2, bad.stderr
     missing = server.cli("timeout", "nosuchvm", "10")
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
 

@@ -85,8 +85,8 @@ def _parse_labels(values: tuple[str, ...]) -> dict[str, str]:
     type=click.IntRange(limits.MIN_VM_TIMEOUT, limits.MAX_VM_TIMEOUT),
     default=None,
     metavar="SECONDS",
-    help="Delete the VM this long after it is created (`clawpot timeout` changes it). Default: the "
-    "server's --vm-timeout, none unless set.",
+    help="Delete the VM this long after it runs (counted from when create returns; `clawpot timeout` "
+    "changes it). Default: the server's --vm-timeout, none unless set.",
 )
 @click.pass_context
 def create(

@@ -4,7 +4,8 @@ A VM may carry a ``Lifetime``: when (wall-clock epoch seconds, so it means the s
 restart) and what happens then (``Expiry``): the VM is deleted, or, for E2B's ``autoPause``, a Running
 VM is paused and keeps no deadline (a paused E2B sandbox lives until it is resumed or killed). A VM
 that is already Paused or in Error when a DELETE deadline passes is deleted too: it still holds its
-directory, and a paused one its memory.
+directory, and a paused one its memory. A lifetime counts from when the VM runs (the service sets it
+again when the create returns); a VM still booting is not reaped.
 
 The deadline lives in ``state.db`` (table ``vm_lifetimes``, migration 4), written in the same
 transaction as the VM's row at create, so it survives a restart; the reaper is one task per node that
@@ -25,11 +26,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from clawpot import limits
+from clawpot.vm.state import VmState
 
 if TYPE_CHECKING:
     from clawpot.node.vms import NodeVm
 
 log = logging.getLogger(__name__)
+
+# A VM still booting is left alone: its create restarts its lifetime when it runs.
+BOOTING = (VmState.NOT_STARTED, VmState.STARTING)
 
 
 class Expiry(enum.StrEnum):
@@ -91,6 +96,8 @@ class Reaper:
         for nvm in self._vms.values():
             if nvm.lifetime is None or nvm.deleting or nvm.id in self._working:
                 continue
+            if nvm.record.state in BOOTING:
+                continue  # its boot is bounded by the ready timeout; the service restarts the clock after
             when = max(nvm.lifetime.expires_at, self._retry_at.get(nvm.id, 0.0))
             if when <= now:
                 due.append(nvm)
@@ -109,8 +116,11 @@ class Reaper:
             delay = limits.LIFETIME_MAX_SLEEP
             if upcoming is not None:
                 delay = min(delay, max(0.0, upcoming - self._clock()))
+            # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancellation that arrives as the
+            # event is set (a deadline changed just before close), and stop() would wait forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
     async def _end(self, nvm: NodeVm) -> None:
         if nvm.lifetime is None or nvm.lifetime.expires_at > self._clock():

@@ -41,7 +41,8 @@ class CreateParams:
     deny_out: tuple[str, ...] = ()
     no_internet: bool = False
     publish: tuple[str, ...] = ()
-    # Seconds from now until the VM ends; None: the server's default (``Service.default_timeout``).
+    # Seconds the VM lives once it runs (counted from when its create returns); None: the server's
+    # default (``Service.default_timeout``).
     timeout: int | None = None
     # What ends it then: deleted, or (E2B's autoPause) paused.
     on_expiry: Expiry = Expiry.DELETE
@@ -67,6 +68,19 @@ class Service:
             return None
         validate.vm_timeout(seconds)
         return Lifetime.from_now(seconds, params.on_expiry)
+
+    def _started(self, view: VmView, params: CreateParams) -> VmView:
+        """A lifetime counts from the moment the VM runs (its create returns), not from the request: a
+        slow boot (seconds under TCG, more on a loaded host) must not eat a short lifetime. The deadline
+        stored at reserve time only matters if the server dies mid-boot."""
+        if view.lifetime is None:
+            return view
+        seconds = params.timeout if params.timeout is not None else self.default_timeout
+        assert seconds is not None
+        try:
+            return self.node.set_lifetime(view.record.id, Lifetime.from_now(seconds, params.on_expiry))
+        except (errors.NotFound, errors.FailedPrecondition):
+            return view  # deleted as soon as it ran: the create still happened
 
     async def create(self, params: CreateParams) -> VmView:
         if params.from_snapshot is not None:
@@ -96,7 +110,7 @@ class Service:
         # Admission and reservation with no await in between: concurrent creates cannot overbook.
         self._admit(params.memory_mib)
         nvm = self.node.reserve(request)
-        return await self.node.boot(nvm, request)
+        return self._started(await self.node.boot(nvm, request), params)
 
     async def _create_from_snapshot(self, params: CreateParams, name: str) -> VmView:
         validate.snapshot_name(name)
@@ -131,7 +145,7 @@ class Service:
         )
         self._admit(info.memory_mib)
         nvm = self.node.reserve(request)
-        return await self.node.boot(nvm, request)
+        return self._started(await self.node.boot(nvm, request), params)
 
     def _network_policy(self, params: CreateParams) -> VmNetworkPolicy:
         policy = validate.network_policy(

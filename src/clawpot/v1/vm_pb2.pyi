@@ -306,8 +306,8 @@ class CreateVmRequest(_message.Message):
     from the snapshot's memory. vcpus, memory_mib and backend are the snapshot's: leave them unset.
     """
     timeout_seconds: _builtins.int
-    """Delete the VM this many seconds after the create is accepted. 0: the server's default (its
-    --vm-timeout; none unless set). At most 30 days.
+    """Delete the VM this many seconds after it runs (counted from when CreateVm returns). 0: the
+    server's default (its --vm-timeout; none unless set). At most 30 days.
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:

@@ -27,6 +27,7 @@ from support.fake_vmm import FakeVmmBackend
 from clawpot.e2b.app import create_app
 from clawpot.e2b.context import E2bContext
 from clawpot.e2b.rest import listing
+from clawpot.e2b.rest.bodies import Egress, NewSandbox
 from clawpot.e2b.sandboxes import FILE_NAME
 from clawpot.node.lifetimes import Expiry
 from clawpot.node.node import Node
@@ -110,7 +111,14 @@ async def test_auto_pause_is_the_lifetime_s_action(api: httpx.AsyncClient, node:
     ("body", "status", "needle"),
     [
         ({"templateID": "code-interpreter-v1"}, 404, "template 'code-interpreter-v1' not found"),
-        ({"templateID": "base", "allow_internet_access": False}, 400, "allow_internet_access"),
+        # The fake-VMM node runs without networking: an egress policy cannot be honoured there.
+        ({"templateID": "base", "allow_internet_access": False}, 400, "without networking"),
+        ({"templateID": "base", "network": {"maskRequestHost": "x"}}, 400, "maskRequestHost"),
+        (
+            {"templateID": "base", "network": {"denyOut": ["10.0.0.0/8"], "allowOut": ["10.1.1.1"]}},
+            400,
+            "partial",
+        ),
         ({"templateID": "base", "volumeMounts": [{"name": "v", "path": "/v"}]}, 400, "volume"),
         ({"templateID": "base", "envVars": {"1BAD": "x"}}, 400, "environment variable name"),
         ({"templateID": "base", "metadata": {"k": 1}}, 400, "metadata"),
@@ -247,3 +255,27 @@ def test_metadata_query_round_trip() -> None:
     wanted = {"a b": "c&d=e", "ü": "%"}
     quoted = urllib.parse.urlencode({urllib.parse.quote(k): urllib.parse.quote(v) for k, v in wanted.items()})
     assert listing.parse_metadata(quoted) == wanted
+
+
+@pytest.mark.parametrize(
+    ("body", "egress"),
+    [
+        ({}, Egress()),
+        ({"allow_internet_access": True}, Egress()),
+        ({"allow_internet_access": False}, Egress(no_internet=True)),
+        ({"network": {"allowOut": ["1.1.1.1"]}}, Egress()),  # E2B: allow is only an exception to a deny
+        ({"network": {"denyOut": ["0.0.0.0/0"]}}, Egress(no_internet=True)),
+        (
+            {"network": {"denyOut": ["0.0.0.0/0"], "allowOut": ["1.1.1.1", "example.com"]}},
+            Egress(allow_out=("1.1.1.1", "example.com")),
+        ),
+        (
+            {"allow_internet_access": False, "network": {"allowOut": ["1.1.1.1"]}},
+            Egress(allow_out=("1.1.1.1",)),
+        ),
+        ({"network": {"denyOut": ["10.0.0.0/8"]}}, Egress(deny_out=("10.0.0.0/8",))),
+        ({"network": {"allowPublicTraffic": False}}, Egress()),
+    ],
+)
+def test_e2b_egress_maps_onto_the_vm_egress_policy(body: dict[str, Any], egress: Egress) -> None:
+    assert NewSandbox.model_validate({"templateID": "base", **body}).egress() == egress

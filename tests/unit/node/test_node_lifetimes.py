@@ -177,3 +177,13 @@ async def test_the_reaper_acts_in_deadline_order_retries_failures_and_skips_move
         assert vms["late"].lifetime is not None and "never" not in acted
     finally:
         await reaper.stop()
+
+
+async def test_close_right_after_a_deadline_change_does_not_hang(
+    data_dir: Path, backend: FakeVmmBackend
+) -> None:
+    # The reaper is woken and cancelled in the same turn of the loop: its sleep must still end.
+    node = await Node.open(node_config(data_dir))
+    vm_id = (await Service(node).create(CreateParams())).record.id
+    await Service(node).set_timeout(vm_id, 600)
+    await asyncio.wait_for(node.close(stop_vms=True), 30)

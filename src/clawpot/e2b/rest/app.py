@@ -3,8 +3,9 @@
 Each handler parses the request (``bodies``), calls the service, and shapes the answer as the SDK
 parses it (``shapes``); failures become E2B's error shape (``clawpot.e2b.errors``). E2B's semantics
 kept here, and only here:
-- a sandbox's timeout is its VM's lifetime, counted from the request: ``timeout`` overwrites it,
-  ``connect`` and ``refreshes`` only ever extend it, ``autoPause`` makes it pause instead of kill;
+- a sandbox's timeout is its VM's lifetime, counted from the request (at create: from when the VM
+  runs, so a slow boot does not eat it): ``timeout`` overwrites it, ``connect`` and ``refreshes`` only
+  ever extend it, ``autoPause`` makes it pause instead of kill;
 - ``connect`` resumes a paused sandbox (201) or returns a running one (200);
 - ``pause`` of a paused sandbox is 409 (the SDK then returns False); kill of a missing one 404 (False).
 Fork and snapshots are not served yet (404 from the router, in E2B's shape).
@@ -104,7 +105,15 @@ class Routes:
         )
         if not secure:
             attrs = dataclasses.replace(attrs, envd_access_token=None)
-        view = await self.ctx.service.create(CreateParams(timeout=seconds, on_expiry=self._expiry(attrs)))
+        egress = body.egress()
+        params = CreateParams(
+            timeout=seconds,
+            on_expiry=self._expiry(attrs),
+            allow_out=egress.allow_out,
+            deny_out=egress.deny_out,
+            no_internet=egress.no_internet,
+        )
+        view = await self.ctx.service.create(params)
         try:
             save_attrs(view.record.vm_dir, attrs)
         except OSError as exc:

@@ -3,13 +3,14 @@
 pydantic models named and shaped as in E2B's OpenAPI spec (``NewSandbox``, ``SandboxTimeoutRequest``,
 ...), unknown fields ignored as the real API does. ``read_body`` reads at most
 ``limits.E2B_MAX_BODY_BYTES`` and turns any parse or validation failure into ``InvalidArgument`` (400
-in E2B's shape) with one short line. Options Clawpot cannot honour (egress rules, volumes, MCP,
-auto-resume, no internet) are refused rather than silently dropped: code that relies on them must not
-run believing it got them.
+in E2B's shape) with one short line. Options Clawpot cannot honour (volumes, MCP, auto-resume, egress
+transform rules) are refused rather than silently dropped: code that relies on them must not run
+believing it got them. E2B's egress options map onto the VM's egress policy (``Egress``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -17,6 +18,21 @@ from starlette.requests import Request
 
 from clawpot import errors, limits
 from clawpot.service import validate
+
+# E2B's "all traffic" (e2b.ALL_TRAFFIC): a deny_out holding it makes allow_out an allow list.
+ALL_TRAFFIC = "0.0.0.0/0"
+# Keys of E2B's SandboxNetworkConfig that change nothing here: public traffic to a sandbox URL (there is
+# none; the SDK reaches envd through this server).
+_IGNORED_NETWORK_KEYS = frozenset({"allowPublicTraffic"})
+
+
+@dataclass(frozen=True)
+class Egress:
+    """A sandbox's egress as Clawpot's policy says it (``create --allow-out/--deny-out/--no-internet``)."""
+
+    allow_out: tuple[str, ...] = ()
+    deny_out: tuple[str, ...] = ()
+    no_internet: bool = False
 
 
 class _Body(BaseModel):
@@ -38,11 +54,35 @@ class NewSandbox(_Body):
     mcp: dict[str, Any] | None = None
     volumeMounts: list[Any] | None = None
 
-    def refuse_unsupported(self) -> None:
+    def egress(self) -> Egress:
+        """E2B's egress options in Clawpot's terms. E2B: ``allowOut`` entries are exceptions to
+        ``denyOut`` (allow wins), and ``allow_internet_access=false`` is ``denyOut: [0.0.0.0/0]``.
+        Clawpot: a non-empty allow list denies everything else, and a deny entry always wins. So: no
+        deny → no policy; a deny of all traffic → the allow list (or no internet when it is empty);
+        a partial deny → that deny list, and allow exceptions inside it are refused (not expressible)."""
+        net = self.network or {}
+        unsupported = sorted(
+            k for k, v in net.items() if v and k not in {"allowOut", "denyOut"} | _IGNORED_NETWORK_KEYS
+        )
+        if unsupported:
+            raise errors.InvalidArgument(
+                f"network options not supported by this server: {', '.join(unsupported)}"
+            )
+        allow, deny = _strings(net.get("allowOut"), "allowOut"), _strings(net.get("denyOut"), "denyOut")
         if self.allow_internet_access is False:
-            raise errors.InvalidArgument("allow_internet_access=false is not supported by this server yet")
-        if self.network:
-            raise errors.InvalidArgument("network egress rules are not supported by this server")
+            deny = [ALL_TRAFFIC, *deny]
+        if not deny:
+            return Egress()
+        if any(entry.strip() in (ALL_TRAFFIC, "0.0.0.0") for entry in deny):
+            return Egress(allow_out=tuple(allow)) if allow else Egress(no_internet=True)
+        if allow:
+            raise errors.InvalidArgument(
+                "allowOut exceptions inside a partial denyOut are not supported: deny all traffic "
+                f"({ALL_TRAFFIC}) and list what to allow, or list only what to deny"
+            )
+        return Egress(deny_out=tuple(deny))
+
+    def refuse_unsupported(self) -> None:
         if self.mcp:
             raise errors.InvalidArgument("MCP servers are not supported by this server")
         if self.volumeMounts:
@@ -84,6 +124,14 @@ class PauseRequest(_Body):
 
     memory: bool | None = None
     requireHealthyGuest: bool | None = None
+
+
+def _strings(value: Any, name: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise errors.InvalidArgument(f"invalid request body: network.{name}: a list of strings")
+    return value
 
 
 def metadata(values: dict[str, str]) -> None:
