@@ -391,3 +391,10 @@ def test_large_output_streams_through(envd: Envd) -> None:
     result = envd.sandbox().commands.run("head -c 8388608 /dev/zero | tr '\\0' a; echo; echo tail >&2")
     assert len(result.stdout) == 8388608 + 1 and set(result.stdout.strip()) == {"a"}
     assert result.stderr == "tail\n"
+
+
+def test_a_command_too_large_for_the_agent_is_an_invalid_argument(envd: Envd) -> None:
+    sbx = envd.sandbox()
+    with pytest.raises(InvalidArgumentException, match="at most"):
+        sbx.commands.run("echo " + "x" * 40_000)
+    assert sbx.commands.run("echo still fine").stdout == "still fine\n"

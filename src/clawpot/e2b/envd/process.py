@@ -33,6 +33,7 @@ from clawpot.e2b.context import E2bContext
 from clawpot.e2b.envd import users
 from clawpot.e2b.envd.gen.process import process_pb as pb
 from clawpot.e2b.envd.guest import agent_for, connect_error, sandbox_gone_message
+from clawpot.service import validate
 
 if TYPE_CHECKING:
     from connectrpc.request import RequestContext
@@ -222,10 +223,19 @@ class ProcessService:
             raise ConnectError(Code.UNAVAILABLE, sandbox_gone_message(sid)) from None
         size = request.pty.size if request.pty is not None else None
         remaining = ctx.timeout_ms
+        argv, env = [config.cmd, *config.args], {**sandbox.attrs.env_vars, **dict(config.envs)}
+        cwd = config.cwd if config.has_field("cwd") and config.cwd else None
+        try:
+            # The bounds of every exec (argv 32 KiB, env 16 KiB, ...): what the agent takes in one frame.
+            validate.exec_request(argv, env, None, None)
+            if cwd is not None and (len(cwd.encode()) > limits.MAX_GUEST_PATH_BYTES or "\0" in cwd):
+                raise errors.InvalidArgument(f"cwd is not a usable path: {errors.quote(cwd)}")
+        except errors.InvalidArgument as exc:
+            raise ConnectError(Code.INVALID_ARGUMENT, str(exc)) from None
         spec = ProcSpec(
-            argv=[config.cmd, *config.args],
-            env={**sandbox.attrs.env_vars, **dict(config.envs)},
-            cwd=config.cwd if config.has_field("cwd") and config.cwd else None,
+            argv=argv,
+            env=env,
+            cwd=cwd,
             user=user,
             pty=(size.rows or 24, size.cols or 80) if request.pty is not None and size is not None else None,
             stdin=request.stdin if request.has_field("stdin") else True,
