@@ -5,8 +5,8 @@ a terminal), ``keepalive`` while the process is silent, and ``end`` {exit_code, 
 as envd (Go's ``os.ProcessState``) words them: ``exit status 3`` / ``signal: killed``, exit code -1 for
 a signal. A stream that ends (the client went away, or its ``timeout`` passed) detaches: the process
 runs on in the guest, as in envd. The request's Connect timeout (the SDK's ``timeout``) is the
-process's lifetime: the agent kills its process group when it passes, and the SDK raises
-``TimeoutException`` at the same deadline.
+process's lifetime: the agent kills its process group just before it passes and the stream ends with
+DEADLINE_EXCEEDED, which the SDK raises as ``TimeoutException``.
 
 The process is started as the user of ``Authorization: Basic`` (``users.username``), with envd's
 environment: PATH, HOME, USER, LOGNAME, the sandbox's ``envVars``, then the request's ``envs``.
@@ -237,13 +237,11 @@ class ProcessService:
             env=env,
             cwd=cwd,
             user=user,
-            pty=(size.rows or 24, size.cols or 80) if request.pty is not None and size is not None else None,
+            pty=None if request.pty is None else (size.rows or 24, size.cols or 80) if size else (24, 80),
             stdin=request.stdin if request.has_field("stdin") else True,
             timeout=_kill_after(remaining / 1000) if remaining is not None else None,
             tag=request.tag if request.has_field("tag") else None,
         )
-        if request.pty is not None and spec.pty is None:
-            spec = ProcSpec(**{**spec.__dict__, "pty": (24, 80)})
         async for event in self._stream(ctx, lambda agent: agent.proc_start(spec), sid):
             yield pb.StartResponse(event=event)
 
