@@ -328,6 +328,22 @@ def test_gzip_download_negotiation_and_raw_errors(envd: Envd, tmp_path: Path) ->
         content=b"not gzip at all",
     )
     assert bad_gzip.status_code == 400
+    cut = httpx.post(
+        envd.url + "/files",
+        headers={"E2b-Sandbox-Id": "sbx-1", "Content-Type": "multipart/form-data; boundary=B"},
+        content=(
+            b'--B\r\nContent-Disposition: form-data; name="file"; filename="'
+            + str(tmp_path / "cut.txt").encode()
+            + b'"\r\n\r\npartial data, no closing boundary'
+        ),
+    )
+    assert cut.status_code == 400 and "ends inside the part" in cut.json()["message"]
+    sized = httpx.get(
+        envd.url + "/files",
+        params={"path": str(tmp_path / "raw.txt")},
+        headers={"E2b-Sandbox-Id": "sbx-1", "Accept-Encoding": "identity"},
+    )
+    assert sized.headers["content-length"] == "8" and sized.content == b"raw body"
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,7 @@ from clawpot import errors, limits
 from clawpot.agent_client import AgentClient, GuestError, RemoteError
 from clawpot.agent_client.files import Download, RemoteFile
 from clawpot.e2b.context import E2bContext, Sandbox
+from clawpot.e2b.envd import users
 from clawpot.e2b.envd.guest import agent_for, sandbox_gone_message
 from clawpot.node.agents import one_line
 
@@ -102,10 +103,10 @@ def _query(request: Request) -> dict[str, str]:
 
 
 def _username(query: dict[str, str], default_user: str) -> str:
-    name = query.get("username") or query.get("user") or default_user
-    if len(name) > 32 or not all(c.isalnum() or c in "._-" for c in name) or name.startswith("-"):
-        raise FilesError(401, f"error looking up user {name[:32]!r}: invalid user name")
-    return name
+    try:
+        return users.checked(query.get("username") or query.get("user") or default_user)
+    except ValueError as exc:
+        raise FilesError(401, f"error looking up user: {exc}") from None
 
 
 def _check_signature(sandbox: Sandbox, request: Request, query: dict[str, str], operation: str) -> None:
@@ -222,6 +223,8 @@ async def _download(ctx: E2bContext, request: Request, default_user: str) -> Res
     headers = {"Content-Disposition": _inline(name), "Vary": "Accept-Encoding"}
     if encoding == "gzip":
         headers["Content-Encoding"] = "gzip"
+    else:
+        headers["Content-Length"] = str(download.info.size)
     return StreamingResponse(
         _body(download, encoding == "gzip", link.budget(None)),
         media_type="application/octet-stream",
@@ -238,23 +241,39 @@ def _inline(name: str) -> str:
     return f"inline; filename*=utf-8''{quote(name)}"
 
 
+class DownloadCut(Exception):
+    """The guest stopped sending before the whole file was out: the response is aborted (a client
+    sees a broken transfer, never a short file that looks complete)."""
+
+
 async def _body(download: Download, gzip: bool, stall: float) -> AsyncIterator[bytes]:
-    """The file's chunks (gzip-compressed when asked); a guest that stops sending for ``stall`` seconds
-    ends the response early (the client sees a short body)."""
+    """The file's chunks, gzip-compressed when asked. Without gzip exactly the ``Content-Length``
+    announced (the size the guest reported when it opened the file, as envd's ServeContent sends the
+    size it stat'ed): a longer file is cut there, a shorter one (or a guest silent for ``stall`` seconds,
+    or gone) aborts the response."""
     compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 31) if gzip else None
+    size = None if gzip else download.info.size
+    sent = 0
     async with download:
         chunks = aiter(download)
-        while True:
+        while size is None or sent < size:
             try:
                 async with asyncio.timeout(stall):
                     chunk = await anext(chunks)
-            except (StopAsyncIteration, GuestError, TimeoutError):
+            except StopAsyncIteration:
                 break
+            except (GuestError, TimeoutError) as exc:
+                raise DownloadCut(f"the guest stopped sending {download.info.path}: {exc}") from exc
+            if size is not None:
+                chunk = chunk[: size - sent]
+            sent += len(chunk)
             if compressor is not None:
                 chunk = compressor.compress(chunk)
                 if not chunk:
                     continue
             yield chunk
+    if size is not None and sent < size:
+        raise DownloadCut(f"{download.info.path} shrank while it was sent ({sent} of {size} bytes)")
     if compressor is not None:
         yield compressor.flush()
 
@@ -458,6 +477,8 @@ async def _multipart(
                             raise _remote_status(exc, part.target) from exc
                 events.clear()
         inflater.finish()
+        if current is not None:
+            raise FilesError(400, f"error reading form: the body ends inside the part for '{current.target}'")
     except GuestError as exc:
         raise FilesError(502, f"the connection to the sandbox was lost: {one_line(exc)}") from exc
     finally:

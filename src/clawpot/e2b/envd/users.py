@@ -26,8 +26,12 @@ def username(headers: Mapping[str, str], default: str = limits.E2B_DEFAULT_USER)
     except (binascii.Error, UnicodeDecodeError):
         raise ValueError("the Authorization header is not valid base64") from None
     name = decoded.partition(":")[0]
-    if not name:
-        return default
+    return checked(name) if name else default
+
+
+def checked(name: str) -> str:
+    """``name`` if it is a user name the guest may be asked about; ValueError otherwise (also for the
+    ``username`` query parameter of ``/files``)."""
     if len(name) > _MAX_NAME or not all(c.isalnum() or c in "._-" for c in name) or name.startswith("-"):
         raise ValueError(f"invalid user name {name[:_MAX_NAME]!r}")
     return name
