@@ -75,6 +75,7 @@ class Spec:
     timeout: float | None
     tag: str | None
     shown_env: dict[str, str] = field(default_factory=dict)  # the env the host asked for (for list)
+    shown_cwd: str | None = None  # the cwd as asked (None: none was), as envd lists it
 
 
 class RingBudget:
@@ -172,7 +173,7 @@ class ManagedProcess:
             "tag": spec.tag,
             "argv": spec.argv,
             "env": spec.shown_env,
-            "cwd": spec.cwd,
+            "cwd": spec.shown_cwd,
             "pty": spec.pty is not None,
         }
 

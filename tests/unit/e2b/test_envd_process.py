@@ -207,6 +207,7 @@ def test_background_wait_stdin_list_and_kill(envd: Envd) -> None:
     listed = {p.pid: p for p in sbx.commands.list()}
     assert listed[sleeper.pid].cmd == "/bin/bash"
     assert listed[sleeper.pid].args == ["-l", "-c", "sleep 60"]
+    assert listed[sleeper.pid].cwd is None  # none was asked for, as envd lists it
     assert sbx.commands.kill(sleeper.pid) is True
     with pytest.raises(CommandExitException) as info:
         sleeper.wait()
