@@ -399,3 +399,18 @@ def test_a_command_too_large_for_the_agent_is_an_invalid_argument(envd: Envd) ->
     with pytest.raises(InvalidArgumentException, match="at most"):
         sbx.commands.run("echo " + "x" * 40_000)
     assert sbx.commands.run("echo still fine").stdout == "still fine\n"
+
+
+def test_keepalives_while_the_process_is_silent(envd: Envd) -> None:
+    from e2b.envd.process import process_connect, process_pb
+
+    client = process_connect.ProcessClientSync(envd.url)
+    headers = {"E2b-Sandbox-Id": SANDBOX, "Keepalive-Ping-Interval": "1"}
+    config = process_pb.ProcessConfig(cmd="/bin/sh", args=["-c", "sleep 2.5; echo done"])
+    kinds = [
+        response.event.event.field
+        for response in client.start(process_pb.StartRequest(process=config), headers=headers)
+        if response.event is not None and response.event.event is not None
+    ]
+    assert kinds[0] == "start" and kinds[-1] == "end"
+    assert kinds.count("keepalive") >= 2 and "data" in kinds
