@@ -320,10 +320,15 @@ class ManagedProcess:
             return
         self.listeners.append(listener)
 
-    def detach(self, listener: Listener) -> None:
+    def detach(self, listener: Listener, unsent: list[tuple[int, bytes]] | None = None) -> None:
+        """``unsent``: output the listener took but could not send (no credit): kept for the next
+        listener when no other one has it (the ring is empty while someone listens)."""
         with contextlib.suppress(ValueError):
             self.listeners.remove(listener)
         if self.running:
+            if not self.listeners:
+                for pipe, data in unsent or ():
+                    self.ring.append(pipe, data)
             self.resume()
 
     # --- input -----------------------------------------------------------------------------------------

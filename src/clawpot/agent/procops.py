@@ -181,12 +181,12 @@ class ProcAttachSession(Session):
         self.on_window()
 
     def on_cancel(self) -> None:
-        # Detach: the process runs on; what this stream had not sent yet goes back to nobody.
+        # Detach: the process runs on; what this stream had not sent yet waits for the next listener.
         self.finish({"detached": True})
 
     def cleanup(self) -> None:
         if self.managed is not None:
-            self.managed.detach(self)
+            self.managed.detach(self, list(self._pending))
         self._pending.clear()
         self._pending_bytes = 0
 
