@@ -182,6 +182,7 @@ class ProcessService:
     def __init__(self, ctx: E2bContext, default_user: str = limits.E2B_DEFAULT_USER) -> None:
         self._ctx = ctx
         self._default_user = default_user
+        self._open_streams: dict[str, int] = {}  # sandbox id -> Start/Connect streams open now
 
     async def _stream(
         self,
@@ -191,20 +192,34 @@ class ProcessService:
     ) -> AsyncIterator[pb.ProcessEvent]:
         remaining = ctx.timeout_ms
         deadline = asyncio.get_running_loop().time() + remaining / 1000 if remaining is not None else None
-        agent, link = await agent_for(self._ctx, sid)
+        # Each open stream holds one of the agent connection's sessions: leave some for unary calls
+        # (kill, send_stdin, list), so a sandbox full of waited-on commands can still be controlled.
+        if self._open_streams.get(sid, 0) >= limits.E2B_MAX_PROCESS_STREAMS:
+            raise ConnectError(
+                Code.RESOURCE_EXHAUSTED,
+                f"at most {limits.E2B_MAX_PROCESS_STREAMS} command streams at once per sandbox: "
+                "disconnect or wait for some first",
+            )
+        self._open_streams[sid] = self._open_streams.get(sid, 0) + 1
         try:
-            # The agent answers at once (INFO after the spawn): its budget bounds a wedged or hostile one.
-            async with asyncio.timeout(link.budget(None)):
-                proc = await proc_of(agent)
-        except BaseException as exc:
-            raise connect_error(exc, sid, link, agent) from exc
-        try:
-            async for event in process_events(proc, _keepalive_interval(ctx), deadline):
-                yield event
-        except ConnectError:
-            raise
-        except (Exception, TimeoutError) as exc:
-            raise connect_error(exc, sid, link, agent) from exc
+            agent, link = await agent_for(self._ctx, sid)
+            try:
+                # The agent answers at once (INFO after the spawn): its budget bounds a wedged or hostile one.
+                async with asyncio.timeout(link.budget(None)):
+                    proc = await proc_of(agent)
+            except BaseException as exc:
+                raise connect_error(exc, sid, link, agent) from exc
+            try:
+                async for event in process_events(proc, _keepalive_interval(ctx), deadline):
+                    yield event
+            except ConnectError:
+                raise
+            except (Exception, TimeoutError) as exc:
+                raise connect_error(exc, sid, link, agent) from exc
+        finally:
+            left = self._open_streams.pop(sid) - 1
+            if left:
+                self._open_streams[sid] = left
 
     async def start(
         self, request: pb.StartRequest, ctx: RequestContext[pb.StartRequest, pb.StartResponse]
