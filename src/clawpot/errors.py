@@ -11,7 +11,8 @@ ServerError
 ├── FailedPrecondition  VM not Running, deleted while creating, backend lacks it → FAILED_PRECONDITION
 ├── ResourceExhausted   host memory (admission), address pool                     → RESOURCE_EXHAUSTED
 ├── Unavailable         agent not answering or lost, backend not usable here      → UNAVAILABLE
-└── DeadlineExceeded    exec timeout (host-enforced; process group killed)        → DEADLINE_EXCEEDED
+├── DeadlineExceeded    exec timeout (host-enforced; process group killed)        → DEADLINE_EXCEEDED
+└── OutOfRange          WatchVms from a sequence no longer kept (or not issued)   → OUT_OF_RANGE
 
 ``translate`` is the one place other expected failures become one of these (an agent connection lost
 mid-stream is UNAVAILABLE, wherever it surfaces). Anything else is a bug: INTERNAL with its message.
@@ -54,6 +55,10 @@ class Unavailable(ServerError):
 
 
 class DeadlineExceeded(ServerError):
+    pass
+
+
+class OutOfRange(ServerError):
     pass
 
 

@@ -209,6 +209,34 @@ SNAPSHOT_LOAD_TIMEOUT = 30.0
 # read. 64 like a VM id.
 MAX_SNAPSHOT_NAME_CHARS = 64
 
+# --- Guest DNS, egress policy and port forwarding (issues 13 and 15) --------------------------------
+
+# The gateway's DNS forwarder answers untrusted guests. A real query is < 300 bytes; 4096 (the usual
+# EDNS buffer) bounds a UDP datagram or a TCP message without refusing anything a resolver sends.
+DNS_MAX_REQUEST_BYTES = 4096
+# Queries forwarded at once, over all guests: beyond it a UDP query is dropped (the guest's resolver
+# retries) and a TCP one waits. 64 keeps a flooding guest from growing the server's memory or tasks.
+DNS_MAX_IN_FLIGHT = 64
+# How long one upstream exchange may take before the guest gets SERVFAIL (a resolver's own timeout is
+# 5 s: answering first lets it try again instead of giving up).
+DNS_UPSTREAM_TIMEOUT = 4.0
+# A TCP client must send its query within this time, and may keep at most this many connections open.
+DNS_TCP_IDLE_TIMEOUT = 10.0
+DNS_MAX_TCP_CONNECTIONS = 32
+# Addresses pinned from an allowed domain's answer live for the record's TTL, clamped: at least 60 s so
+# a connection opened right after the answer is not cut by a 0-5 s TTL, at most a day so a stale
+# address does not stay allowed for good.
+DNS_PIN_MIN_TTL = 60
+DNS_PIN_MAX_TTL = 86_400
+# A pinned address is refreshed (one nft transaction) only when an answer would extend it by more than
+# this: the same name asked again within 30 s costs no rule update. Half the minimum TTL.
+DNS_PIN_REFRESH_SLACK = 30
+# Entries in one VM's --allow-out or --deny-out list, and published ports per VM: bounds on the rules
+# one request can make (a set of 256 intervals is still one lookup per packet).
+MAX_EGRESS_ENTRIES = 256
+MAX_PUBLISHED_PORTS = 32
+# Where a published port listens when its HOSTADDR: prefix is left out: only the host itself reaches it.
+DEFAULT_PUBLISH_ADDRESS = "127.0.0.1"
 # --- E2B SDK front door: REST control plane and listener (issue 14) ---------------------------------
 
 # The one template Clawpot serves: E2B's default template name maps to the default image.
@@ -312,3 +340,29 @@ AGENT_FS_METADATA_BYTES = 8192
 # away when it sends, so this is how long an abandoned stream keeps its watch (and its place among the
 # sandbox's watchers). One tiny message a second per open watch costs nothing measurable.
 E2B_WATCH_STREAM_LIVENESS = 1.0
+# --- Operations: metrics, console logs, the event stream (issue 15) ----------------------------------
+
+# Events kept in memory for WatchVms clients that resume from a sequence number. An event is ~200
+# bytes: 10000 of them are ~2 MB, and cover far more than any reconnect gap (a busy host makes a few
+# events a second).
+EVENTS_KEPT = 10_000
+# Events one watcher may fall behind before it is dropped (RESOURCE_EXHAUSTED, it can resume with
+# `since`): a stuck client costs at most this many queued events, never unbounded memory.
+EVENTS_SUBSCRIBER_QUEUE = 1_000
+# Watchers at once (each holds a queue of at most EVENTS_SUBSCRIBER_QUEUE): 100 x 1000 x ~200 B =
+# 20 MB at the very worst. More get RESOURCE_EXHAUSTED.
+EVENTS_MAX_WATCHERS = 100
+# StreamLogs --tail: at most this many lines (the kept console is at most 2 MiB anyway; a bound keeps
+# the line index the server builds small).
+LOGS_TAIL_MAX_LINES = 10_000
+# Bytes per StreamLogs message: small enough for a smooth `logs -f`, large enough for few messages;
+# well under gRPC's 4 MiB message limit.
+LOGS_CHUNK_BYTES = 32 * 1024
+# How often a following StreamLogs looks for new console output (and for a rotation): the console
+# writer itself batches at CONSOLE_READ_INTERVAL; a quarter second feels live and costs one fstat.
+LOGS_FOLLOW_INTERVAL = 0.25
+# Concurrent StreamLogs calls: each holds one open file and one chunk buffer.
+LOGS_MAX_STREAMS = 64
+# A scrape of /metrics waits this long for the event loop to hand it the node's state; a loop that is
+# wedged for longer gets an empty scrape (with the process metrics) instead of a hung Prometheus.
+METRICS_SNAPSHOT_TIMEOUT = 5.0

@@ -133,13 +133,20 @@ def wait_recovered(server: ServerProcess, vm_id: str, timeout: float = 90) -> fl
     raise AssertionError(f"VM {vm_id} did not recover within {timeout:g} s; log:\n{server.log_tail()}")
 
 
-def attacker_report(server: ServerProcess, vm_id: str, mode: str) -> dict[str, object]:
-    call = exec_call(server, vm_id, "sh", "-c", f"cat /tmp/report-{mode}.json || cat /tmp/out-{mode}.txt")
-    assert call.code is None, call
-    try:
-        report: dict[str, object] = json.loads(call.stdout)
-    except ValueError:
-        raise AssertionError(f"the attacker left no report: {call.stdout!r}") from None
+def attacker_report(server: ServerProcess, vm_id: str, mode: str, timeout: float = 30) -> dict[str, object]:
+    """The attacker's report. It writes it after letting go of the agent, so on a loaded host the agent
+    can answer again a moment before the report exists: poll for it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        call = exec_call(server, vm_id, "sh", "-c", f"cat /tmp/report-{mode}.json || cat /tmp/out-{mode}.txt")
+        assert call.code is None, call
+        try:
+            report: dict[str, object] = json.loads(call.stdout)
+            break
+        except ValueError:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the attacker left no report: {call.stdout!r}") from None
+            time.sleep(0.5)
     assert not report["error"], f"the attacker failed: {report}"
     return report
 

@@ -116,7 +116,8 @@ def test_kill_9_mid_way_then_reconcile(ns: NetNamespace, tmp_path: Path) -> None
     assert ns.call(tap_names) == sorted(s.tap_name for s in slots)
     assert sorted(nft_set(ns, "bridge", "clawpot", "ports")) == sorted(s.tap_name for s in slots)
     rules = nft_rules(ns, "inet", "clawpot") + nft_rules(ns, "bridge", "clawpot")
-    assert len(rules) == 19 and all(rules.count(rule) == 1 for rule in rules)
+    # The base ruleset (27, test_network_host) and each VM's egress chain (4 rules).
+    assert len(rules) == 27 + 4 * len(known) and all(rules.count(rule) == 1 for rule in rules)
 
     # A second reconcile (another restart) finds nothing to do and leaves the rules as they were.
     again = ns.call(lambda: NetworkManager(db).reconcile(known))

@@ -75,7 +75,9 @@ def test_setup_is_idempotent_bridge_address_forwarding_rules(ns: NetNamespace, d
 
     assert second == first
     assert nft_rules(ns, "inet", "clawpot") + nft_rules(ns, "bridge", "clawpot") == rules_first
-    assert len(rules_first) == 19  # 4 input + 6 forward + 1 nat + 5 bridge prerouting + 3 bridge forward
+    # 1 prerouting (127/8) + 2 dnat (publish) + 4 input + 10 forward + 2 nat + 5 bridge prerouting + 3 bridge
+    # forward (no VM: no egress chain)
+    assert len(rules_first) == 27
     tables = [item["table"] for item in second["nft"] if "table" in item]
     assert sorted((t["family"], t["name"]) for t in tables) == [("bridge", "clawpot"), ("inet", "clawpot")]
 

@@ -70,6 +70,14 @@ def _tables(server: ServerProcess) -> list[str]:
     return sorted(server.ns.run(["nft", "list", "tables"]).stdout.split("\n")[:-1])
 
 
+def _only_console(server: ServerProcess, vm_id: str) -> bool:
+    vm_dir = server.data_dir / "vms" / vm_id
+    try:
+        return {p.name for p in vm_dir.iterdir()} <= {"console.log", "console.log.1"}
+    except FileNotFoundError:
+        return True  # nothing was printed: nothing kept
+
+
 def _assert_consistent(server: ServerProcess, running: set[str], errored: set[str] | None = None) -> None:
     """Store, processes, directories, TAPs, addresses and rules all describe exactly ``running``
     (and the Error VMs ``errored``, which hold nothing but their row)."""
@@ -79,7 +87,10 @@ def _assert_consistent(server: ServerProcess, running: set[str], errored: set[st
     assert {v for v, vm in vms.items() if vm.state == vm_pb2.VM_STATE_ERROR} == errored
     assert set(vms) == running | errored
     assert set(server.vmm_pids()) == running
-    assert server.vm_dirs() == running
+    # An Error VM keeps only its console (`clawpot logs`), until it is deleted.
+    assert server.vm_dirs() - errored == running
+    for vm_id in server.vm_dirs() & errored:
+        assert _only_console(server, vm_id), vm_id
     assert server.taps() == _taps(running)
     ips = {v: vm.ip_address for v, vm in vms.items() if vm.ip_address}
     assert set(ips) == running, "an Error VM must not show an address it no longer holds"
@@ -163,7 +174,9 @@ def test_kill9_restart_with_a_vm_crashed_meanwhile(
     assert crashed_vm.state == vm_pb2.VM_STATE_ERROR and "gone" in crashed_vm.error, crashed_vm
     _assert_consistent(server, survivors, {crashed})
     assert {v: p for v, p in server.vmm_pids().items()} == {v: pids[v] for v in survivors}
-    assert nft_rules(server.ns, "inet", "clawpot") == rules  # rewritten, present once
+    # Rewritten, present once; only the crashed VM's own egress chain is gone.
+    crashed_chain = "egress_" + tap_name_for(crashed, DEFAULT_TAP_PREFIX).replace("-", "_")
+    assert nft_rules(server.ns, "inet", "clawpot") == [r for r in rules if r[0] != crashed_chain]
     _exec_hostnames(server, sorted(survivors))
     local = tmp_path / "f.txt"
     local.write_text("after kill -9")
@@ -210,7 +223,7 @@ def test_adopted_vm_crashing_under_a_running_server_goes_to_error(
     victim = fleet[-1]  # adopted: started by an earlier server process
     server.ns.run(["kill", "-9", str(server.vmm_pids()[victim])])
     wait_until(lambda: server.vms()[victim].state == vm_pb2.VM_STATE_ERROR, 30, "the VM to be Error")
-    wait_until(lambda: victim not in server.vm_dirs(), 30, "the crashed VM's directory to go")
+    wait_until(lambda: _only_console(server, victim), 30, "the crashed VM to keep only its console")
     _assert_consistent(server, set(fleet) - errored - {victim}, errored | {victim})
 
 

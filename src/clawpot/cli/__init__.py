@@ -9,6 +9,8 @@
 - ``files``       ``cp`` in and out of a VM.
 - ``assets``      ``clawpot assets install | status | inject``.
 - ``doctor``      ``clawpot doctor``: host checks and the backend ``--vmm auto`` picks.
+- ``hostchecks``  doctor's plumbing checks: nftables, bridge, DNS forwarder, cgroups, free addresses.
+- ``observe``     ``logs`` (a VM's console, escaped) and ``events`` (the state-change stream).
 - ``server``      ``clawpot-server``.
 - ``driver``      ``clawpot-driver``: one VM in the foreground, no server.
 """

@@ -6,16 +6,18 @@ import asyncio
 import json
 import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from clawpot import paths
+from clawpot import limits, paths
 from clawpot.assets.install import status as assets_status
 from clawpot.assets.manifest import State
+from clawpot.cli import hostchecks
+from clawpot.cli.hostchecks import Check
 from clawpot.vmm import probe
 from clawpot.vmm.base import VmmError
 
@@ -29,13 +31,12 @@ TOOLS = (
 )
 
 
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    # A failed required check makes `doctor` exit 1; an optional one only informs.
-    required: bool = True
+def _network_checks(data: Path, bridge: str, subnet: str) -> list[Check]:
+    checks = [hostchecks.nftables(), hostchecks.bridge(bridge)]
+    config = hostchecks.network_config(bridge, subnet)
+    if config is None:
+        return [*checks, Check(f"subnet {subnet}", False, "not a usable VM subnet (--subnet)")]
+    return [*checks, hostchecks.dns_forwarder(config.gateway), hostchecks.address_space(data, config)]
 
 
 def _tool_checks() -> list[Check]:
@@ -75,9 +76,12 @@ def _accelerator_check(data: Path, refresh: bool) -> Check:
     help="Data directory (default /var/lib/clawpot).",
 )
 @click.option("--refresh", is_flag=True, help="Probe KVM again instead of using the cached answer.")
+@click.option("--bridge", default=limits.DEFAULT_BRIDGE, show_default=True, help="The server's bridge.")
+@click.option("--subnet", default=limits.DEFAULT_SUBNET, show_default=True, help="The server's VM subnet.")
 @click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def doctor(data_dir: Path | None, refresh: bool, output: str) -> None:
-    """Check this host: tools, installed assets, /dev/kvm and which backend `--vmm auto` picks.
+def doctor(data_dir: Path | None, refresh: bool, bridge: str, subnet: str, output: str) -> None:
+    """Check this host: tools, installed assets, /dev/kvm and which backend `--vmm auto` picks; nftables,
+    the bridge, the DNS forwarder, cgroups and free VM addresses.
 
     Exits 1 when something Clawpot needs is missing or broken.
     """
@@ -92,6 +96,8 @@ def doctor(data_dir: Path | None, refresh: bool, output: str) -> None:
             required=False,
         ),
         *_tool_checks(),
+        *_network_checks(data, bridge, subnet),
+        hostchecks.cgroups(),
         *_asset_checks(data),
     ]
     assets_ok = all(c.ok for c in checks if c.name.startswith("asset "))

@@ -81,11 +81,13 @@ def _register() -> None:
     from clawpot.cli.doctor import doctor
     from clawpot.cli.exec import exec_command
     from clawpot.cli.files import cp
+    from clawpot.cli.network import network, port
+    from clawpot.cli.observe import events, logs
     from clawpot.cli.vms import create, delete, get, list_vms, pause, resume, snapshot, snapshots, timeout
 
     commands = (
         *(assets, doctor, create, list_vms, get, delete, pause, resume, snapshot, snapshots, timeout),
-        *(exec_command, cp, token),
+        *(exec_command, cp, token, network, port, logs, events),
     )
     for command in commands:
         cli.add_command(command)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -11,9 +10,11 @@ from typing import NoReturn
 import click
 
 from clawpot import limits
+from clawpot.network.dnsforward import Upstream
 from clawpot.node.datadir import NodeError
 from clawpot.node.node import NodeConfig
 from clawpot.paths import data_dir as default_data_dir
+from clawpot.server import logfmt
 from clawpot.server.apitoken import TokenError
 from clawpot.server.app import DEFAULT_LISTEN, ServerConfig, serve
 from clawpot.server.listeners import ListenError, TlsFiles
@@ -96,6 +97,15 @@ from clawpot.vmm.spec import BackendKind
     is_flag=True,
     help="On SIGTERM stop every VM. Default: leave them running; the next start adopts them.",
 )
+# --- guest DNS (network/dnsforward.py) ---
+@click.option(
+    "--dns-upstream",
+    "dns_upstream",
+    multiple=True,
+    metavar="IP[:PORT]",
+    help="Where the gateway's DNS forwarder sends guests' queries (repeatable); default: /etc/resolv.conf.",
+)
+# --- the E2B SDK's front door (e2b/) and VM lifetimes ---
 @click.option(
     "--e2b-listen",
     metavar="ADDR",
@@ -110,6 +120,22 @@ from clawpot.vmm.spec import BackendKind
     default=None,
     metavar="SECONDS",
     help="Delete VMs created without --timeout this long after their create. Default: no lifetime.",
+)
+# --- operations: metrics and logs (metrics/, server/logfmt.py) ---
+@click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    help=(
+        "Serve Prometheus metrics at http://HOST:PORT/metrics. A non-loopback HOST needs --tls-cert and "
+        "--tls-key (then https; --tls-client-ca requires scrapers' certificates)."
+    ),
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text, or one JSON object per line (one line per API call, with its fields).",
 )
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
 def main(
@@ -127,19 +153,23 @@ def main(
     agent_timeout: float,
     memory_overcommit: float,
     stop_vms_on_exit: bool,
+    dns_upstream: tuple[str, ...],
     e2b_listen: str | None,
     vm_timeout: int | None,
+    metrics_listen: str | None,
+    log_format: str,
     verbose: bool,
 ) -> None:
     """Serve the Clawpot API: create, list, delete VMs and exec/copy files in them."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logfmt.configure(log_format, verbose=verbose)
     if (tls_cert is None) != (tls_key is None):
         _fail("--tls-cert and --tls-key go together")
     if tls_client_ca is not None and tls_cert is None:
         _fail("--tls-client-ca needs --tls-cert and --tls-key")
+    try:
+        upstreams = tuple(Upstream.parse(text) for text in dns_upstream)
+    except ValueError as exc:
+        _fail(str(exc))
     tls = TlsFiles(tls_cert, tls_key, tls_client_ca) if tls_cert is not None and tls_key is not None else None
     config = ServerConfig(
         listen=listen or (DEFAULT_LISTEN,),
@@ -149,6 +179,7 @@ def main(
         vm_timeout=vm_timeout,
         stop_vms_on_exit=stop_vms_on_exit,
         memory_overcommit=memory_overcommit,
+        metrics_listen=metrics_listen,
         node=NodeConfig(
             data_dir=default_data_dir(data_dir),
             default_backend=None if vmm == "auto" else BackendKind(vmm),
@@ -156,6 +187,7 @@ def main(
             subnet=subnet,
             ready_timeout=ready_timeout,
             agent_timeout=agent_timeout,
+            dns_upstreams=upstreams,
         ),
     )
     try:

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from clawpot import limits
 from clawpot.cli.connection import stub
+from clawpot.cli.network import egress_options, publish_messages
 from clawpot.cli.terminal import safe
 from clawpot.v1 import vm_pb2
 
@@ -70,6 +71,14 @@ def _parse_labels(values: tuple[str, ...]) -> dict[str, str]:
     metavar="SNAPSHOT",
     help="Restore this snapshot (`clawpot snapshots`) instead of booting; its vcpus, memory and VMM apply.",
 )
+@egress_options
+@click.option("--no-internet", is_flag=True, help="Forward nothing the VM sends (DNS refused too).")
+@click.option(
+    "--publish",
+    multiple=True,
+    metavar="[HOSTADDR:]HOSTPORT:GUESTPORT[/tcp|udp]",
+    help="Forward a host port to the VM (repeatable; HOSTADDR defaults to 127.0.0.1).",
+)
 @click.option(
     "--timeout",
     "timeout_seconds",
@@ -89,6 +98,10 @@ def create(
     allow_peers: bool,
     labels: tuple[str, ...],
     from_snapshot: str,
+    allow_out: tuple[str, ...],
+    deny_out: tuple[str, ...],
+    no_internet: bool,
+    publish: tuple[str, ...],
     timeout_seconds: int | None,
 ) -> None:
     """Create a VM, wait until its agent answers, print its id."""
@@ -106,6 +119,8 @@ def create(
         allow_peer_traffic=allow_peers,
         labels=_parse_labels(labels),
         from_snapshot=from_snapshot,
+        egress=vm_pb2.EgressPolicy(allow_out=allow_out, deny_out=deny_out, no_internet=no_internet),
+        publish=publish_messages(publish),
         timeout_seconds=timeout_seconds or 0,
     )
     with stub(server) as api:

@@ -11,6 +11,10 @@ The server uses ``NetworkManager`` only; the modules below it each do one job:
 - ``bridge``     the bridge with its gateway address; IPv4 forwarding.
 - ``tap``        per-VM TAP devices attached to the bridge.
 - ``firewall``   Clawpot's nftables tables: NAT and isolation, applied atomically.
+- ``policy``     ``EgressPolicy`` (--allow-out/--deny-out/--no-internet), ``PortForward`` (--publish): pure.
+- ``policydb``   each VM's policy and published ports in SQLite (a port is never published twice).
+- ``vmrules``    one VM's egress chain and sets, the publish map: nft text, rewritten per VM.
+- ``dnsforward`` ``DnsForwarder``: the gateway's DNS for guests, per-VM policy, pins allowed answers.
 - ``reconcile``  what to release, delete or recreate after a crash (pure).
 - ``manager``    ``NetworkManager``: setup, attach_vm, detach_vm, reconcile, teardown.
 
@@ -28,6 +32,7 @@ from clawpot.network.errors import (
     LinkError,
     NetworkConfigError,
     NetworkError,
+    PortInUse,
     ToolMissing,
 )
 from clawpot.network.ipam import Allocation, IpAllocator
@@ -49,6 +54,7 @@ __all__ = [
     "NetworkError",
     "NetworkManager",
     "NetworkSlot",
+    "PortInUse",
     "ReconcilePlan",
     "ToolMissing",
 ]

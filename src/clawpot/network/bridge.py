@@ -79,3 +79,14 @@ def write_ip_forward(value: str) -> None:
         IP_FORWARD.write_text(value + "\n")
     except OSError as exc:
         raise LinkError(f"set {IP_FORWARD} to {value}: {exc.strerror} (needs root)") from None
+
+
+def set_route_localnet(bridge: str) -> None:
+    """Let the kernel route a 127.0.0.0/8 source out of the bridge (the DNAT of a port published on
+    loopback). Per interface, gone with the bridge. Guests gain nothing: the ruleset drops whatever
+    they send to 127.0.0.0/8 (``firewall``: chain prerouting) before routing sees it."""
+    path = Path(f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet")
+    try:
+        path.write_text("1\n")
+    except OSError as exc:
+        raise LinkError(f"set {path} to 1: {exc.strerror} (needs root)") from None

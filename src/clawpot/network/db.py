@@ -27,6 +27,20 @@ CREATE TABLE IF NOT EXISTS ip_allocations (
     allow_peers  INTEGER NOT NULL DEFAULT 0,
     allocated_at REAL NOT NULL
 );
+-- A VM's egress policy (network/policy.py, as JSON). No row: the default policy.
+CREATE TABLE IF NOT EXISTS egress_policies (
+    vm_id  TEXT PRIMARY KEY,
+    policy TEXT NOT NULL
+);
+-- Published ports: the primary key makes two VMs publishing the same host port impossible.
+CREATE TABLE IF NOT EXISTS port_forwards (
+    host_address TEXT NOT NULL,
+    protocol     TEXT NOT NULL,
+    host_port    INTEGER NOT NULL,
+    vm_id        TEXT NOT NULL,
+    guest_port   INTEGER NOT NULL,
+    PRIMARY KEY (host_address, protocol, host_port)
+);
 CREATE TABLE IF NOT EXISTS network_state (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL

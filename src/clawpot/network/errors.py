@@ -8,7 +8,8 @@ NetworkError
 │   ├── AddressNotAllowed       requested address is malformed, outside the subnet or reserved
 │   └── AddressInUse            requested address belongs to another VM
 ├── LinkError               a netlink operation on the bridge or a TAP failed
-└── FirewallError           nft rejected or failed to apply Clawpot's ruleset
+├── FirewallError           nft rejected or failed to apply Clawpot's ruleset
+└── PortInUse               a published host port belongs to another VM (ALREADY_EXISTS)
 """
 
 from __future__ import annotations
@@ -54,3 +55,7 @@ class LinkError(NetworkError):
 
 class FirewallError(NetworkError):
     pass
+
+
+class PortInUse(NetworkError):
+    """A ``--publish`` host address, protocol and port is already published by another VM."""

@@ -3,15 +3,18 @@
 Two tables, both named after ``config.table`` (docs/networking.md explains every rule):
 
 - ``inet <table>``: masquerade the subnet out of any non-bridge interface; guests may reach the host
-  itself only for DNS on the gateway (udp/tcp 53) and ping of the gateway; nothing from outside opens
-  connections into guests.
+  itself only for DNS on the gateway (udp/tcp 53) and ping of the gateway, never 169.254.0.0/16 (the
+  link-local and cloud metadata range); nothing from outside opens connections into guests except
+  through a published port (the ``publish`` DNAT map). Each VM's forwarded packets go through its own
+  egress chain (``vmrules``: --allow-out, --deny-out, --no-internet, pinned DNS answers).
 - ``bridge <table>``: frames between guests on the bridge are dropped unless both ports are in the
   ``peers`` set; each port may only send from its own MAC and IPv4 address (no spoofing a neighbour).
   Guest-to-guest traffic is bridged, never routed, so only the bridge family sees it.
 
-The whole ruleset is rendered from the allocations and applied as one ``nft -f -`` transaction that
-creates, deletes and recreates both tables: repeating it leaves every rule present exactly once, and
-no packet ever sees a half-applied state.
+The whole ruleset is rendered from the allocations and policies and applied as one ``nft -f -``
+transaction that creates, deletes and recreates both tables: repeating it leaves every rule present
+exactly once, and no packet ever sees a half-applied state. Attaching or detaching a VM does that; a
+policy change or a DNS pin only rewrites one VM's chain and sets (``update``).
 """
 
 from __future__ import annotations
@@ -20,15 +23,19 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from clawpot.network import vmrules
 from clawpot.network.config import NetworkConfig
 from clawpot.network.errors import FirewallError, ToolMissing
+from clawpot.network.policydb import VmNetworkPolicy
 from clawpot.network.slot import NetworkSlot
 
 FAMILIES = ("inet", "bridge")
 NFT_TIMEOUT_S = 30.0
+# Link-local, where clouds serve instance metadata (169.254.169.254): never reachable from a guest.
+LINK_LOCAL = "169.254.0.0/16"
 
 
 def find_nft() -> str:
@@ -49,15 +56,59 @@ def _set(name: str, type_: str, values: Iterable[str]) -> str:
     return f"\tset {name} {{\n\t\ttype {type_}\n{_elements(values)}\t}}\n"
 
 
-def render(config: NetworkConfig, slots: Sequence[NetworkSlot]) -> str:
-    """The complete nft script replacing Clawpot's tables with ones describing ``slots``."""
+def _map(name: str, type_: str, values: Sequence[str]) -> str:
+    elements = f"\t\telements = {{ {', '.join(values)} }}\n" if values else ""
+    return f"\tmap {name} {{\n\t\ttype {type_}\n{elements}\t}}\n"
+
+
+def render(
+    config: NetworkConfig,
+    slots: Sequence[NetworkSlot],
+    policies: Mapping[str, VmNetworkPolicy] | None = None,
+    pins: Mapping[str, Mapping[str, int]] | None = None,
+) -> str:
+    """The complete nft script replacing Clawpot's tables with ones describing ``slots``.
+
+    ``policies`` by VM id (absent: the default policy, no ports); ``pins`` by VM id: pinned address ->
+    seconds left.
+    """
+    policies = policies or {}
+    pins = pins or {}
+    slots = sorted(slots, key=lambda s: s.tap_name)  # the same state renders the same text
     br = json.dumps(config.bridge)  # nft quotes strings like JSON does
     gw, net, table = config.gateway, config.subnet, config.table
+    per_vm = "".join(
+        vmrules.render_objects(s, policies.get(s.vm_id, VmNetworkPolicy()).egress, pins.get(s.vm_id, {}))
+        for s in slots
+    )
+    forwards = sorted(
+        ((s, p) for s in slots for p in policies.get(s.vm_id, VmNetworkPolicy()).ports), key=lambda f: f[1]
+    )
     ports = [json.dumps(s.tap_name) for s in slots]
     peers = [json.dumps(s.tap_name) for s in slots if s.allow_peers]
     macs = [f"{json.dumps(s.tap_name)} . {s.mac}" for s in slots]
     addrs = [f"{json.dumps(s.tap_name)} . {s.address}" for s in slots]
-    inet = f"""table inet {table} {{
+    inet = (
+        f"table inet {table} {{\n"
+        + _map("egress", "ipv4_addr : verdict", vmrules.egress_map_elements(slots))
+        + _map(
+            "publish",
+            "ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service",
+            vmrules.publish_map_elements(forwards),
+        )
+        + per_vm
+        + f"""\tchain prerouting {{
+\t\ttype filter hook prerouting priority raw; policy accept;
+\t\tiifname {br} ip daddr 127.0.0.0/8 drop
+\t}}
+\tchain dnat_in {{
+\t\ttype nat hook prerouting priority dstnat; policy accept;
+\t\tiifname != {br} meta l4proto {{ tcp, udp }} dnat ip to ip daddr . meta l4proto . th dport map @publish
+\t}}
+\tchain dnat_local {{
+\t\ttype nat hook output priority -100; policy accept;
+\t\tmeta l4proto {{ tcp, udp }} dnat ip to ip daddr . meta l4proto . th dport map @publish
+\t}}
 \tchain input {{
 \t\ttype filter hook input priority filter; policy accept;
 \t\tiifname {br} ct state established,related accept
@@ -70,16 +121,22 @@ def render(config: NetworkConfig, slots: Sequence[NetworkSlot]) -> str:
 \t\tiifname {br} oifname {br} accept
 \t\tiifname {br} ip saddr != {net} drop
 \t\tiifname {br} meta nfproto != ipv4 drop
+\t\tiifname {br} ct status dnat accept
+\t\tiifname {br} ip daddr {LINK_LOCAL} drop
+\t\tiifname {br} ip saddr vmap @egress
 \t\tiifname {br} accept
 \t\toifname {br} ct state established,related accept
+\t\toifname {br} ct status dnat accept
 \t\toifname {br} drop
 \t}}
 \tchain postrouting {{
 \t\ttype nat hook postrouting priority srcnat; policy accept;
 \t\tip saddr {net} oifname != {br} masquerade
+\t\toifname {br} ip saddr 127.0.0.0/8 ct status dnat masquerade
 \t}}
 }}
 """
+    )
     bridge = (
         f"table bridge {table} {{\n"
         + _set("ports", "ifname", ports)
@@ -133,8 +190,17 @@ class Firewall:
             raise ToolMissing(f"{self._nft} is not an executable nft: install the nftables package")
         return self._nft
 
-    def apply(self, slots: Sequence[NetworkSlot]) -> None:
-        self._run(["-f", "-"], render(self.config, slots), "apply Clawpot's nftables ruleset")
+    def apply(
+        self,
+        slots: Sequence[NetworkSlot],
+        policies: Mapping[str, VmNetworkPolicy] | None = None,
+        pins: Mapping[str, Mapping[str, int]] | None = None,
+    ) -> None:
+        self._run(["-f", "-"], render(self.config, slots, policies, pins), "apply Clawpot's nftables ruleset")
+
+    def update(self, script: str, action: str) -> None:
+        """Run a script of nft commands (``vmrules.render_update`` or ``render_pin``) as one transaction."""
+        self._run(["-f", "-"], script, action)
 
     def remove(self) -> None:
         self._run(["-f", "-"], render_removal(self.config), "remove Clawpot's nftables tables")

@@ -23,4 +23,7 @@ today and a control plane could drive, one node per host, later. No gRPC here.
 - ``tasks``       ``to_completion``: finish work a cancelled caller must not cut half-way.
 - ``lifetimes``   ``Lifetime`` (a stored deadline and what ends the VM then: delete, or pause) and the
                   ``Reaper``: one task that acts when a deadline passes, also one passed while down.
+- ``events``      ``EventLog``: every VM state change, numbered, in a bounded ring; bounded watchers.
+- ``console``     a VM's console as users read it (tail, follow across rotation); what an Error VM keeps.
+- ``usage``       a VM's CPU seconds and memory now: its cgroup (via a locator seam) or its VMM's /proc.
 """

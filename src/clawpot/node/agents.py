@@ -17,6 +17,7 @@ from clawpot import errors, limits
 from clawpot.agent_client import AgentClient, GuestError, wait_ready
 from clawpot.agent_client.endpoints import AgentEndpoint
 from clawpot.agent_client.errors import AgentDisconnected, AgentUnreachable, ProtocolError
+from clawpot.metrics import instruments
 from clawpot.node.health import AgentHealth, HealthStatus
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class AgentLink:
                     raise errors.Unavailable(
                         f"agent of VM {self.vm_id} not reachable: {one_line(exc)}"
                     ) from exc
+                instruments.AGENT_RECONNECTS.inc()
                 self._answered_at = loop.time()
                 self.mark(AgentHealth.HEALTHY, "answered a new connection")
                 return self.client

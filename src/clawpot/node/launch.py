@@ -14,6 +14,7 @@ from clawpot import errors
 from clawpot.agent_client import GuestError, GuestIdentity
 from clawpot.assets.bootargs import GuestIp, guest_cmdline
 from clawpot.network import NetworkManager, NetworkSlot
+from clawpot.network.policydb import VmNetworkPolicy
 from clawpot.node.agents import one_line
 from clawpot.node.datadir import Assets
 from clawpot.node.records import endpoint_to_text
@@ -38,6 +39,7 @@ class LaunchParams:
     stop_grace: float
     ip_address: str | None = None
     allow_peers: bool = False
+    policy: VmNetworkPolicy | None = None
 
 
 async def launch(
@@ -49,7 +51,9 @@ async def launch(
     on_transition: Callable[[NodeVm, Transition], None],
 ) -> VmRecord:
     vm_id = nvm.id
-    slot = await attach_network(network, vm_id, params.ip_address, allow_peers=params.allow_peers)
+    slot = await attach_network(
+        network, vm_id, params.ip_address, allow_peers=params.allow_peers, policy=params.policy
+    )
     if slot is not None:
         nvm.record = nvm.record.with_(ip_address=str(slot.address))
         store.update(nvm.record)
@@ -85,7 +89,9 @@ async def restore(
     guest its new hostname, address, gateway, DNS and MAC, nothing it sends leaves the TAP; only then
     is the VM Running and handed out. A configure that fails fails the create (all undone)."""
     vm_id = nvm.id
-    slot = await attach_network(network, vm_id, params.ip_address, allow_peers=params.allow_peers)
+    slot = await attach_network(
+        network, vm_id, params.ip_address, allow_peers=params.allow_peers, policy=params.policy
+    )
     if slot is not None:
         nvm.record = nvm.record.with_(ip_address=str(slot.address))
         store.update(nvm.record)

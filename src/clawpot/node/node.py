@@ -17,20 +17,26 @@ import asyncio
 import contextlib
 import errno
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from clawpot import errors, limits, paths
+from clawpot.metrics import instruments
 from clawpot.network import NetworkConfig, NetworkError, NetworkManager
-from clawpot.node import calls, reconcile
+from clawpot.network.dnsforward import DnsForwarder, Upstream, system_upstreams
+from clawpot.network.policy import EgressPolicy
+from clawpot.network.policydb import VmNetworkPolicy
+from clawpot.node import calls, console, reconcile
 from clawpot.node.backends import Backends
 from clawpot.node.datadir import Assets, NodeError, lock_data_dir
+from clawpot.node.events import EventKind, EventLog
 from clawpot.node.health import AgentHealth
 from clawpot.node.launch import LaunchParams, launch, restore
 from clawpot.node.lifetimes import Expiry, Lifetime, Reaper
-from clawpot.node.resources import release
+from clawpot.node.resources import release, release_network
 from clawpot.node.sessions import DownloadHandle, ExecParams, ExecSession
 from clawpot.node.snapshots import SnapshotCatalog, SnapshotInfo
 from clawpot.node.store import Origin, Store, VmRecord
@@ -59,6 +65,8 @@ class NodeConfig:
     # How long the agent of a Running VM has to answer before an operation fails with UNAVAILABLE.
     agent_timeout: float = limits.DEFAULT_AGENT_TIMEOUT
     health_interval: float = limits.HEALTH_CHECK_INTERVAL
+    # Where the gateway's DNS forwarder sends guests' queries; empty: the host's /etc/resolv.conf.
+    dns_upstreams: tuple[Upstream, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,8 @@ class VmRequest:
     allow_peers: bool = False
     # Restore this snapshot (by name) instead of booting; vcpus and memory are then the snapshot's.
     snapshot: str | None = None
+    # Egress policy and published ports (validated by the service).
+    network_policy: VmNetworkPolicy = field(default_factory=VmNetworkPolicy)
     # When the VM ends (stored with its row); None: it lives until deleted.
     lifetime: Lifetime | None = None
 
@@ -92,7 +102,12 @@ class Node:
         self.vms: dict[str, NodeVm] = {}
         self._lock_file = lock
         self._health_loop: asyncio.Task[None] | None = None
+        self.dns: DnsForwarder | None = None
         self.reaper = Reaper(self.vms, self._expire)
+        # Every state change, numbered, for WatchVms (``events``); set when the node closes, so
+        # following log streams end too.
+        self.events = EventLog()
+        self.closing = asyncio.Event()
 
     # -- start and stop -------------------------------------------------------------------------------
 
@@ -114,6 +129,7 @@ class Node:
             node.backends.start_probe()  # off the calls' path: creates that need it await it
             node.snapshots.sweep()
             await reconcile.reconcile(node)
+            await node._start_dns()
             for vm_id, lifetime in store.lifetimes().items():
                 if vm_id in node.vms:
                     node.vms[vm_id].lifetime = lifetime
@@ -124,8 +140,15 @@ class Node:
             lock.close()
             raise
 
+    def end_streams(self) -> None:
+        """End the streams clients hold open (event watchers, followed consoles): the server is
+        stopping, and they would otherwise hold its graceful shutdown for the whole grace period."""
+        self.closing.set()
+        self.events.close()
+
     async def close(self, *, stop_vms: bool) -> None:
         await self.reaper.stop()
+        self.end_streams()
         if self._health_loop is not None:
             self._health_loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -145,11 +168,34 @@ class Node:
             if nvm.vm is not None:
                 nvm.vm.detach()  # the VMM keeps running; the next node attaches it
         await self.backends.close()
+        if self.dns is not None:
+            await self.dns.close()
         if self.network is not None and not self.vms:
             with contextlib.suppress(NetworkError):
                 await asyncio.to_thread(self.network.teardown)
         self.store.close()
         self._lock_file.close()
+
+    async def _start_dns(self) -> None:
+        """The gateway's DNS forwarder (network/dnsforward.py), once the bridge has its address."""
+        network = self.network
+        if network is None:
+            return
+        gateway = str(network.config.gateway)
+        upstreams = self.config.dns_upstreams or tuple(system_upstreams(exclude=gateway))
+        if not upstreams:
+            log.warning("no DNS upstream (none in /etc/resolv.conf, no --dns-upstream): guests get SERVFAIL")
+
+        async def pin(vm_id: str, qname: str, addresses: list[str], ttl: int) -> None:
+            await asyncio.to_thread(network.pin, vm_id, qname, addresses, ttl)
+
+        forwarder = DnsForwarder(gateway, upstreams, network.vm_at, pin)
+        try:
+            await forwarder.start()
+        except OSError as exc:
+            raise NodeError(f"cannot serve guests' DNS on {gateway}:53: {exc.strerror or exc}") from exc
+        self.dns = forwarder
+        log.info("DNS forwarder on %s:53 -> %s", gateway, ", ".join(f"{u.host}:{u.port}" for u in upstreams))
 
     # -- queries --------------------------------------------------------------------------------------
 
@@ -186,9 +232,11 @@ class Node:
         )
         self.store.insert(record, request.lifetime)
         nvm = NodeVm(record, self.config.agent_timeout)
+        nvm.network = request.network_policy
         nvm.lifetime = request.lifetime
         self.vms[vm_id] = nvm
         self.reaper.changed()
+        self.events.emit(record, EventKind.CREATED)
         return nvm
 
     async def boot(self, nvm: NodeVm, request: VmRequest) -> VmView:
@@ -202,12 +250,15 @@ class Node:
             stop_grace=self.config.stop_grace,
             ip_address=request.ip_address,
             allow_peers=request.allow_peers,
+            policy=request.network_policy,
         )
+        started = time.monotonic()
         nvm.create_task = asyncio.create_task(self._boot(nvm, backend, params), name=f"create {nvm.id}")
         try:
             # Shielded, so that a cancelled caller reaches the boot only through the path below.
             record = await asyncio.shield(nvm.create_task)
-            return VmView(record, nvm.agent.health, nvm.lifetime)
+            instruments.CREATE_SECONDS.labels(origin=record.origin.value).observe(time.monotonic() - started)
+            return VmView(record, nvm.agent.health, nvm.network, nvm.lifetime)
         except asyncio.CancelledError:
             # The caller was cancelled (client gone, or the server stopping): stop the boot and let its
             # own error path undo everything, so no half-made VM is left.
@@ -222,7 +273,7 @@ class Node:
             if nvm.record.origin is Origin.RESTORE:
                 info = self.snapshots.info(nvm.record.snapshot)
                 directory = self.snapshots.path(info.name)
-                return await restore(
+                record = await restore(
                     nvm,
                     backend,
                     params,
@@ -232,15 +283,20 @@ class Node:
                     directory,
                     info.manifest,
                 )
-            return await launch(nvm, backend, params, self.network, self.store, self._on_transition)
+            else:
+                record = await launch(nvm, backend, params, self.network, self.store, self._on_transition)
         except BaseException as exc:
             if not nvm.deleting:
+                reason = "cancelled" if isinstance(exc, asyncio.CancelledError) else str(exc)
+                self.events.emit(nvm.record, EventKind.ERROR, reason or type(exc).__name__, VmState.ERROR)
                 await to_completion(self._discard(nvm))
             if nvm.deleting and not isinstance(exc, errors.ServerError):
                 raise errors.FailedPrecondition(
                     f"VM {nvm.id} was deleted while it was being created"
                 ) from exc
             raise
+        self.events.emit(record, EventKind.RUNNING)
+        return record
 
     async def _discard(self, nvm: NodeVm) -> None:
         """Undo a create completely: VMM, directory, TAP, address, row."""
@@ -250,6 +306,7 @@ class Node:
         await release(self.network, nvm.record)
         self.store.delete(nvm.id)
         self.vms.pop(nvm.id, None)
+        self.events.emit(nvm.record, EventKind.DELETED, state=VmState.STOPPED)
 
     # -- a VM's life after its boot -------------------------------------------------------------------
 
@@ -259,14 +316,31 @@ class Node:
             nvm.record = nvm.record.with_(state=VmState.ERROR, error=event.reason, pid=None, ip_address="")
             nvm.agent.mark(AgentHealth.UNKNOWN, "the VM is not running")
             self.store.update(nvm.record)
-            asyncio.get_running_loop().create_task(self._release_after_crash(nvm))
+            self.events.emit(nvm.record, EventKind.ERROR, event.reason)
+            nvm.release_task = asyncio.get_running_loop().create_task(self._release_after_crash(nvm))
 
     async def _release_after_crash(self, nvm: NodeVm) -> None:
+        """Free what a dead VM held, except its console: kept until the VM is deleted, for `logs`."""
         await nvm.agent.close()
+        path = self.console_path(nvm)
+        await asyncio.to_thread(console.set_aside, path)  # the VMM's cleanup removes its console
         if nvm.vm is not None:
             with contextlib.suppress(Exception):
                 await nvm.vm.stop()
-        await release(self.network, nvm.record)
+        await release_network(self.network, nvm.record)
+        await asyncio.to_thread(console.keep_only_console, path)
+
+    def console_path(self, nvm: NodeVm) -> Path:
+        """The VM's current console file (``clawpot.node.console`` reads it, with its predecessor)."""
+        return console.console_log(nvm.record.vm_dir, nvm.record.backend)
+
+    def more_output_may_come(self, vm_id: str) -> bool:
+        """Whether the VM can still print: it exists, is not being deleted, and its VMM runs or is
+        starting (a VM in Error printed its last words before it got there)."""
+        nvm = self.vms.get(vm_id)
+        if nvm is None or nvm.deleting:
+            return False
+        return nvm.record.state in (VmState.STARTING, VmState.RUNNING, VmState.PAUSED)
 
     # -- lifetimes ------------------------------------------------------------------------------------
 
@@ -328,6 +402,9 @@ class Node:
             nvm.create_task.cancel()
             with contextlib.suppress(BaseException):
                 await nvm.create_task
+        if nvm.release_task is not None:
+            # A crash's release still running: let it finish, or it would race the removal below.
+            await asyncio.gather(nvm.release_task, return_exceptions=True)
         if nvm.vm is not None:
             # A clean guest shutdown through the agent keeps the writable layer consistent; the VMM is
             # stopped after it. Same path for a VM booted here and one attached after a restart.
@@ -338,6 +415,23 @@ class Node:
         await release(self.network, nvm.record)
         self.store.delete(nvm.id)
         self.vms.pop(nvm.id, None)
+        self.events.emit(nvm.record, EventKind.DELETED, state=VmState.STOPPED)
+
+    # -- network policy -------------------------------------------------------------------------------
+
+    async def set_egress(self, vm_id: str, egress: EgressPolicy) -> VmView:
+        """A new egress policy for a VM that holds an address (Running or Paused): stored and applied
+        to its rules at once; new connections and DNS answers follow it."""
+        nvm = self.get(vm_id)
+        self._in_state(nvm, "change the network policy of", VmState.RUNNING, VmState.PAUSED)
+        if self.network is None:
+            raise errors.FailedPrecondition("this server runs without a network (--bridge none)")
+        try:
+            nvm.network = await asyncio.to_thread(self.network.set_egress, vm_id, egress)
+        except NetworkError as exc:
+            raise errors.Unavailable(f"VM {vm_id}: cannot apply the egress policy: {exc}") from exc
+        log.info("VM %s: egress policy %s", vm_id, egress.to_json())
+        return nvm.view()
 
     # -- operations a backend may offer ---------------------------------------------------------------
 
@@ -353,7 +447,8 @@ class Node:
             if nvm.health_task is not None:
                 nvm.health_task.cancel()  # a ping in flight would only time out against stopped vCPUs
             await self._vmm_operation(nvm, Vm.pause)
-            self._record_state(nvm, VmState.PAUSED)
+            if self._record_state(nvm, VmState.PAUSED):
+                self.events.emit(nvm.record, EventKind.PAUSED)
             nvm.agent.mark(AgentHealth.UNKNOWN, "the VM is paused")
         return nvm.view()
 
@@ -364,7 +459,8 @@ class Node:
         async with nvm.operation:
             self._in_state(nvm, "resume", VmState.PAUSED)
             await self._vmm_operation(nvm, Vm.resume)
-            self._record_state(nvm, VmState.RUNNING)
+            if self._record_state(nvm, VmState.RUNNING):
+                self.events.emit(nvm.record, EventKind.RESUMED)
         return nvm.view()
 
     async def snapshot(self, vm_id: str, name: str) -> SnapshotInfo:
@@ -445,11 +541,14 @@ class Node:
             wanted = " or ".join(states)
             raise errors.FailedPrecondition(f"cannot {action} VM {nvm.id}: it is {current}, not {wanted}")
 
-    def _record_state(self, nvm: NodeVm, state: VmState) -> None:
+    def _record_state(self, nvm: NodeVm, state: VmState) -> bool:
+        """Record ``state``; False when a delete or a crash got there while the VMM was asked (theirs
+        is the newer state)."""
         if nvm.deleting or nvm.record.state is VmState.ERROR:
-            return  # a delete or a crash got there while the VMM was asked: theirs is the newer state
+            return False
         nvm.record = nvm.record.with_(state=state)
         self.store.update(nvm.record)
+        return True
 
     async def _vmm_operation(self, nvm: NodeVm, operation: Callable[[Vm], Awaitable[None]]) -> None:
         if nvm.vm is None:
@@ -479,6 +578,20 @@ class Node:
         except Exception:  # a bug must not kill the checks of this VM for good
             log.exception("VM %s: health check failed", nvm.id)
 
+    # -- console and events ----------------------------------------------------------------------------
+
+    def logs(self, vm_id: str, tail_lines: int | None, follow: bool) -> AsyncIterator[bytes]:
+        """The VM's console (``clawpot.node.console.read``); following ends when the VM can print no
+        more, or the node closes."""
+        nvm = self.get(vm_id)
+        return console.read(
+            self.console_path(nvm),
+            tail_lines=tail_lines,
+            follow=follow,
+            more_may_come=lambda: self.more_output_may_come(vm_id),
+            stop=self.closing,
+        )
+
     # -- guest operations -----------------------------------------------------------------------------
 
     def running(self, vm_id: str) -> NodeVm:
@@ -492,7 +605,10 @@ class Node:
         return nvm
 
     async def exec(self, vm_id: str, params: ExecParams) -> ExecSession:
-        return await calls.exec_in(self.running(vm_id), params)
+        started = time.monotonic()
+        session = await calls.exec_in(self.running(vm_id), params)
+        instruments.EXEC_START_SECONDS.observe(time.monotonic() - started)
+        return session
 
     async def upload(self, vm_id: str, path: str, mode: int, chunks: AsyncIterator[bytes]) -> int:
         return await calls.upload_to(self.running(vm_id), path, mode, chunks)

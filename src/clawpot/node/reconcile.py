@@ -16,9 +16,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from clawpot import limits
-from clawpot.node import orphans
+from clawpot.node import console, orphans
+from clawpot.node.events import EventKind
 from clawpot.node.records import endpoint_from_text
-from clawpot.node.resources import release
+from clawpot.node.resources import release_network
 from clawpot.node.store import VmRecord
 from clawpot.node.vms import NodeVm
 from clawpot.vm import procfs
@@ -62,7 +63,11 @@ async def reconcile(node: Node) -> None:
             nvm.record = record.with_(state=VmState.ERROR, error=reason, pid=None, ip_address="")
             node.store.update(nvm.record)
             log.warning("VM %s: %s", record.id, reason)
-        await release(node.network, nvm.record)
+            if record.state is not VmState.ERROR:
+                node.events.emit(nvm.record, EventKind.ERROR, reason)
+        # Its console stays until the VM is deleted (`clawpot logs` shows how it ended).
+        await release_network(node.network, nvm.record)
+        await asyncio.to_thread(console.keep_only_console, node.console_path(nvm))
     known = set(node.vms)
     for path in sorted(node.vms_root.iterdir()) if node.vms_root.exists() else []:
         if path.name not in known:
@@ -71,6 +76,8 @@ async def reconcile(node: Node) -> None:
         keep = [nvm.id for nvm in node.vms.values() if nvm.record.state is not VmState.ERROR]
         plan = await asyncio.to_thread(node.network.reconcile, keep)
         log.info("network reconciled: %s", plan)
+        for nvm in node.vms.values():
+            nvm.network = node.network.policy(nvm.id)
 
 
 async def attach(node: Node, nvm: NodeVm, pid: int) -> None:

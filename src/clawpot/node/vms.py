@@ -4,8 +4,9 @@ tasks working on it (create, delete, health check). One shape, however the VM ca
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from clawpot.network.policydb import VmNetworkPolicy
 from clawpot.node.agents import AgentLink
 from clawpot.node.health import HealthStatus
 from clawpot.node.lifetimes import Lifetime
@@ -28,7 +29,11 @@ class NodeVm:
         self.create_task: asyncio.Task[VmRecord] | None = None
         self.delete_task: asyncio.Task[None] | None = None
         self.health_task: asyncio.Task[None] | None = None  # the periodic check in flight, if any
+        # Freeing what a crashed VM held (its console kept): a delete waits for it.
+        self.release_task: asyncio.Task[None] | None = None
         self.deleting = False
+        # Its egress policy and published ports (stored by the network package; shown by get/list).
+        self.network = VmNetworkPolicy()
         # One VMM operation at a time (pause, resume, snapshot): a resume must not land mid-snapshot.
         self.operation = asyncio.Lock()
         # When the VM's lifetime ends (the reaper acts then); None: it lives until deleted.
@@ -43,7 +48,7 @@ class NodeVm:
         return self.record.state in HOLDS_MEMORY
 
     def view(self) -> VmView:
-        return VmView(self.record, self.agent.health, self.lifetime)
+        return VmView(self.record, self.agent.health, self.network, self.lifetime)
 
 
 @dataclass(frozen=True)
@@ -52,4 +57,5 @@ class VmView:
 
     record: VmRecord
     health: HealthStatus
+    network: VmNetworkPolicy = field(default_factory=VmNetworkPolicy)
     lifetime: Lifetime | None = None

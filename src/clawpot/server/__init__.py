@@ -7,4 +7,6 @@
 - ``listeners``  listen addresses checked before start: TLS off loopback, ``--socket-group``, PEM files.
 - ``auth``       the token interceptor of TCP listeners (constant-time check; health stays open).
 - ``apitoken``   ``<data>/api-token``: made 0600 at first start, kept, refused if others can read it.
+- ``rpcmetrics``  the interceptor that counts, times and logs (one line) every call.
+- ``logfmt``      ``--log-format``: text, or one JSON object per line.
 """

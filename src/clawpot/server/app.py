@@ -10,6 +10,11 @@ them: 0600, or 0660 for ``--socket-group``) and the *network* one serves TCP, wh
 health checking needs the API token (``auth``) and non-loopback addresses need TLS (``listeners``).
 Two servers rather than one that tells listeners apart by ``context.peer()``: a call can only reach
 the token-free path through a socket the filesystem let it open, whatever the peer string says.
+
+Both count and log every call (``rpcmetrics``). With ``--metrics-listen`` a third listener serves
+Prometheus' ``/metrics`` (``clawpot.metrics``): the same loopback-or-TLS rule, checked up front.
+On shutdown the streams clients hold open (WatchVms, StreamLogs --follow) are ended first, so they
+do not hold the grace period.
 """
 
 from __future__ import annotations
@@ -33,10 +38,14 @@ from clawpot import limits
 from clawpot.e2b import listener as e2b_listener
 from clawpot.e2b.app import create_app as create_e2b_app
 from clawpot.e2b.context import E2bContext
+from clawpot.metrics import instruments
+from clawpot.metrics.collector import NodeCollector
+from clawpot.metrics.http import MetricsServer, check_address
 from clawpot.node.node import Node, NodeConfig
 from clawpot.server import apitoken, listeners
 from clawpot.server.auth import TokenAuthInterceptor
 from clawpot.server.listeners import TlsFiles
+from clawpot.server.rpcmetrics import RpcMetricsInterceptor
 from clawpot.server.servicer import VmServicer
 from clawpot.service.service import Service
 from clawpot.v1 import vm_pb2, vm_pb2_grpc
@@ -58,6 +67,8 @@ class ServerConfig:
     socket_group: str | None = None
     e2b_listen: str | None = None  # the E2B SDK front door (clawpot.e2b), off unless given
     vm_timeout: int | None = None  # lifetime of VMs created without one; None: unlimited
+    # HOST:PORT for Prometheus' /metrics (None: not served).
+    metrics_listen: str | None = None
 
 
 @contextlib.contextmanager
@@ -68,6 +79,16 @@ def _private_umask() -> Iterator[None]:
         yield
     finally:
         os.umask(old)
+
+
+def _known_methods() -> frozenset[str]:
+    """Every method the servers serve (``/package.Service/Method``): the RPC metrics' label values."""
+    from grpc_health.v1 import health_pb2 as h
+    from grpc_reflection.v1alpha import reflection_pb2 as r
+
+    services = [vm_pb2.DESCRIPTOR.services_by_name["VmService"], *h.DESCRIPTOR.services_by_name.values()]
+    services += list(r.DESCRIPTOR.services_by_name.values())
+    return frozenset(f"/{svc.full_name}/{m.name}" for svc in services for m in svc.methods)
 
 
 def _grpc_server(
@@ -99,8 +120,12 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
     # Every flag is checked before anything has side effects (ListenError: one line).
     plan = listeners.plan(config.listen, tls=config.tls, socket_group=config.socket_group)
     e2b_plan = e2b_listener.plan(config.e2b_listen, config.tls) if config.e2b_listen else None
+    metrics_address = (
+        check_address(config.metrics_listen, config.tls) if config.metrics_listen is not None else None
+    )
     token = apitoken.ensure_token(config.node.data_dir)
     node = await Node.open(config.node)
+    rpc_metrics = RpcMetricsInterceptor(_known_methods())
     service = Service(node, memory_overcommit=config.memory_overcommit, default_timeout=config.vm_timeout)
     servicer = VmServicer(service)
     health_servicer = health_aio.HealthServicer()
@@ -112,14 +137,21 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
     servers: list[grpc.aio.Server] = []
     e2b_stop = asyncio.Event()
     e2b_task: asyncio.Task[None] | None = None
+    collector: NodeCollector | None = None
+    metrics: MetricsServer | None = None
     try:
+        if metrics_address is not None:
+            collector = NodeCollector.of(node, loop)
+            instruments.REGISTRY.register(collector)
+            metrics = MetricsServer(metrics_address, instruments.REGISTRY)
+            log.info("serving /metrics on %s", config.metrics_listen)
         if e2b_plan is not None:
             e2b_socket = e2b_listener.bind(e2b_plan)  # OSError (port taken, ...): one line, nothing left
             e2b_app = create_e2b_app(E2bContext(service=service, token=token))
             e2b_task = asyncio.create_task(e2b_listener.serve(e2b_app, e2b_socket, e2b_plan.tls, e2b_stop))
             e2b_task.add_done_callback(lambda _task: stop.set())  # a listener that dies stops the server
         if plan.unix:
-            local = _grpc_server(servicer, health_servicer, ())
+            local = _grpc_server(servicer, health_servicer, (rpc_metrics,))
             for path in plan.unix:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with contextlib.suppress(FileNotFoundError):
@@ -127,7 +159,8 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
                 _bind(local, f"unix:{path}", None)
             servers.append(local)
         if plan.tcp:
-            network = _grpc_server(servicer, health_servicer, (TokenAuthInterceptor(token),))
+            # Metrics first: a call the token check refuses is counted too (UNAUTHENTICATED).
+            network = _grpc_server(servicer, health_servicer, (rpc_metrics, TokenAuthInterceptor(token)))
             for address in plan.tcp:
                 _bind(network, address, plan.tls)
             servers.append(network)
@@ -146,12 +179,17 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
         await health_servicer.enter_graceful_shutdown()
     finally:
         e2b_stop.set()
+        node.end_streams()
         await asyncio.gather(*(server.stop(config.shutdown_grace) for server in servers))
         if e2b_task is not None:
             try:
                 await e2b_task
             except Exception:
                 log.exception("the E2B listener failed")
+        if metrics is not None:
+            await asyncio.to_thread(metrics.close)
+        if collector is not None:
+            instruments.REGISTRY.unregister(collector)
         await node.close(stop_vms=config.stop_vms_on_exit)
         for path in plan.unix:
             with contextlib.suppress(FileNotFoundError):

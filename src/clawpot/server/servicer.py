@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from clawpot import errors, limits
+from clawpot.network.policy import EgressPolicy
+from clawpot.node.events import EventKind, VmEvent
 from clawpot.node.health import AgentHealth
 from clawpot.node.sessions import ExecParams, ExecSession
 from clawpot.node.snapshots import SnapshotInfo
@@ -34,6 +36,7 @@ _STATUS: dict[type[errors.ServerError], grpc.StatusCode] = {
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
 }
 
 _STATE_TO_PB = {
@@ -53,6 +56,15 @@ _HEALTH_TO_PB = {
     AgentHealth.HEALTHY: vm_pb2.AGENT_HEALTH_HEALTHY,
     AgentHealth.UNRESPONSIVE: vm_pb2.AGENT_HEALTH_UNRESPONSIVE,
     AgentHealth.DEGRADED: vm_pb2.AGENT_HEALTH_DEGRADED,
+}
+
+_EVENT_TO_PB = {
+    EventKind.CREATED: vm_pb2.VM_EVENT_KIND_CREATED,
+    EventKind.RUNNING: vm_pb2.VM_EVENT_KIND_RUNNING,
+    EventKind.PAUSED: vm_pb2.VM_EVENT_KIND_PAUSED,
+    EventKind.RESUMED: vm_pb2.VM_EVENT_KIND_RESUMED,
+    EventKind.ERROR: vm_pb2.VM_EVENT_KIND_ERROR,
+    EventKind.DELETED: vm_pb2.VM_EVENT_KIND_DELETED,
 }
 
 T = TypeVar("T")
@@ -94,7 +106,44 @@ def vm_to_pb(view: VmView) -> vm_pb2.Vm:
         health_detail=health.detail[: limits.MAX_HEALTH_DETAIL_CHARS],
         origin=_ORIGIN_TO_PB[rec.origin],
         snapshot=rec.snapshot,
+        egress=egress_to_pb(view.network.egress),
+        published=[
+            vm_pb2.PortForward(
+                host_address=str(p.host_address),
+                host_port=p.host_port,
+                guest_port=p.guest_port,
+                protocol=p.protocol,
+            )
+            for p in view.network.ports
+        ],
         expires_at=_timestamp(view.lifetime.expires_at) if view.lifetime is not None else None,
+    )
+
+
+def egress_to_pb(egress: EgressPolicy) -> vm_pb2.EgressPolicy:
+    return vm_pb2.EgressPolicy(
+        allow_out=egress.allow.entries(), deny_out=egress.deny.entries(), no_internet=egress.no_internet
+    )
+
+
+def publish_specs(ports: Iterable[vm_pb2.PortForward]) -> tuple[str, ...]:
+    """PortForward messages as ``--publish`` specs, for the one parser (network/policy.py)."""
+    default = limits.DEFAULT_PUBLISH_ADDRESS
+    return tuple(
+        f"{p.host_address or default}:{p.host_port}:{p.guest_port}/{p.protocol or 'tcp'}" for p in ports
+    )
+
+
+def event_to_pb(event: VmEvent) -> vm_pb2.VmEvent:
+    return vm_pb2.VmEvent(
+        sequence=event.sequence,
+        at=_timestamp(event.at),
+        vm_id=event.vm_id,
+        kind=_EVENT_TO_PB[event.kind],
+        state=_STATE_TO_PB[event.state],
+        backend=_BACKEND_TO_PB[event.backend],
+        origin=_ORIGIN_TO_PB[event.origin],
+        reason=event.reason,
     )
 
 
@@ -137,6 +186,10 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
             ip_address=request.ip_address or None,
             allow_peers=request.allow_peer_traffic,
             from_snapshot=request.from_snapshot if restoring else None,
+            allow_out=tuple(request.egress.allow_out),
+            deny_out=tuple(request.egress.deny_out),
+            no_internet=request.egress.no_internet,
+            publish=publish_specs(request.publish),
             timeout=request.timeout_seconds or None,
         )
         view = await self._call(context, lambda: self._service.create(params))
@@ -286,6 +339,18 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
         except Exception as exc:
             await _abort(context, exc)
 
+    async def SetVmNetwork(
+        self, request: vm_pb2.SetVmNetworkRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> vm_pb2.Vm:
+        egress = request.egress
+        view = await self._call(
+            context,
+            lambda: self._service.set_egress(
+                request.id, tuple(egress.allow_out), tuple(egress.deny_out), egress.no_internet
+            ),
+        )
+        return vm_to_pb(view)
+
     async def SetVmTimeout(
         self, request: vm_pb2.SetVmTimeoutRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> vm_pb2.Vm:
@@ -293,3 +358,36 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
             context, lambda: self._service.set_timeout(request.id, request.timeout_seconds)
         )
         return vm_to_pb(view)
+
+    async def StreamLogs(
+        self, request: vm_pb2.StreamLogsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[vm_pb2.LogChunk]:
+        tail = request.tail_lines if request.HasField("tail_lines") else None
+        stream = await self._call(context, lambda: self._service.logs(request.id, tail, request.follow))
+        try:
+            async for data in stream:
+                yield vm_pb2.LogChunk(data=data)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            await _abort(context, exc)
+        finally:
+            await stream.aclose()
+
+    async def WatchVms(
+        self, request: vm_pb2.WatchVmsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[vm_pb2.VmEvent]:
+        since = request.since_sequence if request.HasField("since_sequence") else None
+        follow = not request.no_follow
+        watcher = await self._call(context, lambda: self._service.watch(since, follow=follow))
+        events = watcher.events()
+        try:
+            async for event in events:
+                yield event_to_pb(event)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            await _abort(context, exc)
+        finally:
+            await events.aclose()
+            watcher.close()

@@ -8,10 +8,12 @@ kind, which the gRPC servicer turns into a status code. No gRPC here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
 from clawpot import errors, limits
+from clawpot.network.policydb import VmNetworkPolicy
+from clawpot.node.events import Watcher
 from clawpot.node.lifetimes import Expiry, Lifetime
 from clawpot.node.node import Node, VmRequest
 from clawpot.node.sessions import DownloadHandle, ExecParams, ExecSession
@@ -33,6 +35,12 @@ class CreateParams:
     # Restore this snapshot instead of a cold boot. vcpus, memory_mib and backend then come from the
     # snapshot: 0 / None take them, any other value must match it.
     from_snapshot: str | None = None
+    # Egress policy and published ports (network/policy.py): --allow-out, --deny-out, --no-internet,
+    # --publish.
+    allow_out: tuple[str, ...] = ()
+    deny_out: tuple[str, ...] = ()
+    no_internet: bool = False
+    publish: tuple[str, ...] = ()
     # Seconds from now until the VM ends; None: the server's default (``Service.default_timeout``).
     timeout: int | None = None
     # What ends it then: deleted, or (E2B's autoPause) paused.
@@ -49,6 +57,7 @@ class Service:
     ) -> None:
         self.node = node
         self.memory_overcommit = memory_overcommit
+        self._log_streams = 0
         # The lifetime of a VM created without one (clawpot-server --vm-timeout); None: unlimited.
         self.default_timeout = default_timeout
 
@@ -69,6 +78,7 @@ class Service:
             if self.node.network is None:
                 raise errors.InvalidArgument("this server runs without networking (--no-network)")
         validate.labels(params.labels)
+        policy = self._network_policy(params)
         lifetime = self._lifetime(params)
         # May wait for the auto probe started with the node; other calls are served meanwhile.
         kind = await self.node.backends.resolve(params.backend)
@@ -80,6 +90,7 @@ class Service:
             labels=dict(params.labels),
             ip_address=params.ip_address or None,
             allow_peers=params.allow_peers,
+            network_policy=policy,
             lifetime=lifetime,
         )
         # Admission and reservation with no await in between: concurrent creates cannot overbook.
@@ -94,6 +105,7 @@ class Service:
             if self.node.network is None:
                 raise errors.InvalidArgument("this server runs without networking (--no-network)")
         validate.labels(params.labels)
+        policy = self._network_policy(params)
         lifetime = self._lifetime(params)
         info = self.node.snapshots.info(name)  # NOT_FOUND, or FAILED_PRECONDITION for a broken manifest
         for what, asked, recorded in (
@@ -114,11 +126,27 @@ class Service:
             ip_address=params.ip_address or None,
             allow_peers=params.allow_peers,
             snapshot=name,
+            network_policy=policy,
             lifetime=lifetime,
         )
         self._admit(info.memory_mib)
         nvm = self.node.reserve(request)
         return await self.node.boot(nvm, request)
+
+    def _network_policy(self, params: CreateParams) -> VmNetworkPolicy:
+        policy = validate.network_policy(
+            params.allow_out, params.deny_out, params.no_internet, params.publish
+        )
+        if policy != VmNetworkPolicy() and self.node.network is None:
+            raise errors.InvalidArgument("this server runs without networking: no egress policy or ports")
+        return policy
+
+    async def set_egress(
+        self, vm_id: str, allow_out: tuple[str, ...], deny_out: tuple[str, ...], no_internet: bool
+    ) -> VmView:
+        validate.vm_id(vm_id)
+        policy = validate.network_policy(allow_out, deny_out, no_internet)
+        return await self.node.set_egress(vm_id, policy.egress)
 
     def _admit(self, memory_mib: int) -> None:
         total = validation.host_total_mib()
@@ -186,3 +214,24 @@ class Service:
         validate.vm_id(vm_id)
         validate.guest_path(path)
         return await self.node.download(vm_id, path)
+
+    async def logs(self, vm_id: str, tail_lines: int | None, follow: bool) -> AsyncGenerator[bytes, None]:
+        """The VM's console; at most ``limits.LOGS_MAX_STREAMS`` at once (RESOURCE_EXHAUSTED)."""
+        validate.vm_id(vm_id)
+        if tail_lines is not None and tail_lines > limits.LOGS_TAIL_MAX_LINES:
+            raise errors.InvalidArgument(f"tail_lines: at most {limits.LOGS_TAIL_MAX_LINES}")
+        if self._log_streams >= limits.LOGS_MAX_STREAMS:
+            raise errors.ResourceExhausted(f"too many console streams (at most {limits.LOGS_MAX_STREAMS})")
+        stream = self.node.logs(vm_id, tail_lines, follow)  # NOT_FOUND before anything is counted
+        return self._counted(stream)
+
+    async def _counted(self, stream: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+        self._log_streams += 1
+        try:
+            async for data in stream:
+                yield data
+        finally:
+            self._log_streams -= 1
+
+    async def watch(self, since: int | None, *, follow: bool = True) -> Watcher:
+        return self.node.events.watch(since, follow=follow)

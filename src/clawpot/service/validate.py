@@ -12,7 +12,9 @@ from collections.abc import Mapping, Sequence
 
 from clawpot import limits
 from clawpot.agent.protocol import encode_json
-from clawpot.errors import InvalidArgument, quote
+from clawpot.errors import InvalidArgument, one_line, quote
+from clawpot.network.policy import EgressPolicy, PolicyError, parse_ports
+from clawpot.network.policydb import VmNetworkPolicy
 
 _VM_ID_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_-]{{0,{limits.MAX_VM_ID_CHARS - 1}}}")
 # Label keys: Kubernetes-like names, so they print and parse everywhere (`--label k=v`, tables, JSON).
@@ -113,6 +115,17 @@ def exec_request(argv: Sequence[str], env: Mapping[str, str], cwd: str | None, t
             f"argv, env and cwd take {encoded} bytes encoded for the agent: at most "
             f"{limits.MAX_EXEC_REQUEST_BYTES}"
         )
+
+
+def network_policy(
+    allow_out: Sequence[str], deny_out: Sequence[str], no_internet: bool, publish: Sequence[str] = ()
+) -> VmNetworkPolicy:
+    """--allow-out, --deny-out, --no-internet and --publish parsed (network/policy.py says what each
+    means); a malformed entry is INVALID_ARGUMENT naming it."""
+    try:
+        return VmNetworkPolicy(EgressPolicy.parse(allow_out, deny_out, no_internet), parse_ports(publish))
+    except PolicyError as exc:
+        raise InvalidArgument(one_line(str(exc), 200)) from None
 
 
 def environment(env: Mapping[str, str]) -> None:

@@ -116,6 +116,39 @@ BACKEND_FIRECRACKER: Backend.ValueType  # 1
 BACKEND_QEMU: Backend.ValueType  # 2
 Global___Backend: _TypeAlias = Backend  # noqa: Y015
 
+class _VmEventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _VmEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_VmEventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VM_EVENT_KIND_UNSPECIFIED: _VmEventKind.ValueType  # 0
+    VM_EVENT_KIND_CREATED: _VmEventKind.ValueType  # 1
+    """accepted, STARTING"""
+    VM_EVENT_KIND_RUNNING: _VmEventKind.ValueType  # 2
+    """its agent answered"""
+    VM_EVENT_KIND_PAUSED: _VmEventKind.ValueType  # 3
+    VM_EVENT_KIND_RESUMED: _VmEventKind.ValueType  # 4
+    VM_EVENT_KIND_ERROR: _VmEventKind.ValueType  # 5
+    """its VMM died, or its create failed: `reason` says why"""
+    VM_EVENT_KIND_DELETED: _VmEventKind.ValueType  # 6
+    """gone, with everything it held"""
+
+class VmEventKind(_VmEventKind, metaclass=_VmEventKindEnumTypeWrapper): ...
+
+VM_EVENT_KIND_UNSPECIFIED: VmEventKind.ValueType  # 0
+VM_EVENT_KIND_CREATED: VmEventKind.ValueType  # 1
+"""accepted, STARTING"""
+VM_EVENT_KIND_RUNNING: VmEventKind.ValueType  # 2
+"""its agent answered"""
+VM_EVENT_KIND_PAUSED: VmEventKind.ValueType  # 3
+VM_EVENT_KIND_RESUMED: VmEventKind.ValueType  # 4
+VM_EVENT_KIND_ERROR: VmEventKind.ValueType  # 5
+"""its VMM died, or its create failed: `reason` says why"""
+VM_EVENT_KIND_DELETED: VmEventKind.ValueType  # 6
+"""gone, with everything it held"""
+Global___VmEventKind: _TypeAlias = VmEventKind  # noqa: Y015
+
 @_typing.final
 class Vm(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -155,6 +188,8 @@ class Vm(_message.Message):
     HEALTH_DETAIL_FIELD_NUMBER: _builtins.int
     ORIGIN_FIELD_NUMBER: _builtins.int
     SNAPSHOT_FIELD_NUMBER: _builtins.int
+    EGRESS_FIELD_NUMBER: _builtins.int
+    PUBLISHED_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___VmState.ValueType
@@ -180,6 +215,14 @@ class Vm(_message.Message):
         """when `health` last changed"""
 
     @_builtins.property
+    def egress(self) -> Global___EgressPolicy:
+        """what the VM may reach (empty: the default)"""
+
+    @_builtins.property
+    def published(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortForward]:
+        """host ports forwarded to the VM"""
+
+    @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """When the VM's lifetime ends and it is deleted (CreateVmRequest.timeout_seconds, SetVmTimeout, the
         server's --vm-timeout); unset: no lifetime.
@@ -203,11 +246,13 @@ class Vm(_message.Message):
         health_detail: _builtins.str = ...,
         origin: Global___VmOrigin.ValueType = ...,
         snapshot: _builtins.str = ...,
+        egress: Global___EgressPolicy | None = ...,
+        published: _abc.Iterable[Global___PortForward] | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "health_since", b"health_since"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "egress", b"egress", "expires_at", b"expires_at", "health_since", b"health_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "created_at", b"created_at", "error", b"error", "expires_at", b"expires_at", "health", b"health", "health_detail", b"health_detail", "health_since", b"health_since", "id", b"id", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "origin", b"origin", "snapshot", b"snapshot", "state", b"state", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "created_at", b"created_at", "egress", b"egress", "error", b"error", "expires_at", b"expires_at", "health", b"health", "health_detail", b"health_detail", "health_since", b"health_since", "id", b"id", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "origin", b"origin", "published", b"published", "snapshot", b"snapshot", "state", b"state", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -244,6 +289,8 @@ class CreateVmRequest(_message.Message):
     IP_ADDRESS_FIELD_NUMBER: _builtins.int
     ALLOW_PEER_TRAFFIC_FIELD_NUMBER: _builtins.int
     FROM_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    EGRESS_FIELD_NUMBER: _builtins.int
+    PUBLISH_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     vcpus: _builtins.int
     """default 1; 1..32"""
@@ -266,6 +313,14 @@ class CreateVmRequest(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """At most 32 labels; keys 1-63 chars [A-Za-z0-9._/-]; values up to 256 printable chars; 4 KiB in all."""
 
+    @_builtins.property
+    def egress(self) -> Global___EgressPolicy:
+        """default: everything but what isolation forbids"""
+
+    @_builtins.property
+    def publish(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortForward]:
+        """at most 32; a host port another VM publishes: ALREADY_EXISTS"""
+
     def __init__(
         self,
         *,
@@ -276,11 +331,13 @@ class CreateVmRequest(_message.Message):
         ip_address: _builtins.str = ...,
         allow_peer_traffic: _builtins.bool = ...,
         from_snapshot: _builtins.str = ...,
+        egress: Global___EgressPolicy | None = ...,
+        publish: _abc.Iterable[Global___PortForward] | None = ...,
         timeout_seconds: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["egress", b"egress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "from_snapshot", b"from_snapshot", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "timeout_seconds", b"timeout_seconds", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "egress", b"egress", "from_snapshot", b"from_snapshot", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "publish", b"publish", "timeout_seconds", b"timeout_seconds", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -884,6 +941,96 @@ class DownloadFileResponse(_message.Message):
 Global___DownloadFileResponse: _TypeAlias = DownloadFileResponse  # noqa: Y015
 
 @_typing.final
+class EgressPolicy(_message.Message):
+    """--- egress policy and port forwarding ---
+
+    What a VM may reach. Entries are IPv4 addresses, CIDRs or domain names (a domain covers its
+    subdomains; its answers from the gateway's DNS forwarder are allowed for their TTL). At most 256
+    entries per list. Deny wins over allow; a non-empty allow list makes everything else denied.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOW_OUT_FIELD_NUMBER: _builtins.int
+    DENY_OUT_FIELD_NUMBER: _builtins.int
+    NO_INTERNET_FIELD_NUMBER: _builtins.int
+    no_internet: _builtins.bool
+    """nothing forwarded, DNS refused; published ports still answer"""
+    @_builtins.property
+    def allow_out(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def deny_out(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        allow_out: _abc.Iterable[_builtins.str] | None = ...,
+        deny_out: _abc.Iterable[_builtins.str] | None = ...,
+        no_internet: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_out", b"allow_out", "deny_out", b"deny_out", "no_internet", b"no_internet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EgressPolicy: _TypeAlias = EgressPolicy  # noqa: Y015
+
+@_typing.final
+class PortForward(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_ADDRESS_FIELD_NUMBER: _builtins.int
+    HOST_PORT_FIELD_NUMBER: _builtins.int
+    GUEST_PORT_FIELD_NUMBER: _builtins.int
+    PROTOCOL_FIELD_NUMBER: _builtins.int
+    host_address: _builtins.str
+    """a host IPv4 address; default 127.0.0.1"""
+    host_port: _builtins.int
+    guest_port: _builtins.int
+    protocol: _builtins.str
+    """"tcp" (default) or "udp" """
+    def __init__(
+        self,
+        *,
+        host_address: _builtins.str = ...,
+        host_port: _builtins.int = ...,
+        guest_port: _builtins.int = ...,
+        protocol: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["guest_port", b"guest_port", "host_address", b"host_address", "host_port", b"host_port", "protocol", b"protocol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PortForward: _TypeAlias = PortForward  # noqa: Y015
+
+@_typing.final
+class SetVmNetworkRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    EGRESS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    @_builtins.property
+    def egress(self) -> Global___EgressPolicy:
+        """replaces the VM's whole policy"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        egress: Global___EgressPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["egress", b"egress"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["egress", b"egress", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetVmNetworkRequest: _TypeAlias = SetVmNetworkRequest  # noqa: Y015
+
+@_typing.final
 class SetVmTimeoutRequest(_message.Message):
     """--- VM lifetimes (issue 13) ---"""
 
@@ -907,3 +1054,123 @@ class SetVmTimeoutRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetVmTimeoutRequest: _TypeAlias = SetVmTimeoutRequest  # noqa: Y015
+
+@_typing.final
+class StreamLogsRequest(_message.Message):
+    """--- operations: console logs and the event stream (issue 15) ---"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TAIL_LINES_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    tail_lines: _builtins.int
+    """Only the last N lines of what is kept (at most 10000); unset: everything kept."""
+    follow: _builtins.bool
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        tail_lines: _builtins.int | None = ...,
+        follow: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_tail_lines", b"_tail_lines", "tail_lines", b"tail_lines"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tail_lines", b"_tail_lines", "follow", b"follow", "id", b"id", "tail_lines", b"tail_lines"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__tail_lines: _TypeAlias = _typing.Literal["tail_lines"]  # noqa: Y015
+    _WhichOneofArgType__tail_lines: _TypeAlias = _typing.Literal["_tail_lines", b"_tail_lines"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tail_lines) -> _WhichOneofReturnType__tail_lines | None: ...
+
+Global___StreamLogsRequest: _TypeAlias = StreamLogsRequest  # noqa: Y015
+
+@_typing.final
+class LogChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """at most 32 KiB of console output, as the guest wrote it"""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogChunk: _TypeAlias = LogChunk  # noqa: Y015
+
+@_typing.final
+class WatchVmsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_SEQUENCE_FIELD_NUMBER: _builtins.int
+    NO_FOLLOW_FIELD_NUMBER: _builtins.int
+    since_sequence: _builtins.int
+    """Unset: only events from now on. 0: every event still kept, then new ones. N: the events after N."""
+    no_follow: _builtins.bool
+    """End the stream after the events kept now instead of waiting for new ones."""
+    def __init__(
+        self,
+        *,
+        since_sequence: _builtins.int | None = ...,
+        no_follow: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_since_sequence", b"_since_sequence", "since_sequence", b"since_sequence"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_since_sequence", b"_since_sequence", "no_follow", b"no_follow", "since_sequence", b"since_sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__since_sequence: _TypeAlias = _typing.Literal["since_sequence"]  # noqa: Y015
+    _WhichOneofArgType__since_sequence: _TypeAlias = _typing.Literal["_since_sequence", b"_since_sequence"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__since_sequence) -> _WhichOneofReturnType__since_sequence | None: ...
+
+Global___WatchVmsRequest: _TypeAlias = WatchVmsRequest  # noqa: Y015
+
+@_typing.final
+class VmEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    VM_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    BACKEND_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Grows by one per event; also across server restarts (a server starts above any earlier one)."""
+    vm_id: _builtins.str
+    kind: Global___VmEventKind.ValueType
+    state: Global___VmState.ValueType
+    """the VM's state after the event"""
+    backend: Global___Backend.ValueType
+    origin: Global___VmOrigin.ValueType
+    reason: _builtins.str
+    """for ERROR: the VMM's or the boot's explanation (one line)"""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        vm_id: _builtins.str = ...,
+        kind: Global___VmEventKind.ValueType = ...,
+        state: Global___VmState.ValueType = ...,
+        backend: Global___Backend.ValueType = ...,
+        origin: Global___VmOrigin.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "backend", b"backend", "kind", b"kind", "origin", b"origin", "reason", b"reason", "sequence", b"sequence", "state", b"state", "vm_id", b"vm_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VmEvent: _TypeAlias = VmEvent  # noqa: Y015

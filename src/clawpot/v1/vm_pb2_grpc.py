@@ -94,10 +94,25 @@ class VmServiceStub:
                 request_serializer=clawpot_dot_v1_dot_vm__pb2.DownloadFileRequest.SerializeToString,
                 response_deserializer=clawpot_dot_v1_dot_vm__pb2.DownloadFileResponse.FromString,
                 _registered_method=True)
+        self.SetVmNetwork = channel.unary_unary(
+                '/clawpot.v1.VmService/SetVmNetwork',
+                request_serializer=clawpot_dot_v1_dot_vm__pb2.SetVmNetworkRequest.SerializeToString,
+                response_deserializer=clawpot_dot_v1_dot_vm__pb2.Vm.FromString,
+                _registered_method=True)
         self.SetVmTimeout = channel.unary_unary(
                 '/clawpot.v1.VmService/SetVmTimeout',
                 request_serializer=clawpot_dot_v1_dot_vm__pb2.SetVmTimeoutRequest.SerializeToString,
                 response_deserializer=clawpot_dot_v1_dot_vm__pb2.Vm.FromString,
+                _registered_method=True)
+        self.StreamLogs = channel.unary_stream(
+                '/clawpot.v1.VmService/StreamLogs',
+                request_serializer=clawpot_dot_v1_dot_vm__pb2.StreamLogsRequest.SerializeToString,
+                response_deserializer=clawpot_dot_v1_dot_vm__pb2.LogChunk.FromString,
+                _registered_method=True)
+        self.WatchVms = channel.unary_stream(
+                '/clawpot.v1.VmService/WatchVms',
+                request_serializer=clawpot_dot_v1_dot_vm__pb2.WatchVmsRequest.SerializeToString,
+                response_deserializer=clawpot_dot_v1_dot_vm__pb2.VmEvent.FromString,
                 _registered_method=True)
 
 
@@ -189,9 +204,34 @@ class VmServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetVmNetwork(self, request, context):
+        """Replace a Running or Paused VM's egress policy; applied at once, stored, kept across restarts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetVmTimeout(self, request, context):
         """Set a VM's lifetime to end `timeout_seconds` from now (0: no lifetime, it lives until deleted).
         Shortens or extends; when it ends the VM is deleted. Returns the VM with its new `expires_at`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamLogs(self, request, context):
+        """The VM's serial console: what is kept (at most 1 MiB and its rotated predecessor), or its last
+        `tail_lines` lines; with `follow`, then what it prints next, until the VM is deleted or goes to
+        ERROR (whose console is kept until delete). Raw guest bytes: untrusted text.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchVms(self, request, context):
+        """Every VM state change, numbered. Resume after a reconnect with `since_sequence`: OUT_OF_RANGE when
+        the events after it are no longer kept (the last 10000 are, in memory; not across a server
+        restart). A watcher that falls 1000 events behind is dropped with RESOURCE_EXHAUSTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -260,10 +300,25 @@ def add_VmServiceServicer_to_server(servicer, server):
                     request_deserializer=clawpot_dot_v1_dot_vm__pb2.DownloadFileRequest.FromString,
                     response_serializer=clawpot_dot_v1_dot_vm__pb2.DownloadFileResponse.SerializeToString,
             ),
+            'SetVmNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetVmNetwork,
+                    request_deserializer=clawpot_dot_v1_dot_vm__pb2.SetVmNetworkRequest.FromString,
+                    response_serializer=clawpot_dot_v1_dot_vm__pb2.Vm.SerializeToString,
+            ),
             'SetVmTimeout': grpc.unary_unary_rpc_method_handler(
                     servicer.SetVmTimeout,
                     request_deserializer=clawpot_dot_v1_dot_vm__pb2.SetVmTimeoutRequest.FromString,
                     response_serializer=clawpot_dot_v1_dot_vm__pb2.Vm.SerializeToString,
+            ),
+            'StreamLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamLogs,
+                    request_deserializer=clawpot_dot_v1_dot_vm__pb2.StreamLogsRequest.FromString,
+                    response_serializer=clawpot_dot_v1_dot_vm__pb2.LogChunk.SerializeToString,
+            ),
+            'WatchVms': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchVms,
+                    request_deserializer=clawpot_dot_v1_dot_vm__pb2.WatchVmsRequest.FromString,
+                    response_serializer=clawpot_dot_v1_dot_vm__pb2.VmEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -601,6 +656,33 @@ class VmService:
             _registered_method=True)
 
     @staticmethod
+    def SetVmNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clawpot.v1.VmService/SetVmNetwork',
+            clawpot_dot_v1_dot_vm__pb2.SetVmNetworkRequest.SerializeToString,
+            clawpot_dot_v1_dot_vm__pb2.Vm.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def SetVmTimeout(request,
             target,
             options=(),
@@ -617,6 +699,60 @@ class VmService:
             '/clawpot.v1.VmService/SetVmTimeout',
             clawpot_dot_v1_dot_vm__pb2.SetVmTimeoutRequest.SerializeToString,
             clawpot_dot_v1_dot_vm__pb2.Vm.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/clawpot.v1.VmService/StreamLogs',
+            clawpot_dot_v1_dot_vm__pb2.StreamLogsRequest.SerializeToString,
+            clawpot_dot_v1_dot_vm__pb2.LogChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchVms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/clawpot.v1.VmService/WatchVms',
+            clawpot_dot_v1_dot_vm__pb2.WatchVmsRequest.SerializeToString,
+            clawpot_dot_v1_dot_vm__pb2.VmEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,9 +59,21 @@ class VmServiceStub:
     """Write a file into the guest atomically. The first request must be `header`, then `chunk`s."""
     DownloadFile: _grpc.UnaryStreamMultiCallable[_vm_pb2.DownloadFileRequest, _vm_pb2.DownloadFileResponse]
     """Read a file from the guest: `info` first, then `chunk`s."""
+    SetVmNetwork: _grpc.UnaryUnaryMultiCallable[_vm_pb2.SetVmNetworkRequest, _vm_pb2.Vm]
+    """Replace a Running or Paused VM's egress policy; applied at once, stored, kept across restarts."""
     SetVmTimeout: _grpc.UnaryUnaryMultiCallable[_vm_pb2.SetVmTimeoutRequest, _vm_pb2.Vm]
     """Set a VM's lifetime to end `timeout_seconds` from now (0: no lifetime, it lives until deleted).
     Shortens or extends; when it ends the VM is deleted. Returns the VM with its new `expires_at`.
+    """
+    StreamLogs: _grpc.UnaryStreamMultiCallable[_vm_pb2.StreamLogsRequest, _vm_pb2.LogChunk]
+    """The VM's serial console: what is kept (at most 1 MiB and its rotated predecessor), or its last
+    `tail_lines` lines; with `follow`, then what it prints next, until the VM is deleted or goes to
+    ERROR (whose console is kept until delete). Raw guest bytes: untrusted text.
+    """
+    WatchVms: _grpc.UnaryStreamMultiCallable[_vm_pb2.WatchVmsRequest, _vm_pb2.VmEvent]
+    """Every VM state change, numbered. Resume after a reconnect with `since_sequence`: OUT_OF_RANGE when
+    the events after it are no longer kept (the last 10000 are, in memory; not across a server
+    restart). A watcher that falls 1000 events behind is dropped with RESOURCE_EXHAUSTED.
     """
 
 @_typing.type_check_only
@@ -95,9 +107,21 @@ class VmServiceAsyncStub(VmServiceStub):
     """Write a file into the guest atomically. The first request must be `header`, then `chunk`s."""
     DownloadFile: _aio.UnaryStreamMultiCallable[_vm_pb2.DownloadFileRequest, _vm_pb2.DownloadFileResponse]  # type: ignore[assignment]
     """Read a file from the guest: `info` first, then `chunk`s."""
+    SetVmNetwork: _aio.UnaryUnaryMultiCallable[_vm_pb2.SetVmNetworkRequest, _vm_pb2.Vm]  # type: ignore[assignment]
+    """Replace a Running or Paused VM's egress policy; applied at once, stored, kept across restarts."""
     SetVmTimeout: _aio.UnaryUnaryMultiCallable[_vm_pb2.SetVmTimeoutRequest, _vm_pb2.Vm]  # type: ignore[assignment]
     """Set a VM's lifetime to end `timeout_seconds` from now (0: no lifetime, it lives until deleted).
     Shortens or extends; when it ends the VM is deleted. Returns the VM with its new `expires_at`.
+    """
+    StreamLogs: _aio.UnaryStreamMultiCallable[_vm_pb2.StreamLogsRequest, _vm_pb2.LogChunk]  # type: ignore[assignment]
+    """The VM's serial console: what is kept (at most 1 MiB and its rotated predecessor), or its last
+    `tail_lines` lines; with `follow`, then what it prints next, until the VM is deleted or goes to
+    ERROR (whose console is kept until delete). Raw guest bytes: untrusted text.
+    """
+    WatchVms: _aio.UnaryStreamMultiCallable[_vm_pb2.WatchVmsRequest, _vm_pb2.VmEvent]  # type: ignore[assignment]
+    """Every VM state change, numbered. Resume after a reconnect with `since_sequence`: OUT_OF_RANGE when
+    the events after it are no longer kept (the last 10000 are, in memory; not across a server
+    restart). A watcher that falls 1000 events behind is dropped with RESOURCE_EXHAUSTED.
     """
 
 class VmServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -202,6 +226,14 @@ class VmServiceServicer(metaclass=_abc_1.ABCMeta):
         """Read a file from the guest: `info` first, then `chunk`s."""
 
     @_abc_1.abstractmethod
+    def SetVmNetwork(
+        self,
+        request: _vm_pb2.SetVmNetworkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vm_pb2.Vm, _abc.Awaitable[_vm_pb2.Vm]]:
+        """Replace a Running or Paused VM's egress policy; applied at once, stored, kept across restarts."""
+
+    @_abc_1.abstractmethod
     def SetVmTimeout(
         self,
         request: _vm_pb2.SetVmTimeoutRequest,
@@ -209,6 +241,28 @@ class VmServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_vm_pb2.Vm, _abc.Awaitable[_vm_pb2.Vm]]:
         """Set a VM's lifetime to end `timeout_seconds` from now (0: no lifetime, it lives until deleted).
         Shortens or extends; when it ends the VM is deleted. Returns the VM with its new `expires_at`.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamLogs(
+        self,
+        request: _vm_pb2.StreamLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_vm_pb2.LogChunk], _abc.AsyncIterator[_vm_pb2.LogChunk]]:
+        """The VM's serial console: what is kept (at most 1 MiB and its rotated predecessor), or its last
+        `tail_lines` lines; with `follow`, then what it prints next, until the VM is deleted or goes to
+        ERROR (whose console is kept until delete). Raw guest bytes: untrusted text.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchVms(
+        self,
+        request: _vm_pb2.WatchVmsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_vm_pb2.VmEvent], _abc.AsyncIterator[_vm_pb2.VmEvent]]:
+        """Every VM state change, numbered. Resume after a reconnect with `since_sequence`: OUT_OF_RANGE when
+        the events after it are no longer kept (the last 10000 are, in memory; not across a server
+        restart). A watcher that falls 1000 events behind is dropped with RESOURCE_EXHAUSTED.
         """
 
 def add_VmServiceServicer_to_server(servicer: VmServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from clawpot.agent.protocol import FrameType
+from clawpot.agent.watch import MAX_PENDING
 from clawpot.agent_client import AgentClient, RemoteError
-from clawpot.agent_client.fs import WatchEvent
+from clawpot.agent_client.fs import Watch, WatchEvent
 
 NOBODY = pwd.getpwnam("nobody")
 
@@ -252,3 +254,32 @@ async def test_put_metadata_is_the_files_whole_set(client: AgentClient, tmp_path
         with pytest.raises(RemoteError) as refused:
             await client.write_file(b"x", target, inplace=True, metadata=bad)
         assert refused.value.code == "bad_request"
+
+
+async def test_watch_queue_is_bounded_and_reports_drops(client: AgentClient, tmp_path: Path) -> None:
+    """A host that grants almost no credit: the agent keeps at most MAX_PENDING events, counts the rest,
+    and says how many it dropped once the host reads again."""
+    conn = client._conn
+    stream = conn.open_stream({"op": "watch", "path": str(tmp_path)}, window=4096)
+    try:
+        await stream.recv_until(FrameType.INFO)
+
+        def churn() -> None:
+            for i in range(MAX_PENDING + 500):  # one event each (created)
+                (tmp_path / f"f{i}").touch()
+
+        await asyncio.to_thread(churn)
+        sync = Watch(stream, 1)
+        events = []
+        dropped = 0
+        async with asyncio.timeout(60):
+            while True:
+                batch = await sync.sync(timeout=5.0)
+                events += batch
+                dropped = sync.dropped
+                if not batch and dropped:
+                    break
+        assert len(events) <= MAX_PENDING + 4096 // 30  # the queue, plus what the 4 KiB window held
+        assert dropped > 0 and len(events) + dropped == MAX_PENDING + 500
+    finally:
+        stream.close()

@@ -73,11 +73,15 @@ async def test_a_vmm_crash_moves_the_vm_to_error_and_frees_it(node: Node, backen
     crashed = node.get(record.id).record
     assert "SIGKILL" in crashed.error
     assert node.store.get(record.id) == crashed
-    await _until(lambda: not record.vm_dir.exists())  # released after the crash
+    release = node.get(record.id).release_task
+    assert release is not None
+    await release  # released after the crash: all but its console, kept for `clawpot logs`
+    assert [p.name for p in record.vm_dir.iterdir()] == [fake_vmm.CONSOLE]
     with pytest.raises(errors.FailedPrecondition, match="is Error, not Running"):
         await service.exec(record.id, ExecParams(argv=["true"]))
     await service.delete(record.id)
     assert node.store.list() == []
+    assert not record.vm_dir.exists()
 
 
 async def test_a_cancelled_create_leaves_nothing(node: Node, data_dir: Path, backend: FakeVmmBackend) -> None:
@@ -156,8 +160,11 @@ async def test_a_vm_whose_vmm_died_while_no_server_ran_is_error(
         found = second.get(record.id).record
         assert found.state is VmState.ERROR
         assert "VMM process gone when the server restarted" in found.error
-        assert not record.vm_dir.exists()
+        # Only its console is left, for `clawpot logs`, until the VM is deleted.
+        assert [p.name for p in record.vm_dir.iterdir()] == [fake_vmm.CONSOLE]
         assert backend.attached == []
+        await second.delete(record.id)
+        assert not record.vm_dir.exists()
     finally:
         await second.close(stop_vms=True)
 
