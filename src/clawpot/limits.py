@@ -305,6 +305,10 @@ E2B_KEEPALIVE_MAX_INTERVAL = 15.0
 # timeout): by the time the SDK raises TimeoutException the process is gone, as with E2B's envd, whose
 # kill comes a network round trip before the SDK's next call can look.
 E2B_TIMEOUT_KILL_MARGIN = 0.1
+# Start/Connect streams open at once per sandbox: each holds one of the agent connection's 64 sessions
+# (agent/protocol.py MAX_SESSIONS); 48 leaves 16 for unary calls (kill, send_stdin, list, files), so a
+# sandbox full of waited-on commands can still be controlled. Beyond: RESOURCE_EXHAUSTED.
+E2B_MAX_PROCESS_STREAMS = 48
 
 # --- E2B filesystem: the agent's stat/list/mkdir/move/remove/watch and /files (issue 14) ------------
 

@@ -75,6 +75,7 @@ class Spec:
     timeout: float | None
     tag: str | None
     shown_env: dict[str, str] = field(default_factory=dict)  # the env the host asked for (for list)
+    shown_cwd: str | None = None  # the cwd as asked (None: none was), as envd lists it
 
 
 class RingBudget:
@@ -172,7 +173,7 @@ class ManagedProcess:
             "tag": spec.tag,
             "argv": spec.argv,
             "env": spec.shown_env,
-            "cwd": spec.cwd,
+            "cwd": spec.shown_cwd,
             "pty": spec.pty is not None,
         }
 
@@ -319,10 +320,15 @@ class ManagedProcess:
             return
         self.listeners.append(listener)
 
-    def detach(self, listener: Listener) -> None:
+    def detach(self, listener: Listener, unsent: list[tuple[int, bytes]] | None = None) -> None:
+        """``unsent``: output the listener took but could not send (no credit): kept for the next
+        listener when no other one has it (the ring is empty while someone listens)."""
         with contextlib.suppress(ValueError):
             self.listeners.remove(listener)
         if self.running:
+            if not self.listeners:
+                for pipe, data in unsent or ():
+                    self.ring.append(pipe, data)
             self.resume()
 
     # --- input -----------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@
 - ``proc_attach``: ``pid`` or ``tag``. INFO {pid, pty}, the output buffered while nobody listened, live
   output, END {exit_code, signal, timed_out, duration} when the process has ended (at once for one that
   ended already). CANCEL on either stream detaches: the process runs on, END {"detached": true}.
-- ``proc_list``: END {processes: [{pid, tag, argv, env, cwd, pty}]} of the running ones.
+- ``proc_list``: END {processes: [{pid, tag, argv, env, cwd, pty}]} of the running ones (env and cwd
+  as they were asked for).
 - ``proc_input``: ``pid`` or ``tag``, ``close_stdin``; DATA on stdin is written to the process, EOF ends
   the request: END {} once everything is written (and stdin closed if asked).
 - ``proc_signal``: ``pid`` or ``tag``, ``signal`` (sent to its process group). END {}.
@@ -64,7 +65,8 @@ def parse_spec(req: dict[str, Any]) -> Spec:
     named = accounts.request_account(req)  # unknown_user for a name the guest does not have
     account = named or own_account()
     # As envd: no cwd is the user's home; ``~`` and relative paths are taken from it.
-    cwd = accounts.resolve(opt_str(req, "cwd") or "~", account)
+    asked_cwd = opt_str(req, "cwd") or None
+    cwd = accounts.resolve(asked_cwd or "~", account)
     check_cwd(cwd)
     pty = _parse_pty(req)
     full_env = {**login_env(account), **env}
@@ -80,6 +82,7 @@ def parse_spec(req: dict[str, Any]) -> Spec:
         timeout=_parse_timeout(req),
         tag=_parse_tag(req),
         shown_env=env,
+        shown_cwd=asked_cwd,
     )
 
 
@@ -178,12 +181,12 @@ class ProcAttachSession(Session):
         self.on_window()
 
     def on_cancel(self) -> None:
-        # Detach: the process runs on; what this stream had not sent yet goes back to nobody.
+        # Detach: the process runs on; what this stream had not sent yet waits for the next listener.
         self.finish({"detached": True})
 
     def cleanup(self) -> None:
         if self.managed is not None:
-            self.managed.detach(self)
+            self.managed.detach(self, list(self._pending))
         self._pending.clear()
         self._pending_bytes = 0
 

@@ -416,10 +416,13 @@ class AgentConnection:
 
     def open_stream(self, request: dict[str, Any], window: int = RECEIVE_WINDOW) -> Stream:
         self._check_running()
+        payload = encode_json({**request, "window": window})
+        if len(payload) > MAX_PAYLOAD:  # checked before the stream exists: nothing to forget after
+            raise ValueError(f"request of {len(payload)} bytes exceeds a frame ({MAX_PAYLOAD})")
         stream = Stream(self, self._next_id, window)
         self._next_id += 1
         self._streams[stream.id] = stream
-        self.send_nowait(FrameType.OPEN, stream.id, encode_json({**request, "window": window}))
+        self.send_nowait(FrameType.OPEN, stream.id, payload)
         return stream
 
     def _forget(self, stream: Stream) -> None:

@@ -184,3 +184,17 @@ async def test_cwd_tilde_and_relative_are_under_home(client: AgentClient) -> Non
         proc = await client.proc_start(ProcSpec(["pwd"], cwd=cwd))
         out, _, _ = await _collect(proc)
         assert out.decode().strip() == home
+
+
+async def test_output_a_detached_listener_could_not_send_goes_to_the_next(client: AgentClient) -> None:
+    from clawpot.agent_client import procs
+
+    # A window of 4 bytes: "abcd" reaches this stream, "efgh" waits in the agent for credit.
+    proc = await procs.start(client._conn, ProcSpec(["sh", "-c", "printf abcdefgh; read x"]), window=4)
+    assert proc.pid is not None
+    await asyncio.sleep(0.5)
+    proc.cancel()
+    again = await client.proc_attach(Selector(pid=proc.pid))
+    await client.proc_input(Selector(pid=proc.pid), b"\n")
+    out, _, end = await _collect(again)
+    assert out == b"efgh" and end.status.exit_code == 0

@@ -5,6 +5,10 @@ What is not real here: the node. A VM's agent link is stood in for by ``_HostNod
 client of an agent started on the host (tests/support/agent_harness.py), because this module tests the
 translation between the SDK and the agent, fast; tests/integration/test_e2b_envd.py runs the same SDK
 calls against a real server and real VMs.
+
+The SDK runs commands as `bash -l` and this host's root profile runs `pyenv init`, whose lock a login
+shell killed in the middle of it leaves behind (every later `bash -l` then waits for it): so no test
+here kills a command before it has shown it is past its profile (output, or a timeout of seconds).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from e2b.exceptions import AuthenticationException, InvalidArgumentException
 from packaging.version import Version
 from support.agent_harness import AgentProcess, pid_alive, start_agent, stop_agent, wait_until
 
-from clawpot import errors
+from clawpot import errors, limits
 from clawpot.agent_client import AgentClient, wait_ready
 from clawpot.e2b import listener
 from clawpot.e2b.envd import create_envd_app
@@ -164,6 +168,13 @@ def envd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Envd]:
 # --- commands ------------------------------------------------------------------------------------------
 
 
+def _past_profile(handle: Any) -> None:
+    """Wait for the first output of a background command (its login shell is past its profile)."""
+    for out, _, pty in handle:
+        if out or pty:
+            return
+
+
 def test_run_foreground_exit_codes_and_output(envd: Envd) -> None:
     sbx = envd.sandbox()
     result = sbx.commands.run("echo hello; echo oops >&2")
@@ -203,10 +214,12 @@ def test_background_wait_stdin_list_and_kill(envd: Envd) -> None:
     result = handle.wait()
     assert result.stdout == "got abc\n"
 
-    sleeper = sbx.commands.run("sleep 60", background=True)
+    sleeper = sbx.commands.run("echo up; sleep 60", background=True)
+    _past_profile(sleeper)
     listed = {p.pid: p for p in sbx.commands.list()}
     assert listed[sleeper.pid].cmd == "/bin/bash"
-    assert listed[sleeper.pid].args == ["-l", "-c", "sleep 60"]
+    assert listed[sleeper.pid].args == ["-l", "-c", "echo up; sleep 60"]
+    assert listed[sleeper.pid].cwd is None  # none was asked for, as envd lists it
     assert sbx.commands.kill(sleeper.pid) is True
     with pytest.raises(CommandExitException) as info:
         sleeper.wait()
@@ -233,7 +246,7 @@ def test_timeout_kills_the_process(envd: Envd) -> None:
     sbx = envd.sandbox()
     started = time.monotonic()
     with pytest.raises(TimeoutException):
-        sbx.commands.run("echo $$ > /tmp/envd-timeout.pid; sleep 60", timeout=1.5)
+        sbx.commands.run("echo $$ > /tmp/envd-timeout.pid; sleep 60", timeout=4)
     listed = {p.pid for p in sbx.commands.list()}  # at once: the kill came just before the deadline
     assert time.monotonic() - started < 10
     pid = int(Path("/tmp/envd-timeout.pid").read_text())
@@ -268,6 +281,7 @@ def test_pty_create_input_resize_kill(envd: Envd) -> None:
     assert "24 80" in text and "40 100" in text
 
     other = sbx.pty.create(PtySize(rows=24, cols=80), user="root", timeout=30)
+    _past_profile(other)  # its prompt
     assert sbx.pty.kill(other.pid) is True
     with pytest.raises(CommandExitException):
         other.wait()
@@ -284,7 +298,7 @@ async def test_async_sdk(envd: Envd) -> None:
     with pytest.raises(CommandExitException):
         await sbx.commands.run("exit 2")
     with pytest.raises(TimeoutException):
-        await sbx.commands.run("sleep 30", timeout=1)
+        await sbx.commands.run("sleep 30", timeout=4)
 
 
 # --- the sandbox-level endpoints ------------------------------------------------------------------------
@@ -373,7 +387,8 @@ def test_bad_requests_get_connect_errors(envd: Envd) -> None:
         )
     assert info.value.code == Code.UNAUTHENTICATED
     sbx = envd.sandbox()
-    plain = sbx.commands.run("sleep 30", background=True)
+    plain = sbx.commands.run("echo up; sleep 30", background=True)
+    _past_profile(plain)
     with pytest.raises(ConnectError) as info:
         client.update(
             process_pb.UpdateRequest(
@@ -391,3 +406,55 @@ def test_large_output_streams_through(envd: Envd) -> None:
     result = envd.sandbox().commands.run("head -c 8388608 /dev/zero | tr '\\0' a; echo; echo tail >&2")
     assert len(result.stdout) == 8388608 + 1 and set(result.stdout.strip()) == {"a"}
     assert result.stderr == "tail\n"
+
+
+def test_a_command_too_large_for_the_agent_is_an_invalid_argument(envd: Envd) -> None:
+    sbx = envd.sandbox()
+    with pytest.raises(InvalidArgumentException, match="at most"):
+        sbx.commands.run("echo " + "x" * 40_000)
+    assert sbx.commands.run("echo still fine").stdout == "still fine\n"
+
+
+def test_keepalives_while_the_process_is_silent(envd: Envd) -> None:
+    from e2b.envd.process import process_connect, process_pb
+
+    client = process_connect.ProcessClientSync(envd.url)
+    headers = {"E2b-Sandbox-Id": SANDBOX, "Keepalive-Ping-Interval": "1"}
+    config = process_pb.ProcessConfig(cmd="/bin/sh", args=["-c", "sleep 2.5; echo done"])
+    kinds = [
+        response.event.event.field
+        for response in client.start(process_pb.StartRequest(process=config), headers=headers)
+        if response.event is not None and response.event.event is not None
+    ]
+    assert kinds[0] == "start" and kinds[-1] == "end"
+    assert kinds.count("keepalive") >= 2 and "data" in kinds
+
+
+def test_more_streams_than_the_agent_takes_is_an_error_not_a_hang(envd: Envd) -> None:
+    # Raw Connect clients running /bin/sh: the SDK's `bash -l` would read this host's root profile, whose
+    # `pyenv init` serialises concurrent login shells (not what is tested here; the guest has no pyenv).
+    from connectrpc.code import Code
+    from connectrpc.errors import ConnectError
+    from e2b.envd.process import process_connect, process_pb
+
+    client = process_connect.ProcessClientSync(envd.url)
+    headers = {"E2b-Sandbox-Id": SANDBOX}
+    config = process_pb.ProcessConfig(cmd="/bin/sh", args=["-c", "sleep 60"])
+    streams = []
+    try:
+        for _ in range(limits.E2B_MAX_PROCESS_STREAMS):
+            stream = client.start(process_pb.StartRequest(process=config), headers=headers)
+            first = next(stream)
+            assert first.event is not None and first.event.event is not None
+            streams.append((stream, first.event.event.value.pid))
+        with pytest.raises(ConnectError) as info:
+            next(client.start(process_pb.StartRequest(process=config), headers=headers))
+        assert info.value.code == Code.RESOURCE_EXHAUSTED
+        sbx = envd.sandbox()
+        assert len(sbx.commands.list()) >= len(streams)  # unary calls still have sessions
+        for _, pid in streams:
+            assert sbx.commands.kill(pid)
+    finally:
+        for stream, _ in streams:
+            stream.close()
+    assert envd.sandbox().commands.run("echo ok").stdout == "ok\n"

@@ -5,8 +5,8 @@ a terminal), ``keepalive`` while the process is silent, and ``end`` {exit_code, 
 as envd (Go's ``os.ProcessState``) words them: ``exit status 3`` / ``signal: killed``, exit code -1 for
 a signal. A stream that ends (the client went away, or its ``timeout`` passed) detaches: the process
 runs on in the guest, as in envd. The request's Connect timeout (the SDK's ``timeout``) is the
-process's lifetime: the agent kills its process group when it passes, and the SDK raises
-``TimeoutException`` at the same deadline.
+process's lifetime: the agent kills its process group just before it passes and the stream ends with
+DEADLINE_EXCEEDED, which the SDK raises as ``TimeoutException``.
 
 The process is started as the user of ``Authorization: Basic`` (``users.username``), with envd's
 environment: PATH, HOME, USER, LOGNAME, the sandbox's ``envVars``, then the request's ``envs``.
@@ -33,6 +33,7 @@ from clawpot.e2b.context import E2bContext
 from clawpot.e2b.envd import users
 from clawpot.e2b.envd.gen.process import process_pb as pb
 from clawpot.e2b.envd.guest import agent_for, connect_error, sandbox_gone_message
+from clawpot.service import validate
 
 if TYPE_CHECKING:
     from connectrpc.request import RequestContext
@@ -181,6 +182,7 @@ class ProcessService:
     def __init__(self, ctx: E2bContext, default_user: str = limits.E2B_DEFAULT_USER) -> None:
         self._ctx = ctx
         self._default_user = default_user
+        self._open_streams: dict[str, int] = {}  # sandbox id -> Start/Connect streams open now
 
     async def _stream(
         self,
@@ -190,20 +192,34 @@ class ProcessService:
     ) -> AsyncIterator[pb.ProcessEvent]:
         remaining = ctx.timeout_ms
         deadline = asyncio.get_running_loop().time() + remaining / 1000 if remaining is not None else None
-        agent, link = await agent_for(self._ctx, sid)
+        # Each open stream holds one of the agent connection's sessions: leave some for unary calls
+        # (kill, send_stdin, list), so a sandbox full of waited-on commands can still be controlled.
+        if self._open_streams.get(sid, 0) >= limits.E2B_MAX_PROCESS_STREAMS:
+            raise ConnectError(
+                Code.RESOURCE_EXHAUSTED,
+                f"at most {limits.E2B_MAX_PROCESS_STREAMS} command streams at once per sandbox: "
+                "disconnect or wait for some first",
+            )
+        self._open_streams[sid] = self._open_streams.get(sid, 0) + 1
         try:
-            # The agent answers at once (INFO after the spawn): its budget bounds a wedged or hostile one.
-            async with asyncio.timeout(link.budget(None)):
-                proc = await proc_of(agent)
-        except BaseException as exc:
-            raise connect_error(exc, sid, link, agent) from exc
-        try:
-            async for event in process_events(proc, _keepalive_interval(ctx), deadline):
-                yield event
-        except ConnectError:
-            raise
-        except (Exception, TimeoutError) as exc:
-            raise connect_error(exc, sid, link, agent) from exc
+            agent, link = await agent_for(self._ctx, sid)
+            try:
+                # The agent answers at once (INFO after the spawn): its budget bounds a wedged or hostile one.
+                async with asyncio.timeout(link.budget(None)):
+                    proc = await proc_of(agent)
+            except BaseException as exc:
+                raise connect_error(exc, sid, link, agent) from exc
+            try:
+                async for event in process_events(proc, _keepalive_interval(ctx), deadline):
+                    yield event
+            except ConnectError:
+                raise
+            except (Exception, TimeoutError) as exc:
+                raise connect_error(exc, sid, link, agent) from exc
+        finally:
+            left = self._open_streams.pop(sid) - 1
+            if left:
+                self._open_streams[sid] = left
 
     async def start(
         self, request: pb.StartRequest, ctx: RequestContext[pb.StartRequest, pb.StartResponse]
@@ -222,18 +238,25 @@ class ProcessService:
             raise ConnectError(Code.UNAVAILABLE, sandbox_gone_message(sid)) from None
         size = request.pty.size if request.pty is not None else None
         remaining = ctx.timeout_ms
+        argv, env = [config.cmd, *config.args], {**sandbox.attrs.env_vars, **dict(config.envs)}
+        cwd = config.cwd if config.has_field("cwd") and config.cwd else None
+        try:
+            # The bounds of every exec (argv 32 KiB, env 16 KiB, ...): what the agent takes in one frame.
+            validate.exec_request(argv, env, None, None)
+            if cwd is not None and (len(cwd.encode()) > limits.MAX_GUEST_PATH_BYTES or "\0" in cwd):
+                raise errors.InvalidArgument(f"cwd is not a usable path: {errors.quote(cwd)}")
+        except errors.InvalidArgument as exc:
+            raise ConnectError(Code.INVALID_ARGUMENT, str(exc)) from None
         spec = ProcSpec(
-            argv=[config.cmd, *config.args],
-            env={**sandbox.attrs.env_vars, **dict(config.envs)},
-            cwd=config.cwd if config.has_field("cwd") and config.cwd else None,
+            argv=argv,
+            env=env,
+            cwd=cwd,
             user=user,
-            pty=(size.rows or 24, size.cols or 80) if request.pty is not None and size is not None else None,
+            pty=None if request.pty is None else (size.rows or 24, size.cols or 80) if size else (24, 80),
             stdin=request.stdin if request.has_field("stdin") else True,
             timeout=_kill_after(remaining / 1000) if remaining is not None else None,
             tag=request.tag if request.has_field("tag") else None,
         )
-        if request.pty is not None and spec.pty is None:
-            spec = ProcSpec(**{**spec.__dict__, "pty": (24, 80)})
         async for event in self._stream(ctx, lambda agent: agent.proc_start(spec), sid):
             yield pb.StartResponse(event=event)
 
