@@ -208,3 +208,9 @@ SNAPSHOT_LOAD_TIMEOUT = 30.0
 # digits, '.', '-', '_', starting with a letter or digit (never hidden, never '..'), and short enough to
 # read. 64 like a VM id.
 MAX_SNAPSHOT_NAME_CHARS = 64
+
+# --- Fork and warm pool: copies of a VM (issue 12) ----------------------------------------------------
+
+# Fresh entropy sent to every copy of a VM (restore, fork, pool hand-out) through configure: 64 bytes
+# (512 bits) is twice what one CRNG reseed consumes, so each copy's RNG depends on host bytes alone.
+REFRESH_ENTROPY_BYTES = 64

@@ -4,8 +4,12 @@ Request (validated by ``identity``): ``hostname``, ``address`` + ``gateway``, ``
 ``interface`` (eth0), ``announce``. END: the identity now in effect, read back from the kernel and
 /etc, with ``changed`` (what differed and was set), ``announced`` and ``duration``.
 
-Steps, in this order, each skipped when the kernel already has what was asked (so a repeat changes
-nothing):
+First, on a copy of a VM (``refresh``): ``clock_ns`` steps the wall clock to the host's time and
+``entropy`` is added to the kernel's RNG, which is reseeded (END: ``clock_ns`` read back right after the
+step, ``entropy_credited``). Both always run when asked and are named in ``changed``.
+
+Then the identity steps, in this order, each skipped when the kernel already has what was asked (so a
+repeat changes nothing):
 
 1. MAC: changed on the running link (virtio-net allows it); a driver that refuses (EBUSY) gets it with
    the link down, then up again. Any network field brings the link up (a VM booted without ``ip=`` has
@@ -37,7 +41,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import arp, etcfiles
+from . import arp, etcfiles, refresh
 from .identity import ConfigureRequest, parse_request
 from .netlink import Link, RtNetlink
 from .protocol import ErrorCode
@@ -113,8 +117,17 @@ def apply(req: ConfigureRequest, machine: Machine) -> dict[str, Any]:
             ErrorCode.NOT_SUPPORTED, f"{etc} is not writable (a VM booted without a writable layer?)"
         )
     changed: list[str] = []
-    step = "netlink"
+    refreshed: dict[str, Any] = {}
+    step = "clock"
     try:
+        if req.clock_ns is not None:
+            refreshed["clock_ns"] = refresh.step_clock(req.clock_ns)
+            changed.append("clock")
+        if req.entropy is not None:
+            step = "entropy"
+            refreshed["entropy_credited"] = refresh.add_entropy(req.entropy)
+            changed.append("entropy")
+        step = "netlink"
         nl = machine.netlink()
         link = nl.link(index)
         if req.mac is not None:
@@ -155,6 +168,7 @@ def apply(req: ConfigureRequest, machine: Machine) -> dict[str, Any]:
         raise SessionError(
             ErrorCode.IO_ERROR, f"configure failed at {step}: {exc.strerror or exc} (already changed: {done})"
         ) from None
+    result.update(refreshed)
     result.update(changed=changed, announced=announced, duration=round(time.monotonic() - started, 6))
     log.info("configured %s: changed %s", req.interface, ", ".join(changed) or "nothing")
     return result

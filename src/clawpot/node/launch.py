@@ -104,7 +104,8 @@ async def restore(
     await _start(nvm, vm, on_transition)
     assert vm.agent is not None
     try:
-        await vm.agent.configure(guest_identity(vm_id, slot))
+        # A copy of a snapshot also gets fresh RNG entropy and the host's clock (it stood still).
+        await vm.agent.configure(guest_identity(vm_id, slot).refreshed())
     except (GuestError, TimeoutError) as exc:
         raise errors.Unavailable(
             f"VM {vm_id}: cannot set its identity after the restore: {one_line(exc)}"
