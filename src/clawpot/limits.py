@@ -214,3 +214,11 @@ MAX_SNAPSHOT_NAME_CHARS = 64
 # Fresh entropy sent to every copy of a VM (restore, fork, pool hand-out) through configure: 64 bytes
 # (512 bits) is twice what one CRNG reseed consumes, so each copy's RNG depends on host bytes alone.
 REFRESH_ENTROPY_BYTES = 64
+# ForkVm: copies per call. Each is a restore (~150-250 ms under TCG, two at a time on two cores):
+# 16 is already seconds of work; more is a loop on the client's side.
+MAX_FORK_COUNT = 16
+# What admission charges a clone (a VM whose RAM maps a snapshot's memory file copy-on-write: forks,
+# pool VMs, restores of a cold VM's snapshot) instead of its memory + VM_OVERHEAD_MIB: its PSS, the
+# pages it wrote plus its QEMU with a TCG cache warmed by one agent answer, and its share of the file.
+# Measured by bench/snapshot.py (e) (see the README for the run): 10 clones of a 256 MiB VM.
+CLONE_CHARGE_MIB = 64

@@ -81,10 +81,10 @@ def _register() -> None:
     from clawpot.cli.doctor import doctor
     from clawpot.cli.exec import exec_command
     from clawpot.cli.files import cp
-    from clawpot.cli.vms import create, delete, get, list_vms, pause, resume, snapshot, snapshots
+    from clawpot.cli.vms import create, delete, fork, get, list_vms, pause, resume, snapshot, snapshots
 
     commands = (
-        *(assets, doctor, create, list_vms, get, delete, pause, resume, snapshot, snapshots),
+        *(assets, doctor, create, list_vms, get, delete, pause, resume, snapshot, snapshots, fork),
         *(exec_command, cp, token),
     )
     for command in commands:

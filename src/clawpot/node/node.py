@@ -17,6 +17,8 @@ import asyncio
 import contextlib
 import errno
 import logging
+import secrets
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,7 @@ from clawpot.vm.errors import VmNotRunning
 from clawpot.vm.handle import Vm
 from clawpot.vm.state import Transition, VmState
 from clawpot.vmm.base import Feature, VmmBackend, VmmError, VmmProcess, VmmUnsupported
+from clawpot.vmm.snapshot import Manifest, read_manifest
 from clawpot.vmm.spec import BackendKind
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,22 @@ class VmRequest:
     allow_peers: bool = False
     # Restore this snapshot (by name) instead of booting; vcpus and memory are then the snapshot's.
     snapshot: str | None = None
+    # A fork of this VM (``Node.fork``): restored from a hidden snapshot of it.
+    forked_from: str | None = None
+    # Its RAM will map a snapshot's memory file copy-on-write: admission charges it as a clone.
+    shares_ram: bool = False
+
+    @property
+    def origin(self) -> Origin:
+        return Origin.FORK if self.forked_from else Origin.RESTORE if self.snapshot else Origin.COLD
+
+
+@dataclass(frozen=True)
+class RestoreSource:
+    """A snapshot directory to restore, with its manifest (a named snapshot or a hidden template)."""
+
+    directory: Path
+    manifest: Manifest
 
 
 class Node:
@@ -154,8 +173,14 @@ class Node:
         return [nvm.view() for nvm in self.vms.values()]
 
     def committed_memory(self) -> list[int]:
-        """Guest memory of every VM that holds host memory now (admission counts these)."""
-        return [nvm.record.memory_mib for nvm in self.vms.values() if nvm.holds_memory]
+        """Guest memory of every VM that holds host memory now, clones excepted (admission counts
+        these; ``committed_clones`` counts the others)."""
+        return [nvm.record.memory_mib for nvm in self.vms.values() if nvm.holds_memory and not nvm.shares_ram]
+
+    def committed_clones(self) -> int:
+        """How many VMs holding memory map a snapshot's memory file (charged as clones). Known for VMs
+        made by this server only: one adopted after a restart is charged in full (conservative)."""
+        return sum(1 for nvm in self.vms.values() if nvm.holds_memory and nvm.shares_ram)
 
     # -- create ---------------------------------------------------------------------------------------
 
@@ -172,17 +197,18 @@ class Node:
             vm_dir=self.vms_root / vm_id,
             labels=dict(request.labels),
             allow_peers=request.allow_peers,
-            origin=Origin.RESTORE if request.snapshot else Origin.COLD,
-            snapshot=request.snapshot or "",
+            origin=request.origin,
+            snapshot=request.forked_from or request.snapshot or "",
         )
         self.store.insert(record)
         nvm = NodeVm(record, self.config.agent_timeout)
+        nvm.shares_ram = request.shares_ram
         self.vms[vm_id] = nvm
         return nvm
 
-    async def boot(self, nvm: NodeVm, request: VmRequest) -> VmView:
-        """Boot a reserved VM; returns it Running. On any failure (a cancelled caller included)
-        everything it took is released and its row is gone."""
+    async def boot(self, nvm: NodeVm, request: VmRequest, source: RestoreSource | None = None) -> VmView:
+        """Boot a reserved VM (or restore it from ``source``); returns it Running. On any failure (a
+        cancelled caller included) everything it took is released and its row is gone."""
         backend = self.backends.get(request.backend)
         params = LaunchParams(
             assets=self.assets,
@@ -192,7 +218,9 @@ class Node:
             ip_address=request.ip_address,
             allow_peers=request.allow_peers,
         )
-        nvm.create_task = asyncio.create_task(self._boot(nvm, backend, params), name=f"create {nvm.id}")
+        nvm.create_task = asyncio.create_task(
+            self._boot(nvm, backend, params, source), name=f"create {nvm.id}"
+        )
         try:
             # Shielded, so that a cancelled caller reaches the boot only through the path below.
             record = await asyncio.shield(nvm.create_task)
@@ -206,11 +234,14 @@ class Node:
                 await to_completion(nvm.create_task)
             raise
 
-    async def _boot(self, nvm: NodeVm, backend: VmmBackend, params: LaunchParams) -> VmRecord:
+    async def _boot(
+        self, nvm: NodeVm, backend: VmmBackend, params: LaunchParams, source: RestoreSource | None
+    ) -> VmRecord:
         try:
-            if nvm.record.origin is Origin.RESTORE:
+            if source is None and nvm.record.origin is Origin.RESTORE:
                 info = self.snapshots.info(nvm.record.snapshot)
-                directory = self.snapshots.path(info.name)
+                source = RestoreSource(self.snapshots.path(info.name), info.manifest)
+            if source is not None:
                 return await restore(
                     nvm,
                     backend,
@@ -218,8 +249,8 @@ class Node:
                     self.network,
                     self.store,
                     self._on_transition,
-                    directory,
-                    info.manifest,
+                    source.directory,
+                    source.manifest,
                 )
             return await launch(nvm, backend, params, self.network, self.store, self._on_transition)
         except BaseException as exc:
@@ -337,31 +368,75 @@ class Node:
             raise errors.AlreadyExists(f"snapshot {name} already exists")
         self._snapshots_in_progress.add(name)
         try:
-            async with nvm.operation:
-                self._in_state(nvm, "snapshot", VmState.RUNNING, VmState.PAUSED)
-                assert nvm.vm is not None
-                vm = nvm.vm
-                if vm.vmm is None or type(vm.vmm).snapshot is VmmProcess.snapshot:
-                    # A VMM adopted after a restart: its VM spec is not known here (before any pause).
-                    raise errors.FailedPrecondition(f"VM {vm_id}: its VMM process cannot take snapshots")
-                was_running = nvm.record.state is VmState.RUNNING
-                if was_running:
-                    if nvm.health_task is not None:
-                        nvm.health_task.cancel()
-                    await self._vmm_operation(nvm, Vm.pause)
-                try:
-                    await vm.snapshot(self.snapshots.path(name))
-                except (VmmUnsupported, VmNotRunning) as exc:
-                    raise errors.FailedPrecondition(f"VM {vm_id}: {exc}") from exc
-                except VmmError as exc:
-                    raise _snapshot_failed(vm_id, exc) from exc
-                finally:
-                    if was_running and vm.state is VmState.PAUSED:
-                        await vm.resume()
+            await self._snapshot_to(nvm, self.snapshots.path(name), "snapshot")
         finally:
             self._snapshots_in_progress.discard(name)
         log.info("VM %s: snapshot %s taken", vm_id, name)
         return self.snapshots.info(name)
+
+    async def _snapshot_to(self, nvm: NodeVm, directory: Path, action: str) -> None:
+        """Pause a Running VM (a Paused one stays paused), write its snapshot to ``directory``, run it
+        again. On failure nothing is left at ``directory`` and the VM is as it was."""
+        async with nvm.operation:
+            self._in_state(nvm, action, VmState.RUNNING, VmState.PAUSED)
+            assert nvm.vm is not None
+            vm = nvm.vm
+            if vm.vmm is None or type(vm.vmm).snapshot is VmmProcess.snapshot:
+                # A VMM adopted after a restart: its VM spec is not known here (before any pause).
+                raise errors.FailedPrecondition(f"VM {nvm.id}: its VMM process cannot take snapshots")
+            was_running = nvm.record.state is VmState.RUNNING
+            if was_running:
+                if nvm.health_task is not None:
+                    nvm.health_task.cancel()
+                await self._vmm_operation(nvm, Vm.pause)
+            try:
+                await vm.snapshot(directory)
+            except (VmmUnsupported, VmNotRunning) as exc:
+                raise errors.FailedPrecondition(f"VM {nvm.id}: {exc}") from exc
+            except VmmError as exc:
+                raise _snapshot_failed(nvm.id, exc) from exc
+            finally:
+                if was_running and vm.state is VmState.PAUSED:
+                    await vm.resume()
+
+    # -- fork -----------------------------------------------------------------------------------------
+
+    def check_fork(self, vm_id: str) -> NodeVm:
+        """The source of a fork, before anything is reserved: FAILED_PRECONDITION unless it is Running
+        on a backend that snapshots and restores."""
+        nvm = self.get(vm_id)
+        self._require(nvm, Feature.SNAPSHOT | Feature.RESTORE, "fork")
+        self._in_state(nvm, "fork", VmState.RUNNING)
+        return nvm
+
+    async def fork(self, source: NodeVm, clones: list[NodeVm], request: VmRequest) -> list[VmView]:
+        """Restore each reserved clone from a snapshot of ``source`` (a hidden template), concurrently.
+
+        The template lives only for the fork: once every clone has started, their RAM maps its memory
+        file privately (the pages stay while mapped) and their drives are copies, so it is removed at
+        once, success or failure: nothing to refcount, nothing left behind. All or nothing: when one
+        clone fails, the others are deleted and the first error is raised."""
+        template = self.snapshots.root / f".fork-{source.id}-{secrets.token_hex(4)}"
+        try:
+            try:
+                await self._snapshot_to(source, template, "fork")
+                manifest = await asyncio.to_thread(read_manifest, template)
+            except BaseException:
+                await asyncio.gather(*(to_completion(self._discard(c)) for c in clones))
+                raise
+            restore_from = RestoreSource(template, manifest)
+            results = await asyncio.gather(
+                *(self.boot(clone, request, restore_from) for clone in clones), return_exceptions=True
+            )
+        finally:
+            await asyncio.to_thread(shutil.rmtree, template, True)
+        views = [r for r in results if isinstance(r, VmView)]
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            await asyncio.gather(*(self.delete(v.record.id) for v in views), return_exceptions=True)
+            raise failures[0]
+        log.info("VM %s: forked into %s", source.id, ", ".join(v.record.id for v in views))
+        return views
 
     def list_snapshots(self) -> list[tuple[SnapshotInfo, list[str]]]:
         """Every snapshot with the VMs restored from it that still hold resources."""

@@ -30,6 +30,8 @@ class NodeVm:
         self.deleting = False
         # One VMM operation at a time (pause, resume, snapshot): a resume must not land mid-snapshot.
         self.operation = asyncio.Lock()
+        # Its RAM maps a snapshot's memory file copy-on-write (a clone): admission charges it as one.
+        self.shares_ram = False
 
     @property
     def id(self) -> str:

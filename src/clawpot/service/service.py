@@ -15,6 +15,7 @@ from clawpot import errors, limits
 from clawpot.node.node import Node, VmRequest
 from clawpot.node.sessions import DownloadHandle, ExecParams, ExecSession
 from clawpot.node.snapshots import SnapshotInfo
+from clawpot.node.store import Origin
 from clawpot.node.vms import VmView
 from clawpot.service import admission, paging, validate
 from clawpot.vm import validation
@@ -91,26 +92,40 @@ class Service:
             ip_address=params.ip_address or None,
             allow_peers=params.allow_peers,
             snapshot=name,
+            # Its clones map the memory file copy-on-write; a snapshot of a clone streams its RAM.
+            shares_ram=info.manifest.backend_options.get("ram") == "file",
         )
-        self._admit(info.memory_mib)
+        self._admit(info.memory_mib, clone=request.shares_ram)
         nvm = self.node.reserve(request)
         return await self.node.boot(nvm, request)
 
-    def _admit(self, memory_mib: int) -> None:
+    def _admit(self, memory_mib: int, *, count: int = 1, clone: bool = False) -> None:
+        """``count`` VMs of ``memory_mib`` fit, each a clone sharing a memory file or not."""
         total = validation.host_total_mib()
         if total is None:
             return  # no /proc/meminfo: nothing to check against
         host = admission.HostMemory(total, validation.host_available_mib())
-        admission.check(memory_mib, self.node.committed_memory(), host, overcommit=self.memory_overcommit)
+        admission.check(
+            memory_mib,
+            self.node.committed_memory(),
+            host,
+            overcommit=self.memory_overcommit,
+            count=count,
+            clone=clone,
+            committed_clones=self.node.committed_clones(),
+        )
 
     async def get(self, vm_id: str) -> VmView:
         validate.vm_id(vm_id)
         return self.node.get(vm_id).view()
 
-    async def list_page(self, page_size: int, page_token: str) -> tuple[list[VmView], str]:
-        """One page of VMs in creation order and the token of the next page ('' after the last)."""
+    async def list_page(
+        self, page_size: int, page_token: str, *, include_pool: bool = False
+    ) -> tuple[list[VmView], str]:
+        """One page of VMs in creation order and the token of the next page ('' after the last). The
+        warm pool's VMs are not user VMs: shown only with ``include_pool``."""
         size = paging.page_size(page_size)
-        views = self.node.views()
+        views = [v for v in self.node.views() if include_pool or v.record.origin is not Origin.WARM]
         return paging.page(views, lambda v: (v.record.created_at, v.record.id), size, page_token)
 
     async def delete(self, vm_id: str) -> None:
@@ -124,6 +139,31 @@ class Service:
     async def resume(self, vm_id: str) -> VmView:
         validate.vm_id(vm_id)
         return await self.node.resume(vm_id)
+
+    async def fork(self, vm_id: str, count: int) -> list[VmView]:
+        """``count`` running copies of a Running VM, each a new VM with its own identity. Admitted as
+        clones when the source's RAM is a shared memory file (a cold-booted VM): each costs
+        ``limits.CLONE_CHARGE_MIB``, not its memory plus the VMM overhead."""
+        validate.vm_id(vm_id)
+        if not 1 <= count <= limits.MAX_FORK_COUNT:
+            raise errors.InvalidArgument(f"count {count} must be 1-{limits.MAX_FORK_COUNT}")
+        source = self.node.check_fork(vm_id)
+        rec = source.record
+        request = VmRequest(
+            backend=rec.backend,
+            vcpus=rec.vcpus,
+            memory_mib=rec.memory_mib,
+            labels=dict(rec.labels),
+            allow_peers=rec.allow_peers,
+            forked_from=rec.id,
+            # A cold VM's RAM is a shared memfd: its snapshot's memory file is shared by the clones.
+            # A restored VM's RAM is private: its forks own their RAM (the snapshot streams it).
+            shares_ram=rec.origin is Origin.COLD,
+        )
+        # Admission and reservations with no await in between (concurrent creates cannot overbook).
+        self._admit(rec.memory_mib, count=count, clone=request.shares_ram)
+        clones = [self.node.reserve(request) for _ in range(count)]
+        return await self.node.fork(source, clones, request)
 
     async def snapshot(self, vm_id: str, name: str) -> SnapshotInfo:
         validate.vm_id(vm_id)

@@ -59,6 +59,12 @@ class VmServiceStub:
     """Write a file into the guest atomically. The first request must be `header`, then `chunk`s."""
     DownloadFile: _grpc.UnaryStreamMultiCallable[_vm_pb2.DownloadFileRequest, _vm_pb2.DownloadFileResponse]
     """Read a file from the guest: `info` first, then `chunk`s."""
+    ForkVm: _grpc.UnaryUnaryMultiCallable[_vm_pb2.ForkVmRequest, _vm_pb2.ForkVmResponse]
+    """`count` independent copies of a RUNNING VM, each RUNNING with its own id, address, MAC, hostname
+    and TAP (origin FORK). The source is paused only while its memory is copied, then runs on.
+    FAILED_PRECONDITION when it is not RUNNING or its backend cannot snapshot; RESOURCE_EXHAUSTED when
+    the copies do not fit. All or nothing: on any failure no copy is left.
+    """
 
 @_typing.type_check_only
 class VmServiceAsyncStub(VmServiceStub):
@@ -91,6 +97,12 @@ class VmServiceAsyncStub(VmServiceStub):
     """Write a file into the guest atomically. The first request must be `header`, then `chunk`s."""
     DownloadFile: _aio.UnaryStreamMultiCallable[_vm_pb2.DownloadFileRequest, _vm_pb2.DownloadFileResponse]  # type: ignore[assignment]
     """Read a file from the guest: `info` first, then `chunk`s."""
+    ForkVm: _aio.UnaryUnaryMultiCallable[_vm_pb2.ForkVmRequest, _vm_pb2.ForkVmResponse]  # type: ignore[assignment]
+    """`count` independent copies of a RUNNING VM, each RUNNING with its own id, address, MAC, hostname
+    and TAP (origin FORK). The source is paused only while its memory is copied, then runs on.
+    FAILED_PRECONDITION when it is not RUNNING or its backend cannot snapshot; RESOURCE_EXHAUSTED when
+    the copies do not fit. All or nothing: on any failure no copy is left.
+    """
 
 class VmServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -192,5 +204,17 @@ class VmServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_vm_pb2.DownloadFileResponse], _abc.AsyncIterator[_vm_pb2.DownloadFileResponse]]:
         """Read a file from the guest: `info` first, then `chunk`s."""
+
+    @_abc_1.abstractmethod
+    def ForkVm(
+        self,
+        request: _vm_pb2.ForkVmRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vm_pb2.ForkVmResponse, _abc.Awaitable[_vm_pb2.ForkVmResponse]]:
+        """`count` independent copies of a RUNNING VM, each RUNNING with its own id, address, MAC, hostname
+        and TAP (origin FORK). The source is paused only while its memory is copied, then runs on.
+        FAILED_PRECONDITION when it is not RUNNING or its backend cannot snapshot; RESOURCE_EXHAUSTED when
+        the copies do not fit. All or nothing: on any failure no copy is left.
+        """
 
 def add_VmServiceServicer_to_server(servicer: VmServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

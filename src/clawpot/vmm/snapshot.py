@@ -377,9 +377,14 @@ class SnapshotWriter:
         """Hash the files, write the manifest, make everything read-only, fsync, rename into place."""
         files: dict[str, FileEntry] = {}
         for path in sorted(self.temp.iterdir()):
-            files[path.name] = FileEntry(size=path.stat().st_size, digest=file_digest(path))
+            digest = file_digest(path)
             path.chmod(0o400)
             _fsync_path(path)
+            st = path.stat()
+            files[path.name] = FileEntry(size=st.st_size, digest=digest)
+            # Hashed just now from our own copy: a restore by this process need not hash it again (the
+            # key is taken after the chmod; renaming the directory below changes no file's inode or ctime).
+            _verified[(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)] = digest
         manifest = Manifest(
             format=FORMAT,
             backend=backend,
