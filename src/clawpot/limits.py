@@ -222,3 +222,14 @@ MAX_FORK_COUNT = 16
 # pages it wrote plus its QEMU with a TCG cache warmed by one agent answer, and its share of the file.
 # Measured by bench/snapshot.py (e) (see the README for the run): 10 clones of a 256 MiB VM.
 CLONE_CHARGE_MIB = 64
+# The warm pool (`clawpot-server --pool`): each shape's template is a cold boot + snapshot at start and
+# each pool VM holds a TAP, an address and its clone's memory, so a pool is a handful of VMs, not a
+# farm: 32 per shape, 8 shapes.
+MAX_POOL_VMS_PER_SHAPE = 32
+MAX_POOL_SHAPES = 8
+# A pool that could not refill (no memory left in the budget, a failed restore) looks again this often;
+# a hand-out or a delete wakes it at once.
+POOL_RECHECK_INTERVAL = 5.0
+# After a failed template boot or refill, wait this long before the next try (a broken image must not
+# turn the pool into a busy loop of cold boots).
+POOL_RETRY_DELAY = 10.0

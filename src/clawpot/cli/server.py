@@ -17,6 +17,7 @@ from clawpot.paths import data_dir as default_data_dir
 from clawpot.server.apitoken import TokenError
 from clawpot.server.app import DEFAULT_LISTEN, ServerConfig, serve
 from clawpot.server.listeners import ListenError, TlsFiles
+from clawpot.service import poolspec
 from clawpot.vmm.spec import BackendKind
 
 
@@ -96,6 +97,22 @@ from clawpot.vmm.spec import BackendKind
     is_flag=True,
     help="On SIGTERM stop every VM. Default: leave them running; the next start adopts them.",
 )
+@click.option(
+    "--pool",
+    "pool_spec",
+    metavar="SPEC",
+    help=(
+        "Keep VMs ready for CreateVm: VCPUSxMEMORY:COUNT[,...], e.g. 1x256:4 (four VMs of 1 vCPU, 256 MiB), "
+        "restored from a snapshot the server takes of a freshly booted VM. A matching create takes one."
+    ),
+)
+@click.option(
+    "--pool-state",
+    type=click.Choice(["paused", "running"]),
+    default="paused",
+    show_default=True,
+    help="Keep the warm pool's VMs paused (no CPU while waiting) or running.",
+)
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
 def main(
     listen: tuple[str, ...],
@@ -112,6 +129,8 @@ def main(
     agent_timeout: float,
     memory_overcommit: float,
     stop_vms_on_exit: bool,
+    pool_spec: str | None,
+    pool_state: str,
     verbose: bool,
 ) -> None:
     """Serve the Clawpot API: create, list, delete VMs and exec/copy files in them."""
@@ -124,12 +143,18 @@ def main(
     if tls_client_ca is not None and tls_cert is None:
         _fail("--tls-client-ca needs --tls-cert and --tls-key")
     tls = TlsFiles(tls_cert, tls_key, tls_client_ca) if tls_cert is not None and tls_key is not None else None
+    try:
+        pool = poolspec.parse(pool_spec) if pool_spec is not None else []
+    except ValueError as exc:
+        _fail(f"--pool: {exc}")
     config = ServerConfig(
         listen=listen or (DEFAULT_LISTEN,),
         tls=tls,
         socket_group=socket_group,
         stop_vms_on_exit=stop_vms_on_exit,
         memory_overcommit=memory_overcommit,
+        pool=tuple(pool),
+        pool_paused=pool_state == "paused",
         node=NodeConfig(
             data_dir=default_data_dir(data_dir),
             default_backend=None if vmm == "auto" else BackendKind(vmm),

@@ -19,14 +19,17 @@ import errno
 import logging
 import secrets
 import shutil
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from clawpot import errors, limits, paths
+from clawpot.agent_client import GuestError, GuestIdentity
 from clawpot.network import NetworkConfig, NetworkError, NetworkManager
 from clawpot.node import calls, reconcile
+from clawpot.node.agents import one_line
 from clawpot.node.backends import Backends
 from clawpot.node.datadir import Assets, NodeError, lock_data_dir
 from clawpot.node.health import AgentHealth
@@ -79,9 +82,13 @@ class VmRequest:
     forked_from: str | None = None
     # Its RAM will map a snapshot's memory file copy-on-write: admission charges it as a clone.
     shares_ram: bool = False
+    # A VM of the warm pool of this shape (``1x256``): not a user VM until it is handed out.
+    pool_shape: str | None = None
 
     @property
     def origin(self) -> Origin:
+        if self.pool_shape:
+            return Origin.WARM
         return Origin.FORK if self.forked_from else Origin.RESTORE if self.snapshot else Origin.COLD
 
 
@@ -163,9 +170,10 @@ class Node:
 
     # -- queries --------------------------------------------------------------------------------------
 
-    def get(self, vm_id: str) -> NodeVm:
+    def get(self, vm_id: str, *, warm: bool = False) -> NodeVm:
+        """A user VM; a warm pool VM only with ``warm`` (for the pool itself: users never see them)."""
         nvm = self.vms.get(vm_id)
-        if nvm is None:
+        if nvm is None or (nvm.record.origin is Origin.WARM and not warm):
             raise errors.NotFound(f"VM {vm_id} not found")
         return nvm
 
@@ -198,7 +206,7 @@ class Node:
             labels=dict(request.labels),
             allow_peers=request.allow_peers,
             origin=request.origin,
-            snapshot=request.forked_from or request.snapshot or "",
+            snapshot=request.pool_shape or request.forked_from or request.snapshot or "",
         )
         self.store.insert(record)
         nvm = NodeVm(record, self.config.agent_timeout)
@@ -290,12 +298,12 @@ class Node:
 
     # -- delete ---------------------------------------------------------------------------------------
 
-    async def delete(self, vm_id: str) -> None:
+    async def delete(self, vm_id: str, *, warm: bool = False) -> None:
         """Stop the VM and free everything it held. A second delete of the same VM waits for the first.
 
         The work runs in its own task: a caller that goes away does not leave the VM half-deleted.
         """
-        nvm = self.get(vm_id)
+        nvm = self.get(vm_id, warm=warm)
         if nvm.delete_task is None:
             nvm.delete_task = asyncio.create_task(self._delete(nvm), name=f"delete {vm_id}")
         task = nvm.delete_task
@@ -334,9 +342,9 @@ class Node:
     # The backend's capability is checked first: what it cannot do is FAILED_PRECONDITION at once,
     # with nothing changed. A paused VM keeps its VMM, address and TAP; only its vCPUs stop.
 
-    async def pause(self, vm_id: str) -> VmView:
+    async def pause(self, vm_id: str, *, warm: bool = False) -> VmView:
         """Running → Paused, recorded in the store (a paused VM survives a server restart, paused)."""
-        nvm = self.get(vm_id)
+        nvm = self.get(vm_id, warm=warm)
         self._require(nvm, Feature.PAUSE, "pause")
         async with nvm.operation:
             self._in_state(nvm, "pause", VmState.RUNNING)
@@ -373,6 +381,11 @@ class Node:
             self._snapshots_in_progress.discard(name)
         log.info("VM %s: snapshot %s taken", vm_id, name)
         return self.snapshots.info(name)
+
+    async def snapshot_template(self, nvm: NodeVm, directory: Path) -> None:
+        """A snapshot of any VM (the warm pool's included) at ``directory``, a hidden template the
+        caller owns and removes: not listed, swept at the next start."""
+        await self._snapshot_to(nvm, directory, "snapshot")
 
     async def _snapshot_to(self, nvm: NodeVm, directory: Path, action: str) -> None:
         """Pause a Running VM (a Paused one stays paused), write its snapshot to ``directory``, run it
@@ -417,10 +430,12 @@ class Node:
         once, success or failure: nothing to refcount, nothing left behind. All or nothing: when one
         clone fails, the others are deleted and the first error is raised."""
         template = self.snapshots.root / f".fork-{source.id}-{secrets.token_hex(4)}"
+        started = time.monotonic()
         try:
             try:
                 await self._snapshot_to(source, template, "fork")
                 manifest = await asyncio.to_thread(read_manifest, template)
+                snapshotted = time.monotonic()
             except BaseException:
                 await asyncio.gather(*(to_completion(self._discard(c)) for c in clones))
                 raise
@@ -435,8 +450,43 @@ class Node:
         if failures:
             await asyncio.gather(*(self.delete(v.record.id) for v in views), return_exceptions=True)
             raise failures[0]
-        log.info("VM %s: forked into %s", source.id, ", ".join(v.record.id for v in views))
+        log.info(
+            "VM %s: forked into %s (snapshot %.0f ms, copies %.0f ms)",
+            source.id,
+            ", ".join(v.record.id for v in views),
+            (snapshotted - started) * 1000,
+            (time.monotonic() - snapshotted) * 1000,
+        )
         return views
+
+    # -- the warm pool's hand-out --------------------------------------------------------------------
+
+    async def hand_out(self, nvm: NodeVm, labels: dict[str, str]) -> VmView:
+        """A warm pool VM becomes a user VM: running (resumed when kept paused), fresh RNG entropy and
+        the host's clock through its agent, origin pool, the caller's labels.
+
+        Its id, address, TAP, MAC and hostname are its own already: given when it was restored into the
+        pool, never seen by a user. A failure raises (the caller discards the VM and falls back)."""
+        async with nvm.operation:
+            if nvm.deleting or nvm.record.origin is not Origin.WARM:
+                raise errors.Unavailable(f"pool VM {nvm.id} is no longer available")
+            if nvm.record.state is VmState.PAUSED:
+                await self._vmm_operation(nvm, Vm.resume)
+            elif nvm.record.state is not VmState.RUNNING:
+                raise errors.Unavailable(f"pool VM {nvm.id} is {nvm.record.state}")
+            agent = await nvm.agent.connected(nvm.agent.agent_timeout)
+            try:
+                await agent.configure(GuestIdentity(hostname=nvm.id).refreshed())
+            except (GuestError, TimeoutError) as exc:
+                raise errors.Unavailable(f"pool VM {nvm.id}: refresh failed: {one_line(exc)}") from exc
+            if nvm.deleting:
+                raise errors.Unavailable(f"pool VM {nvm.id} was deleted while handed out")
+            nvm.record = nvm.record.with_(
+                state=VmState.RUNNING, origin=Origin.POOL, labels=dict(labels), created_at=time.time()
+            )
+            self.store.update(nvm.record)
+            nvm.agent.mark(AgentHealth.HEALTHY, "answered the hand-out")
+        return nvm.view()
 
     def list_snapshots(self) -> list[tuple[SnapshotInfo, list[str]]]:
         """Every snapshot with the VMs restored from it that still hold resources."""
@@ -502,6 +552,8 @@ class Node:
             for nvm in list(self.vms.values()):
                 if nvm.record.state is not VmState.RUNNING or nvm.deleting:
                     continue
+                if nvm.record.origin is Origin.WARM:
+                    continue  # the pool's own: asked at hand-out
                 if nvm.health_task is not None and not nvm.health_task.done():
                     continue  # the last check has not come back (it is bounded: it will)
                 nvm.health_task = asyncio.create_task(self._check(nvm), name=f"health {nvm.id}")

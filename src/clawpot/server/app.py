@@ -35,6 +35,7 @@ from clawpot.server import apitoken, listeners
 from clawpot.server.auth import TokenAuthInterceptor
 from clawpot.server.listeners import TlsFiles
 from clawpot.server.servicer import VmServicer
+from clawpot.service.poolspec import PoolShape
 from clawpot.service.service import Service
 from clawpot.v1 import vm_pb2, vm_pb2_grpc
 
@@ -53,6 +54,9 @@ class ServerConfig:
     stop_vms_on_exit: bool = False
     tls: TlsFiles | None = None
     socket_group: str | None = None
+    # The warm pool (``--pool``): shapes kept ready, paused (default) or running.
+    pool: tuple[PoolShape, ...] = ()
+    pool_paused: bool = True
 
 
 @contextlib.contextmanager
@@ -95,7 +99,13 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
     plan = listeners.plan(config.listen, tls=config.tls, socket_group=config.socket_group)
     token = apitoken.ensure_token(config.node.data_dir)
     node = await Node.open(config.node)
-    servicer = VmServicer(Service(node, memory_overcommit=config.memory_overcommit))
+    service = Service(
+        node,
+        memory_overcommit=config.memory_overcommit,
+        pool=list(config.pool),
+        pool_paused=config.pool_paused,
+    )
+    servicer = VmServicer(service)
     health_servicer = health_aio.HealthServicer()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -125,6 +135,7 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("listening on %s", ", ".join(config.listen))
+        service.start()
         if ready is not None:
             ready.set()
         await stop.wait()
@@ -132,6 +143,7 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
         await health_servicer.enter_graceful_shutdown()
     finally:
         await asyncio.gather(*(server.stop(config.shutdown_grace) for server in servers))
+        await service.close()
         await node.close(stop_vms=config.stop_vms_on_exit)
         for path in plan.unix:
             with contextlib.suppress(FileNotFoundError):

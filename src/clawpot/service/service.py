@@ -8,6 +8,8 @@ kind, which the gRPC servicer turns into a status code. No gRPC here.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -18,8 +20,12 @@ from clawpot.node.snapshots import SnapshotInfo
 from clawpot.node.store import Origin
 from clawpot.node.vms import VmView
 from clawpot.service import admission, paging, validate
+from clawpot.service.pool import WarmPool
+from clawpot.service.poolspec import PoolShape
 from clawpot.vm import validation
 from clawpot.vmm.spec import BackendKind
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,9 +42,27 @@ class CreateParams:
 
 
 class Service:
-    def __init__(self, node: Node, *, memory_overcommit: float = limits.DEFAULT_MEMORY_OVERCOMMIT) -> None:
+    def __init__(
+        self,
+        node: Node,
+        *,
+        memory_overcommit: float = limits.DEFAULT_MEMORY_OVERCOMMIT,
+        pool: list[PoolShape] | None = None,
+        pool_paused: bool = True,
+    ) -> None:
         self.node = node
         self.memory_overcommit = memory_overcommit
+        self.pool = WarmPool(node, pool, self._pool_fits, keep_paused=pool_paused) if pool else None
+
+    def start(self) -> None:
+        """Start the background work (the warm pool's filling)."""
+        if self.pool is not None:
+            self.pool.start()
+
+    async def close(self) -> None:
+        """Stop the background work; the warm pool's VMs and templates are removed."""
+        if self.pool is not None:
+            await self.pool.close()
 
     async def create(self, params: CreateParams) -> VmView:
         if params.from_snapshot is not None:
@@ -53,6 +77,8 @@ class Service:
         # May wait for the auto probe started with the node; other calls are served meanwhile.
         kind = await self.node.backends.resolve(params.backend)
         self.node.backends.get(kind)  # UNAVAILABLE now, before anything is reserved
+        if (view := await self._from_pool(params, kind)) is not None:
+            return view
         request = VmRequest(
             backend=kind,
             vcpus=params.vcpus,
@@ -64,7 +90,57 @@ class Service:
         # Admission and reservation with no await in between: concurrent creates cannot overbook.
         self._admit(params.memory_mib)
         nvm = self.node.reserve(request)
-        return await self.node.boot(nvm, request)
+        view = await self.node.boot(nvm, request)
+        log.info("VM %s: cold boot", view.record.id)
+        return view
+
+    async def _from_pool(self, params: CreateParams, kind: BackendKind) -> VmView | None:
+        """A matching create served by the warm pool: a ready VM handed out, else a restore of the
+        shape's template; None when the pool cannot serve it (then: a cold boot)."""
+        pool = self.pool
+        shape = pool.shape_for(params.vcpus, params.memory_mib) if pool is not None else None
+        if (
+            pool is None
+            or shape is None
+            or kind is not pool.backend
+            or params.ip_address
+            or params.allow_peers
+        ):
+            return None
+        started = time.monotonic()
+        view = await pool.take(shape, params.labels)
+        if view is not None:
+            log.info(
+                "VM %s: from the warm pool (%s) in %.1f ms",
+                view.record.id,
+                shape.name,
+                (time.monotonic() - started) * 1000,
+            )
+            return view
+        template = pool.template(shape)
+        if template is None:
+            return None
+        request = VmRequest(
+            backend=kind,
+            vcpus=shape.vcpus,
+            memory_mib=shape.memory_mib,
+            labels=dict(params.labels),
+            snapshot=template.directory.name,
+            shares_ram=True,
+        )
+        self._admit(shape.memory_mib, clone=True)
+        nvm = self.node.reserve(request)
+        view = await self.node.boot(nvm, request, template)
+        log.info("VM %s: pool %s empty, restored from its template", view.record.id, shape.name)
+        return view
+
+    def _pool_fits(self, shape: PoolShape) -> bool:
+        """May the pool hold one more VM of ``shape``? (The template's cold VM is admitted as one too.)"""
+        try:
+            self._admit(shape.memory_mib, clone=True, evict=False)
+        except errors.ResourceExhausted:
+            return False
+        return True
 
     async def _create_from_snapshot(self, params: CreateParams, name: str) -> VmView:
         validate.snapshot_name(name)
@@ -99,21 +175,28 @@ class Service:
         nvm = self.node.reserve(request)
         return await self.node.boot(nvm, request)
 
-    def _admit(self, memory_mib: int, *, count: int = 1, clone: bool = False) -> None:
-        """``count`` VMs of ``memory_mib`` fit, each a clone sharing a memory file or not."""
+    def _admit(self, memory_mib: int, *, count: int = 1, clone: bool = False, evict: bool = True) -> None:
+        """``count`` VMs of ``memory_mib`` fit, each a clone sharing a memory file or not. A user's VM
+        that does not fit evicts ready warm pool VMs first (``evict``): the pool never starves a user."""
         total = validation.host_total_mib()
         if total is None:
             return  # no /proc/meminfo: nothing to check against
-        host = admission.HostMemory(total, validation.host_available_mib())
-        admission.check(
-            memory_mib,
-            self.node.committed_memory(),
-            host,
-            overcommit=self.memory_overcommit,
-            count=count,
-            clone=clone,
-            committed_clones=self.node.committed_clones(),
-        )
+        while True:
+            host = admission.HostMemory(total, validation.host_available_mib())
+            try:
+                admission.check(
+                    memory_mib,
+                    self.node.committed_memory(),
+                    host,
+                    overcommit=self.memory_overcommit,
+                    count=count,
+                    clone=clone,
+                    committed_clones=self.node.committed_clones(),
+                )
+                return
+            except errors.ResourceExhausted:
+                if not (evict and self.pool is not None and self.pool.evict()):
+                    raise
 
     async def get(self, vm_id: str) -> VmView:
         validate.vm_id(vm_id)
