@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import arp, etcfiles, refresh
-from .identity import ConfigureRequest, parse_request
+from .identity import ConfigureRequest, parse_refresh, parse_request
 from .netlink import Link, RtNetlink
 from .protocol import ErrorCode
 from .session import Session, SessionError
@@ -102,6 +102,46 @@ class ConfigureSession(Session):
                 "does that (--guest under the guest's init)",
             )
         self.finish(apply(self.request, machine))
+
+
+class RefreshSession(Session):
+    """``refresh``: only the clock step and the entropy of ``configure`` (no identity, no netlink, no
+    /etc): what a warm pool VM needs at hand-out, its identity being its own already. END:
+    ``clock_ns``, ``entropy_credited``, ``changed``, ``duration``."""
+
+    op = "refresh"
+
+    def __init__(self, conn: Connection, stream_id: int, req: dict[str, Any]) -> None:
+        super().__init__(conn, stream_id, req)
+        try:
+            self.request = parse_refresh(req)
+        except ValueError as exc:
+            raise SessionError(ErrorCode.BAD_REQUEST, str(exc)) from None
+
+    def start(self) -> None:
+        if self.conn.ctx.configure_target is None:
+            raise SessionError(
+                ErrorCode.NOT_SUPPORTED, "refresh sets the clock and RNG of the guest: only its agent does"
+            )
+        started = time.monotonic()
+        result: dict[str, Any] = {}
+        changed = []
+        step = "clock"
+        try:
+            if self.request.clock_ns is not None:
+                result["clock_ns"] = refresh.step_clock(self.request.clock_ns)
+                changed.append("clock")
+            if self.request.entropy is not None:
+                step = "entropy"
+                result["entropy_credited"] = refresh.add_entropy(self.request.entropy)
+                changed.append("entropy")
+        except OSError as exc:
+            done = ", ".join(changed) or "nothing"
+            raise SessionError(
+                ErrorCode.IO_ERROR,
+                f"refresh failed at {step}: {exc.strerror or exc} (already changed: {done})",
+            ) from None
+        self.finish({**result, "changed": changed, "duration": round(time.monotonic() - started, 6)})
 
 
 def apply(req: ConfigureRequest, machine: Machine) -> dict[str, Any]:

@@ -262,3 +262,14 @@ def parse_request(req: dict[str, Any]) -> ConfigureRequest:
             "nothing to configure: give at least one of hostname, address, dns, mac, entropy, clock_ns"
         )
     return result
+
+
+def parse_refresh(req: dict[str, Any]) -> ConfigureRequest:
+    """Validate an OPEN request of ``refresh``: ``entropy`` and/or ``clock_ns`` only (ValueError)."""
+    entropy, clock_ns = req.get("entropy"), req.get("clock_ns")
+    if entropy is None and clock_ns is None:
+        raise ValueError("nothing to refresh: give entropy, clock_ns or both")
+    return ConfigureRequest(
+        entropy=None if entropy is None else check_entropy(entropy),
+        clock_ns=None if clock_ns is None else check_clock(clock_ns),
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .configure import ConfigureSession
+from .configure import ConfigureSession, RefreshSession
 from .execution import ExecSession
 from .files import GetSession, PutSession
 from .session import Session
@@ -30,4 +30,5 @@ OPS: dict[str, Callable[[Connection, int, dict[str, Any]], Session]] = {
     "get": GetSession,
     "shutdown": ShutdownSession,
     "configure": ConfigureSession,
+    "refresh": RefreshSession,
 }

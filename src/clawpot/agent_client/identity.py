@@ -180,3 +180,41 @@ async def configure(
             "not_in_effect", f"configure ended but the guest's identity is not as asked: {result}"
         )
     return result
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    """The agent's answer to ``refresh``."""
+
+    clock_ns: int | None  # the guest's wall clock right after the step
+    entropy_credited: bool | None  # True: credited and reseeded; False: only mixed in
+    duration: float
+
+
+async def refresh(
+    conn: AgentConnection,
+    *,
+    timeout: float,  # noqa: ASYNC109 - the bound of the whole call, documented on AgentClient.refresh
+) -> Refreshed:
+    """Fresh host entropy into the guest's RNG (reseeded) and its clock stepped to the host's."""
+    entropy = base64.b64encode(os.urandom(limits.REFRESH_ENTROPY_BYTES)).decode()
+    stream = conn.open_stream({"op": "refresh", "entropy": entropy, "clock_ns": time.time_ns()})
+    try:
+        async with asyncio.timeout(timeout):
+            end = await stream.recv_until(FrameType.END)
+    except TimeoutError:
+        raise TimeoutError(f"refresh: no answer from the agent within {timeout:g} s") from None
+    finally:
+        stream.close()
+    try:
+        body = decode_json(end.payload)
+        result = Refreshed(body["clock_ns"], body["entropy_credited"], body["duration"])
+        if not (
+            type(result.clock_ns) is int
+            and isinstance(result.entropy_credited, bool)
+            and isinstance(result.duration, int | float)
+        ):
+            raise ValueError("a field has the wrong type")
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ProtocolError(f"malformed refresh result from the agent: {exc}") from None
+    return result

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO
 
 from clawpot import errors, limits, paths
-from clawpot.agent_client import GuestError, GuestIdentity
+from clawpot.agent_client import GuestError
 from clawpot.network import NetworkConfig, NetworkError, NetworkManager
 from clawpot.node import calls, reconcile
 from clawpot.node.agents import one_line
@@ -476,7 +476,7 @@ class Node:
                 raise errors.Unavailable(f"pool VM {nvm.id} is {nvm.record.state}")
             agent = await nvm.agent.connected(nvm.agent.agent_timeout)
             try:
-                await agent.configure(GuestIdentity(hostname=nvm.id).refreshed())
+                await agent.refresh()
             except (GuestError, TimeoutError) as exc:
                 raise errors.Unavailable(f"pool VM {nvm.id}: refresh failed: {one_line(exc)}") from exc
             if nvm.deleting:

@@ -346,6 +346,10 @@ class SnapshotWriter:
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SnapshotError(f"cannot create {target.parent}: {exc.strerror or exc}") from exc
+        # A hidden target (a fork's or the warm pool's template) is transient: used by this process
+        # only and swept at the next start, so it is not fsynced. Its pages may never reach the disk
+        # at all: a fork's template is deleted once its copies have started.
+        self.durable = not target.name.startswith(".")
         self.temp = target.parent / f".{target.name}.partial-{secrets.token_hex(4)}"
         try:
             self.temp.mkdir(mode=0o700)
@@ -379,7 +383,8 @@ class SnapshotWriter:
         for path in sorted(self.temp.iterdir()):
             digest = file_digest(path)
             path.chmod(0o400)
-            _fsync_path(path)
+            if self.durable:
+                _fsync_path(path)
             st = path.stat()
             files[path.name] = FileEntry(size=st.st_size, digest=digest)
             # Hashed just now from our own copy: a restore by this process need not hash it again (the
@@ -398,14 +403,16 @@ class SnapshotWriter:
         manifest_path = self.temp / MANIFEST_NAME
         manifest_path.write_text(manifest.model_dump_json(indent=1))
         manifest_path.chmod(0o400)
-        _fsync_path(manifest_path)
-        _fsync_path(self.temp)
+        if self.durable:
+            _fsync_path(manifest_path)
+            _fsync_path(self.temp)
         try:
             os.rename(self.temp, self.target)  # fails if the target appeared meanwhile (non-empty dir)
         except OSError as exc:
             raise SnapshotError(f"cannot put snapshot {self.target.name} in place: {exc.strerror}") from exc
         self.sealed = True
-        _fsync_path(self.target.parent)
+        if self.durable:
+            _fsync_path(self.target.parent)
         return Snapshot(self.target, manifest)
 
 

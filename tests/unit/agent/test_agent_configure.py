@@ -12,6 +12,7 @@ proven on a real VM (tests/integration/test_guest_identity.py).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -446,3 +447,25 @@ async def test_entropy_is_mixed_in_and_the_clock_needs_the_guest(
         await sandboxed.configure(GuestIdentity(hostname="late", clock=True))
     assert info.value.code == "io_error" and "configure failed at clock" in info.value.message
     assert "already changed: nothing" in info.value.message
+
+
+async def test_refresh_alone_needs_no_identity(
+    sandboxed: AgentClient, sandbox: tuple[AgentProcess, Path], agent: AgentProcess
+) -> None:
+    entropy = base64.b64encode(os.urandom(64)).decode()
+    with RawConnection(sandbox[0].socket) as raw:
+        raw.handshake()
+        raw.send(FrameType.OPEN, 1, json.dumps({"op": "refresh", "entropy": entropy}).encode())
+        end = decode_json(raw.frame_of(FrameType.END, FrameType.ERROR, stream=1).payload)
+        raw.send(FrameType.OPEN, 3, json.dumps({"op": "refresh"}).encode())
+        error = raw.error(stream=3)
+    assert end["changed"] == ["entropy"] and end["entropy_credited"] is False, end
+    assert error["code"] == "bad_request" and "nothing to refresh" in error["message"]
+    # The host client sends both: the clock step needs the guest (CAP_SYS_TIME), refused here.
+    with pytest.raises(RemoteError) as info:
+        await sandboxed.refresh()
+    assert info.value.code == "io_error" and "refresh failed at clock" in info.value.message
+    with RawConnection(agent.socket) as raw:  # a plain host agent: never its host's clock
+        raw.handshake()
+        raw.send(FrameType.OPEN, 1, json.dumps({"op": "refresh", "entropy": entropy}).encode())
+        assert raw.error(stream=1)["code"] == "not_supported"
