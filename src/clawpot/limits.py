@@ -233,3 +233,9 @@ POOL_RECHECK_INTERVAL = 5.0
 # After a failed template boot or refill, wait this long before the next try (a broken image must not
 # turn the pool into a busy loop of cold boots).
 POOL_RETRY_DELAY = 10.0
+
+# --- QMP: the one connection kept per QEMU (issue 12) -------------------------------------------------
+
+# The longest line the host reads from QEMU's QMP socket. Its replies to our commands and its events are
+# a few hundred bytes (query-migrate ~1 KiB); 1 MiB only bounds what a broken QEMU could make us buffer.
+QMP_MAX_LINE = 1024 * 1024
