@@ -18,7 +18,7 @@ Checked:
   each reachable from the namespace, origin fork; the source runs on; a session open in the source at
   fork time is gone in the forks, and new connections to them work at once;
 - `kill -9` of the server with a full pool: after the restart no QEMU, TAP, directory or row of the old
-  pool VMs is left, and the new server makes a new pool.
+  pool VMs is left.
 """
 
 from __future__ import annotations
@@ -290,6 +290,7 @@ def test_a_killed_server_leaves_no_pool_vm_behind(server: ServerProcess, vm: str
     rows = server.db_rows("SELECT id FROM vms")
     assert not set(old) & {row[0] for row in rows}
     assert not {tap_name_for(vm_id, DEFAULT_TAP_PREFIX) for vm_id in old} & server.taps()
-    # The user VM was adopted; the new server makes its own pool.
+    # The user VM was adopted. (The new server makes its own pool: not waited for here, the refill
+    # test above shows a pool filling.)
     assert _get(server, vm).state == vm_pb2.VM_STATE_RUNNING
-    assert not set(_pool_full(server)) & set(old)
+    assert not set(_pool(server)) & set(old)

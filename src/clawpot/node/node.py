@@ -470,13 +470,22 @@ class Node:
         async with nvm.operation:
             if nvm.deleting or nvm.record.origin is not Origin.WARM:
                 raise errors.Unavailable(f"pool VM {nvm.id} is no longer available")
+            started = time.monotonic()
             if nvm.record.state is VmState.PAUSED:
                 await self._vmm_operation(nvm, Vm.resume)
             elif nvm.record.state is not VmState.RUNNING:
                 raise errors.Unavailable(f"pool VM {nvm.id} is {nvm.record.state}")
+            resumed = time.monotonic()
             agent = await nvm.agent.connected(nvm.agent.agent_timeout)
             try:
-                await agent.refresh()
+                refreshed = await agent.refresh()
+                log.info(
+                    "pool VM %s: resume %.1f ms, refresh %.1f ms (in the guest %.1f ms)",
+                    nvm.id,
+                    (resumed - started) * 1000,
+                    (time.monotonic() - resumed) * 1000,
+                    refreshed.duration * 1000,
+                )
             except (GuestError, TimeoutError) as exc:
                 raise errors.Unavailable(f"pool VM {nvm.id}: refresh failed: {one_line(exc)}") from exc
             if nvm.deleting:
