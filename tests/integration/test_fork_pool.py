@@ -55,7 +55,10 @@ def server(
     installed_assets: InstalledAssets, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     assets = injected_assets(installed_assets, tmp_path_factory.mktemp("fork-assets"))
-    with server_in_namespace(tmp_path_factory.mktemp("fork"), assets, "--pool", POOL) as srv:
+    # Paused: the hand-out's resume path, and no CPU spent by waiting pool VMs during the tests.
+    with server_in_namespace(
+        tmp_path_factory.mktemp("fork"), assets, "--pool", POOL, "--pool-state", "paused"
+    ) as srv:
         yield srv
 
 

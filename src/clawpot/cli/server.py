@@ -108,10 +108,10 @@ from clawpot.vmm.spec import BackendKind
 )
 @click.option(
     "--pool-state",
-    type=click.Choice(["paused", "running"]),
-    default="paused",
+    type=click.Choice(["running", "paused"]),
+    default="running",
     show_default=True,
-    help="Keep the warm pool's VMs paused (no CPU while waiting) or running.",
+    help="Keep the warm pool's VMs running (the faster hand-out) or paused (no CPU while they wait).",
 )
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
 def main(
