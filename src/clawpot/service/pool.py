@@ -96,18 +96,21 @@ class WarmPool:
         """A ready VM of ``shape`` handed out as a user VM, or None when none is ready (or each one tried
         failed its hand-out: it is discarded)."""
         queue = self.ready[shape.key]
-        while queue:
-            vm_id = queue.popleft()
+        try:
+            while queue:
+                vm_id = queue.popleft()
+                nvm = self.node.vms.get(vm_id)
+                if nvm is None or nvm.deleting:
+                    continue
+                try:
+                    return await self.node.hand_out(nvm, labels)
+                except errors.ServerError as exc:
+                    log.warning("pool %s: VM %s not handed out (%s); discarding it", shape.name, vm_id, exc)
+                    self._discard(vm_id)
+            return None
+        finally:
+            # The refill starts once the hand-out is done: its restore would compete with it.
             self._wake[shape.key].set()
-            nvm = self.node.vms.get(vm_id)
-            if nvm is None or nvm.deleting:
-                continue
-            try:
-                return await self.node.hand_out(nvm, labels)
-            except errors.ServerError as exc:
-                log.warning("pool %s: VM %s not handed out (%s); discarding it", shape.name, vm_id, exc)
-                self._discard(vm_id)
-        return None
 
     def template(self, shape: PoolShape) -> RestoreSource | None:
         """The shape's template, for the fallback restore when the pool is empty."""

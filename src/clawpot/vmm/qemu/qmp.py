@@ -118,22 +118,31 @@ class _Connection:
                 waiter.set_result(message)
         # anything else is an event: dropped
 
-    def _end(self) -> None:
+    def _fail_waiters(self, why: str) -> None:
         self.closed = True
-        error = QmpDisconnected(f"QMP on {self.where}: QEMU closed the connection")
+        error = QmpDisconnected(f"QMP on {self.where}: {why}")
         if not self.greeting.done():
             self.greeting.set_exception(error)
+            self.greeting.exception()  # retrieved: nobody may be awaiting it any more
         for waiter in self.pending.values():
             if not waiter.done():
                 waiter.set_exception(error)
         self.pending.clear()
+
+    def _end(self) -> None:
+        """The reader's last step: only then is the socket closed. Closing it while the loop still
+        watches its fd (a pending ``sock_recv``) would let the number be reused by another socket (an
+        agent connection) whose reader the loop would then drop when the cancelled read is cleaned up."""
+        self._fail_waiters("QEMU closed the connection")
         self.sock.close()
 
     def close(self) -> None:
-        if not self.reader.done() and not self.loop.is_closed():
-            self.reader.cancel()
-        if not self.closed:
-            self._end()
+        if self.reader.done() or self.loop.is_closed():
+            self._fail_waiters("the connection was closed")
+            self.sock.close()
+            return
+        self._fail_waiters("the connection was closed")
+        self.reader.cancel()  # its ``finally`` closes the socket, after the loop let go of the fd
 
     async def execute(self, command: str, arguments: dict[str, Any] | None, fd: int | None = None) -> object:
         if self.closed:

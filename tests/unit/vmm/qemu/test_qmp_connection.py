@@ -113,3 +113,31 @@ async def test_a_giant_line_or_a_hang_up_ends_the_connection_not_the_control(pee
     p.behaviour = answer
     assert await qmp.status() == "running"
     qmp.close()
+
+
+async def test_a_closed_connection_never_disturbs_the_socket_that_reuses_its_fd(
+    peer: tuple[Peer, Path], tmp_path: Path
+) -> None:
+    """Regression: closing the socket while the loop still watched its fd let the next socket (an
+    agent connection, in the real case) get the same number, and lose its reader when the cancelled
+    read was cleaned up: the agent then never answered."""
+    _, path = peer
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.readline())
+        await writer.drain()
+        writer.close()
+
+    echo_path = tmp_path / "echo.sock"
+    server = await asyncio.start_unix_server(echo, str(echo_path))
+    try:
+        once = QmpControl(path)  # closes its connection after every call
+        for _ in range(20):
+            assert await once.status() == "running"
+            reader, writer = await asyncio.open_unix_connection(str(echo_path))
+            writer.write(b"ping\n")
+            async with asyncio.timeout(2):
+                assert await reader.readline() == b"ping\n"
+            writer.close()
+    finally:
+        server.close()
