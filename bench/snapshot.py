@@ -2,7 +2,7 @@
 hand-outs from the pool and forks through a real server.
 
     .venv/bin/python bench/snapshot.py [--parts vmm,api] [--vms 10] [--restores 8] [--pauses 100]
-        [--memory 256] [--pool 2] [--handouts 20] [--forks 5] [--pool-states running,paused]
+        [--memory 256] [--pool 2] [--handouts 20] [--forks 5] [--pool-states paused,running]
 
 In one run, with baselines from the same run, the API part (``bench/snapshot_api.py``: a real
 ``clawpot-server --pool`` in its own network namespace, over gRPC):
@@ -206,7 +206,7 @@ async def main() -> int:
     parser.add_argument("--cold", type=int, default=2, help="cold CreateVm (the baseline of (a))")
     parser.add_argument("--forks", type=int, default=5)
     parser.add_argument("--settle", type=float, default=1.0, help="idle seconds before each sample")
-    parser.add_argument("--pool-states", default="running,paused", help="how pool VMs wait")
+    parser.add_argument("--pool-states", default="paused,running", help="how pool VMs wait")
     args = parser.parse_args()
     args.pool_states = [s for s in args.pool_states.split(",") if s]
     parts = set(args.parts.split(","))

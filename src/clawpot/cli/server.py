@@ -108,10 +108,10 @@ from clawpot.vmm.spec import BackendKind
 )
 @click.option(
     "--pool-state",
-    type=click.Choice(["running", "paused"]),
-    default="running",
+    type=click.Choice(["paused", "running"]),
+    default="paused",
     show_default=True,
-    help="Keep the warm pool's VMs running (the faster hand-out) or paused (no CPU while they wait).",
+    help="Keep the warm pool's VMs paused (no CPU while they wait; the faster hand-out measured) or running.",
 )
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
 def main(

@@ -54,9 +54,9 @@ class ServerConfig:
     stop_vms_on_exit: bool = False
     tls: TlsFiles | None = None
     socket_group: str | None = None
-    # The warm pool (``--pool``): shapes kept ready, running (default) or paused.
+    # The warm pool (``--pool``): shapes kept ready, paused (default) or running.
     pool: tuple[PoolShape, ...] = ()
-    pool_paused: bool = False
+    pool_paused: bool = True
 
 
 @contextlib.contextmanager

@@ -10,9 +10,10 @@ For each shape (``poolspec``), in the background once the server runs:
 2. **Fill.** Pool VMs are restored from it one at a time (``Node.boot`` with the template: each gets its
    own id, TAP, address, MAC and hostname through the agent's ``configure``, plus fresh entropy and the
    host's clock). The restore waited for the agent's answer, so the guest has run its agent's code
-   paths once and QEMU's TCG translation cache holds them. It then waits running (the default: the
-   faster hand-out, bench/snapshot.py (a) measures both ways) or paused (``keep_paused``: no CPU while
-   it waits; the hand-out adds a QMP ``cont`` and the guest's wake-up).
+   paths once and QEMU's TCG translation cache holds them. It then waits paused (``keep_paused``, the
+   default: no CPU while it waits, and on a busy host the faster hand-out, since idle running guests
+   take CPU from everything, the hand-out included; bench/snapshot.py (a) measures both ways) or
+   running (no QMP ``cont`` at hand-out).
 3. **Hand-out** (``take``): a create of the same vcpus and memory, with no option the pool cannot honour
    (a snapshot, an address, peer traffic, another backend), gets the oldest ready VM: resumed, fresh
    entropy and clock again (it may have waited for hours), the caller's labels, origin pool. Its
@@ -56,7 +57,7 @@ class WarmPool:
         shapes: list[PoolShape],
         fits: Callable[[PoolShape], bool],
         *,
-        keep_paused: bool = False,
+        keep_paused: bool = True,
         backend: BackendKind = BackendKind.QEMU,
     ) -> None:
         self.node = node

@@ -48,7 +48,7 @@ class Service:
         *,
         memory_overcommit: float = limits.DEFAULT_MEMORY_OVERCOMMIT,
         pool: list[PoolShape] | None = None,
-        pool_paused: bool = False,
+        pool_paused: bool = True,
     ) -> None:
         self.node = node
         self.memory_overcommit = memory_overcommit
