@@ -158,29 +158,30 @@ def apply(req: ConfigureRequest, machine: Machine) -> dict[str, Any]:
         )
     changed: list[str] = []
     refreshed: dict[str, Any] = {}
-    step = "clock"
+    steps = _Steps()  # END's "steps": how long each took (where a slow configure spends its time)
+    steps.begin("clock")
     try:
         if req.clock_ns is not None:
             refreshed["clock_ns"] = refresh.step_clock(req.clock_ns)
             changed.append("clock")
         if req.entropy is not None:
-            step = "entropy"
+            steps.begin("entropy")
             refreshed["entropy_credited"] = refresh.add_entropy(req.entropy)
             changed.append("entropy")
-        step = "netlink"
+        steps.begin("netlink")
         nl = machine.netlink()
         link = nl.link(index)
         if req.mac is not None:
-            step = "mac"
+            steps.begin("mac")
             if link.mac != req.mac:
                 _set_mac(nl, link, req.mac)
                 changed.append("mac")
         if req.touches_network:
-            step = "link up"
+            steps.begin("link up")
             if not link.up:  # (a MAC set the slow way left it up already: setting up again is harmless)
                 nl.set_up(index, True)
         if req.address is not None:
-            step = "address"
+            steps.begin("address")
             want = (req.address.ip, req.address.prefix)
             have = nl.addresses(index)
             if have != [want]:
@@ -188,30 +189,52 @@ def apply(req: ConfigureRequest, machine: Machine) -> dict[str, Any]:
                     nl.delete_address(index, ip, prefix)
                 nl.add_address(index, req.address.ip, req.address.prefix, req.address.broadcast)
                 changed.append("address")
-            step = "gateway"
+            steps.begin("gateway")
             if _set_default_route(nl, index, req.gateway):
                 changed.append("gateway")
         if req.hostname is not None:
-            step = "hostname"
+            steps.begin("hostname")
             if _set_hostname(req.hostname, etc):
                 changed.append("hostname")
         if req.dns is not None:
-            step = "dns"
+            steps.begin("dns")
             if etcfiles.replace_file(etc / "resolv.conf", etcfiles.resolv_text(req.dns)):
                 changed.append("dns")
-        step = "reading back"
+        steps.begin("reading back")
         result = _in_effect(nl, index, etc)
         announced = req.announce and req.touches_network and _announce(machine, req.interface, result)
     except OSError as exc:
         machine.reset()
         done = ", ".join(changed) or "nothing"
         raise SessionError(
-            ErrorCode.IO_ERROR, f"configure failed at {step}: {exc.strerror or exc} (already changed: {done})"
+            ErrorCode.IO_ERROR,
+            f"configure failed at {steps.current}: {exc.strerror or exc} (already changed: {done})",
         ) from None
     result.update(refreshed)
-    result.update(changed=changed, announced=announced, duration=round(time.monotonic() - started, 6))
+    result.update(
+        changed=changed,
+        announced=announced,
+        duration=round(time.monotonic() - started, 6),
+        steps=steps.durations(),
+    )
     log.info("configured %s: changed %s", req.interface, ", ".join(changed) or "nothing")
     return result
+
+
+class _Steps:
+    """The step in progress (named in an error) and when each began."""
+
+    def __init__(self) -> None:
+        self.current = ""
+        self._began: list[tuple[str, float]] = []
+
+    def begin(self, name: str) -> None:
+        self.current = name
+        self._began.append((name, time.monotonic()))
+
+    def durations(self) -> dict[str, float]:
+        ends = [at for _, at in self._began[1:]] + [time.monotonic()]
+        return {name: round(end - at, 6) for (name, at), end in zip(self._began, ends, strict=True)}
 
 
 def _set_mac(nl: RtNetlink, link: Link, mac: str) -> None:

@@ -100,6 +100,8 @@ class ConfiguredIdentity:
     clock_ns: int | None = None
     # True: the entropy was credited and the RNG reseeded; False: only mixed in; None: not asked.
     entropy_credited: bool | None = None
+    # Seconds the agent spent in each step, in order (empty from an agent that does not say).
+    steps: tuple[tuple[str, float], ...] = ()
 
     def satisfies(self, wanted: GuestIdentity) -> bool:
         """True when every field ``wanted`` sets is in effect (its address being the only one)."""
@@ -135,6 +137,7 @@ def parse_result(body: dict[str, Any]) -> ConfiguredIdentity:
             "duration": body["duration"],
             "clock_ns": body.get("clock_ns"),
             "entropy_credited": body.get("entropy_credited"),
+            "steps": tuple(dict(body.get("steps") or {}).items()),
         }
         strings = ("interface", "hostname", "mac")
         if not (
@@ -144,6 +147,7 @@ def parse_result(body: dict[str, Any]) -> ConfiguredIdentity:
             and fields["changed"] <= set(FIELDS) | set(REFRESH_FIELDS)
             and (fields["clock_ns"] is None or type(fields["clock_ns"]) is int)
             and isinstance(fields["entropy_credited"], bool | None)
+            and all(isinstance(k, str) and isinstance(v, int | float) for k, v in fields["steps"])
             and all(isinstance(fields[k], bool) for k in ("link_up", "announced"))
             and isinstance(fields["duration"], int | float)
         ):

@@ -112,17 +112,20 @@ async def restore(
     assert vm.agent is not None
     try:
         # A copy of a snapshot also gets fresh RNG entropy and the host's clock (it stood still).
-        await vm.agent.configure(guest_identity(vm_id, slot).refreshed())
+        configured = await vm.agent.configure(guest_identity(vm_id, slot).refreshed())
     except (GuestError, TimeoutError) as exc:
         raise errors.Unavailable(
             f"VM {vm_id}: cannot set its identity after the restore: {one_line(exc)}"
         ) from exc
     log.info(
-        "VM %s restored: network %.0f ms, VMM to agent answering %.0f ms, identity %.0f ms",
+        "VM %s restored: network %.0f ms, VMM to agent answering %.0f ms, identity %.0f ms (in the "
+        "guest %.0f ms: %s)",
         vm_id,
         (attached - started) * 1000,
         (restored - attached) * 1000,
         (time.monotonic() - restored) * 1000,
+        configured.duration * 1000,
+        ", ".join(f"{step} {seconds * 1000:.0f}" for step, seconds in configured.steps),
     )
     return _running(nvm, vm, store)
 

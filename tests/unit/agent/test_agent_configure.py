@@ -431,6 +431,7 @@ async def test_raw_result_names_every_field(sandbox: tuple[AgentProcess, Path]) 
         "changed",
         "announced",
         "duration",
+        "steps",
     }
     assert end["hostname"] == "raw" and end["addresses"] == [BOOT["address"]] and end["dns"] == []
 
