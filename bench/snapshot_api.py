@@ -103,7 +103,7 @@ class Server:
         # What the server said about pool, forks and creates (timings per step), for the reader.
         for line in self.log.read_text(errors="replace").splitlines():
             if any(word in line for word in ("pool", "forked", "cold boot", "restored")):
-                print("server:", line[:240], file=sys.stderr)
+                print("server:", line[:400], file=sys.stderr)
         self.channel.close()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
