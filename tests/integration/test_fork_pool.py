@@ -92,9 +92,15 @@ def _pool_full(server: ServerProcess, count: int = 2) -> dict[str, vm_pb2.Vm]:
 
 
 def _counter(server: ServerProcess, vm_id: str) -> int:
-    result = server.exec(vm_id, "cat", "/tmp/c")
-    assert result.returncode == 0, result.stderr
-    return int(result.stdout)
+    # The guest truncates the file before writing the next value: a copy made (or a read made) in
+    # between sees it empty for one tick.
+    for _ in range(20):
+        result = server.exec(vm_id, "cat", "/tmp/c")
+        assert result.returncode == 0, result.stderr
+        if result.stdout.strip():
+            return int(result.stdout)
+        time.sleep(0.1)
+    raise AssertionError(f"/tmp/c of {vm_id} stayed empty")
 
 
 def _counter_above(server: ServerProcess, vm_id: str, above: int) -> int:
