@@ -1,8 +1,17 @@
-"""Snapshots in the VMM layer (QEMU, TCG by default): restore, pause + resume, memory of clones.
+"""Snapshots, fork and the warm pool (QEMU, TCG by default): restore, pause + resume, memory of clones,
+hand-outs from the pool and forks through a real server.
 
-    .venv/bin/python bench/snapshot.py [--vms 10] [--restores 8] [--pauses 100] [--memory 256]
+    .venv/bin/python bench/snapshot.py [--parts vmm,api] [--vms 10] [--restores 8] [--pauses 100]
+        [--memory 256] [--pool 2] [--handouts 20] [--forks 5] [--pool-states paused,running]
 
-In one run, with baselines from the same run:
+In one run, with baselines from the same run, the API part (``bench/snapshot_api.py``: a real
+``clawpot-server --pool`` in its own network namespace, over gRPC):
+
+- (a) ``CreateVm`` served from the warm pool, against cold creates; for each ``--pool-states``;
+- (c) ``ForkVm`` of a running VM (one copy) to its agent answering; target <= 500 ms;
+- (d) ``PauseVm`` + ``ResumeVm`` through the API, against two ``GetVm``; target <= 5 ms;
+
+and the VMM part:
 
 - cold boot → agent ready (``Vm.start()``), for each of ``--vms`` cold VMs booted one after another,
   and the cost of guest RAM being a shared memfd (what makes every VM snapshot-able): ``--anon`` cold
@@ -37,6 +46,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import snapshot_api
 from qemu.qmp import QMPClient
 
 from clawpot import paths
@@ -190,7 +200,16 @@ async def main() -> int:
     parser.add_argument("--idle", type=float, default=5.0, help="seconds before memory is read")
     parser.add_argument("--kernel", type=Path, default=paths.assets_dir() / "vmlinux")
     parser.add_argument("--rootfs", type=Path, default=paths.assets_dir() / "rootfs.ext4")
+    parser.add_argument("--parts", default="vmm,api", help="vmm (b, d, e), api (a, c, d via the API)")
+    parser.add_argument("--pool", type=int, default=2, help="warm pool VMs (API part)")
+    parser.add_argument("--handouts", type=int, default=20, help="CreateVm served from the pool")
+    parser.add_argument("--cold", type=int, default=2, help="cold CreateVm (the baseline of (a))")
+    parser.add_argument("--forks", type=int, default=5)
+    parser.add_argument("--settle", type=float, default=1.0, help="idle seconds before each sample")
+    parser.add_argument("--pool-states", default="paused,running", help="how pool VMs wait")
     args = parser.parse_args()
+    args.pool_states = [s for s in args.pool_states.split(",") if s]
+    parts = set(args.parts.split(","))
     qemu = find_qemu()
     if qemu is None:
         print("bench/snapshot.py: qemu-system-x86_64 not found", file=sys.stderr)
@@ -198,11 +217,22 @@ async def main() -> int:
     backend = QemuBackend(qemu, accel=Accel.TCG, vsock=False)
     config = VmConfig(args.kernel, args.rootfs, memory_mib=args.memory, ready_timeout=READY_TIMEOUT)
     result: dict[str, object] = {
-        "benchmark": "QEMU snapshots in the VMM layer (issue 12: b, d, e)",
+        "benchmark": "QEMU snapshots, fork and the warm pool (issue 12: a-e)",
         "accel": "tcg",
         "memory_mib": args.memory,
         "host": {"kernel": platform.release(), "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
     }
+    if "api" in parts:
+        api_root = Path(tempfile.mkdtemp(prefix="cp-snapa-"))
+        try:
+            result["api"] = await asyncio.to_thread(
+                snapshot_api.run, args, args.kernel, args.rootfs, api_root
+            )
+        finally:
+            shutil.rmtree(api_root, ignore_errors=True)
+    if "vmm" not in parts:
+        print(json.dumps(result, indent=2))
+        return 0
     root = Path(tempfile.mkdtemp(prefix="cp-snapb-"))
     cold: list[Vm] = []
     clones: list[QemuProcess] = []

@@ -366,3 +366,37 @@ LOGS_MAX_STREAMS = 64
 # A scrape of /metrics waits this long for the event loop to hand it the node's state; a loop that is
 # wedged for longer gets an empty scrape (with the process metrics) instead of a hung Prometheus.
 METRICS_SNAPSHOT_TIMEOUT = 5.0
+# --- Fork and warm pool: copies of a VM (issue 12) ----------------------------------------------------
+
+# Fresh entropy sent to every copy of a VM (restore, fork, pool hand-out) through configure: 64 bytes
+# (512 bits) is twice what one CRNG reseed consumes, so each copy's RNG depends on host bytes alone.
+REFRESH_ENTROPY_BYTES = 64
+# ForkVm: copies per call. Each is a restore (~150-250 ms under TCG, two at a time on two cores):
+# 16 is already seconds of work; more is a loop on the client's side.
+MAX_FORK_COUNT = 16
+# What admission charges a clone (a VM whose RAM maps a snapshot's memory file copy-on-write: forks,
+# pool VMs, restores of a cold VM's snapshot) instead of its memory + VM_OVERHEAD_MIB (448 MiB for
+# 256 MiB). Measured by bench/snapshot.py (e) (2026-11-26, QEMU 7.2/TCG, 1 vCPU, 256 MiB, 5 clones idle
+# 5 s after their agent answered): PSS 37.3-37.8 MiB each (the pages it wrote, its QEMU and TCG cache,
+# its share of the file's pages), plus the snapshot's page cache, 67.5 MiB shared by all (clean file
+# pages: reclaimable): 51 MiB per clone for 5, against 224.5 MiB per cold VM (ratio 0.23). Rounded up to
+# 64 for the TCG cache growing with use. A clone that rewrites its whole RAM grows towards a cold VM's
+# cost: charging clones like this is a measured overcommit, as fork and pool platforms do.
+CLONE_CHARGE_MIB = 64
+# The warm pool (`clawpot-server --pool`): each shape's template is a cold boot + snapshot at start and
+# each pool VM holds a TAP, an address and its clone's memory, so a pool is a handful of VMs, not a
+# farm: 32 per shape, 8 shapes.
+MAX_POOL_VMS_PER_SHAPE = 32
+MAX_POOL_SHAPES = 8
+# A pool that could not refill (no memory left in the budget, a failed restore) looks again this often;
+# a hand-out or a delete wakes it at once.
+POOL_RECHECK_INTERVAL = 5.0
+# After a failed template boot or refill, wait this long before the next try (a broken image must not
+# turn the pool into a busy loop of cold boots).
+POOL_RETRY_DELAY = 10.0
+
+# --- QMP: the one connection kept per QEMU (issue 12) -------------------------------------------------
+
+# The longest line the host reads from QEMU's QMP socket. Its replies to our commands and its events are
+# a few hundred bytes (query-migrate ~1 KiB); 1 MiB only bounds what a broken QEMU could make us buffer.
+QMP_MAX_LINE = 1024 * 1024

@@ -258,6 +258,24 @@ class ServerProcess:
         }
 
 
+@dataclass(frozen=True)
+class Assets:
+    kernel: Path
+    rootfs: Path
+
+
+def injected_assets(installed: InstalledAssets, directory: Path) -> Assets:
+    """The installed kernel and a copy of the root image with this tree's agent injected: for tests of
+    agent operations newer than the installed image's agent may be (helpers install theirs)."""
+    from clawpot.assets.inject import inject
+
+    (directory / "vmlinux").symlink_to(installed.kernel)
+    rootfs = directory / "rootfs.ext4"
+    subprocess.run(["cp", "--sparse=always", str(installed.rootfs), str(rootfs)], check=True)
+    inject(rootfs)
+    return Assets(directory / "vmlinux", rootfs)
+
+
 @contextlib.contextmanager
 def server_in_namespace(
     workdir: Path, assets: InstalledAssets, *args: str, start: bool = True

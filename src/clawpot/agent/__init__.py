@@ -23,7 +23,9 @@ Modules:
                   tag, output kept in a bounded ring while nobody listens (E2B's envd processes).
 - ``procops``     the ``proc_*`` operations on that table: start, attach, list, input, signal, resize.
 - ``identity``    the ``configure`` request and its validation (shared with the host client).
-- ``configure``   the ``configure`` operation: hostname, address, gateway, DNS and MAC of the guest.
+- ``configure``   the ``configure`` operation: hostname, address, gateway, DNS and MAC of the guest;
+                  and ``refresh`` (clock and entropy only).
+- ``refresh``     what a copy of a VM must not share: host entropy into the RNG (reseeded), the clock.
 - ``netlink``     a minimal rtnetlink client: link, IPv4 addresses, default route.
 - ``etcfiles``    /etc/hostname, /etc/hosts and /etc/resolv.conf, replaced atomically.
 - ``arp``         the gratuitous ARP sent after an address or MAC change.

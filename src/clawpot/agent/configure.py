@@ -4,8 +4,12 @@ Request (validated by ``identity``): ``hostname``, ``address`` + ``gateway``, ``
 ``interface`` (eth0), ``announce``. END: the identity now in effect, read back from the kernel and
 /etc, with ``changed`` (what differed and was set), ``announced`` and ``duration``.
 
-Steps, in this order, each skipped when the kernel already has what was asked (so a repeat changes
-nothing):
+First, on a copy of a VM (``refresh``): ``clock_ns`` steps the wall clock to the host's time and
+``entropy`` is added to the kernel's RNG, which is reseeded (END: ``clock_ns`` read back right after the
+step, ``entropy_credited``). Both always run when asked and are named in ``changed``.
+
+Then the identity steps, in this order, each skipped when the kernel already has what was asked (so a
+repeat changes nothing):
 
 1. MAC: changed on the running link (virtio-net allows it); a driver that refuses (EBUSY) gets it with
    the link down, then up again. Any network field brings the link up (a VM booted without ``ip=`` has
@@ -37,8 +41,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import arp, etcfiles
-from .identity import ConfigureRequest, parse_request
+from . import arp, etcfiles, refresh
+from .identity import ConfigureRequest, parse_refresh, parse_request
 from .netlink import Link, RtNetlink
 from .protocol import ErrorCode
 from .session import Session, SessionError
@@ -100,6 +104,46 @@ class ConfigureSession(Session):
         self.finish(apply(self.request, machine))
 
 
+class RefreshSession(Session):
+    """``refresh``: only the clock step and the entropy of ``configure`` (no identity, no netlink, no
+    /etc): what a warm pool VM needs at hand-out, its identity being its own already. END:
+    ``clock_ns``, ``entropy_credited``, ``changed``, ``duration``."""
+
+    op = "refresh"
+
+    def __init__(self, conn: Connection, stream_id: int, req: dict[str, Any]) -> None:
+        super().__init__(conn, stream_id, req)
+        try:
+            self.request = parse_refresh(req)
+        except ValueError as exc:
+            raise SessionError(ErrorCode.BAD_REQUEST, str(exc)) from None
+
+    def start(self) -> None:
+        if self.conn.ctx.configure_target is None:
+            raise SessionError(
+                ErrorCode.NOT_SUPPORTED, "refresh sets the clock and RNG of the guest: only its agent does"
+            )
+        started = time.monotonic()
+        result: dict[str, Any] = {}
+        changed = []
+        step = "clock"
+        try:
+            if self.request.clock_ns is not None:
+                result["clock_ns"] = refresh.step_clock(self.request.clock_ns)
+                changed.append("clock")
+            if self.request.entropy is not None:
+                step = "entropy"
+                result["entropy_credited"] = refresh.add_entropy(self.request.entropy)
+                changed.append("entropy")
+        except OSError as exc:
+            done = ", ".join(changed) or "nothing"
+            raise SessionError(
+                ErrorCode.IO_ERROR,
+                f"refresh failed at {step}: {exc.strerror or exc} (already changed: {done})",
+            ) from None
+        self.finish({**result, "changed": changed, "duration": round(time.monotonic() - started, 6)})
+
+
 def apply(req: ConfigureRequest, machine: Machine) -> dict[str, Any]:
     """Make the machine's identity what ``req`` asks; returns the identity in effect (the END payload)."""
     started = time.monotonic()
@@ -113,21 +157,31 @@ def apply(req: ConfigureRequest, machine: Machine) -> dict[str, Any]:
             ErrorCode.NOT_SUPPORTED, f"{etc} is not writable (a VM booted without a writable layer?)"
         )
     changed: list[str] = []
-    step = "netlink"
+    refreshed: dict[str, Any] = {}
+    steps = _Steps()  # END's "steps": how long each took (where a slow configure spends its time)
+    steps.begin("clock")
     try:
+        if req.clock_ns is not None:
+            refreshed["clock_ns"] = refresh.step_clock(req.clock_ns)
+            changed.append("clock")
+        if req.entropy is not None:
+            steps.begin("entropy")
+            refreshed["entropy_credited"] = refresh.add_entropy(req.entropy)
+            changed.append("entropy")
+        steps.begin("netlink")
         nl = machine.netlink()
         link = nl.link(index)
         if req.mac is not None:
-            step = "mac"
+            steps.begin("mac")
             if link.mac != req.mac:
                 _set_mac(nl, link, req.mac)
                 changed.append("mac")
         if req.touches_network:
-            step = "link up"
+            steps.begin("link up")
             if not link.up:  # (a MAC set the slow way left it up already: setting up again is harmless)
                 nl.set_up(index, True)
         if req.address is not None:
-            step = "address"
+            steps.begin("address")
             want = (req.address.ip, req.address.prefix)
             have = nl.addresses(index)
             if have != [want]:
@@ -135,29 +189,52 @@ def apply(req: ConfigureRequest, machine: Machine) -> dict[str, Any]:
                     nl.delete_address(index, ip, prefix)
                 nl.add_address(index, req.address.ip, req.address.prefix, req.address.broadcast)
                 changed.append("address")
-            step = "gateway"
+            steps.begin("gateway")
             if _set_default_route(nl, index, req.gateway):
                 changed.append("gateway")
         if req.hostname is not None:
-            step = "hostname"
+            steps.begin("hostname")
             if _set_hostname(req.hostname, etc):
                 changed.append("hostname")
         if req.dns is not None:
-            step = "dns"
+            steps.begin("dns")
             if etcfiles.replace_file(etc / "resolv.conf", etcfiles.resolv_text(req.dns)):
                 changed.append("dns")
-        step = "reading back"
+        steps.begin("reading back")
         result = _in_effect(nl, index, etc)
         announced = req.announce and req.touches_network and _announce(machine, req.interface, result)
     except OSError as exc:
         machine.reset()
         done = ", ".join(changed) or "nothing"
         raise SessionError(
-            ErrorCode.IO_ERROR, f"configure failed at {step}: {exc.strerror or exc} (already changed: {done})"
+            ErrorCode.IO_ERROR,
+            f"configure failed at {steps.current}: {exc.strerror or exc} (already changed: {done})",
         ) from None
-    result.update(changed=changed, announced=announced, duration=round(time.monotonic() - started, 6))
+    result.update(refreshed)
+    result.update(
+        changed=changed,
+        announced=announced,
+        duration=round(time.monotonic() - started, 6),
+        steps=steps.durations(),
+    )
     log.info("configured %s: changed %s", req.interface, ", ".join(changed) or "nothing")
     return result
+
+
+class _Steps:
+    """The step in progress (named in an error) and when each began."""
+
+    def __init__(self) -> None:
+        self.current = ""
+        self._began: list[tuple[str, float]] = []
+
+    def begin(self, name: str) -> None:
+        self.current = name
+        self._began.append((name, time.monotonic()))
+
+    def durations(self) -> dict[str, float]:
+        ends = [at for _, at in self._began[1:]] + [time.monotonic()]
+        return {name: round(end - at, 6) for (name, at), end in zip(self._began, ends, strict=True)}
 
 
 def _set_mac(nl: RtNetlink, link: Link, mac: str) -> None:

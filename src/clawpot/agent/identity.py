@@ -4,6 +4,12 @@ Standard library only and free of side effects. The agent parses OPEN requests w
 client checks a ``GuestIdentity`` with the same code before sending it, so both sides agree on what is
 valid. What the operation changes, and in which order, is in ``configure``.
 
+Besides the identity, ``configure`` refreshes what a copy of a VM shares with its original (restored
+from a snapshot, forked, handed out from a pool): ``entropy`` (base64 bytes from the host, added to the
+kernel's RNG and credited, then the RNG reseeded, so two copies never produce the same random bytes) and
+``clock_ns`` (the host's CLOCK_REALTIME in ns: the guest's wall clock is stepped to it, since it stood
+still while the snapshot waited).
+
 Every field is optional: an omitted field keeps its current value. ``address`` and ``gateway`` go
 together: giving ``address`` replaces every IPv4 address of the interface and its default route (none
 without ``gateway``). IPv4 only: the guest kernel is built without IPv6 (assets/kernel.fragment).
@@ -11,6 +17,8 @@ without ``gateway``). IPv4 only: the guest kernel is built without IPv6 (assets/
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import socket
 import struct
@@ -25,6 +33,15 @@ HOSTNAME_MAX = 64
 MAX_DNS_SERVERS = 3
 # Identity fields, in the order ``configure`` applies them.
 FIELDS = ("mac", "address", "gateway", "hostname", "dns")
+# What a copy of a VM refreshes, applied before the identity (``changed`` names them too).
+REFRESH_FIELDS = ("clock", "entropy")
+# Fresh entropy per request: at least a full reseed's worth (32 bytes), at most a page-sized bound.
+ENTROPY_MIN_BYTES = 16
+ENTROPY_MAX_BYTES = 512
+# A clock the guest may be stepped to: 2001-09-09 .. 2286-11-20 (ns since the epoch, 10**18 .. 10**19).
+# Anything outside is a host bug, not a time.
+CLOCK_MIN_NS = 10**18
+CLOCK_MAX_NS = 10**19
 
 # Labels of letters, digits, '-' and '_', separated by dots; a label never starts with '-' (it would
 # read as an option to hostname(1)). VM ids are used as hostnames, so the rules admit every one of them
@@ -75,6 +92,8 @@ class ConfigureRequest:
     mac: str | None = None
     # Send a gratuitous ARP once the address or MAC is set, so the bridge and neighbours learn the pair.
     announce: bool = True
+    entropy: bytes | None = None
+    clock_ns: int | None = None
 
     @property
     def touches_network(self) -> bool:
@@ -92,6 +111,10 @@ class ConfigureRequest:
             req["dns"] = list(self.dns)
         if self.mac is not None:
             req["mac"] = self.mac
+        if self.entropy is not None:
+            req["entropy"] = base64.b64encode(self.entropy).decode()
+        if self.clock_ns is not None:
+            req["clock_ns"] = self.clock_ns
         return req
 
 
@@ -177,6 +200,24 @@ def check_mac(value: object) -> str:
     return mac
 
 
+def check_entropy(value: object) -> bytes:
+    if not isinstance(value, str) or len(value) > 4 * ENTROPY_MAX_BYTES:
+        raise ValueError(f"'entropy' must be base64 of {ENTROPY_MIN_BYTES}-{ENTROPY_MAX_BYTES} bytes")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("'entropy' is not valid base64") from None
+    if not ENTROPY_MIN_BYTES <= len(data) <= ENTROPY_MAX_BYTES:
+        raise ValueError(f"'entropy' must be {ENTROPY_MIN_BYTES}-{ENTROPY_MAX_BYTES} bytes, not {len(data)}")
+    return data
+
+
+def check_clock(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not CLOCK_MIN_NS <= value <= CLOCK_MAX_NS:
+        raise ValueError("'clock_ns' must be the host's time in ns since the epoch (an integer)")
+    return value
+
+
 def check_interface(value: object) -> str:
     if not isinstance(value, str) or not _IFNAME.fullmatch(value) or value in (".", ".."):
         raise ValueError("'interface' must be an interface name (1-15 of letters, digits, '.', '-', '_')")
@@ -198,6 +239,7 @@ def parse_request(req: dict[str, Any]) -> ConfigureRequest:
     if gateway is not None and parsed_address is None:
         raise ValueError("'gateway' needs 'address' (they are set together)")
     hostname, dns, mac = req.get("hostname"), req.get("dns"), req.get("mac")
+    entropy, clock_ns = req.get("entropy"), req.get("clock_ns")
     result = ConfigureRequest(
         interface=DEFAULT_INTERFACE if interface is None else check_interface(interface),
         hostname=None if hostname is None else check_hostname(hostname),
@@ -206,7 +248,28 @@ def parse_request(req: dict[str, Any]) -> ConfigureRequest:
         dns=None if dns is None else check_dns(dns),
         mac=None if mac is None else check_mac(mac),
         announce=announce,
+        entropy=None if entropy is None else check_entropy(entropy),
+        clock_ns=None if clock_ns is None else check_clock(clock_ns),
     )
-    if result.hostname is None and result.dns is None and not result.touches_network:
-        raise ValueError("nothing to configure: give at least one of hostname, address, dns, mac")
+    if (
+        result.hostname is None
+        and result.dns is None
+        and not result.touches_network
+        and result.entropy is None
+        and result.clock_ns is None
+    ):
+        raise ValueError(
+            "nothing to configure: give at least one of hostname, address, dns, mac, entropy, clock_ns"
+        )
     return result
+
+
+def parse_refresh(req: dict[str, Any]) -> ConfigureRequest:
+    """Validate an OPEN request of ``refresh``: ``entropy`` and/or ``clock_ns`` only (ValueError)."""
+    entropy, clock_ns = req.get("entropy"), req.get("clock_ns")
+    if entropy is None and clock_ns is None:
+        raise ValueError("nothing to refresh: give entropy, clock_ns or both")
+    return ConfigureRequest(
+        entropy=None if entropy is None else check_entropy(entropy),
+        clock_ns=None if clock_ns is None else check_clock(clock_ns),
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .configure import ConfigureSession
+from .configure import ConfigureSession, RefreshSession
 from .execution import ExecSession
 from .files import GetSession, PutSession
 from .fsops import ListSession, MkdirSession, MoveSession, RemoveSession, StatSession
@@ -52,4 +52,5 @@ OPS: dict[str, Callable[[Connection, int, dict[str, Any]], Session]] = {
     "proc_input": ProcInputSession,
     "proc_signal": ProcSignalSession,
     "proc_resize": ProcResizeSession,
+    "refresh": RefreshSession,
 }

@@ -314,6 +314,17 @@ class AgentClient:
         """
         return await identity.configure(self._conn, guest_identity, timeout=timeout, announce=announce)
 
+    async def refresh(
+        self,
+        *,
+        timeout: float = limits.CONFIGURE_TIMEOUT,  # noqa: ASYNC109 - bounds the agent's answer
+    ) -> identity.Refreshed:
+        """Fresh entropy (``limits.REFRESH_ENTROPY_BYTES`` from the host) into the guest kernel's RNG,
+        reseeded, and its wall clock stepped to the host's: what a copy of a VM must not share with its
+        original. ``configure`` can carry the same (``GuestIdentity.refreshed``) with an identity.
+        Raises RemoteError (``unknown_op`` from an agent that predates it) or TimeoutError."""
+        return await identity.refresh(self._conn, timeout=timeout)
+
     # --- lifecycle -------------------------------------------------------------------------------------
 
     async def shutdown(self) -> None:

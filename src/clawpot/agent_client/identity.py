@@ -8,11 +8,16 @@ uses (``clawpot.agent.identity``), so a bad value fails here, before any VM is t
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from clawpot.agent.identity import DEFAULT_INTERFACE, FIELDS, parse_request
+from clawpot import limits
+from clawpot.agent.identity import DEFAULT_INTERFACE, FIELDS, REFRESH_FIELDS, parse_request
 from clawpot.agent.protocol import FrameType, decode_json
 from clawpot.agent_client.connection import AgentConnection
 from clawpot.agent_client.errors import ProtocolError, RemoteError
@@ -21,6 +26,10 @@ from clawpot.agent_client.errors import ProtocolError, RemoteError
 @dataclass(frozen=True)
 class GuestIdentity:
     """Who a guest is on the network. A field left None keeps the guest's current value.
+
+    ``entropy`` (16-512 bytes, e.g. ``os.urandom(64)``) is added to the guest kernel's RNG, which is
+    reseeded; ``clock``: the guest's wall clock is stepped to the host's time, read when the request is
+    built. A copy of a VM (restore, fork, pool) asks for both (``refreshed``).
 
     ``address`` is ``"a.b.c.d/prefix"`` and replaces every IPv4 address of the interface; ``gateway``
     (only with ``address``) becomes the one default route, none when None. ``dns`` replaces
@@ -33,6 +42,8 @@ class GuestIdentity:
     dns: Sequence[str] | None = None
     mac: str | None = None
     interface: str = DEFAULT_INTERFACE
+    entropy: bytes | None = None
+    clock: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.dns, str):  # a str is a Sequence[str] too: a classic slip
@@ -51,14 +62,20 @@ class GuestIdentity:
             "gateway": self.gateway,
             "dns": None if self.dns is None else list(self.dns),
             "mac": self.mac,
+            "entropy": None if self.entropy is None else base64.b64encode(self.entropy).decode(),
+            "clock_ns": time.time_ns() if self.clock else None,
         }
 
     @property
     def touches_network(self) -> bool:
         return self.address is not None or self.mac is not None
 
+    def refreshed(self) -> GuestIdentity:
+        """This identity plus what a copy of a VM needs: fresh host entropy and the host's clock."""
+        return dataclasses.replace(self, entropy=os.urandom(limits.REFRESH_ENTROPY_BYTES), clock=True)
+
     def request(self, *, announce: bool = True) -> dict[str, Any]:
-        """The OPEN request of ``configure``."""
+        """The OPEN request of ``configure`` (the clock, when asked, is read now)."""
         fields = {key: value for key, value in self._fields().items() if value is not None}
         return {"op": "configure", **fields, "announce": announce}
 
@@ -79,6 +96,12 @@ class ConfiguredIdentity:
     changed: frozenset[str]  # which of mac, address, gateway, hostname, dns differed and were set
     announced: bool  # a gratuitous ARP went out for the address and MAC
     duration: float  # seconds the agent spent
+    # The guest's wall clock right after it was stepped (None: not asked, or an agent without it).
+    clock_ns: int | None = None
+    # True: the entropy was credited and the RNG reseeded; False: only mixed in; None: not asked.
+    entropy_credited: bool | None = None
+    # Seconds the agent spent in each step, in order (empty from an agent that does not say).
+    steps: tuple[tuple[str, float], ...] = ()
 
     def satisfies(self, wanted: GuestIdentity) -> bool:
         """True when every field ``wanted`` sets is in effect (its address being the only one)."""
@@ -89,6 +112,9 @@ class ConfiguredIdentity:
             wanted.dns is None or tuple(wanted.dns) == self.dns,
             wanted.address is None
             or (self.addresses == (wanted.address,) and wanted.gateway == self.gateway),
+            # An agent that predates the refresh ignores its fields: that is not a refreshed copy.
+            wanted.entropy is None or ("entropy" in self.changed and self.entropy_credited is not None),
+            not wanted.clock or ("clock" in self.changed and self.clock_ns is not None),
         ]
         if wanted.touches_network:
             checks.append(self.link_up)
@@ -109,13 +135,19 @@ def parse_result(body: dict[str, Any]) -> ConfiguredIdentity:
             "changed": frozenset(body["changed"]),
             "announced": body["announced"],
             "duration": body["duration"],
+            "clock_ns": body.get("clock_ns"),
+            "entropy_credited": body.get("entropy_credited"),
+            "steps": tuple(dict(body.get("steps") or {}).items()),
         }
         strings = ("interface", "hostname", "mac")
         if not (
             all(isinstance(fields[k], str) for k in strings)
             and all(isinstance(fields[k], str | None) for k in ("address", "gateway"))
             and all(isinstance(v, str) for v in (*fields["addresses"], *fields["dns"]))
-            and fields["changed"] <= set(FIELDS)
+            and fields["changed"] <= set(FIELDS) | set(REFRESH_FIELDS)
+            and (fields["clock_ns"] is None or type(fields["clock_ns"]) is int)
+            and isinstance(fields["entropy_credited"], bool | None)
+            and all(isinstance(k, str) and isinstance(v, int | float) for k, v in fields["steps"])
             and all(isinstance(fields[k], bool) for k in ("link_up", "announced"))
             and isinstance(fields["duration"], int | float)
         ):
@@ -151,4 +183,42 @@ async def configure(
         raise RemoteError(
             "not_in_effect", f"configure ended but the guest's identity is not as asked: {result}"
         )
+    return result
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    """The agent's answer to ``refresh``."""
+
+    clock_ns: int | None  # the guest's wall clock right after the step
+    entropy_credited: bool | None  # True: credited and reseeded; False: only mixed in
+    duration: float
+
+
+async def refresh(
+    conn: AgentConnection,
+    *,
+    timeout: float,  # noqa: ASYNC109 - the bound of the whole call, documented on AgentClient.refresh
+) -> Refreshed:
+    """Fresh host entropy into the guest's RNG (reseeded) and its clock stepped to the host's."""
+    entropy = base64.b64encode(os.urandom(limits.REFRESH_ENTROPY_BYTES)).decode()
+    stream = conn.open_stream({"op": "refresh", "entropy": entropy, "clock_ns": time.time_ns()})
+    try:
+        async with asyncio.timeout(timeout):
+            end = await stream.recv_until(FrameType.END)
+    except TimeoutError:
+        raise TimeoutError(f"refresh: no answer from the agent within {timeout:g} s") from None
+    finally:
+        stream.close()
+    try:
+        body = decode_json(end.payload)
+        result = Refreshed(body["clock_ns"], body["entropy_credited"], body["duration"])
+        if not (
+            type(result.clock_ns) is int
+            and isinstance(result.entropy_credited, bool)
+            and isinstance(result.duration, int | float)
+        ):
+            raise ValueError("a field has the wrong type")
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ProtocolError(f"malformed refresh result from the agent: {exc}") from None
     return result

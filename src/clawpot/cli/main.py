@@ -83,10 +83,21 @@ def _register() -> None:
     from clawpot.cli.files import cp
     from clawpot.cli.network import network, port
     from clawpot.cli.observe import events, logs
-    from clawpot.cli.vms import create, delete, get, list_vms, pause, resume, snapshot, snapshots, timeout
+    from clawpot.cli.vms import (
+        create,
+        delete,
+        fork,
+        get,
+        list_vms,
+        pause,
+        resume,
+        snapshot,
+        snapshots,
+        timeout,
+    )
 
     commands = (
-        *(assets, doctor, create, list_vms, get, delete, pause, resume, snapshot, snapshots, timeout),
+        *(assets, doctor, create, list_vms, get, delete, pause, resume, snapshot, snapshots, fork, timeout),
         *(exec_command, cp, token, network, port, logs, events),
     )
     for command in commands:

@@ -18,6 +18,7 @@ from clawpot.server import logfmt
 from clawpot.server.apitoken import TokenError
 from clawpot.server.app import DEFAULT_LISTEN, ServerConfig, serve
 from clawpot.server.listeners import ListenError, TlsFiles
+from clawpot.service import poolspec
 from clawpot.vmm.spec import BackendKind
 
 
@@ -137,6 +138,23 @@ from clawpot.vmm.spec import BackendKind
     show_default=True,
     help="Log lines as text, or one JSON object per line (one line per API call, with its fields).",
 )
+# --- the warm pool (service/pool.py) ---
+@click.option(
+    "--pool",
+    "pool_spec",
+    metavar="SPEC",
+    help=(
+        "Keep VMs ready for CreateVm: VCPUSxMEMORY:COUNT[,...], e.g. 1x256:4 (four VMs of 1 vCPU, 256 MiB), "
+        "restored from a snapshot the server takes of a freshly booted VM. A matching create takes one."
+    ),
+)
+@click.option(
+    "--pool-state",
+    type=click.Choice(["paused", "running"]),
+    default="paused",
+    show_default=True,
+    help="Keep the warm pool's VMs paused (no CPU while they wait; the faster hand-out measured) or running.",
+)
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
 def main(
     listen: tuple[str, ...],
@@ -158,6 +176,8 @@ def main(
     vm_timeout: int | None,
     metrics_listen: str | None,
     log_format: str,
+    pool_spec: str | None,
+    pool_state: str,
     verbose: bool,
 ) -> None:
     """Serve the Clawpot API: create, list, delete VMs and exec/copy files in them."""
@@ -171,6 +191,10 @@ def main(
     except ValueError as exc:
         _fail(str(exc))
     tls = TlsFiles(tls_cert, tls_key, tls_client_ca) if tls_cert is not None and tls_key is not None else None
+    try:
+        pool = poolspec.parse(pool_spec) if pool_spec is not None else []
+    except ValueError as exc:
+        _fail(f"--pool: {exc}")
     config = ServerConfig(
         listen=listen or (DEFAULT_LISTEN,),
         tls=tls,
@@ -180,6 +204,8 @@ def main(
         stop_vms_on_exit=stop_vms_on_exit,
         memory_overcommit=memory_overcommit,
         metrics_listen=metrics_listen,
+        pool=tuple(pool),
+        pool_paused=pool_state == "paused",
         node=NodeConfig(
             data_dir=default_data_dir(data_dir),
             default_backend=None if vmm == "auto" else BackendKind(vmm),

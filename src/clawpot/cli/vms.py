@@ -1,4 +1,4 @@
-"""`clawpot create | list | get | delete | pause | resume | snapshot | snapshots | timeout`."""
+"""`clawpot create | list | get | delete | pause | resume | snapshot | snapshots | fork | timeout`."""
 
 from __future__ import annotations
 
@@ -177,14 +177,19 @@ def _health(vm: vm_pb2.Vm) -> str:
 
 @click.command("list")
 @click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--pool", "include_pool", is_flag=True, help="Also list the server's warm pool VMs.")
 @click.pass_obj
-def list_vms(server: str, output: str) -> None:
+def list_vms(server: str, output: str, include_pool: bool) -> None:
     """List VMs: id, state, agent health, backend, vcpus, memory, ip, age."""
     vms: list[vm_pb2.Vm] = []
     with stub(server) as api:
         token = ""
         while True:  # the server answers in pages; follow them to the end
-            page = api.ListVms(vm_pb2.ListVmsRequest(page_size=limits.MAX_PAGE_SIZE, page_token=token))
+            page = api.ListVms(
+                vm_pb2.ListVmsRequest(
+                    page_size=limits.MAX_PAGE_SIZE, page_token=token, include_pool=include_pool
+                )
+            )
             vms.extend(page.vms)
             if not (token := page.next_page_token):
                 break
@@ -258,6 +263,19 @@ def snapshot(server: str, vm_id: str, name: str) -> None:
     with stub(server) as api:
         snap = api.SnapshotVm(vm_pb2.SnapshotVmRequest(vm_id=vm_id, name=name))
     click.echo(safe(snap.name))
+
+
+@click.command()
+@click.argument("vm_id", metavar="ID")
+@click.option("-n", "--count", type=click.IntRange(1, limits.MAX_FORK_COUNT), default=1, show_default=True)
+@click.pass_obj
+def fork(server: str, vm_id: str, count: int) -> None:
+    """Copy a running VM N times: each copy runs on from the same moment with its own id, address, MAC
+    and hostname; the VM itself runs on. Prints the copies' ids, one a line."""
+    with stub(server) as api:
+        reply = api.ForkVm(vm_pb2.ForkVmRequest(id=vm_id, count=count))
+    for vm in reply.vms:
+        click.echo(safe(vm.id))
 
 
 def _snapshot_to_dict(snap: vm_pb2.Snapshot) -> dict[str, Any]:

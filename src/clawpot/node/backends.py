@@ -59,6 +59,8 @@ class Backends:
                 data_dir=self.data_dir,
                 # The node's VMs outlive the server process: a restarted server attaches them.
                 die_with_parent=False,
+                # The server is their one controller: it keeps one control connection per VM open.
+                persistent_control=True,
             )
             try:
                 backend = get_backend(kind.value, options)

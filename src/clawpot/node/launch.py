@@ -6,6 +6,8 @@ when this raises: the handle's own cleanup stack, then ``resources.release`` and
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,8 @@ from clawpot.vm.handle import Vm
 from clawpot.vm.state import Transition, VmState
 from clawpot.vmm.base import VmmBackend, VmmError
 from clawpot.vmm.snapshot import Manifest
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,12 +93,14 @@ async def restore(
     guest its new hostname, address, gateway, DNS and MAC, nothing it sends leaves the TAP; only then
     is the VM Running and handed out. A configure that fails fails the create (all undone)."""
     vm_id = nvm.id
+    started = time.monotonic()
     slot = await attach_network(
         network, vm_id, params.ip_address, allow_peers=params.allow_peers, policy=params.policy
     )
     if slot is not None:
         nvm.record = nvm.record.with_(ip_address=str(slot.address))
         store.update(nvm.record)
+    attached = time.monotonic()
     config = VmConfig(
         kernel=Path(manifest.spec.kernel.path),
         rootfs=Path(manifest.rootfs.path),
@@ -108,13 +114,25 @@ async def restore(
     steps = restore_steps(snapshot)
     vm = Vm(config, backend, vm_id=vm_id, root=params.vms_root, stop_grace=params.stop_grace, steps=steps)
     await _start(nvm, vm, on_transition)
+    restored = time.monotonic()
     assert vm.agent is not None
     try:
-        await vm.agent.configure(guest_identity(vm_id, slot))
+        # A copy of a snapshot also gets fresh RNG entropy and the host's clock (it stood still).
+        configured = await vm.agent.configure(guest_identity(vm_id, slot).refreshed())
     except (GuestError, TimeoutError) as exc:
         raise errors.Unavailable(
             f"VM {vm_id}: cannot set its identity after the restore: {one_line(exc)}"
         ) from exc
+    log.info(
+        "VM %s restored: network %.0f ms, VMM to agent answering %.0f ms, identity %.0f ms (in the "
+        "guest %.0f ms: %s)",
+        vm_id,
+        (attached - started) * 1000,
+        (restored - attached) * 1000,
+        (time.monotonic() - restored) * 1000,
+        configured.duration * 1000,
+        ", ".join(f"{step} {seconds * 1000:.0f}" for step, seconds in configured.steps),
+    )
     return _running(nvm, vm, store)
 
 

@@ -17,6 +17,8 @@ import asyncio
 import contextlib
 import errno
 import logging
+import secrets
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,12 +26,14 @@ from pathlib import Path
 from typing import IO
 
 from clawpot import errors, limits, paths
+from clawpot.agent_client import GuestError
 from clawpot.metrics import instruments
 from clawpot.network import NetworkConfig, NetworkError, NetworkManager
 from clawpot.network.dnsforward import DnsForwarder, Upstream, system_upstreams
 from clawpot.network.policy import EgressPolicy
 from clawpot.network.policydb import VmNetworkPolicy
 from clawpot.node import calls, console, reconcile
+from clawpot.node.agents import one_line
 from clawpot.node.backends import Backends
 from clawpot.node.datadir import Assets, NodeError, lock_data_dir
 from clawpot.node.events import EventKind, EventLog
@@ -47,6 +51,7 @@ from clawpot.vm.errors import VmNotRunning
 from clawpot.vm.handle import Vm
 from clawpot.vm.state import Transition, VmState
 from clawpot.vmm.base import Feature, VmmBackend, VmmError, VmmProcess, VmmUnsupported
+from clawpot.vmm.snapshot import Manifest, read_manifest
 from clawpot.vmm.spec import BackendKind
 
 log = logging.getLogger(__name__)
@@ -85,6 +90,26 @@ class VmRequest:
     network_policy: VmNetworkPolicy = field(default_factory=VmNetworkPolicy)
     # When the VM ends (stored with its row); None: it lives until deleted.
     lifetime: Lifetime | None = None
+    # A fork of this VM (``Node.fork``): restored from a hidden snapshot of it.
+    forked_from: str | None = None
+    # Its RAM will map a snapshot's memory file copy-on-write: admission charges it as a clone.
+    shares_ram: bool = False
+    # A VM of the warm pool of this shape (``1x256``): not a user VM until it is handed out.
+    pool_shape: str | None = None
+
+    @property
+    def origin(self) -> Origin:
+        if self.pool_shape:
+            return Origin.WARM
+        return Origin.FORK if self.forked_from else Origin.RESTORE if self.snapshot else Origin.COLD
+
+
+@dataclass(frozen=True)
+class RestoreSource:
+    """A snapshot directory to restore, with its manifest (a named snapshot or a hidden template)."""
+
+    directory: Path
+    manifest: Manifest
 
 
 class Node:
@@ -199,9 +224,10 @@ class Node:
 
     # -- queries --------------------------------------------------------------------------------------
 
-    def get(self, vm_id: str) -> NodeVm:
+    def get(self, vm_id: str, *, warm: bool = False) -> NodeVm:
+        """A user VM; a warm pool VM only with ``warm`` (for the pool itself: users never see them)."""
         nvm = self.vms.get(vm_id)
-        if nvm is None:
+        if nvm is None or (nvm.record.origin is Origin.WARM and not warm):
             raise errors.NotFound(f"VM {vm_id} not found")
         return nvm
 
@@ -209,8 +235,14 @@ class Node:
         return [nvm.view() for nvm in self.vms.values()]
 
     def committed_memory(self) -> list[int]:
-        """Guest memory of every VM that holds host memory now (admission counts these)."""
-        return [nvm.record.memory_mib for nvm in self.vms.values() if nvm.holds_memory]
+        """Guest memory of every VM that holds host memory now, clones excepted (admission counts
+        these; ``committed_clones`` counts the others)."""
+        return [nvm.record.memory_mib for nvm in self.vms.values() if nvm.holds_memory and not nvm.shares_ram]
+
+    def committed_clones(self) -> int:
+        """How many VMs holding memory map a snapshot's memory file (charged as clones). Known for VMs
+        made by this server only: one adopted after a restart is charged in full (conservative)."""
+        return sum(1 for nvm in self.vms.values() if nvm.holds_memory and nvm.shares_ram)
 
     # -- create ---------------------------------------------------------------------------------------
 
@@ -227,21 +259,22 @@ class Node:
             vm_dir=self.vms_root / vm_id,
             labels=dict(request.labels),
             allow_peers=request.allow_peers,
-            origin=Origin.RESTORE if request.snapshot else Origin.COLD,
-            snapshot=request.snapshot or "",
+            origin=request.origin,
+            snapshot=request.pool_shape or request.forked_from or request.snapshot or "",
         )
         self.store.insert(record, request.lifetime)
         nvm = NodeVm(record, self.config.agent_timeout)
         nvm.network = request.network_policy
         nvm.lifetime = request.lifetime
+        nvm.shares_ram = request.shares_ram
         self.vms[vm_id] = nvm
         self.reaper.changed()
         self.events.emit(record, EventKind.CREATED)
         return nvm
 
-    async def boot(self, nvm: NodeVm, request: VmRequest) -> VmView:
-        """Boot a reserved VM; returns it Running. On any failure (a cancelled caller included)
-        everything it took is released and its row is gone."""
+    async def boot(self, nvm: NodeVm, request: VmRequest, source: RestoreSource | None = None) -> VmView:
+        """Boot a reserved VM (or restore it from ``source``); returns it Running. On any failure (a
+        cancelled caller included) everything it took is released and its row is gone."""
         backend = self.backends.get(request.backend)
         params = LaunchParams(
             assets=self.assets,
@@ -253,7 +286,9 @@ class Node:
             policy=request.network_policy,
         )
         started = time.monotonic()
-        nvm.create_task = asyncio.create_task(self._boot(nvm, backend, params), name=f"create {nvm.id}")
+        nvm.create_task = asyncio.create_task(
+            self._boot(nvm, backend, params, source), name=f"create {nvm.id}"
+        )
         try:
             # Shielded, so that a cancelled caller reaches the boot only through the path below.
             record = await asyncio.shield(nvm.create_task)
@@ -268,11 +303,14 @@ class Node:
                 await to_completion(nvm.create_task)
             raise
 
-    async def _boot(self, nvm: NodeVm, backend: VmmBackend, params: LaunchParams) -> VmRecord:
+    async def _boot(
+        self, nvm: NodeVm, backend: VmmBackend, params: LaunchParams, source: RestoreSource | None
+    ) -> VmRecord:
         try:
-            if nvm.record.origin is Origin.RESTORE:
+            if source is None and nvm.record.origin is Origin.RESTORE:
                 info = self.snapshots.info(nvm.record.snapshot)
-                directory = self.snapshots.path(info.name)
+                source = RestoreSource(self.snapshots.path(info.name), info.manifest)
+            if source is not None:
                 record = await restore(
                     nvm,
                     backend,
@@ -280,8 +318,8 @@ class Node:
                     self.network,
                     self.store,
                     self._on_transition,
-                    directory,
-                    info.manifest,
+                    source.directory,
+                    source.manifest,
                 )
             else:
                 record = await launch(nvm, backend, params, self.network, self.store, self._on_transition)
@@ -374,12 +412,12 @@ class Node:
 
     # -- delete ---------------------------------------------------------------------------------------
 
-    async def delete(self, vm_id: str) -> None:
+    async def delete(self, vm_id: str, *, warm: bool = False) -> None:
         """Stop the VM and free everything it held. A second delete of the same VM waits for the first.
 
         The work runs in its own task: a caller that goes away does not leave the VM half-deleted.
         """
-        nvm = self.get(vm_id)
+        nvm = self.get(vm_id, warm=warm)
         if nvm.delete_task is None:
             nvm.delete_task = asyncio.create_task(self._delete(nvm), name=f"delete {vm_id}")
         task = nvm.delete_task
@@ -438,9 +476,9 @@ class Node:
     # The backend's capability is checked first: what it cannot do is FAILED_PRECONDITION at once,
     # with nothing changed. A paused VM keeps its VMM, address and TAP; only its vCPUs stop.
 
-    async def pause(self, vm_id: str) -> VmView:
+    async def pause(self, vm_id: str, *, warm: bool = False) -> VmView:
         """Running → Paused, recorded in the store (a paused VM survives a server restart, paused)."""
-        nvm = self.get(vm_id)
+        nvm = self.get(vm_id, warm=warm)
         self._require(nvm, Feature.PAUSE, "pause")
         async with nvm.operation:
             self._in_state(nvm, "pause", VmState.RUNNING)
@@ -474,31 +512,126 @@ class Node:
             raise errors.AlreadyExists(f"snapshot {name} already exists")
         self._snapshots_in_progress.add(name)
         try:
-            async with nvm.operation:
-                self._in_state(nvm, "snapshot", VmState.RUNNING, VmState.PAUSED)
-                assert nvm.vm is not None
-                vm = nvm.vm
-                if vm.vmm is None or type(vm.vmm).snapshot is VmmProcess.snapshot:
-                    # A VMM adopted after a restart: its VM spec is not known here (before any pause).
-                    raise errors.FailedPrecondition(f"VM {vm_id}: its VMM process cannot take snapshots")
-                was_running = nvm.record.state is VmState.RUNNING
-                if was_running:
-                    if nvm.health_task is not None:
-                        nvm.health_task.cancel()
-                    await self._vmm_operation(nvm, Vm.pause)
-                try:
-                    await vm.snapshot(self.snapshots.path(name))
-                except (VmmUnsupported, VmNotRunning) as exc:
-                    raise errors.FailedPrecondition(f"VM {vm_id}: {exc}") from exc
-                except VmmError as exc:
-                    raise _snapshot_failed(vm_id, exc) from exc
-                finally:
-                    if was_running and vm.state is VmState.PAUSED:
-                        await vm.resume()
+            await self._snapshot_to(nvm, self.snapshots.path(name), "snapshot")
         finally:
             self._snapshots_in_progress.discard(name)
         log.info("VM %s: snapshot %s taken", vm_id, name)
         return self.snapshots.info(name)
+
+    async def snapshot_template(self, nvm: NodeVm, directory: Path) -> None:
+        """A snapshot of any VM (the warm pool's included) at ``directory``, a hidden template the
+        caller owns and removes: not listed, swept at the next start."""
+        await self._snapshot_to(nvm, directory, "snapshot")
+
+    async def _snapshot_to(self, nvm: NodeVm, directory: Path, action: str) -> None:
+        """Pause a Running VM (a Paused one stays paused), write its snapshot to ``directory``, run it
+        again. On failure nothing is left at ``directory`` and the VM is as it was."""
+        async with nvm.operation:
+            self._in_state(nvm, action, VmState.RUNNING, VmState.PAUSED)
+            assert nvm.vm is not None
+            vm = nvm.vm
+            if vm.vmm is None or type(vm.vmm).snapshot is VmmProcess.snapshot:
+                # A VMM adopted after a restart: its VM spec is not known here (before any pause).
+                raise errors.FailedPrecondition(f"VM {nvm.id}: its VMM process cannot take snapshots")
+            was_running = nvm.record.state is VmState.RUNNING
+            if was_running:
+                if nvm.health_task is not None:
+                    nvm.health_task.cancel()
+                await self._vmm_operation(nvm, Vm.pause)
+            try:
+                await vm.snapshot(directory)
+            except (VmmUnsupported, VmNotRunning) as exc:
+                raise errors.FailedPrecondition(f"VM {nvm.id}: {exc}") from exc
+            except VmmError as exc:
+                raise _snapshot_failed(nvm.id, exc) from exc
+            finally:
+                if was_running and vm.state is VmState.PAUSED:
+                    await vm.resume()
+
+    # -- fork -----------------------------------------------------------------------------------------
+
+    def check_fork(self, vm_id: str) -> NodeVm:
+        """The source of a fork, before anything is reserved: FAILED_PRECONDITION unless it is Running
+        on a backend that snapshots and restores."""
+        nvm = self.get(vm_id)
+        self._require(nvm, Feature.SNAPSHOT | Feature.RESTORE, "fork")
+        self._in_state(nvm, "fork", VmState.RUNNING)
+        return nvm
+
+    async def fork(self, source: NodeVm, clones: list[NodeVm], request: VmRequest) -> list[VmView]:
+        """Restore each reserved clone from a snapshot of ``source`` (a hidden template), concurrently.
+
+        The template lives only for the fork: once every clone has started, their RAM maps its memory
+        file privately (the pages stay while mapped) and their drives are copies, so it is removed at
+        once, success or failure: nothing to refcount, nothing left behind. All or nothing: when one
+        clone fails, the others are deleted and the first error is raised."""
+        template = self.snapshots.root / f".fork-{source.id}-{secrets.token_hex(4)}"
+        started = time.monotonic()
+        try:
+            try:
+                await self._snapshot_to(source, template, "fork")
+                manifest = await asyncio.to_thread(read_manifest, template)
+                snapshotted = time.monotonic()
+            except BaseException:
+                await asyncio.gather(*(to_completion(self._discard(c)) for c in clones))
+                raise
+            restore_from = RestoreSource(template, manifest)
+            results = await asyncio.gather(
+                *(self.boot(clone, request, restore_from) for clone in clones), return_exceptions=True
+            )
+        finally:
+            await asyncio.to_thread(shutil.rmtree, template, True)
+        views = [r for r in results if isinstance(r, VmView)]
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            await asyncio.gather(*(self.delete(v.record.id) for v in views), return_exceptions=True)
+            raise failures[0]
+        log.info(
+            "VM %s: forked into %s (snapshot %.0f ms, copies %.0f ms)",
+            source.id,
+            ", ".join(v.record.id for v in views),
+            (snapshotted - started) * 1000,
+            (time.monotonic() - snapshotted) * 1000,
+        )
+        return views
+
+    # -- the warm pool's hand-out --------------------------------------------------------------------
+
+    async def hand_out(self, nvm: NodeVm, labels: dict[str, str]) -> VmView:
+        """A warm pool VM becomes a user VM: running (resumed when kept paused), fresh RNG entropy and
+        the host's clock through its agent, origin pool, the caller's labels.
+
+        Its id, address, TAP, MAC and hostname are its own already: given when it was restored into the
+        pool, never seen by a user. A failure raises (the caller discards the VM and falls back)."""
+        async with nvm.operation:
+            if nvm.deleting or nvm.record.origin is not Origin.WARM:
+                raise errors.Unavailable(f"pool VM {nvm.id} is no longer available")
+            started = time.monotonic()
+            if nvm.record.state is VmState.PAUSED:
+                await self._vmm_operation(nvm, Vm.resume)
+            elif nvm.record.state is not VmState.RUNNING:
+                raise errors.Unavailable(f"pool VM {nvm.id} is {nvm.record.state}")
+            resumed = time.monotonic()
+            agent = await nvm.agent.connected(nvm.agent.agent_timeout)
+            try:
+                refreshed = await agent.refresh()
+                log.info(
+                    "pool VM %s: resume %.1f ms, refresh %.1f ms (in the guest %.1f ms)",
+                    nvm.id,
+                    (resumed - started) * 1000,
+                    (time.monotonic() - resumed) * 1000,
+                    refreshed.duration * 1000,
+                )
+            except (GuestError, TimeoutError) as exc:
+                raise errors.Unavailable(f"pool VM {nvm.id}: refresh failed: {one_line(exc)}") from exc
+            if nvm.deleting:
+                raise errors.Unavailable(f"pool VM {nvm.id} was deleted while handed out")
+            nvm.record = nvm.record.with_(
+                state=VmState.RUNNING, origin=Origin.POOL, labels=dict(labels), created_at=time.time()
+            )
+            self.store.update(nvm.record)
+            nvm.agent.mark(AgentHealth.HEALTHY, "answered the hand-out")
+        return nvm.view()
 
     def list_snapshots(self) -> list[tuple[SnapshotInfo, list[str]]]:
         """Every snapshot with the VMs restored from it that still hold resources."""
@@ -567,6 +700,8 @@ class Node:
             for nvm in list(self.vms.values()):
                 if nvm.record.state is not VmState.RUNNING or nvm.deleting:
                     continue
+                if nvm.record.origin is Origin.WARM:
+                    continue  # the pool's own: asked at hand-out
                 if nvm.health_task is not None and not nvm.health_task.done():
                     continue  # the last check has not come back (it is bounded: it will)
                 nvm.health_task = asyncio.create_task(self._check(nvm), name=f"health {nvm.id}")

@@ -6,6 +6,8 @@
 - A VM whose VMM is gone is marked Error with the reason, and what it held is freed (its address too).
 - A VM that was Starting or Stopping when the last server died is finished off.
 - A VM directory no row owns is removed (its VMM killed first), and the network is made to agree.
+- A VM of the warm pool (not handed out) is removed, row and all: VMM, TAP, address, directory. The
+  new server makes its pool afresh (its templates, hidden snapshots, were swept before this).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from clawpot import limits
 from clawpot.node import console, orphans
 from clawpot.node.events import EventKind
 from clawpot.node.records import endpoint_from_text
-from clawpot.node.resources import release_network
-from clawpot.node.store import VmRecord
+from clawpot.node.resources import release, release_network
+from clawpot.node.store import Origin, VmRecord
 from clawpot.node.vms import NodeVm
 from clawpot.vm import procfs
 from clawpot.vm.handle import Vm
@@ -40,6 +42,9 @@ ATTACHABLE = (VmState.RUNNING, VmState.PAUSED)
 async def reconcile(node: Node) -> None:
     node.vms_root.mkdir(parents=True, exist_ok=True)
     for record in node.store.list():
+        if record.origin is Origin.WARM:
+            await _remove_warm(node, record)
+            continue
         nvm = NodeVm(record, node.config.agent_timeout)
         node.vms[record.id] = nvm
         alive = record.pid is not None and procfs.is_alive(record.pid, record.vmm_start_ticks)
@@ -78,6 +83,16 @@ async def reconcile(node: Node) -> None:
         log.info("network reconciled: %s", plan)
         for nvm in node.vms.values():
             nvm.network = node.network.policy(nvm.id)
+
+
+async def _remove_warm(node: Node, record: VmRecord) -> None:
+    if record.pid is not None and procfs.is_alive(record.pid, record.vmm_start_ticks):
+        with contextlib.suppress(OSError):
+            await kill_pid(record.pid)
+    await orphans.kill_vmm_of(record.vm_dir)  # one still starting has no PID recorded yet
+    await release(node.network, record)
+    node.store.delete(record.id)
+    log.info("removed warm pool VM %s left by the last server", record.id)
 
 
 async def attach(node: Node, nvm: NodeVm, pid: int) -> None:

@@ -31,7 +31,12 @@ class Origin(enum.StrEnum):
     """How a VM was made (the Vm message and the logs say it)."""
 
     COLD = "cold"  # booted from the kernel and root image
-    RESTORE = "restore"  # restored from a named snapshot
+    RESTORE = "restore"  # restored from a named snapshot (``VmRecord.snapshot`` names it)
+    FORK = "fork"  # a copy of a running VM (``VmRecord.snapshot`` holds the source VM's id)
+    POOL = "pool"  # handed out from the warm pool (``VmRecord.snapshot`` holds the pool's shape)
+    # In the warm pool, not (yet) a user VM: hidden from listings, never exec-able, and removed by
+    # reconcile after a restart (a new pool is made from scratch). Becomes POOL when handed out.
+    WARM = "warm"
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,9 @@ class VmRecord:
     vmm_start_ticks: int | None = None
     agent_endpoint: str = ""
     origin: Origin = Origin.COLD
-    snapshot: str = ""  # the snapshot's name, for a restored VM
+    # Where a copy came from: the snapshot's name (restore), the source VM's id (fork), the pool's
+    # shape (pool, warm). One column for the three, so no schema change was needed for fork and pool.
+    snapshot: str = ""
 
     def with_(self, **changes: object) -> VmRecord:
         return replace(self, **changes)  # type: ignore[arg-type]

@@ -38,6 +38,11 @@ class NodeVm:
         self.operation = asyncio.Lock()
         # When the VM's lifetime ends (the reaper acts then); None: it lives until deleted.
         self.lifetime: Lifetime | None = None
+        # Its RAM maps a snapshot's memory file copy-on-write (a clone): admission charges it as one.
+        self.shares_ram = False
+        # A warm pool VM given up to make room for a user's create: its delete runs in the background
+        # and admission no longer counts it (briefly overbooked by one clone's charge at most).
+        self.evicted = False
 
     @property
     def id(self) -> str:
@@ -45,7 +50,7 @@ class NodeVm:
 
     @property
     def holds_memory(self) -> bool:
-        return self.record.state in HOLDS_MEMORY
+        return self.record.state in HOLDS_MEMORY and not self.evicted
 
     def view(self) -> VmView:
         return VmView(self.record, self.agent.health, self.network, self.lifetime)

@@ -47,6 +47,7 @@ from clawpot.server.auth import TokenAuthInterceptor
 from clawpot.server.listeners import TlsFiles
 from clawpot.server.rpcmetrics import RpcMetricsInterceptor
 from clawpot.server.servicer import VmServicer
+from clawpot.service.poolspec import PoolShape
 from clawpot.service.service import Service
 from clawpot.v1 import vm_pb2, vm_pb2_grpc
 
@@ -69,6 +70,9 @@ class ServerConfig:
     vm_timeout: int | None = None  # lifetime of VMs created without one; None: unlimited
     # HOST:PORT for Prometheus' /metrics (None: not served).
     metrics_listen: str | None = None
+    # The warm pool (``--pool``): shapes kept ready, paused (default) or running.
+    pool: tuple[PoolShape, ...] = ()
+    pool_paused: bool = True
 
 
 @contextlib.contextmanager
@@ -126,7 +130,13 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
     token = apitoken.ensure_token(config.node.data_dir)
     node = await Node.open(config.node)
     rpc_metrics = RpcMetricsInterceptor(_known_methods())
-    service = Service(node, memory_overcommit=config.memory_overcommit, default_timeout=config.vm_timeout)
+    service = Service(
+        node,
+        memory_overcommit=config.memory_overcommit,
+        default_timeout=config.vm_timeout,
+        pool=list(config.pool),
+        pool_paused=config.pool_paused,
+    )
     servicer = VmServicer(service)
     health_servicer = health_aio.HealthServicer()
     stop = asyncio.Event()
@@ -172,6 +182,7 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("listening on %s", ", ".join(config.listen))
+        service.start()
         if ready is not None:
             ready.set()
         await stop.wait()
@@ -181,6 +192,7 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
         e2b_stop.set()
         node.end_streams()
         await asyncio.gather(*(server.stop(config.shutdown_grace) for server in servers))
+        await service.close()
         if e2b_task is not None:
             try:
                 await e2b_task

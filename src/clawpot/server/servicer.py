@@ -50,7 +50,13 @@ _STATE_TO_PB = {
 }
 _BACKEND_TO_PB = {BackendKind.FIRECRACKER: vm_pb2.BACKEND_FIRECRACKER, BackendKind.QEMU: vm_pb2.BACKEND_QEMU}
 _BACKEND_FROM_PB = {v: k for k, v in _BACKEND_TO_PB.items()}
-_ORIGIN_TO_PB = {Origin.COLD: vm_pb2.VM_ORIGIN_COLD, Origin.RESTORE: vm_pb2.VM_ORIGIN_RESTORE}
+_ORIGIN_TO_PB = {
+    Origin.COLD: vm_pb2.VM_ORIGIN_COLD,
+    Origin.RESTORE: vm_pb2.VM_ORIGIN_RESTORE,
+    Origin.FORK: vm_pb2.VM_ORIGIN_FORK,
+    Origin.POOL: vm_pb2.VM_ORIGIN_POOL,
+    Origin.WARM: vm_pb2.VM_ORIGIN_POOL,  # still in the pool (``pooled``)
+}
 _HEALTH_TO_PB = {
     AgentHealth.UNKNOWN: vm_pb2.AGENT_HEALTH_UNKNOWN,
     AgentHealth.HEALTHY: vm_pb2.AGENT_HEALTH_HEALTHY,
@@ -105,7 +111,9 @@ def vm_to_pb(view: VmView) -> vm_pb2.Vm:
         health_since=_timestamp(health.since),
         health_detail=health.detail[: limits.MAX_HEALTH_DETAIL_CHARS],
         origin=_ORIGIN_TO_PB[rec.origin],
-        snapshot=rec.snapshot,
+        snapshot=rec.snapshot if rec.origin is Origin.RESTORE else "",
+        forked_from=rec.snapshot if rec.origin is Origin.FORK else "",
+        pooled=rec.origin is Origin.WARM,
         egress=egress_to_pb(view.network.egress),
         published=[
             vm_pb2.PortForward(
@@ -204,7 +212,10 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
         self, request: vm_pb2.ListVmsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> vm_pb2.ListVmsResponse:
         views, next_token = await self._call(
-            context, lambda: self._service.list_page(request.page_size, request.page_token)
+            context,
+            lambda: self._service.list_page(
+                request.page_size, request.page_token, include_pool=request.include_pool
+            ),
         )
         return vm_pb2.ListVmsResponse(vms=[vm_to_pb(v) for v in views], next_page_token=next_token)
 
@@ -241,6 +252,12 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
     ) -> vm_pb2.DeleteSnapshotResponse:
         await self._call(context, lambda: self._service.delete_snapshot(request.name))
         return vm_pb2.DeleteSnapshotResponse()
+
+    async def ForkVm(
+        self, request: vm_pb2.ForkVmRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> vm_pb2.ForkVmResponse:
+        views = await self._call(context, lambda: self._service.fork(request.id, request.count or 1))
+        return vm_pb2.ForkVmResponse(vms=[vm_to_pb(v) for v in views])
 
     async def Exec(
         self,

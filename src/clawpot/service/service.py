@@ -8,6 +8,8 @@ kind, which the gRPC servicer turns into a status code. No gRPC here.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
@@ -18,10 +20,15 @@ from clawpot.node.lifetimes import Expiry, Lifetime
 from clawpot.node.node import Node, VmRequest
 from clawpot.node.sessions import DownloadHandle, ExecParams, ExecSession
 from clawpot.node.snapshots import SnapshotInfo
+from clawpot.node.store import Origin
 from clawpot.node.vms import VmView
 from clawpot.service import admission, paging, validate
+from clawpot.service.pool import WarmPool
+from clawpot.service.poolspec import PoolShape
 from clawpot.vm import validation
 from clawpot.vmm.spec import BackendKind
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,12 +62,25 @@ class Service:
         *,
         memory_overcommit: float = limits.DEFAULT_MEMORY_OVERCOMMIT,
         default_timeout: int | None = None,
+        pool: list[PoolShape] | None = None,
+        pool_paused: bool = True,
     ) -> None:
         self.node = node
         self.memory_overcommit = memory_overcommit
         self._log_streams = 0
         # The lifetime of a VM created without one (clawpot-server --vm-timeout); None: unlimited.
         self.default_timeout = default_timeout
+        self.pool = WarmPool(node, pool, self._pool_fits, keep_paused=pool_paused) if pool else None
+
+    def start(self) -> None:
+        """Start the background work (the warm pool's filling)."""
+        if self.pool is not None:
+            self.pool.start()
+
+    async def close(self) -> None:
+        """Stop the background work; the warm pool's VMs and templates are removed."""
+        if self.pool is not None:
+            await self.pool.close()
 
     def _lifetime(self, params: CreateParams) -> Lifetime | None:
         seconds = params.timeout if params.timeout is not None else self.default_timeout
@@ -72,11 +92,11 @@ class Service:
     def _started(self, view: VmView, params: CreateParams) -> VmView:
         """A lifetime counts from the moment the VM runs (its create returns), not from the request: a
         slow boot (seconds under TCG, more on a loaded host) must not eat a short lifetime. The deadline
-        stored at reserve time only matters if the server dies mid-boot."""
-        if view.lifetime is None:
-            return view
+        stored at reserve time only matters if the server dies mid-boot. A VM from the warm pool had
+        no lifetime before it was handed out: it gets the one asked for here too."""
         seconds = params.timeout if params.timeout is not None else self.default_timeout
-        assert seconds is not None
+        if seconds is None:
+            return view
         try:
             return self.node.set_lifetime(view.record.id, Lifetime.from_now(seconds, params.on_expiry))
         except (errors.NotFound, errors.FailedPrecondition):
@@ -97,6 +117,8 @@ class Service:
         # May wait for the auto probe started with the node; other calls are served meanwhile.
         kind = await self.node.backends.resolve(params.backend)
         self.node.backends.get(kind)  # UNAVAILABLE now, before anything is reserved
+        if (view := await self._from_pool(params, kind, policy, lifetime)) is not None:
+            return self._started(view, params)
         request = VmRequest(
             backend=kind,
             vcpus=params.vcpus,
@@ -110,7 +132,62 @@ class Service:
         # Admission and reservation with no await in between: concurrent creates cannot overbook.
         self._admit(params.memory_mib)
         nvm = self.node.reserve(request)
-        return self._started(await self.node.boot(nvm, request), params)
+        view = await self.node.boot(nvm, request)
+        log.info("VM %s: cold boot", view.record.id)
+        return self._started(view, params)
+
+    async def _from_pool(
+        self, params: CreateParams, kind: BackendKind, policy: VmNetworkPolicy, lifetime: Lifetime | None
+    ) -> VmView | None:
+        """A matching create served by the warm pool: a ready VM handed out, else a restore of the
+        shape's template; None when the pool cannot serve it (then: a cold boot). A ready VM runs with
+        the default network policy, so a create asking for another one restores from the template."""
+        pool = self.pool
+        shape = pool.shape_for(params.vcpus, params.memory_mib) if pool is not None else None
+        if (
+            pool is None
+            or shape is None
+            or kind is not pool.backend
+            or params.ip_address
+            or params.allow_peers
+        ):
+            return None
+        started = time.monotonic()
+        view = await pool.take(shape, params.labels) if policy == VmNetworkPolicy() else None
+        if view is not None:
+            log.info(
+                "VM %s: from the warm pool (%s) in %.1f ms",
+                view.record.id,
+                shape.name,
+                (time.monotonic() - started) * 1000,
+            )
+            return view
+        template = pool.template(shape)
+        if template is None:
+            return None
+        request = VmRequest(
+            backend=kind,
+            vcpus=shape.vcpus,
+            memory_mib=shape.memory_mib,
+            labels=dict(params.labels),
+            snapshot=template.directory.name,
+            shares_ram=True,
+            network_policy=policy,
+            lifetime=lifetime,
+        )
+        self._admit(shape.memory_mib, clone=True)
+        nvm = self.node.reserve(request)
+        view = await self.node.boot(nvm, request, template)
+        log.info("VM %s: pool %s empty, restored from its template", view.record.id, shape.name)
+        return view
+
+    def _pool_fits(self, shape: PoolShape) -> bool:
+        """May the pool hold one more VM of ``shape``? (The template's cold VM is admitted as one too.)"""
+        try:
+            self._admit(shape.memory_mib, clone=True, evict=False)
+        except errors.ResourceExhausted:
+            return False
+        return True
 
     async def _create_from_snapshot(self, params: CreateParams, name: str) -> VmView:
         validate.snapshot_name(name)
@@ -142,8 +219,10 @@ class Service:
             snapshot=name,
             network_policy=policy,
             lifetime=lifetime,
+            # Its clones map the memory file copy-on-write; a snapshot of a clone streams its RAM.
+            shares_ram=info.manifest.backend_options.get("ram") == "file",
         )
-        self._admit(info.memory_mib)
+        self._admit(info.memory_mib, clone=request.shares_ram)
         nvm = self.node.reserve(request)
         return self._started(await self.node.boot(nvm, request), params)
 
@@ -162,21 +241,40 @@ class Service:
         policy = validate.network_policy(allow_out, deny_out, no_internet)
         return await self.node.set_egress(vm_id, policy.egress)
 
-    def _admit(self, memory_mib: int) -> None:
+    def _admit(self, memory_mib: int, *, count: int = 1, clone: bool = False, evict: bool = True) -> None:
+        """``count`` VMs of ``memory_mib`` fit, each a clone sharing a memory file or not. A user's VM
+        that does not fit evicts ready warm pool VMs first (``evict``): the pool never starves a user."""
         total = validation.host_total_mib()
         if total is None:
             return  # no /proc/meminfo: nothing to check against
-        host = admission.HostMemory(total, validation.host_available_mib())
-        admission.check(memory_mib, self.node.committed_memory(), host, overcommit=self.memory_overcommit)
+        while True:
+            host = admission.HostMemory(total, validation.host_available_mib())
+            try:
+                admission.check(
+                    memory_mib,
+                    self.node.committed_memory(),
+                    host,
+                    overcommit=self.memory_overcommit,
+                    count=count,
+                    clone=clone,
+                    committed_clones=self.node.committed_clones(),
+                )
+                return
+            except errors.ResourceExhausted:
+                if not (evict and self.pool is not None and self.pool.evict()):
+                    raise
 
     async def get(self, vm_id: str) -> VmView:
         validate.vm_id(vm_id)
         return self.node.get(vm_id).view()
 
-    async def list_page(self, page_size: int, page_token: str) -> tuple[list[VmView], str]:
-        """One page of VMs in creation order and the token of the next page ('' after the last)."""
+    async def list_page(
+        self, page_size: int, page_token: str, *, include_pool: bool = False
+    ) -> tuple[list[VmView], str]:
+        """One page of VMs in creation order and the token of the next page ('' after the last). The
+        warm pool's VMs are not user VMs: shown only with ``include_pool``."""
         size = paging.page_size(page_size)
-        views = self.node.views()
+        views = [v for v in self.node.views() if include_pool or v.record.origin is not Origin.WARM]
         return paging.page(views, lambda v: (v.record.created_at, v.record.id), size, page_token)
 
     async def delete(self, vm_id: str) -> None:
@@ -201,6 +299,34 @@ class Service:
     async def resume(self, vm_id: str) -> VmView:
         validate.vm_id(vm_id)
         return await self.node.resume(vm_id)
+
+    async def fork(self, vm_id: str, count: int) -> list[VmView]:
+        """``count`` running copies of a Running VM, each a new VM with its own identity. Admitted as
+        clones when the source's RAM is a shared memory file (a cold-booted VM): each costs
+        ``limits.CLONE_CHARGE_MIB``, not its memory plus the VMM overhead."""
+        validate.vm_id(vm_id)
+        if not 1 <= count <= limits.MAX_FORK_COUNT:
+            raise errors.InvalidArgument(f"count {count} must be 1-{limits.MAX_FORK_COUNT}")
+        source = self.node.check_fork(vm_id)
+        rec = source.record
+        request = VmRequest(
+            backend=rec.backend,
+            vcpus=rec.vcpus,
+            memory_mib=rec.memory_mib,
+            labels=dict(rec.labels),
+            allow_peers=rec.allow_peers,
+            forked_from=rec.id,
+            # A copy may reach what its source may (a fork must not be a way out of --no-internet);
+            # published host ports stay with the source (a host port forwards to one VM).
+            network_policy=VmNetworkPolicy(egress=source.network.egress),
+            # A cold VM's RAM is a shared memfd: its snapshot's memory file is shared by the clones.
+            # A restored VM's RAM is private: its forks own their RAM (the snapshot streams it).
+            shares_ram=rec.origin is Origin.COLD,
+        )
+        # Admission and reservations with no await in between (concurrent creates cannot overbook).
+        self._admit(rec.memory_mib, count=count, clone=request.shares_ram)
+        clones = [self.node.reserve(request) for _ in range(count)]
+        return await self.node.fork(source, clones, request)
 
     async def snapshot(self, vm_id: str, name: str) -> SnapshotInfo:
         validate.vm_id(vm_id)

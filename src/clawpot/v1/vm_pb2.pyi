@@ -86,6 +86,10 @@ class _VmOriginEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_VmOrigin.Val
     """booted from the kernel and root image"""
     VM_ORIGIN_RESTORE: _VmOrigin.ValueType  # 2
     """restored from a snapshot (`snapshot` names it), then given its own identity"""
+    VM_ORIGIN_POOL: _VmOrigin.ValueType  # 3
+    """taken from the server's warm pool (`clawpot-server --pool`)"""
+    VM_ORIGIN_FORK: _VmOrigin.ValueType  # 4
+    """a copy of a running VM (`forked_from` names it), made by ForkVm"""
 
 class VmOrigin(_VmOrigin, metaclass=_VmOriginEnumTypeWrapper):
     """How a VM was made."""
@@ -95,6 +99,10 @@ VM_ORIGIN_COLD: VmOrigin.ValueType  # 1
 """booted from the kernel and root image"""
 VM_ORIGIN_RESTORE: VmOrigin.ValueType  # 2
 """restored from a snapshot (`snapshot` names it), then given its own identity"""
+VM_ORIGIN_POOL: VmOrigin.ValueType  # 3
+"""taken from the server's warm pool (`clawpot-server --pool`)"""
+VM_ORIGIN_FORK: VmOrigin.ValueType  # 4
+"""a copy of a running VM (`forked_from` names it), made by ForkVm"""
 Global___VmOrigin: _TypeAlias = VmOrigin  # noqa: Y015
 
 class _Backend:
@@ -191,6 +199,8 @@ class Vm(_message.Message):
     EGRESS_FIELD_NUMBER: _builtins.int
     PUBLISHED_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    FORKED_FROM_FIELD_NUMBER: _builtins.int
+    POOLED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___VmState.ValueType
     backend: Global___Backend.ValueType
@@ -206,6 +216,10 @@ class Vm(_message.Message):
     origin: Global___VmOrigin.ValueType
     snapshot: _builtins.str
     """the snapshot a restored VM came from"""
+    forked_from: _builtins.str
+    """the VM a fork was copied from"""
+    pooled: _builtins.bool
+    """a warm VM the server keeps for CreateVm (listed only with include_pool)"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -249,10 +263,12 @@ class Vm(_message.Message):
         egress: Global___EgressPolicy | None = ...,
         published: _abc.Iterable[Global___PortForward] | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
+        forked_from: _builtins.str = ...,
+        pooled: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "egress", b"egress", "expires_at", b"expires_at", "health_since", b"health_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "created_at", b"created_at", "egress", b"egress", "error", b"error", "expires_at", b"expires_at", "health", b"health", "health_detail", b"health_detail", "health_since", b"health_since", "id", b"id", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "origin", b"origin", "published", b"published", "snapshot", b"snapshot", "state", b"state", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "created_at", b"created_at", "egress", b"egress", "error", b"error", "expires_at", b"expires_at", "forked_from", b"forked_from", "health", b"health", "health_detail", b"health_detail", "health_since", b"health_since", "id", b"id", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "origin", b"origin", "pooled", b"pooled", "published", b"published", "snapshot", b"snapshot", "state", b"state", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -370,19 +386,23 @@ class ListVmsRequest(_message.Message):
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    INCLUDE_POOL_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """0: the server's default (100); larger than 200 is lowered to 200"""
     page_token: _builtins.str
     """'' for the first page"""
+    include_pool: _builtins.bool
+    """also list the server's warm pool VMs (not user VMs: no exec, no delete)"""
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        include_pool: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_pool", b"include_pool", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1174,3 +1194,48 @@ class VmEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VmEvent: _TypeAlias = VmEvent  # noqa: Y015
+
+@_typing.final
+class ForkVmRequest(_message.Message):
+    """--- fork ---"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    count: _builtins.int
+    """0: one copy; at most 16"""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForkVmRequest: _TypeAlias = ForkVmRequest  # noqa: Y015
+
+@_typing.final
+class ForkVmResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def vms(self) -> _containers.RepeatedCompositeFieldContainer[Global___Vm]: ...
+    def __init__(
+        self,
+        *,
+        vms: _abc.Iterable[Global___Vm] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["vms", b"vms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForkVmResponse: _TypeAlias = ForkVmResponse  # noqa: Y015

@@ -114,6 +114,11 @@ class VmServiceStub:
                 request_serializer=clawpot_dot_v1_dot_vm__pb2.WatchVmsRequest.SerializeToString,
                 response_deserializer=clawpot_dot_v1_dot_vm__pb2.VmEvent.FromString,
                 _registered_method=True)
+        self.ForkVm = channel.unary_unary(
+                '/clawpot.v1.VmService/ForkVm',
+                request_serializer=clawpot_dot_v1_dot_vm__pb2.ForkVmRequest.SerializeToString,
+                response_deserializer=clawpot_dot_v1_dot_vm__pb2.ForkVmResponse.FromString,
+                _registered_method=True)
 
 
 class VmServiceServicer:
@@ -237,6 +242,16 @@ class VmServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForkVm(self, request, context):
+        """`count` independent copies of a RUNNING VM, each RUNNING with its own id, address, MAC, hostname
+        and TAP (origin FORK). The source is paused only while its memory is copied, then runs on.
+        FAILED_PRECONDITION when it is not RUNNING or its backend cannot snapshot; RESOURCE_EXHAUSTED when
+        the copies do not fit. All or nothing: on any failure no copy is left.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VmServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -319,6 +334,11 @@ def add_VmServiceServicer_to_server(servicer, server):
                     servicer.WatchVms,
                     request_deserializer=clawpot_dot_v1_dot_vm__pb2.WatchVmsRequest.FromString,
                     response_serializer=clawpot_dot_v1_dot_vm__pb2.VmEvent.SerializeToString,
+            ),
+            'ForkVm': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForkVm,
+                    request_deserializer=clawpot_dot_v1_dot_vm__pb2.ForkVmRequest.FromString,
+                    response_serializer=clawpot_dot_v1_dot_vm__pb2.ForkVmResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -753,6 +773,33 @@ class VmService:
             '/clawpot.v1.VmService/WatchVms',
             clawpot_dot_v1_dot_vm__pb2.WatchVmsRequest.SerializeToString,
             clawpot_dot_v1_dot_vm__pb2.VmEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForkVm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clawpot.v1.VmService/ForkVm',
+            clawpot_dot_v1_dot_vm__pb2.ForkVmRequest.SerializeToString,
+            clawpot_dot_v1_dot_vm__pb2.ForkVmResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -75,6 +75,12 @@ class VmServiceStub:
     the events after it are no longer kept (the last 10000 are, in memory; not across a server
     restart). A watcher that falls 1000 events behind is dropped with RESOURCE_EXHAUSTED.
     """
+    ForkVm: _grpc.UnaryUnaryMultiCallable[_vm_pb2.ForkVmRequest, _vm_pb2.ForkVmResponse]
+    """`count` independent copies of a RUNNING VM, each RUNNING with its own id, address, MAC, hostname
+    and TAP (origin FORK). The source is paused only while its memory is copied, then runs on.
+    FAILED_PRECONDITION when it is not RUNNING or its backend cannot snapshot; RESOURCE_EXHAUSTED when
+    the copies do not fit. All or nothing: on any failure no copy is left.
+    """
 
 @_typing.type_check_only
 class VmServiceAsyncStub(VmServiceStub):
@@ -122,6 +128,12 @@ class VmServiceAsyncStub(VmServiceStub):
     """Every VM state change, numbered. Resume after a reconnect with `since_sequence`: OUT_OF_RANGE when
     the events after it are no longer kept (the last 10000 are, in memory; not across a server
     restart). A watcher that falls 1000 events behind is dropped with RESOURCE_EXHAUSTED.
+    """
+    ForkVm: _aio.UnaryUnaryMultiCallable[_vm_pb2.ForkVmRequest, _vm_pb2.ForkVmResponse]  # type: ignore[assignment]
+    """`count` independent copies of a RUNNING VM, each RUNNING with its own id, address, MAC, hostname
+    and TAP (origin FORK). The source is paused only while its memory is copied, then runs on.
+    FAILED_PRECONDITION when it is not RUNNING or its backend cannot snapshot; RESOURCE_EXHAUSTED when
+    the copies do not fit. All or nothing: on any failure no copy is left.
     """
 
 class VmServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -263,6 +275,18 @@ class VmServiceServicer(metaclass=_abc_1.ABCMeta):
         """Every VM state change, numbered. Resume after a reconnect with `since_sequence`: OUT_OF_RANGE when
         the events after it are no longer kept (the last 10000 are, in memory; not across a server
         restart). A watcher that falls 1000 events behind is dropped with RESOURCE_EXHAUSTED.
+        """
+
+    @_abc_1.abstractmethod
+    def ForkVm(
+        self,
+        request: _vm_pb2.ForkVmRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vm_pb2.ForkVmResponse, _abc.Awaitable[_vm_pb2.ForkVmResponse]]:
+        """`count` independent copies of a RUNNING VM, each RUNNING with its own id, address, MAC, hostname
+        and TAP (origin FORK). The source is paused only while its memory is copied, then runs on.
+        FAILED_PRECONDITION when it is not RUNNING or its backend cannot snapshot; RESOURCE_EXHAUSTED when
+        the copies do not fit. All or nothing: on any failure no copy is left.
         """
 
 def add_VmServiceServicer_to_server(servicer: VmServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -17,7 +17,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING
 
 from clawpot import limits
 from clawpot.agent_client import wait_ready
@@ -29,7 +29,7 @@ from clawpot.vm.directory import VmDirectory
 from clawpot.vm.errors import VmError
 from clawpot.vmm.base import VmmProcess
 from clawpot.vmm.logtail import tail_lines
-from clawpot.vmm.spec import Drive, NetworkInterface, VmSpec
+from clawpot.vmm.spec import Drive, VmSpec
 
 if TYPE_CHECKING:
     from clawpot.vm.handle import Vm
@@ -110,20 +110,11 @@ async def _start_vmm(vm: Vm) -> Undo:
     return await _run_vmm(vm, vm.backend.prepare(vm.spec, vm.directory.path))
 
 
-class _RestoresWithNics(Protocol):
-    # Both real backends take the clone's own NICs; the base ``VmmBackend.restore`` does not name the
-    # keyword yet (a backend without restore raises VmmUnsupported before looking at it).
-    def restore(
-        self, snapshot: Path, vm_dir: Path, *, network_interfaces: tuple[NetworkInterface, ...] | None = None
-    ) -> VmmProcess: ...
-
-
 def _restore_vmm(snapshot: Path) -> Callable[[Vm], Awaitable[Undo]]:
     async def run(vm: Vm) -> Undo:
         assert vm.directory is not None
-        backend = cast(_RestoresWithNics, vm.backend)
         nics = _config(vm).network_interfaces
-        return await _run_vmm(vm, backend.restore(snapshot, vm.directory.path, network_interfaces=nics))
+        return await _run_vmm(vm, vm.backend.restore(snapshot, vm.directory.path, network_interfaces=nics))
 
     return run
 

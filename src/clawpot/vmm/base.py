@@ -18,7 +18,7 @@ from pathlib import Path
 
 from clawpot.agent_client.endpoints import AgentEndpoint
 from clawpot.vmm.console import ConsoleWriter
-from clawpot.vmm.spec import BackendKind, VmSpec
+from clawpot.vmm.spec import BackendKind, NetworkInterface, VmSpec
 
 
 class VmmError(Exception):
@@ -196,7 +196,14 @@ class VmmBackend(abc.ABC):
 
         return reattach_console(self.kind, vm_dir)
 
-    def restore(self, snapshot: Path, vm_dir: Path) -> VmmProcess:
-        """Build (not start) a process that resumes the VM saved under ``snapshot``. Needs
+    def restore(
+        self,
+        snapshot: Path,
+        vm_dir: Path,
+        *,
+        network_interfaces: tuple[NetworkInterface, ...] | None = None,
+    ) -> VmmProcess:
+        """Build (not start) a process that resumes the VM saved under ``snapshot``, with
+        ``network_interfaces`` as its NICs (a clone's own TAPs; None: the snapshot's). Needs
         ``Feature.RESTORE``."""
         raise VmmUnsupported(f"{self.kind} cannot restore a snapshot")

@@ -31,12 +31,16 @@ class BackendOptions:
     ``data_dir`` is where the installed assets and the accelerator probe's cache live (None: default).
     ``die_with_parent`` kills the VMM when its launcher dies: right for one-VM launchers (the driver),
     wrong for the server, whose VMs outlive a restart and are adopted.
+    ``persistent_control`` keeps one control connection per VM open (QEMU's QMP, which serves one
+    client at a time): for the server, the VMs' one controller; not for the driver, whose ``status``
+    runs in another process.
     """
 
     binary: Path | None = None
     control_socket: Path | None = None
     data_dir: Path | None = None
     die_with_parent: bool = True
+    persistent_control: bool = False
 
 
 Factory = Callable[[BackendOptions], VmmBackend]
@@ -58,6 +62,7 @@ def _qemu(options: BackendOptions) -> VmmBackend:
         qmp_socket=options.control_socket,
         data=options.data_dir,
         die_with_parent=options.die_with_parent,
+        persistent_qmp=options.persistent_control,
     )
 
 

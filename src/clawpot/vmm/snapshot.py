@@ -346,6 +346,10 @@ class SnapshotWriter:
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SnapshotError(f"cannot create {target.parent}: {exc.strerror or exc}") from exc
+        # A hidden target (a fork's or the warm pool's template) is transient: used by this process
+        # only and swept at the next start, so it is neither fsynced nor hashed (see ``seal``). Its
+        # pages may never reach the disk at all: a fork's template is deleted once its copies started.
+        self.durable = not target.name.startswith(".")
         self.temp = target.parent / f".{target.name}.partial-{secrets.token_hex(4)}"
         try:
             self.temp.mkdir(mode=0o700)
@@ -377,9 +381,21 @@ class SnapshotWriter:
         """Hash the files, write the manifest, make everything read-only, fsync, rename into place."""
         files: dict[str, FileEntry] = {}
         for path in sorted(self.temp.iterdir()):
-            files[path.name] = FileEntry(size=path.stat().st_size, digest=file_digest(path))
             path.chmod(0o400)
-            _fsync_path(path)
+            if self.durable:
+                digest = file_digest(path)
+                _fsync_path(path)
+            st = path.stat()
+            if not self.durable:
+                # A transient template is read back only by this process, seconds later: its content is
+                # not hashed (100s of ms for a guest's RAM, while the source VM waits paused). The
+                # "digest" names this very inode instead, so any other reader refuses the file.
+                identity = f"transient {st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns}"
+                digest = hashlib.sha256(identity.encode()).hexdigest()
+            files[path.name] = FileEntry(size=st.st_size, digest=digest)
+            # Hashed just now from our own copy: a restore by this process need not hash it again (the
+            # key is taken after the chmod; renaming the directory below changes no file's inode or ctime).
+            _verified[(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)] = digest
         manifest = Manifest(
             format=FORMAT,
             backend=backend,
@@ -393,14 +409,16 @@ class SnapshotWriter:
         manifest_path = self.temp / MANIFEST_NAME
         manifest_path.write_text(manifest.model_dump_json(indent=1))
         manifest_path.chmod(0o400)
-        _fsync_path(manifest_path)
-        _fsync_path(self.temp)
+        if self.durable:
+            _fsync_path(manifest_path)
+            _fsync_path(self.temp)
         try:
             os.rename(self.temp, self.target)  # fails if the target appeared meanwhile (non-empty dir)
         except OSError as exc:
             raise SnapshotError(f"cannot put snapshot {self.target.name} in place: {exc.strerror}") from exc
         self.sealed = True
-        _fsync_path(self.target.parent)
+        if self.durable:
+            _fsync_path(self.target.parent)
         return Snapshot(self.target, manifest)
 
 

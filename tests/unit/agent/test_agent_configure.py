@@ -12,6 +12,7 @@ proven on a real VM (tests/integration/test_guest_identity.py).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -103,7 +104,15 @@ BAD_REQUESTS: list[tuple[dict[str, Any], str]] = [
     ({"interface": "eth0/../x", "hostname": "a"}, "'interface' must be an interface name"),
     ({"interface": "a" * 16, "hostname": "a"}, "'interface' must be an interface name"),
     ({"hostname": "a", "announce": "yes"}, "'announce' must be true or false"),
+    ({"entropy": "not base64!"}, "'entropy' is not valid base64"),
+    ({"entropy": "AAAA"}, "'entropy' must be 16-512 bytes, not 3"),
+    ({"entropy": 7}, "'entropy' must be base64"),
+    ({"clock_ns": 5}, "'clock_ns' must be the host's time"),
+    ({"clock_ns": 1.7e18}, "'clock_ns' must be the host's time"),
+    ({"clock_ns": True}, "'clock_ns' must be the host's time"),
 ]
+# Fields the host sends as raw values (GuestIdentity takes bytes and a flag for these).
+_WIRE_ONLY = ("announce", "entropy", "clock_ns")
 
 
 @pytest.mark.parametrize(("request_fields", "message"), BAD_REQUESTS)
@@ -119,7 +128,7 @@ def test_the_agent_refuses_bad_requests(
 
 
 @pytest.mark.parametrize(
-    ("request_fields", "message"), [(f, m) for f, m in BAD_REQUESTS if "announce" not in f]
+    ("request_fields", "message"), [(f, m) for f, m in BAD_REQUESTS if not set(_WIRE_ONLY) & set(f)]
 )
 def test_guest_identity_refuses_the_same(request_fields: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -216,8 +225,19 @@ def test_results_are_checked_against_what_was_asked() -> None:
     assert not two.satisfies(wanted)  # a second address left behind is not the identity asked for
     down = parse_result({**body, "link_up": False})
     assert not down.satisfies(wanted) and down.satisfies(GuestIdentity(hostname="h"))
+    # A copy's refresh: an agent that ignored the fields (no clock_ns, nothing in changed) fails it.
+    copy = GuestIdentity(hostname="h").refreshed()
+    assert copy.entropy is not None and len(copy.entropy) == 64 and copy.clock
+    assert not result.satisfies(copy)
+    refreshed = parse_result(
+        {**body, "changed": ["clock", "entropy"], "clock_ns": 1_800_000_000 * 10**9, "entropy_credited": True}
+    )
+    assert refreshed.satisfies(copy) and refreshed.entropy_credited
+    assert copy.request()["clock_ns"] >= 1_700_000_000 * 10**9
     for broken in (
         {**body, "changed": ["everything"]},
+        {**body, "clock_ns": "soon"},
+        {**body, "entropy_credited": 1},
         {**body, "mac": 7},
         {"hostname": "h"},
         {**body, "dns": 1},
@@ -411,5 +431,42 @@ async def test_raw_result_names_every_field(sandbox: tuple[AgentProcess, Path]) 
         "changed",
         "announced",
         "duration",
+        "steps",
     }
     assert end["hostname"] == "raw" and end["addresses"] == [BOOT["address"]] and end["dns"] == []
+
+
+async def test_entropy_is_mixed_in_and_the_clock_needs_the_guest(
+    sandboxed: AgentClient, sandbox: tuple[AgentProcess, Path]
+) -> None:
+    # Without CAP_SYS_ADMIN in the first user namespace the ioctls are refused: the bytes are written
+    # to /dev/urandom (mixed in, not credited), and the answer says so. The credited path and the clock
+    # step are proven in a real guest (tests/integration/test_fork_pool.py).
+    result = await sandboxed.configure(GuestIdentity(hostname="fresh", entropy=os.urandom(64)))
+    assert result.entropy_credited is False and "entropy" in result.changed and result.clock_ns is None
+    with pytest.raises(RemoteError) as info:
+        await sandboxed.configure(GuestIdentity(hostname="late", clock=True))
+    assert info.value.code == "io_error" and "configure failed at clock" in info.value.message
+    assert "already changed: nothing" in info.value.message
+
+
+async def test_refresh_alone_needs_no_identity(
+    sandboxed: AgentClient, sandbox: tuple[AgentProcess, Path], agent: AgentProcess
+) -> None:
+    entropy = base64.b64encode(os.urandom(64)).decode()
+    with RawConnection(sandbox[0].socket) as raw:
+        raw.handshake()
+        raw.send(FrameType.OPEN, 1, json.dumps({"op": "refresh", "entropy": entropy}).encode())
+        end = decode_json(raw.frame_of(FrameType.END, FrameType.ERROR, stream=1).payload)
+        raw.send(FrameType.OPEN, 3, json.dumps({"op": "refresh"}).encode())
+        error = raw.error(stream=3)
+    assert end["changed"] == ["entropy"] and end["entropy_credited"] is False, end
+    assert error["code"] == "bad_request" and "nothing to refresh" in error["message"]
+    # The host client sends both: the clock step needs the guest (CAP_SYS_TIME), refused here.
+    with pytest.raises(RemoteError) as info:
+        await sandboxed.refresh()
+    assert info.value.code == "io_error" and "refresh failed at clock" in info.value.message
+    with RawConnection(agent.socket) as raw:  # a plain host agent: never its host's clock
+        raw.handshake()
+        raw.send(FrameType.OPEN, 1, json.dumps({"op": "refresh", "entropy": entropy}).encode())
+        assert raw.error(stream=1)["code"] == "not_supported"

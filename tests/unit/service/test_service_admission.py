@@ -45,3 +45,20 @@ def test_mem_available_is_still_checked() -> None:
 
 def test_the_default_overhead_is_the_measured_one() -> None:
     assert 0 < limits.VM_OVERHEAD_MIB < limits.DEFAULT_MEMORY_MIB
+
+
+def test_clones_are_charged_their_own_figure_not_memory_plus_overhead() -> None:
+    small = admission.HostMemory(total_mib=1_000, available_mib=1_000)
+    # Three 256 MiB VMs + 192 MiB overhead would need 1344 MiB; as clones of 64 MiB they need 192.
+    admission.check(256, [], small, count=3, clone=True, clone_mib=64)
+    with pytest.raises(errors.ResourceExhausted, match=r"256 MiB asked \(\+192 MiB VM overhead\) x 3"):
+        admission.check(256, [], small, count=3, clone=False, overhead_mib=192)
+    with pytest.raises(errors.ResourceExhausted, match=r"16 clones of 256 MiB asked \(64 MiB each\)"):
+        admission.check(256, [], small, count=16, clone=True, clone_mib=64)
+    # Clones already running count: 15 x 64 = 960 leaves 40, not enough for one more.
+    with pytest.raises(errors.ResourceExhausted, match="for 15 VMs"):
+        admission.check(256, [], small, clone=True, clone_mib=64, committed_clones=15)
+    admission.check(256, [], small, clone=True, clone_mib=64, committed_clones=14)
+    # And they leave less room for a cold VM.
+    with pytest.raises(errors.ResourceExhausted):
+        admission.check(256, [], small, overhead_mib=192, committed_clones=10, clone_mib=64)

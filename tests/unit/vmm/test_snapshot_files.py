@@ -184,3 +184,18 @@ def test_a_restore_never_copies_over_a_file_already_there(tmp_path: Path, spec: 
         snap.copy_drives(vm_dir)
     assert "\n" not in str(caught.value)
     assert (vm_dir / "scratch.ext4").read_bytes() == b"someone else's"
+
+
+def test_a_hidden_template_is_not_hashed_and_opens_only_in_this_process(
+    tmp_path: Path, spec: VmSpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clawpot.vmm import snapshot as snapshot_module
+
+    target = tmp_path / "snaps" / ".fork-x"
+    write(target, spec, {"state": b"S" * 100, "memory": b"M", "drive-scratch": b"D"})
+    snap = open_snapshot(target, backend=BackendKind.QEMU, backend_version="7.2.22")
+    assert snap.manifest.files["state"].digest != file_digest(target / "state")  # not a content hash
+    # Another process (an empty cache of verified files) refuses it: it is not a snapshot to share.
+    monkeypatch.setattr(snapshot_module, "_verified", {})
+    with pytest.raises(SnapshotCorrupt, match="does not match its digest"):
+        open_snapshot(target, backend=BackendKind.QEMU, backend_version="7.2.22")

@@ -2,8 +2,8 @@
 
 - ``cmdline``  the ``qemu-system-x86_64 -M microvm`` argv for a ``VmSpec`` (pure), guest RAM backing
                (``RamBacking``: a shared memfd, or a snapshot's memory mapped privately), TCG boot args.
-- ``qmp``      control over QMP via ``qemu.qmp``: status, ACPI power button, quit, commands with a passed
-               fd; a bare exchange for the fast path of pause/resume (``QmpError``).
+- ``qmp``      control over QMP: status, ACPI power button, quit, commands with a passed fd; for the
+               server one kept connection per QEMU (events drained, deadlines, reconnect) (``QmpError``).
 - ``boot``     ``QEMU_BOOT``: the default boot recipe, one named step per line (edit a copy for a variant);
                ``QEMU_RESTORE``: the same with verify, copy the writable layer, load the snapshot, cont.
 - ``snapshots`` pause/snapshot/restore with QEMU 7.2: migration to an fd with ``x-ignore-shared``, the
@@ -16,5 +16,6 @@
 - ``facts``    ``qemu_facts``: a running VM's state, size, version and accelerator, for status reports.
 
 The accelerator probe lives in ``clawpot.vmm.probe`` (it is about the host, not about QEMU only).
-Errors are ``clawpot.vmm.base.VmmError`` subclasses; ``qmp.QmpError`` is the only one added here.
+Errors are ``clawpot.vmm.base.VmmError`` subclasses; ``qmp.QmpError`` (and its ``QmpDisconnected``) is
+the only one added here.
 """

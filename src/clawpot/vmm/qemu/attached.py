@@ -13,10 +13,21 @@ from clawpot.vmm.qemu.qmp import QmpControl
 
 
 class AttachedQemu(AttachedProcess):
+    _qmp_control: QmpControl | None = None
+    persistent_qmp = False
+
     def _qmp(self) -> QmpControl:
+        """The one QMP connection to this QEMU (kept open: its socket serves one client at a time)."""
         if self.control_socket is None:
             raise VmmUnsupported(f"QEMU {self.pid}: its QMP socket is not recorded; cannot pause or resume")
-        return QmpControl(self.control_socket)
+        if self._qmp_control is None:
+            self._qmp_control = QmpControl(self.control_socket, persistent=self.persistent_qmp)
+        return self._qmp_control
+
+    def detach(self) -> None:
+        super().detach()
+        if self._qmp_control is not None:
+            self._qmp_control.close()
 
     async def status(self) -> str:
         """QEMU's run state ("running", "paused", ...): a paused VM stays paused across a restart."""

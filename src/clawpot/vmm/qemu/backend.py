@@ -61,6 +61,7 @@ class QemuBackend(VmmBackend):
     ``qmp_socket`` pins the QMP socket path (single-VM launches such as ``clawpot-driver --socket``).
     ``vsock``: True/False forces the agent transport; None picks vhost-vsock when the host has it.
     ``recipe`` is how its VMs boot (``boot.QEMU_BOOT``, or a variant of it).
+    ``persistent_qmp``: each VM's QMP connection stays open between commands (``qmp.QmpControl``).
     """
 
     kind = BackendKind.QEMU
@@ -76,8 +77,10 @@ class QemuBackend(VmmBackend):
         start_timeout: float = 10.0,
         die_with_parent: bool = True,
         recipe: Recipe[QemuProcess] = QEMU_BOOT,
+        persistent_qmp: bool = False,
     ) -> None:
         self._requested_binary = binary
+        self.persistent_qmp = persistent_qmp
         self.recipe = recipe
         self._binary = find_qemu(binary)
         self.qmp_socket = qmp_socket
@@ -145,11 +148,14 @@ class QemuBackend(VmmBackend):
             start_timeout=self.start_timeout,
             die_with_parent=self.die_with_parent,
             recipe=self.recipe,
+            persistent_qmp=self.persistent_qmp,
         )
 
     def attach(self, record: AttachRecord) -> AttachedQemu:
         """A QEMU started by an earlier server, with pause and resume over its QMP socket."""
-        return AttachedQemu(record, self.kind, console=self.reattach_console(record.vm_dir))
+        adopted = AttachedQemu(record, self.kind, console=self.reattach_console(record.vm_dir))
+        adopted.persistent_qmp = self.persistent_qmp
+        return adopted
 
     def restore(
         self,
@@ -183,6 +189,7 @@ class QemuBackend(VmmBackend):
             die_with_parent=self.die_with_parent,
             recipe=recipe,
             restore_from=snap,
+            persistent_qmp=self.persistent_qmp,
         )
 
 

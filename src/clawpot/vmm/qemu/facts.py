@@ -22,12 +22,15 @@ async def qemu_facts(qmp_socket: Path, *, data: Path | None = None) -> dict[str,
     probe = cached_probe(data)
     if probe is not None:
         facts["accelerator_probe"] = probe.summary()
+    qmp = QmpControl(qmp_socket)
     try:
-        status, cpus, memory, version, kvm = await QmpControl(qmp_socket).query(
+        status, cpus, memory, version, kvm = await qmp.query(
             "query-status", "query-cpus-fast", "query-memory-size-summary", "query-version", "query-kvm"
         )
     except QmpError as exc:
         return facts | {"vmm_error": str(exc)}
+    finally:
+        qmp.close()  # a one-shot query: QEMU's socket serves one client at a time
     try:
         qemu = _field(version, "qemu")
         facts |= {

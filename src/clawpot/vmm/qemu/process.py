@@ -69,6 +69,7 @@ class QemuProcess(VmmProcess):
         die_with_parent: bool = True,
         recipe: Recipe[QemuProcess] = QEMU_BOOT,
         restore_from: Snapshot | None = None,
+        persistent_qmp: bool = False,
     ) -> None:
         self.spec = spec
         self.vm_dir = vm_dir
@@ -81,7 +82,7 @@ class QemuProcess(VmmProcess):
         self.die_with_parent = die_with_parent
         self.recipe = recipe
         self.files = QemuFiles.in_dir(vm_dir, qmp_socket=qmp_socket)
-        self.qmp = QmpControl(self.files.qmp_socket)
+        self.qmp = QmpControl(self.files.qmp_socket, persistent=persistent_qmp)
         # The argv the launch step runs: set by the "build the command line" step.
         self.argv: list[str] | None = None
         self.child: VmmChild | None = None
@@ -284,6 +285,7 @@ class QemuProcess(VmmProcess):
     def _on_exit(self, returncode: int) -> ExitInfo:
         # The console's last words first: a readiness failure quotes them right after this.
         self._close_console()
+        self.qmp.close()
         return _exit_info(returncode, _last_error_line(self.files.qemu_log), self._quit_sent)
 
     # -- after the start -----------------------------------------------------------------------------
@@ -321,6 +323,10 @@ class QemuProcess(VmmProcess):
         info = await self._spawned().terminate(0)
         self._remove_sockets()
         return info
+
+    def detach(self) -> None:
+        """Let go of QMP (the next server connects to it); QEMU runs on."""
+        self.qmp.close()
 
     def _spawned(self) -> VmmChild:
         if self.child is None:
