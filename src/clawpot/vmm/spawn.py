@@ -57,9 +57,12 @@ def spawn(
     on_exit: OnExit,
     die_with_parent: bool,
     what: str | None = None,
+    pass_fds: Sequence[int] = (),
+    cwd: str | None = None,
 ) -> VmmChild:
     """Start ``argv`` as a VMM child. Its output goes to ``stdout`` / ``stderr`` (the caller closes its
     own copies afterwards). Raises ``VmmStartError`` ("cannot run ...") when it cannot be executed.
+    ``pass_fds`` stay open in the child under the same numbers; ``cwd`` is its working directory.
 
     Must be called from the event loop that will watch the child.
     """
@@ -72,6 +75,8 @@ def spawn(
             stderr=stderr,
             start_new_session=True,
             preexec_fn=_parent_death_hook() if die_with_parent else None,
+            pass_fds=tuple(pass_fds),
+            cwd=cwd,
         )
     except OSError as exc:
         raise VmmStartError(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc

@@ -5,6 +5,9 @@ Accelerator: the constructor's ``accel``, else ``$CLAWPOT_QEMU_ACCEL`` (``kvm``/
 probe in ``clawpot.vmm.probe`` (cached per host kernel). Agent transport: vhost-vsock when
 /dev/vhost-vsock can be opened (each VM gets its own random CID), else a virtio-serial port.
 
+Every VM's QEMU runs as the VMM account (``run_as``, ``clawpot-vmm``), chrooted, with its files handed
+over as fds (``confine``).
+
 Pause, resume, snapshot and restore work on every QEMU VM (``Feature.PAUSE | SNAPSHOT | RESTORE``): guest
 RAM is always a shared memfd (``cmdline.RamBacking``); ``snapshots`` says how and what 7.2 allows.
 """
@@ -16,6 +19,7 @@ import secrets
 import shutil
 from pathlib import Path
 
+from clawpot.vmm.account import VMM_USER
 from clawpot.vmm.base import (
     AttachRecord,
     Capabilities,
@@ -61,6 +65,8 @@ class QemuBackend(VmmBackend):
     ``qmp_socket`` pins the QMP socket path (single-VM launches such as ``clawpot-driver --socket``).
     ``vsock``: True/False forces the agent transport; None picks vhost-vsock when the host has it.
     ``recipe`` is how its VMs boot (``boot.QEMU_BOOT``, or a variant of it).
+    ``run_as``: the account QEMU runs as (``confine``); None runs it as root (nothing but tests of the
+    privileged path should want that).
     """
 
     kind = BackendKind.QEMU
@@ -76,8 +82,10 @@ class QemuBackend(VmmBackend):
         start_timeout: float = 10.0,
         die_with_parent: bool = True,
         recipe: Recipe[QemuProcess] = QEMU_BOOT,
+        run_as: str | None = VMM_USER,
     ) -> None:
         self._requested_binary = binary
+        self.run_as = run_as
         self.recipe = recipe
         self._binary = find_qemu(binary)
         self.qmp_socket = qmp_socket
@@ -145,6 +153,7 @@ class QemuBackend(VmmBackend):
             start_timeout=self.start_timeout,
             die_with_parent=self.die_with_parent,
             recipe=self.recipe,
+            run_as=self.run_as,
         )
 
     def attach(self, record: AttachRecord) -> AttachedQemu:
@@ -183,6 +192,7 @@ class QemuBackend(VmmBackend):
             die_with_parent=self.die_with_parent,
             recipe=recipe,
             restore_from=snap,
+            run_as=self.run_as,
         )
 
 

@@ -10,6 +10,11 @@ QEMU and never to a recycled PID.
 The serial console: before QEMU is spawned the VM's console FIFOs are made and a ``ConsoleWriter``
 reads ``console.out``, keeping ``console.log`` capped and rotated for the process's whole life
 (``clawpot.vmm.console``).
+
+Unprivileged (``run_as``, the VMM account by default): "prepare files" also hands QEMU's files over
+(``confine``: sockets, drives, TAPs, kernel and RAM file as fds, the VM directory searchable by the
+account, an empty chroot), the command line names those fds, and "spawn qemu" execs QEMU as the
+account through ``setpriv`` in the VM directory.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import socket
 import stat
@@ -26,10 +32,11 @@ from pathlib import Path
 
 from clawpot import limits
 from clawpot.agent_client.endpoints import AgentEndpoint, SerialSocketEndpoint, VsockEndpoint
+from clawpot.vmm.account import VMM_USER, VmmAccount, vmm_account
 from clawpot.vmm.base import ExitInfo, VmmConfigError, VmmProcess, VmmStartError
 from clawpot.vmm.console import CappedLog, ConsoleWriter, make_fifo
 from clawpot.vmm.logtail import tail_lines
-from clawpot.vmm.qemu import snapshots
+from clawpot.vmm.qemu import confine, snapshots
 from clawpot.vmm.qemu.boot import QEMU_BOOT
 from clawpot.vmm.qemu.cmdline import (
     MEMFD_RAM,
@@ -41,7 +48,7 @@ from clawpot.vmm.qemu.cmdline import (
     validate,
 )
 from clawpot.vmm.qemu.qmp import QmpControl, QmpError
-from clawpot.vmm.snapshot import DRIVE_PREFIX, Snapshot, SnapshotWriter, spec_entry
+from clawpot.vmm.snapshot import DRIVE_PREFIX, MEMORY_NAME, Snapshot, SnapshotWriter, spec_entry
 from clawpot.vmm.spawn import VmmChild, spawn
 from clawpot.vmm.spec import BackendKind, VmSpec
 from clawpot.vmm.steps import Recipe
@@ -69,6 +76,7 @@ class QemuProcess(VmmProcess):
         die_with_parent: bool = True,
         recipe: Recipe[QemuProcess] = QEMU_BOOT,
         restore_from: Snapshot | None = None,
+        run_as: str | None = VMM_USER,
     ) -> None:
         self.spec = spec
         self.vm_dir = vm_dir
@@ -93,6 +101,12 @@ class QemuProcess(VmmProcess):
         self.restore_from = restore_from
         self.ram: RamBacking = MEMFD_RAM if restore_from is None else RamBacking(restore_from.memory)
         self.restored_drives: list[Path] = []
+        # The account QEMU runs as (None: as we run, root; only the KVM probe, which boots nothing
+        # but our own kernel and image). Resolved, with the fds QEMU gets, by "prepare files".
+        self.run_as = run_as
+        self.account: VmmAccount | None = None
+        self.groups: tuple[int, ...] = ()
+        self.handover: confine.Handover | None = None
 
     @property
     def command(self) -> list[str]:
@@ -108,6 +122,7 @@ class QemuProcess(VmmProcess):
             name=name,
             ram=self.ram,
             incoming=self.restore_from is not None,
+            fds=self.handover.fds if self.handover is not None else None,
         )
 
     @property
@@ -155,7 +170,11 @@ class QemuProcess(VmmProcess):
 
     def prepare_files(self) -> None:
         """The VM directory, its sockets' places (stale ones removed, live ones refused) and the console
-        FIFOs with their reader. On failure nothing of it is left."""
+        FIFOs with their reader; unprivileged, what QEMU gets handed (``confine``). On failure nothing
+        of it is left."""
+        if self.run_as is not None:
+            self.account = vmm_account(self.run_as)
+            self.groups = confine.kvm_groups(self.accel or Accel.TCG, self.account)
         self.vm_dir.mkdir(parents=True, exist_ok=True)
         for path in self.files.sockets:
             _clear_stale_socket(path)
@@ -166,14 +185,32 @@ class QemuProcess(VmmProcess):
         except OSError as exc:
             self.remove_files()
             raise VmmStartError(f"cannot set up the serial console: {exc.strerror or exc}") from exc
+        if self.account is not None:
+            try:
+                confine.prepare_vm_dir(self.vm_dir, self.files, self.account)
+                if self.ram.snapshot_memory is not None:
+                    confine.grant_snapshot_memory(self.ram.snapshot_memory, self.account)
+                self.handover = confine.Handover.open(
+                    self.spec,
+                    self.files,
+                    vsock=self.vsock_cid is not None,
+                    snapshot_memory=self.ram.snapshot_memory,
+                )
+            except (OSError, VmmStartError) as exc:
+                self.remove_files()
+                if isinstance(exc, VmmStartError):
+                    raise
+                raise VmmStartError(f"cannot hand QEMU its files: {exc.strerror or exc}") from exc
 
     def remove_files(self) -> None:
-        """Stop reading the console; remove the sockets, console files, FIFOs and QEMU's log."""
+        """Stop reading the console; remove the sockets, console files, FIFOs, chroot and QEMU's log."""
+        self._close_handover()
         self._close_console()
         self._remove_sockets()
         CappedLog.remove_files(self.files.serial_log)
         for path in (self.files.qemu_log, *self.files.console_fifos):
             path.unlink(missing_ok=True)
+        confine.remove_vm_dir_files(self.vm_dir)
 
     def launch(self, argv: Sequence[str] | None = None) -> None:
         """Run ``argv`` (default: the built command line) with its output in QEMU's log file."""
@@ -181,19 +218,37 @@ class QemuProcess(VmmProcess):
             if self.argv is None:
                 raise VmmStartError("the command line is built before QEMU is launched")
             argv = self.argv
+        die_with_parent = self.die_with_parent
+        pass_fds: list[int] = []
+        if self.account is not None:
+            # setpriv would report a missing binary only as its own exit code: say it here, as spawn does.
+            if shutil.which(argv[0]) is None:
+                raise VmmStartError(f"cannot run {argv[0]}: No such file or directory")
+            argv = [
+                *confine.launcher(self.account, groups=self.groups, die_with_parent=die_with_parent),
+                *argv,
+            ]
+            die_with_parent = False  # setpriv sets it after the uid change, which clears an earlier one
+            pass_fds = list(self.handover.keep) if self.handover is not None else []
         try:
             log = open(self.files.qemu_log, "wb")  # noqa: SIM115 - closed below, QEMU has a copy
         except OSError as exc:
             raise VmmStartError(f"cannot create {self.files.qemu_log}: {exc.strerror or exc}") from exc
-        with log:
-            self.child = spawn(
-                argv,
-                stdout=log,
-                stderr=log,
-                on_exit=self._on_exit,
-                die_with_parent=self.die_with_parent,
-                what="qemu",
-            )
+        try:
+            with log:
+                self.child = spawn(
+                    argv,
+                    stdout=log,
+                    stderr=log,
+                    on_exit=self._on_exit,
+                    die_with_parent=die_with_parent,
+                    what="qemu",
+                    pass_fds=pass_fds,
+                    # Unprivileged, QEMU names its console FIFOs and chroot relative to the VM directory.
+                    cwd=str(self.vm_dir) if self.account is not None else None,
+                )
+        finally:
+            self._close_handover()  # QEMU has its copies (or failed to start)
 
     async def wait_running(self) -> None:
         """Until QMP reports the guest CPU running; QEMU exiting first means it refused the config."""
@@ -207,9 +262,14 @@ class QemuProcess(VmmProcess):
                 raise VmmConfigError(f"QEMU did not start: {child.exit_info.reason}")
             if self.files.qmp_socket.exists():
                 try:
-                    status = await self.qmp.status()
+                    # Bounded by the deadline: a socket we bound for QEMU accepts the connection
+                    # before QEMU runs, and a QEMU that never gets there never greets.
+                    async with asyncio.timeout(max(deadline - time.monotonic(), _POLL)):
+                        status = await self.qmp.status()
                 except QmpError as exc:
                     last_error = str(exc)
+                except TimeoutError:
+                    last_error = "QMP did not answer"
                 else:
                     if status == "running":
                         return
@@ -271,7 +331,7 @@ class QemuProcess(VmmProcess):
         """Finish a ``capture`` (blocking: hashes the files); on failure the partial snapshot is gone."""
         with writer:
             drive_files = {d.drive_id: DRIVE_PREFIX + d.drive_id for d in self.spec.drives if not d.read_only}
-            return writer.seal(
+            snapshot = writer.seal(
                 backend=self.kind,
                 backend_version=snapshots.qemu_version(self.binary),
                 spec=spec_entry(self.spec, drive_files),
@@ -280,6 +340,10 @@ class QemuProcess(VmmProcess):
                     "ram": "stream" if snapshots.ram_in_stream(self) else "file",
                 },
             )
+        if self.account is not None:
+            # Now rather than at the first restore: the change would make that restore hash it again.
+            confine.grant_snapshot_memory(snapshot.directory / MEMORY_NAME, self.account)
+        return snapshot
 
     def _on_exit(self, returncode: int) -> ExitInfo:
         # The console's last words first: a readiness failure quotes them right after this.
@@ -326,6 +390,11 @@ class QemuProcess(VmmProcess):
         if self.child is None:
             raise VmmStartError("QEMU was never started")
         return self.child
+
+    def _close_handover(self) -> None:
+        if self.handover is not None:
+            self.handover.close()
+            self.handover = None
 
     def _close_console(self) -> None:
         if self.console is not None:
