@@ -18,6 +18,8 @@ import pytest
 # tests/support (harnesses shared by unit and integration tests) imports as ``support``.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from support.vmm_audit import QemuAuditor
+
 from clawpot.assets.errors import AssetError
 from clawpot.assets.install import InstalledAssets, installed
 from clawpot.vmm.firecracker.backend import find_firecracker
@@ -47,7 +49,39 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _ran_integration.append(report.nodeid)
 
 
+# Every Clawpot QEMU VM this session starts is audited from /proc (tests/support/vmm_audit.py): not
+# root, seccomp filter, no new privileges, chrooted. Started with the first integration test.
+_qemu_auditor: QemuAuditor | None = None
+
+
+@pytest.fixture(autouse=True)
+def _audit_qemu_vms(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the integration test during which a QEMU VM was found running unconfined."""
+    global _qemu_auditor
+    if request.node.get_closest_marker("integration") is None:
+        yield
+        return
+    if _qemu_auditor is None:
+        _qemu_auditor = QemuAuditor().start()
+    yield
+    failures = _qemu_auditor.take_failures()
+    assert not failures, "unconfined QEMU: " + "; ".join(failures)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _qemu_auditor is not None:
+        _qemu_auditor.stop()
+        late = _qemu_auditor.take_failures()
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"QEMU audit: {len(_qemu_auditor.audited)} QEMU VM(s) checked from /proc (uid, Seccomp, "
+                "NoNewPrivs, capabilities, root)"
+            )
+            for line in late:
+                reporter.write_line(f"  unconfined QEMU: {line}", red=True)
+        if late:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if os.environ.get(REQUIRE_INTEGRATION_ENV) != "1":
         return
     problems = []

@@ -28,6 +28,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.netns import NetNamespace, netns_unavailable_reason
+from support.vmm_audit import audit_qemu
 
 from clawpot.v1 import vm_pb2, vm_pb2_grpc
 
@@ -212,10 +213,18 @@ class ServerProcess:
             yield vm_pb2_grpc.VmServiceStub(channel)
 
     def create(self, *args: str) -> str:
-        """``clawpot create ARGS``; returns the new VM's id."""
+        """``clawpot create ARGS``; returns the new VM's id, once its QEMU passed ``audit_qemu``
+        (the session's ``QemuAuditor`` checks every other QEMU too, however it was started)."""
         vm_id = self.cli_ok("create", *args).strip()
         assert re.fullmatch(r"[A-Za-z0-9_-]+", vm_id), vm_id
+        self.audit_qemu(vm_id)
         return vm_id
+
+    def audit_qemu(self, vm_id: str) -> None:
+        """The VM's QEMU, from /proc: not root, ``Seccomp: 2``, chrooted (tests/support/vmm_audit.py)."""
+        pid = self.vmm_pids().get(vm_id)
+        assert pid is not None, f"no QEMU process for VM {vm_id}"
+        audit_qemu(pid)
 
     def vms(self) -> dict[str, vm_pb2.Vm]:
         with self.stub() as api:
