@@ -208,3 +208,16 @@ SNAPSHOT_LOAD_TIMEOUT = 30.0
 # digits, '.', '-', '_', starting with a letter or digit (never hidden, never '..'), and short enough to
 # read. 64 like a VM id.
 MAX_SNAPSHOT_NAME_CHARS = 64
+
+# --- Per-VM writable layer: create --disk (issue 13) --------------------------------------------------
+
+# The guest's writes land on its own ext4 disk file (sparse: only what it writes takes space), so this
+# size is how much of the host's disk one guest may fill; past it the guest gets ENOSPC, inside.
+# 1 GiB is the size every VM had before it could be chosen.
+DEFAULT_DISK_MIB = 1024
+# Below 32 MiB ext4's own metadata and journal take a large share and the agent's temporary files may
+# not fit; the guest would fail in confusing ways instead of being refused.
+MIN_DISK_MIB = 32
+# 256 GiB: a bound against a typo (bytes given as MiB) more than a policy; an operator who wants
+# larger layers raises it. The file is sparse, so a large layer costs nothing until written.
+MAX_DISK_MIB = 256 * 1024

@@ -175,6 +175,14 @@ _socket_option = click.option(
     help="Keep the rootfs read-only and give the guest a per-VM disk for its writes.",
 )
 @click.option(
+    "--disk",
+    "disk_mib",
+    type=int,
+    default=limits.DEFAULT_DISK_MIB,
+    show_default=True,
+    help=f"Its size in MiB ({limits.MIN_DISK_MIB}-{limits.MAX_DISK_MIB}); past it the guest gets ENOSPC.",
+)
+@click.option(
     "--wait-ready/--no-wait-ready",
     default=False,
     show_default=True,
@@ -197,6 +205,7 @@ def start(
     qemu_bin: Path | None,
     boot_args: str | None,
     writable_layer: bool,
+    disk_mib: int,
     wait_ready: bool,
     ready_timeout: float,
     stop_grace: float,
@@ -211,6 +220,7 @@ def start(
         memory_mib=memory_mib,
         boot_args=boot_args,
         writable_layer=writable_layer,
+        scratch_mib=disk_mib,
         wait_ready=wait_ready,
         ready_timeout=ready_timeout,
     )

@@ -61,6 +61,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE vms ADD COLUMN snapshot TEXT NOT NULL DEFAULT ''",
         ),
     ),
+    Migration(
+        3,
+        "per-VM writable layer size (create --disk): disk_mib, 1024 for VMs made before it could be chosen",
+        ("ALTER TABLE vms ADD COLUMN disk_mib INTEGER NOT NULL DEFAULT 1024",),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
@@ -71,6 +76,7 @@ VMS_COLUMNS = frozenset(
     (
         "id", "state", "backend", "vcpus", "memory_mib", "ip_address", "labels", "created_at", "error",
         "vm_dir", "pid", "allow_peers", "vmm_start_ticks", "agent_endpoint", "origin", "snapshot",
+        "disk_mib",
     )
 )  # fmt: skip
 

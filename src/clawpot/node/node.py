@@ -67,6 +67,7 @@ class VmRequest:
     backend: BackendKind
     vcpus: int
     memory_mib: int
+    disk_mib: int = limits.DEFAULT_DISK_MIB
     labels: dict[str, str] = field(default_factory=dict)
     ip_address: str | None = None
     allow_peers: bool = False
@@ -169,6 +170,7 @@ class Node:
             backend=request.backend,
             vcpus=request.vcpus,
             memory_mib=request.memory_mib,
+            disk_mib=request.disk_mib,
             vm_dir=self.vms_root / vm_id,
             labels=dict(request.labels),
             allow_peers=request.allow_peers,

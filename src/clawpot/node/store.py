@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from clawpot import limits
 from clawpot.node.migrations import MigrationError, migrate
 from clawpot.vm.state import VmState
 from clawpot.vmm.spec import BackendKind
@@ -52,6 +53,7 @@ class VmRecord:
     agent_endpoint: str = ""
     origin: Origin = Origin.COLD
     snapshot: str = ""  # the snapshot's name, for a restored VM
+    disk_mib: int = limits.DEFAULT_DISK_MIB  # its writable layer's size (a restore: the snapshot's)
 
     def with_(self, **changes: object) -> VmRecord:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -133,7 +135,7 @@ class Store:
                 db.execute(
                     "INSERT INTO vms (id, state, backend, vcpus, memory_mib, ip_address, labels,"
                     " created_at, error, vm_dir, pid, allow_peers, vmm_start_ticks, agent_endpoint,"
-                    " origin, snapshot) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " origin, snapshot, disk_mib) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     _row(rec),
                 )
         except sqlite3.IntegrityError as exc:
@@ -144,7 +146,7 @@ class Store:
             db.execute(
                 "UPDATE vms SET state=?, backend=?, vcpus=?, memory_mib=?, ip_address=?, labels=?,"
                 " created_at=?, error=?, vm_dir=?, pid=?, allow_peers=?, vmm_start_ticks=?, agent_endpoint=?,"
-                " origin=?, snapshot=? WHERE id=?",
+                " origin=?, snapshot=?, disk_mib=? WHERE id=?",
                 (*_row(rec)[1:], rec.id),
             )
 
@@ -181,6 +183,7 @@ def _row(rec: VmRecord) -> tuple[object, ...]:
         rec.agent_endpoint,
         rec.origin.value,
         rec.snapshot,
+        rec.disk_mib,
     )
 
 
@@ -202,4 +205,5 @@ def _record(row: sqlite3.Row) -> VmRecord:
         agent_endpoint=row["agent_endpoint"],
         origin=Origin(row["origin"]),
         snapshot=row["snapshot"],
+        disk_mib=row["disk_mib"],
     )

@@ -94,6 +94,7 @@ def vm_to_pb(view: VmView) -> vm_pb2.Vm:
         health_detail=health.detail[: limits.MAX_HEALTH_DETAIL_CHARS],
         origin=_ORIGIN_TO_PB[rec.origin],
         snapshot=rec.snapshot,
+        disk_mib=rec.disk_mib,
     )
 
 
@@ -131,6 +132,7 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
             # A restore takes the snapshot's shape: 0 stays 0 ("the snapshot's").
             vcpus=request.vcpus or (0 if restoring else limits.DEFAULT_VCPUS),
             memory_mib=request.memory_mib or (0 if restoring else limits.DEFAULT_MEMORY_MIB),
+            disk_mib=request.disk_mib or (0 if restoring else limits.DEFAULT_DISK_MIB),
             backend=_BACKEND_FROM_PB.get(request.backend),
             labels=dict(request.labels),
             ip_address=request.ip_address or None,

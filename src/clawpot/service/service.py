@@ -25,12 +25,13 @@ from clawpot.vmm.spec import BackendKind
 class CreateParams:
     vcpus: int = limits.DEFAULT_VCPUS
     memory_mib: int = limits.DEFAULT_MEMORY_MIB
+    disk_mib: int = limits.DEFAULT_DISK_MIB
     backend: BackendKind | None = None
     labels: dict[str, str] = field(default_factory=dict)
     ip_address: str | None = None
     allow_peers: bool = False
-    # Restore this snapshot instead of a cold boot. vcpus, memory_mib and backend then come from the
-    # snapshot: 0 / None take them, any other value must match it.
+    # Restore this snapshot instead of a cold boot. vcpus, memory_mib, disk_mib and backend then come
+    # from the snapshot: 0 / None take them, any other value must match it.
     from_snapshot: str | None = None
 
 
@@ -44,6 +45,7 @@ class Service:
             return await self._create_from_snapshot(params, params.from_snapshot)
         validate.vcpus(params.vcpus)
         validate.memory_mib(params.memory_mib)
+        validate.disk_mib(params.disk_mib)
         if params.ip_address:
             validate.ip_address(params.ip_address)
             if self.node.network is None:
@@ -56,6 +58,7 @@ class Service:
             backend=kind,
             vcpus=params.vcpus,
             memory_mib=params.memory_mib,
+            disk_mib=params.disk_mib,
             labels=dict(params.labels),
             ip_address=params.ip_address or None,
             allow_peers=params.allow_peers,
@@ -76,6 +79,7 @@ class Service:
         for what, asked, recorded in (
             ("vcpus", params.vcpus, info.vcpus),
             ("memory_mib", params.memory_mib, info.memory_mib),
+            ("disk_mib", params.disk_mib, info.disk_mib),
             ("backend", params.backend, info.backend),
         ):
             if asked and asked != recorded:
@@ -87,6 +91,7 @@ class Service:
             backend=info.backend,
             vcpus=info.vcpus,
             memory_mib=info.memory_mib,
+            disk_mib=info.disk_mib,
             labels=dict(params.labels),
             ip_address=params.ip_address or None,
             allow_peers=params.allow_peers,

@@ -155,6 +155,7 @@ class Vm(_message.Message):
     HEALTH_DETAIL_FIELD_NUMBER: _builtins.int
     ORIGIN_FIELD_NUMBER: _builtins.int
     SNAPSHOT_FIELD_NUMBER: _builtins.int
+    DISK_MIB_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___VmState.ValueType
     backend: Global___Backend.ValueType
@@ -170,6 +171,10 @@ class Vm(_message.Message):
     origin: Global___VmOrigin.ValueType
     snapshot: _builtins.str
     """the snapshot a restored VM came from"""
+    disk_mib: _builtins.int
+    """--- defence in depth (issue 13): 30-34 ---
+    size of its writable layer: the guest's writes past it fail with ENOSPC
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -196,10 +201,11 @@ class Vm(_message.Message):
         health_detail: _builtins.str = ...,
         origin: Global___VmOrigin.ValueType = ...,
         snapshot: _builtins.str = ...,
+        disk_mib: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "health_since", b"health_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "created_at", b"created_at", "error", b"error", "health", b"health", "health_detail", b"health_detail", "health_since", b"health_since", "id", b"id", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "origin", b"origin", "snapshot", b"snapshot", "state", b"state", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "created_at", b"created_at", "disk_mib", b"disk_mib", "error", b"error", "health", b"health", "health_detail", b"health_detail", "health_since", b"health_since", "id", b"id", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "origin", b"origin", "snapshot", b"snapshot", "state", b"state", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -236,6 +242,7 @@ class CreateVmRequest(_message.Message):
     IP_ADDRESS_FIELD_NUMBER: _builtins.int
     ALLOW_PEER_TRAFFIC_FIELD_NUMBER: _builtins.int
     FROM_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    DISK_MIB_FIELD_NUMBER: _builtins.int
     vcpus: _builtins.int
     """default 1; 1..32"""
     memory_mib: _builtins.int
@@ -248,6 +255,11 @@ class CreateVmRequest(_message.Message):
     from_snapshot: _builtins.str
     """Restore this snapshot instead of booting: a new VM (own id, address, TAP, MAC, hostname) running
     from the snapshot's memory. vcpus, memory_mib and backend are the snapshot's: leave them unset.
+    """
+    disk_mib: _builtins.int
+    """--- defence in depth (issue 13): 30-34 ---
+    Size of the VM's writable layer in MiB (default 1024; 32..262144): all the host disk its guest
+    can fill. A restore keeps the snapshot's: leave it unset, or give the same size.
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -263,10 +275,11 @@ class CreateVmRequest(_message.Message):
         ip_address: _builtins.str = ...,
         allow_peer_traffic: _builtins.bool = ...,
         from_snapshot: _builtins.str = ...,
+        disk_mib: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "from_snapshot", b"from_snapshot", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "disk_mib", b"disk_mib", "from_snapshot", b"from_snapshot", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
