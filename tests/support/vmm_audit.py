@@ -2,11 +2,13 @@
 
 ``audit_qemu(pid)`` checks one Clawpot QEMU: not root (the VMM account, ``clawpot-vmm``), seccomp in
 filter mode (``Seccomp: 2``: QEMU's ``-sandbox on``), no new privileges, no capability but
-CAP_SYS_CHROOT, and a root directory that is not the host's (QEMU chrooted itself after opening what it
-was handed). ``QemuAuditor`` runs it for every QEMU VM this test session starts, whoever starts it (an
-in-process backend, ``clawpot-driver``, a ``clawpot-server`` in a namespace): a thread watches this
-process's descendants, audits each QEMU once it has finished starting (it chroots last), and the
-integration tests' autouse fixture (tests/conftest.py) fails the test during which a QEMU failed.
+CAP_SYS_CHROOT, a root directory that is not the host's (QEMU chrooted itself after opening what it
+was handed), and no directory open (a directory fd outside the chroot is the way out of it).
+
+``QemuAuditor`` runs it for every QEMU VM this test session starts, whoever starts it (an in-process
+backend, ``clawpot-driver``, a ``clawpot-server`` in a namespace): a thread watches this process's
+descendants, audits each QEMU once it has finished starting (it chroots last), and the integration
+tests' autouse fixture (tests/conftest.py) fails the test during which a QEMU failed.
 
 The KVM probe's QEMU is the one exception, by design (``clawpot.vmm.probe``: it runs as root, booting
 only our own kernel and image into ``init=/bin/echo``).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -93,8 +96,18 @@ def audit_qemu(pid: int) -> QemuAudit:
         problems.append(f"capabilities {audit.cap_eff:#x} beyond CAP_SYS_CHROOT")
     if audit.root == "/":
         problems.append("not chrooted (root is /)")
+    directories = [fd.name for fd in Path(f"/proc/{pid}/fd").iterdir() if _is_directory(fd)]
+    if directories:
+        problems.append(f"directories open (fds {', '.join(directories)}): a way out of the chroot")
     assert not problems, f"QEMU {pid} ({audit.name}): " + "; ".join(problems)
     return audit
+
+
+def _is_directory(fd: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(fd).st_mode)
+    except OSError:
+        return False
 
 
 def _descendants(ancestor: int) -> set[int]:
@@ -102,8 +115,8 @@ def _descendants(ancestor: int) -> set[int]:
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             with contextlib.suppress(OSError, ValueError, IndexError):
-                stat = Path(f"/proc/{entry.name}/stat").read_text()
-                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+                line = Path(f"/proc/{entry.name}/stat").read_text()
+                parents[int(entry.name)] = int(line.rsplit(")", 1)[1].split()[1])
     found: set[int] = set()
     frontier = {ancestor}
     while frontier:
