@@ -15,6 +15,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,3 +159,50 @@ def test_vm_records_say_their_disk(server: ServerProcess, vm: str) -> None:
         got = api.GetVm(vm_pb2.GetVmRequest(id=vm), timeout=30)
     assert got.disk_mib == DISK_MIB
     assert server.db_rows(f"SELECT disk_mib FROM vms WHERE id = '{vm}'") == [(DISK_MIB,)]
+
+
+DIES_WITH_PARENT = """
+import asyncio, sys
+from pathlib import Path
+from clawpot.vmm.qemu.cmdline import Accel
+from clawpot.vmm.qemu.process import QemuProcess
+from clawpot.vmm.spec import Drive, VmSpec
+
+async def main() -> None:
+    kernel, rootfs, vm_dir = map(Path, sys.argv[1:4])
+    spec = VmSpec(kernel, "console=ttyS0 root=/dev/vda ro init=/bin/sleep -- 600",
+                  (Drive("root", rootfs, True),), memory_mib=64, agent_channel=False)
+    qemu = QemuProcess(spec, vm_dir, accel=Accel.TCG, die_with_parent=True)
+    await qemu.start()
+    print(qemu.pid, flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+def test_an_unprivileged_qemu_still_dies_with_its_launcher(
+    tmp_path: Path, installed_assets: InstalledAssets
+) -> None:
+    # The parent-death signal is cleared by a change of uid: setpriv must set it after its own.
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", DIES_WITH_PARENT, str(installed_assets.kernel), str(installed_assets.rootfs),
+         str(tmp_path / "vm")],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert launcher.stdout is not None
+        qemu = int(launcher.stdout.readline())
+        assert audit_qemu(qemu).uid == vmm_account().uid
+    finally:
+        launcher.kill()
+        launcher.wait(10)
+    # Killed: gone, or a zombie until whoever inherited it reaps it.
+    wait_until(lambda: _state(qemu) in ("Z", "gone"), 10, "QEMU to die with its launcher")
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
