@@ -121,11 +121,12 @@ class QemuBackend(VmmBackend):
         else:
             accel = "accelerator chosen by a KVM probe at the first start"
         transport = "vhost-vsock" if self.vsock else "virtio-serial"
+        user = f"as {self.run_as}, chrooted" if self.run_as is not None else "as root"
         # TCG always works, so QEMU boots guests wherever it is installed.
         return Capabilities(
             self.kind,
             available=True,
-            detail=f"{self._binary}; {accel}; agent over {transport}",
+            detail=f"{self._binary}; {accel}; agent over {transport}; {user}",
             boots_guests=True,
             features=Feature.PAUSE | Feature.SNAPSHOT | Feature.RESTORE,
         )
