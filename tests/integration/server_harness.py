@@ -28,6 +28,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.netns import NetNamespace, netns_unavailable_reason
+from support.vmm_audit import audit_vm_dir
 
 from clawpot.v1 import vm_pb2, vm_pb2_grpc
 
@@ -215,6 +216,8 @@ class ServerProcess:
         """``clawpot create ARGS``; returns the new VM's id."""
         vm_id = self.cli_ok("create", *args).strip()
         assert re.fullmatch(r"[A-Za-z0-9_-]+", vm_id), vm_id
+        # Every VMM a server starts for a test is under its layers (cgroup; jailer for firecracker).
+        audit_vm_dir(self.data_dir / "vms" / vm_id, jailed="--no-jailer" not in self.args)
         return vm_id
 
     def vms(self) -> dict[str, vm_pb2.Vm]:

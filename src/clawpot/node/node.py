@@ -58,6 +58,8 @@ class NodeConfig:
     # How long the agent of a Running VM has to answer before an operation fails with UNAVAILABLE.
     agent_timeout: float = limits.DEFAULT_AGENT_TIMEOUT
     health_interval: float = limits.HEALTH_CHECK_INTERVAL
+    # Firecracker under its jailer; False is `clawpot-server --no-jailer` (development only).
+    use_jailer: bool = True
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,9 @@ class Node:
         self.store = store
         self.network = network
         self.assets = Assets.of(config.data_dir)
-        self.backends = Backends(config.data_dir, self.assets, config.default_backend)
+        self.backends = Backends(
+            config.data_dir, self.assets, config.default_backend, use_jailer=config.use_jailer
+        )
         self.vms_root = paths.vms_dir(config.data_dir)
         self.snapshots = SnapshotCatalog(paths.snapshots_dir(config.data_dir))
         self._snapshots_in_progress: set[str] = set()

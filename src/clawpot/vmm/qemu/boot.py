@@ -7,7 +7,10 @@
         prepare files                the VM directory, stale sockets removed (live ones refused), console
                                      FIFOs and their capped reader
                                      undo: stop reading the console, remove sockets, console and logs
-        spawn qemu                   the command line, output to qemu.log, watched by a pidfd
+        create the cgroup            the VM's own cgroup: CPU, memory, tasks (``clawpot.vmm.cgroups``)
+                                     undo: remove it
+        spawn qemu                   the command line, in the cgroup before QEMU's first instruction (a
+                                     pre-exec hook), output to qemu.log, watched by a pidfd
                                      undo: SIGKILL, reap, remove the sockets
         wait until QMP says running  QMP answers and query-status is "running" (QEMU exiting first:
                                      it refused the configuration, VmmConfigError)
@@ -40,6 +43,7 @@ VALIDATE = "validate"
 CHOOSE_ACCEL = "choose the accelerator"
 BUILD_COMMAND = "build the command line"
 PREPARE_FILES = "prepare files"
+CREATE_CGROUP = "create the cgroup"
 SPAWN = "spawn qemu"
 WAIT_RUNNING = "wait until QMP says running"
 VERIFY_SNAPSHOT = "verify the snapshot"
@@ -66,6 +70,14 @@ async def prepare_files(qemu: QemuProcess) -> None:
 
 async def remove_files(qemu: QemuProcess) -> None:
     qemu.remove_files()
+
+
+async def create_cgroup(qemu: QemuProcess) -> None:
+    qemu.create_cgroup()
+
+
+async def remove_cgroup(qemu: QemuProcess) -> None:
+    qemu.remove_cgroup()
 
 
 async def spawn(qemu: QemuProcess) -> None:
@@ -106,6 +118,7 @@ QEMU_BOOT: Recipe[QemuProcess] = Recipe(
         Step(CHOOSE_ACCEL, choose_accel),
         Step(BUILD_COMMAND, build_command),
         Step(PREPARE_FILES, prepare_files, undo=remove_files),
+        Step(CREATE_CGROUP, create_cgroup, undo=remove_cgroup),
         Step(SPAWN, spawn, undo=kill),
         Step(WAIT_RUNNING, wait_running),
     ]

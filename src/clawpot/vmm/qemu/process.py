@@ -15,6 +15,7 @@ reads ``console.out``, keeping ``console.log`` capped and rotated for the proces
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -27,6 +28,7 @@ from pathlib import Path
 from clawpot import limits
 from clawpot.agent_client.endpoints import AgentEndpoint, SerialSocketEndpoint, VsockEndpoint
 from clawpot.vmm.base import ExitInfo, VmmConfigError, VmmProcess, VmmStartError
+from clawpot.vmm.cgroups import CgroupLimits, VmCgroup
 from clawpot.vmm.console import CappedLog, ConsoleWriter, make_fifo
 from clawpot.vmm.logtail import tail_lines
 from clawpot.vmm.qemu import snapshots
@@ -93,6 +95,8 @@ class QemuProcess(VmmProcess):
         self.restore_from = restore_from
         self.ram: RamBacking = MEMFD_RAM if restore_from is None else RamBacking(restore_from.memory)
         self.restored_drives: list[Path] = []
+        # The VM's own cgroup (``create_cgroup``), named by its directory's name: the VM's id.
+        self.cgroup: VmCgroup | None = None
 
     @property
     def command(self) -> list[str]:
@@ -175,8 +179,20 @@ class QemuProcess(VmmProcess):
         for path in (self.files.qemu_log, *self.files.console_fifos):
             path.unlink(missing_ok=True)
 
+    def create_cgroup(self) -> None:
+        """The VM's cgroup with the limits of its spec (``clawpot.vmm.cgroups``)."""
+        cgroup = VmCgroup(self.vm_dir.name)
+        cgroup.create(CgroupLimits.for_vm(self.spec.vcpus, self.spec.memory_mib))
+        self.cgroup = cgroup
+
+    def remove_cgroup(self) -> None:
+        if self.cgroup is not None:
+            self.cgroup.remove(attempts=limits.CGROUP_REMOVE_ATTEMPTS)
+
     def launch(self, argv: Sequence[str] | None = None) -> None:
-        """Run ``argv`` (default: the built command line) with its output in QEMU's log file."""
+        """Run ``argv`` (default: the built command line) with its output in QEMU's log file, inside
+        the VM's cgroup when ``create_cgroup`` made one (joined before exec: QEMU's every allocation is
+        charged to it; once QEMU is reaped the cgroup is removed and an OOM kill is named as such)."""
         if argv is None:
             if self.argv is None:
                 raise VmmStartError("the command line is built before QEMU is launched")
@@ -185,14 +201,16 @@ class QemuProcess(VmmProcess):
             log = open(self.files.qemu_log, "wb")  # noqa: SIM115 - closed below, QEMU has a copy
         except OSError as exc:
             raise VmmStartError(f"cannot create {self.files.qemu_log}: {exc.strerror or exc}") from exc
-        with log:
+        cgroup = self.cgroup
+        with log, cgroup.joining() if cgroup is not None else contextlib.nullcontext() as join:
             self.child = spawn(
                 argv,
                 stdout=log,
                 stderr=log,
-                on_exit=self._on_exit,
+                on_exit=cgroup.finish(self._on_exit) if cgroup is not None else self._on_exit,
                 die_with_parent=self.die_with_parent,
                 what="qemu",
+                before_exec=join,
             )
 
     async def wait_running(self) -> None:
