@@ -39,7 +39,8 @@ from clawpot.vm.directory import new_vm_id
 from clawpot.vm.errors import VmNotRunning
 from clawpot.vm.handle import Vm
 from clawpot.vm.state import Transition, VmState
-from clawpot.vmm.base import Feature, VmmBackend, VmmError, VmmProcess, VmmUnsupported
+from clawpot.vmm.account import VmmAccount, vmm_account
+from clawpot.vmm.base import Feature, VmmBackend, VmmConfigError, VmmError, VmmProcess, VmmUnsupported
 from clawpot.vmm.spec import BackendKind
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,13 @@ class Node:
             network = None
             if config.bridge is not None:
                 try:
-                    net_config = NetworkConfig.build(bridge=config.bridge, subnet=config.subnet)
+                    owner = _tap_owner()
+                    net_config = NetworkConfig.build(
+                        bridge=config.bridge,
+                        subnet=config.subnet,
+                        tap_uid=owner.uid if owner else None,
+                        tap_gid=owner.gid if owner else None,
+                    )
                     network = NetworkManager(store.path, net_config)
                 except NetworkError as exc:
                     raise NodeError(str(exc)) from exc
@@ -471,3 +478,13 @@ def _snapshot_failed(vm_id: str, exc: VmmError) -> errors.ServerError:
     if (isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space" in str(exc):
         return errors.ResourceExhausted(f"snapshot of VM {vm_id} failed: {errors.one_line(str(exc))}")
     return errors.Unavailable(f"snapshot of VM {vm_id} failed: {errors.one_line(str(exc))}")
+
+
+def _tap_owner() -> VmmAccount | None:
+    """Who owns the VMs' TAPs: the unprivileged VMM account (a jailed firecracker opens its TAP as that
+    user; a VMM running as root opens any). None where the account does not exist: a backend that
+    needs it says so when it is asked for."""
+    try:
+        return vmm_account()
+    except VmmConfigError:
+        return None

@@ -1,6 +1,7 @@
 """VMM processes and VM directories nobody tracks any more (a server died mid-create, a row was lost).
 
-Processes are matched by their command line naming the VM directory, so nothing else can be hit.
+Processes are matched by their command line naming the VM directory, or by being in the VM's own
+cgroup (a jailed firecracker), so nothing else can be hit.
 """
 
 from __future__ import annotations
@@ -12,17 +13,26 @@ import os
 import shutil
 from pathlib import Path
 
+from clawpot import limits
 from clawpot.vm.directory import read_metadata
 from clawpot.vmm.adopted import kill_pid
+from clawpot.vmm.cgroups import CgroupError, VmCgroup
 
 log = logging.getLogger(__name__)
 
 
 async def remove_orphan_dir(path: Path) -> None:
-    """A VM directory no row owns: kill its VMM if it still runs, remove it."""
+    """A VM directory no row owns: kill its VMM if it still runs, remove it and the VM's cgroup."""
     await kill_vmm_of(path)
     log.info("removing orphan VM directory %s", path)
     await asyncio.to_thread(shutil.rmtree, path, True)
+    await asyncio.to_thread(remove_cgroup_of, path)
+
+
+def remove_cgroup_of(vm_dir: Path) -> None:
+    """The cgroup of the VM in ``vm_dir`` (named by its id), once nothing runs in it any more."""
+    with contextlib.suppress(CgroupError):
+        VmCgroup(vm_dir.name).remove(attempts=limits.CGROUP_REMOVE_ATTEMPTS)
 
 
 _VMM_NAMES = ("qemu-system-", "firecracker", "jailer")
@@ -39,8 +49,12 @@ async def kill_vmm_of(vm_dir: Path) -> None:
 
 
 def _vmm_pids_using(vm_dir: Path) -> set[int]:
+    # A VM's cgroup holds its VMM and nothing else, whatever its command line says (a jailed
+    # firecracker's names only paths inside its chroot).
+    found: set[int] = set()
+    with contextlib.suppress(CgroupError):
+        found |= VmCgroup(vm_dir.name).pids()
     marker = str(vm_dir).encode() + b"/"
-    found = set()
     metadata = read_metadata(vm_dir / "metadata.json")
     if metadata is not None and metadata.vmm_pid is not None and marker in _cmdline(metadata.vmm_pid):
         found.add(metadata.vmm_pid)
