@@ -22,6 +22,7 @@ import pytest
 import pytest_asyncio
 from firecracker_helpers import process_gone, require_available, wait_until
 
+from clawpot.node import orphans
 from clawpot.vm import procfs
 from clawpot.vm.config import VmConfig
 from clawpot.vm.errors import VmStartError
@@ -50,6 +51,7 @@ class Booted:
     machine: models.MachineConfigurationInfo
     config: models.VmConfigInfo
     gone_at: list[float]  # when /proc stopped showing the process (filled by a watcher thread)
+    adoption: dict[str, object]  # what adoption and orphan cleanup see of the process, read at start
 
 
 def watch_pid(pid: int, ticks: int | None, gone_at: list[float]) -> None:
@@ -84,7 +86,13 @@ async def booted(
         instance = await vmm.client.instance_info()
         machine = await vmm.client.machine_config()
         config = await vmm.client.vm_config()
-        yield Booted(vm, vmm, vmm.pid, ticks, instance, machine, config, gone_at)
+        adoption = {
+            "command": procfs.command_name(vmm.pid),
+            "cmdline_names_vm_dir": str(vmm.vm_dir).encode() in procfs_cmdline(vmm.pid),
+            "in_vm_cgroup": vmm.pid in VmCgroup(vmm.vm_dir.name).pids(),
+            "found_by_orphan_cleanup": vmm.pid in orphans._vmm_pids_using(vmm.vm_dir),
+        }
+        yield Booted(vm, vmm, vmm.pid, ticks, instance, machine, config, gone_at, adoption)
     finally:
         await vm.stop(grace=0)
 
@@ -142,6 +150,18 @@ async def test_serial_console_shows_the_kernel_and_the_exact_boot_args(booted: B
     command_line = next(line for line in text.splitlines() if "Command line: " in line)
     print(f"\n{command_line.strip()}")
     assert "clawpot.overlay=/dev/vdb" in command_line and "virtio_mmio.device=" in command_line
+
+
+async def test_the_tracked_pid_is_the_jailed_firecrackers_own(booted: Booted) -> None:
+    # What a restarted server adopts (the PID recorded with its start time) is firecracker itself, not
+    # the jailer that started it; orphan cleanup finds it through its cgroup (its command line names
+    # only paths inside its chroot). Read right after the start (the guest may end the VM any time).
+    assert booted.adoption == {
+        "command": "firecracker",
+        "cmdline_names_vm_dir": False,
+        "in_vm_cgroup": True,
+        "found_by_orphan_cleanup": True,
+    }
 
 
 async def test_unexpected_exit_moves_the_vm_to_error_and_reaps(booted: Booted) -> None:
@@ -211,3 +231,7 @@ async def test_waiting_for_the_agent_ends_either_ready_or_with_the_reason(
     finally:
         await vm.stop()
     assert vm.lifecycle.history[-1].target is VmState.STOPPED
+
+
+def procfs_cmdline(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()

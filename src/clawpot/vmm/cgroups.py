@@ -8,9 +8,10 @@ limits, so one VM cannot starve the host or its neighbours, and a VMM over its m
   measured VMM overhead (``limits.VM_OVERHEAD_MIB``, the number admission reserves), a task bound;
   ``values(version)`` spells them in the files of either version (v2 adds ``memory.oom.group``).
 - ``hierarchy()``: which version this host runs and where its controllers are mounted (cached).
-- ``VmCgroup``: one VM's cgroup. ``create`` + ``joining()`` (a pre-exec hook: the VMM is in the cgroup
-  before it runs a single instruction of its own, so all its memory is charged there) for VMMs we
-  start ourselves; ``jailer_args`` for Firecracker's jailer, which creates and joins it itself.
+- ``VmCgroup``: one VM's cgroup. ``create`` + ``wrap(argv)`` (a shell joins the cgroup and execs the
+  VMM: it is in the cgroup before it runs a single instruction of its own, so all its memory is
+  charged there) for VMMs we start ourselves; ``jailer_args`` for Firecracker's jailer, which creates
+  and joins it itself.
   ``oom_kills`` / ``explain`` turn a VMM killed by its memory limit into "out of memory (cgroup limit N
   MiB)"; ``remove`` (EBUSY retried) after the VMM is gone; ``kill`` for VMMs nobody tracks any more.
 - ``cgroup_paths(vm_id)``: a VM's cgroup directories by controller (what metrics read CPU and memory
@@ -27,9 +28,10 @@ import errno
 import functools
 import logging
 import os
+import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,32 +216,16 @@ class VmCgroup:
             args += ["--cgroup", f"{name}={value}"]
         return args
 
-    @contextlib.contextmanager
-    def joining(self) -> Iterator[Callable[[], None]]:
-        """A pre-exec hook that moves the child into this cgroup (for ``clawpot.vmm.spawn``).
-
-        The files are opened here, in the parent: the child between fork and exec only writes "0"
-        (itself) into each, no path lookup, no allocation.
-        """
-        fds: list[int] = []
-        try:
-            for path in self._distinct():
-                fds.append(os.open(path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
-        except OSError as exc:
-            for fd in fds:
-                os.close(fd)
-            raise CgroupError(f"cannot join the cgroup of VM {self.vm_id}: {_describe(exc)}") from exc
-        me = b"0"
-
-        def hook() -> None:
-            for fd in fds:
-                os.write(fd, me)
-
-        try:
-            yield hook
-        finally:
-            for fd in fds:
-                os.close(fd)
+    def wrap(self, argv: list[str]) -> list[str]:
+        """``argv`` started inside this cgroup: a shell writes its own PID into the cgroup, then execs
+        ``argv`` (the same process: the VMM is in its cgroup before its first instruction, so all its
+        memory is charged there). Not a pre-exec hook: that makes Python fork() a threaded server
+        (gRPC's threads), where the child can crash before it execs."""
+        program = shutil.which(argv[0])
+        if program is None:  # said here as spawn says it, not as a shell's "not found" later
+            raise VmmStartError(f"cannot run {argv[0]}: No such file or directory")
+        procs = [str(path / "cgroup.procs") for path in self._distinct()]
+        return ["/bin/sh", "-c", _JOIN_AND_EXEC, "clawpot-cgroup", *procs, "--", program, *argv[1:]]
 
     # -- reading it --------------------------------------------------------------------------------
 
@@ -315,6 +301,18 @@ class VmCgroup:
             return info
 
         return explained
+
+
+# $1.. up to "--": the cgroup.procs files to join; then the command. A failure says which file, on
+# stderr (the VMM's log), and exits 125 before anything runs.
+_JOIN_AND_EXEC = """
+while [ "$1" != -- ]; do
+    echo $$ > "$1" || { echo "clawpot: cannot join the VM's cgroup ($1)" >&2; exit 125; }
+    shift
+done
+shift
+exec "$@"
+"""
 
 
 def cgroup_paths(vm_id: str) -> dict[str, Path]:

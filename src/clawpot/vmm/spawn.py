@@ -10,8 +10,6 @@
   whatever the reason (guest poweroff, crash, ``kill -9`` from outside). The child is reaped then, in
   the same callback, and the backend's ``on_exit`` turns the exit code into an ``ExitInfo`` at once.
   Holding the pidfd until then means signals reach our VMM, never a recycled PID.
-- ``before_exec`` runs in the child between fork and exec (``VmCgroup.joining``: the VMM is in its
-  cgroup before it runs an instruction of its own).
 - A VMM started by a launcher that exits once it has handed over (Firecracker's jailer with
   ``--new-pid-ns`` forks firecracker and exits) is watched the same way with ``VmmChild.of_pid``: the
   launching process is a child subreaper (``become_subreaper``), so the orphaned VMM is reparented to
@@ -66,20 +64,9 @@ def become_subreaper() -> None:
 
 
 def popen(
-    argv: Sequence[str],
-    *,
-    stdout: int | IO[bytes],
-    stderr: int | IO[bytes],
-    die_with_parent: bool,
-    before_exec: Callable[[], None] | None = None,
+    argv: Sequence[str], *, stdout: int | IO[bytes], stderr: int | IO[bytes], die_with_parent: bool
 ) -> subprocess.Popen[bytes]:
     """The process of ``spawn``, unwatched (a launcher such as the jailer, waited for by its caller)."""
-    hooks = [hook for hook in (_parent_death_hook() if die_with_parent else None, before_exec) if hook]
-
-    def preexec() -> None:
-        for hook in hooks:
-            hook()
-
     try:
         return subprocess.Popen(
             list(argv),
@@ -87,10 +74,8 @@ def popen(
             stdout=stdout,
             stderr=stderr,
             start_new_session=True,
-            preexec_fn=preexec if hooks else None,
+            preexec_fn=_parent_death_hook() if die_with_parent else None,
         )
-    except subprocess.SubprocessError as exc:  # a failing before_exec (cannot join the cgroup)
-        raise VmmStartError(f"cannot run {argv[0]}: {exc}") from exc
     except OSError as exc:
         raise VmmStartError(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc
 
@@ -103,7 +88,6 @@ def spawn(
     on_exit: OnExit,
     die_with_parent: bool,
     what: str | None = None,
-    before_exec: Callable[[], None] | None = None,
 ) -> VmmChild:
     """Start ``argv`` as a VMM child. Its output goes to ``stdout`` / ``stderr`` (the caller closes its
     own copies afterwards). Raises ``VmmStartError`` ("cannot run ...") when it cannot be executed.
@@ -111,9 +95,7 @@ def spawn(
     Must be called from the event loop that will watch the child.
     """
     loop = asyncio.get_running_loop()
-    child = popen(
-        argv, stdout=stdout, stderr=stderr, die_with_parent=die_with_parent, before_exec=before_exec
-    )
+    child = popen(argv, stdout=stdout, stderr=stderr, die_with_parent=die_with_parent)
     return VmmChild(child.pid, child.poll, on_exit, loop, what or os.path.basename(argv[0]))
 
 

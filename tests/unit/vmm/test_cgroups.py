@@ -3,7 +3,7 @@ files, the jailer's arguments, OOM accounting and removal.
 
 Detection and the file formats are pure logic, tested on mount tables and directory trees made here (a
 v2 host cannot be conjured on this v1 one). The real hierarchy is used where it exists: a cgroup made,
-joined by a real child before exec, read and removed (tests/integration/test_defence_layers.py kills a
+a real command run inside it, read and removed (tests/integration/test_defence_layers.py kills a
 real VMM through its memory limit).
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from clawpot import limits
-from clawpot.vmm.base import ExitInfo
+from clawpot.vmm.base import ExitInfo, VmmStartError
 from clawpot.vmm.cgroups import (
     MIB,
     CgroupError,
@@ -160,13 +160,10 @@ def real_cgroup(root_required: None) -> VmCgroup:
     return VmCgroup(f"unit-{os.getpid()}")
 
 
-def test_a_real_child_joins_before_exec_and_the_cgroup_goes_after(real_cgroup: VmCgroup) -> None:
+def test_a_real_command_runs_inside_and_the_cgroup_goes_after(real_cgroup: VmCgroup) -> None:
     real_cgroup.create(CgroupLimits.for_vm(1, 64))
     try:
-        with real_cgroup.joining() as join:
-            child = subprocess.run(
-                ["cat", "/proc/self/cgroup"], preexec_fn=join, capture_output=True, text=True
-            )
+        child = subprocess.run(real_cgroup.wrap(["cat", "/proc/self/cgroup"]), capture_output=True, text=True)
         wanted = f"/{limits.CGROUP_PARENT}/{real_cgroup.vm_id}"
         lines = child.stdout.splitlines()
         if real_cgroup.version is CgroupVersion.V2:
@@ -177,6 +174,8 @@ def test_a_real_child_joins_before_exec_and_the_cgroup_goes_after(real_cgroup: V
         assert real_cgroup.memory_limit_mib() == 64 + limits.VM_OVERHEAD_MIB
         assert set(cgroup_paths(real_cgroup.vm_id)) >= {"cpu", "memory", "pids"}
         assert real_cgroup.oom_kills() == 0 and real_cgroup.pids() == set()  # the child exited
+        with pytest.raises(VmmStartError, match="cannot run /no/such/vmm: No such file or directory"):
+            real_cgroup.wrap(["/no/such/vmm"])
     finally:
         assert real_cgroup.remove(attempts=limits.CGROUP_REMOVE_ATTEMPTS)
     assert not real_cgroup.exists() and cgroup_paths(real_cgroup.vm_id) == {}

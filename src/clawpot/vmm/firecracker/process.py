@@ -151,24 +151,20 @@ class FirecrackerProcess:
 
     def launch(self, argv: Sequence[str] | None = None) -> None:
         """Run ``argv`` (default: ``self.argv()``; a wrapper passes its own, ending in firecracker's)
-        with the console FIFO as stdout, in ``self.cgroup`` when one was made (joined before exec; once
-        firecracker is reaped it is removed, and an OOM kill is named as such). Needs
+        with the console FIFO as stdout, in ``self.cgroup`` when one was made (joined before it runs;
+        once firecracker is reaped it is removed, and an OOM kill is named as such). Needs
         ``prepare_output()`` first."""
         if self.child is not None:
             raise RuntimeError("firecracker process already spawned")
-        cgroup = self.cgroup
-        with (
-            self.output() as (stdout, stderr),
-            cgroup.joining() if cgroup is not None else contextlib.nullcontext() as join,
-        ):
+        argv = list(argv) if argv is not None else self.argv()
+        with self.output() as (stdout, stderr):
             self.child = spawn(
-                argv if argv is not None else self.argv(),
+                self.cgroup.wrap(argv) if self.cgroup is not None else argv,
                 stdout=stdout,
                 stderr=stderr,
                 on_exit=self.on_exit,
                 die_with_parent=self.die_with_parent,
                 what="firecracker",
-                before_exec=join,
             )
         self.spawned_at = time.time()
         log.debug("spawned firecracker pid %s for %s", self.pid, self.vm_id)

@@ -15,7 +15,6 @@ reads ``console.out``, keeping ``console.log`` capped and rotated for the proces
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import signal
@@ -191,8 +190,8 @@ class QemuProcess(VmmProcess):
 
     def launch(self, argv: Sequence[str] | None = None) -> None:
         """Run ``argv`` (default: the built command line) with its output in QEMU's log file, inside
-        the VM's cgroup when ``create_cgroup`` made one (joined before exec: QEMU's every allocation is
-        charged to it; once QEMU is reaped the cgroup is removed and an OOM kill is named as such)."""
+        the VM's cgroup when ``create_cgroup`` made one (joined before QEMU runs: its every allocation
+        is charged there; once QEMU is reaped the cgroup is removed and an OOM kill is named as such)."""
         if argv is None:
             if self.argv is None:
                 raise VmmStartError("the command line is built before QEMU is launched")
@@ -202,15 +201,14 @@ class QemuProcess(VmmProcess):
         except OSError as exc:
             raise VmmStartError(f"cannot create {self.files.qemu_log}: {exc.strerror or exc}") from exc
         cgroup = self.cgroup
-        with log, cgroup.joining() if cgroup is not None else contextlib.nullcontext() as join:
+        with log:
             self.child = spawn(
-                argv,
+                cgroup.wrap(list(argv)) if cgroup is not None else argv,
                 stdout=log,
                 stderr=log,
                 on_exit=cgroup.finish(self._on_exit) if cgroup is not None else self._on_exit,
                 die_with_parent=self.die_with_parent,
                 what="qemu",
-                before_exec=join,
             )
 
     async def wait_running(self) -> None:
