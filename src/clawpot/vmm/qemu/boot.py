@@ -10,7 +10,7 @@
         create the cgroup            the VM's own cgroup: CPU, memory, tasks (``clawpot.vmm.cgroups``)
                                      undo: remove it
         spawn qemu                   the command line, in the cgroup before QEMU's first instruction (a
-                                     pre-exec hook), output to qemu.log, watched by a pidfd
+                                     shell joins it and execs QEMU), output to qemu.log, watched by a pidfd
                                      undo: SIGKILL, reap, remove the sockets
         wait until QMP says running  QMP answers and query-status is "running" (QEMU exiting first:
                                      it refused the configuration, VmmConfigError)
