@@ -216,9 +216,13 @@ MAX_SNAPSHOT_NAME_CHARS = 64
 # metrics) and away from whatever else the host puts in its cgroups; it is never removed (several
 # servers with different data directories share it).
 CGROUP_PARENT = "clawpot"
-# CPU: a VM may use `vcpus` whole CPUs (quota = vcpus x period) and never more, whatever the guest
-# does. 100 ms is the kernel's default period: it throttles a runaway VMM within a tenth of a second.
+# CPU: a VM may use `vcpus` whole CPUs for its vCPU threads plus one more for the VMM's own threads
+# (device emulation, I/O, QMP/API: under TCG they compete with a vCPU thread that is busy 100% of the
+# time, and a quota of exactly `vcpus` throttled them: 50 concurrent execs into one TCG VM timed out),
+# and never more, whatever the guest or a compromised VMM does. 100 ms is the kernel's default
+# period: it throttles a runaway VMM within a tenth of a second.
 CGROUP_CPU_PERIOD_US = 100_000
+CGROUP_VMM_EXTRA_CPUS = 1
 # Memory: guest RAM + VM_OVERHEAD_MIB (the measured VMM overhead above, the same number admission
 # counts), so a VMM that stays in its bounds is never limited, and one that goes beyond what
 # admission reserved for it is OOM-killed alone (memory.oom.group on v2; on v1 the cgroup holds only

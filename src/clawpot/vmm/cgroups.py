@@ -4,8 +4,9 @@ limits, so one VM cannot starve the host or its neighbours, and a VMM over its m
     <root>/clawpot/<vm id>              cgroup v2 (the unified hierarchy, where it has the controllers)
     <root>/<controller>/clawpot/<vm id> cgroup v1 otherwise (cpu, memory, pids; + cpuset for the jailer)
 
-- ``CgroupLimits.for_vm(vcpus, memory_mib)``: CPU quota = vcpus whole CPUs, memory = guest RAM + the
-  measured VMM overhead (``limits.VM_OVERHEAD_MIB``, the number admission reserves), a task bound;
+- ``CgroupLimits.for_vm(vcpus, memory_mib)``: CPU quota = vcpus + one CPU (the VMM's own threads),
+  memory = guest RAM + the measured VMM overhead (``limits.VM_OVERHEAD_MIB``, the number admission
+  reserves), a task bound;
   ``values(version)`` spells them in the files of either version (v2 adds ``memory.oom.group``).
 - ``hierarchy()``: which version this host runs and where its controllers are mounted (cached).
 - ``VmCgroup``: one VM's cgroup. ``create`` + ``wrap(argv)`` (a shell joins the cgroup and execs the
@@ -70,7 +71,7 @@ class CgroupLimits:
     def for_vm(cls, vcpus: int, memory_mib: int) -> CgroupLimits:
         period = limits.CGROUP_CPU_PERIOD_US
         return cls(
-            cpu_quota_us=vcpus * period,
+            cpu_quota_us=(vcpus + limits.CGROUP_VMM_EXTRA_CPUS) * period,
             cpu_period_us=period,
             memory_bytes=(memory_mib + limits.VM_OVERHEAD_MIB) * MIB,
             pids_max=limits.CGROUP_PIDS_MAX,

@@ -76,14 +76,14 @@ def test_limits_from_the_vm_and_the_measured_overhead() -> None:
     values = CgroupLimits.for_vm(vcpus=2, memory_mib=512)
     assert values.memory_mib == 512 + limits.VM_OVERHEAD_MIB
     assert values.values(CgroupVersion.V2) == [
-        ("cpu.max", "200000 100000"),
+        ("cpu.max", "300000 100000"),  # 2 vCPUs + 1 for the VMM's own threads
         ("memory.max", str((512 + limits.VM_OVERHEAD_MIB) * MIB)),
         ("memory.oom.group", "1"),
         ("pids.max", str(limits.CGROUP_PIDS_MAX)),
     ]
     assert values.values(CgroupVersion.V1) == [
         ("cpu.cfs_period_us", "100000"),
-        ("cpu.cfs_quota_us", "200000"),
+        ("cpu.cfs_quota_us", "300000"),
         ("memory.limit_in_bytes", str((512 + limits.VM_OVERHEAD_MIB) * MIB)),
         ("pids.max", str(limits.CGROUP_PIDS_MAX)),
     ]
@@ -104,7 +104,7 @@ def test_v2_create_enables_controllers_level_by_level_and_writes_the_values(tmp_
     assert (root / "clawpot" / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
     own = root / "clawpot" / "abc123"
     assert (own / "memory.oom.group").read_text() == "1"
-    assert (own / "cpu.max").read_text() == "100000 100000"
+    assert (own / "cpu.max").read_text() == "200000 100000"
     assert cgroup.memory_limit_mib() == 256 + limits.VM_OVERHEAD_MIB
 
 
@@ -129,7 +129,7 @@ def test_jailer_arguments_name_the_parent_and_every_value(tmp_path: Path) -> Non
     args = VmCgroup("vm1", fake_v2(tmp_path)).jailer_args(CgroupLimits.for_vm(1, 128))
     assert args[:4] == ["--cgroup-version", "2", "--parent-cgroup", "clawpot"]
     assert args[4:] == [
-        "--cgroup", "cpu.max=100000 100000",
+        "--cgroup", "cpu.max=200000 100000",
         "--cgroup", f"memory.max={(128 + limits.VM_OVERHEAD_MIB) * MIB}",
         "--cgroup", "memory.oom.group=1",
         "--cgroup", f"pids.max={limits.CGROUP_PIDS_MAX}",
