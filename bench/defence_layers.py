@@ -122,19 +122,23 @@ async def main() -> None:
     assert binary is not None, "firecracker not found: clawpot assets install"
     root = Path(tempfile.mkdtemp(prefix="layers-", dir=paths.data_dir()))  # hard links need one filesystem
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in (*FIRECRACKER, *QEMU)}
-    for run in range(args.runs):
-        for group in (FIRECRACKER, QEMU):
-            order = group[run % len(group) :] + group[: run % len(group)]
-            for name in order:
-                spec = VmSpec(
-                    kernel=assets / "vmlinux",
-                    boot_args=guest_cmdline(overlay_device=None),
-                    drives=(Drive("rootfs", assets / "rootfs.ext4", read_only=True),),
-                    memory_mib=128,
-                    agent_channel=name.startswith("firecracker"),
-                )
-                samples[name].append(await one(name, binary, spec, root / f"{name.replace('_', '-')}-{run}"))
-    shutil.rmtree(root)
+    try:
+        for run in range(args.runs):
+            for group in (FIRECRACKER, QEMU):
+                order = group[run % len(group) :] + group[: run % len(group)]
+                for name in order:
+                    spec = VmSpec(
+                        kernel=assets / "vmlinux",
+                        boot_args=guest_cmdline(overlay_device=None),
+                        drives=(Drive("rootfs", assets / "rootfs.ext4", read_only=True),),
+                        memory_mib=128,
+                        agent_channel=name.startswith("firecracker"),
+                    )
+                    # Names firecracker and the jailer accept as ids: letters, digits and '-'.
+                    vm_dir = root / f"{name.replace('_', '-')}-{run}"
+                    samples[name].append(await one(name, binary, spec, vm_dir))
+    finally:
+        shutil.rmtree(root)
     results = {name: summary(values) for name, values in samples.items()}
 
     def added(name: str, base: str, key: str) -> float:

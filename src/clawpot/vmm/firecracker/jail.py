@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -63,6 +64,8 @@ NO_JAILER_WARNING = (
 )
 # Under --chroot-base-dir the jailer makes <exec file name>/<id>/root.
 JAIL_DIR_NAME = "jail"
+# What the jailer (and firecracker's --id) accept as an id: the VM directory's name (VM ids are hex).
+_JAIL_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,8 @@ def _jail(vmm: FirecrackerVmm) -> Jail:
 async def prepare(vmm: FirecrackerVmm) -> None:
     """The chroot with every file the VM needs linked in, owned so that firecracker can use them."""
     jail = _jail(vmm)
+    if not _JAIL_ID.fullmatch(jail.vm_id):  # the jailer's own rule, said before it runs
+        raise VmmStartError(f"{jail.vm_id!r} cannot name a jail: 1-64 letters, digits and '-'")
     vmm.process.cgroup = VmCgroup(jail.vm_id)
     await asyncio.to_thread(_prepare, vmm, jail)
 
