@@ -39,6 +39,7 @@ from clawpot.vm.sockets import SocketStatus, probe_socket, socket_owners
 from clawpot.vm.state import VmState
 from clawpot.vm.validation import problems
 from clawpot.vmm.base import VmmError
+from clawpot.vmm.firecracker.jail import NO_JAILER_WARNING
 from clawpot.vmm.registry import BackendOptions, VmmChoice, get_backend, resolve
 from clawpot.vmm.spec import BackendKind
 
@@ -192,6 +193,8 @@ _socket_option = click.option(
 @click.option("--stop-grace", type=float, default=DEFAULT_STOP_GRACE, show_default=True,
               help="Seconds between the shutdown request and SIGTERM.")  # fmt: skip
 @click.option("--console", is_flag=True, help="Copy the guest's serial console to stdout.")
+@click.option("--no-jailer", is_flag=True,
+              help="Development only: Firecracker without its jailer (as root, not chrooted).")  # fmt: skip
 @click.pass_obj
 def start(
     ctx: _Context,
@@ -210,6 +213,7 @@ def start(
     ready_timeout: float,
     stop_grace: float,
     console: bool,
+    no_jailer: bool,
 ) -> None:
     """Start a VM and keep it running until Ctrl+C or SIGTERM; then stop it and clean up."""
     assets = paths.assets_dir(ctx.data_dir)
@@ -228,8 +232,12 @@ def start(
     try:
         kind = resolve(vmm, ctx.data_dir)
         binary = firecracker_bin if kind is BackendKind.FIRECRACKER else qemu_bin
-        options = BackendOptions(binary=binary, control_socket=socket_path, data_dir=ctx.data_dir)
+        options = BackendOptions(
+            binary=binary, control_socket=socket_path, data_dir=ctx.data_dir, use_jailer=not no_jailer
+        )
         backend = get_backend(kind.value, options)
+        if no_jailer and kind is BackendKind.FIRECRACKER:
+            click.echo(NO_JAILER_WARNING.format(program="clawpot-driver"), err=True)
     except VmmError as exc:
         _finish(EXIT_USAGE, str(exc))
     found = problems(

@@ -17,6 +17,7 @@ from clawpot.paths import data_dir as default_data_dir
 from clawpot.server.apitoken import TokenError
 from clawpot.server.app import DEFAULT_LISTEN, ServerConfig, serve
 from clawpot.server.listeners import ListenError, TlsFiles
+from clawpot.vmm.firecracker.jail import NO_JAILER_WARNING
 from clawpot.vmm.spec import BackendKind
 
 
@@ -96,6 +97,11 @@ from clawpot.vmm.spec import BackendKind
     is_flag=True,
     help="On SIGTERM stop every VM. Default: leave them running; the next start adopts them.",
 )
+@click.option(
+    "--no-jailer",
+    is_flag=True,
+    help="Development only: run Firecracker without its jailer (as root, no chroot, no PID namespace).",
+)
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
 def main(
     listen: tuple[str, ...],
@@ -112,6 +118,7 @@ def main(
     agent_timeout: float,
     memory_overcommit: float,
     stop_vms_on_exit: bool,
+    no_jailer: bool,
     verbose: bool,
 ) -> None:
     """Serve the Clawpot API: create, list, delete VMs and exec/copy files in them."""
@@ -124,6 +131,8 @@ def main(
     if tls_client_ca is not None and tls_cert is None:
         _fail("--tls-client-ca needs --tls-cert and --tls-key")
     tls = TlsFiles(tls_cert, tls_key, tls_client_ca) if tls_cert is not None and tls_key is not None else None
+    if no_jailer:
+        click.echo(NO_JAILER_WARNING.format(program="clawpot-server"), err=True)
     config = ServerConfig(
         listen=listen or (DEFAULT_LISTEN,),
         tls=tls,
@@ -137,6 +146,7 @@ def main(
             subnet=subnet,
             ready_timeout=ready_timeout,
             agent_timeout=agent_timeout,
+            use_jailer=not no_jailer,
         ),
     )
     try:

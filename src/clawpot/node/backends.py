@@ -23,8 +23,11 @@ log = logging.getLogger(__name__)
 
 
 class Backends:
-    def __init__(self, data_dir: Path, assets: Assets, default: BackendKind | None) -> None:
+    def __init__(
+        self, data_dir: Path, assets: Assets, default: BackendKind | None, *, use_jailer: bool = True
+    ) -> None:
         self.data_dir = data_dir
+        self.use_jailer = use_jailer
         self.assets = assets
         self.default = default
         self._built: dict[BackendKind, VmmBackend] = {}
@@ -59,6 +62,7 @@ class Backends:
                 data_dir=self.data_dir,
                 # The node's VMs outlive the server process: a restarted server attaches them.
                 die_with_parent=False,
+                use_jailer=self.use_jailer,
             )
             try:
                 backend = get_backend(kind.value, options)

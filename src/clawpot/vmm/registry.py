@@ -31,12 +31,14 @@ class BackendOptions:
     ``data_dir`` is where the installed assets and the accelerator probe's cache live (None: default).
     ``die_with_parent`` kills the VMM when its launcher dies: right for one-VM launchers (the driver),
     wrong for the server, whose VMs outlive a restart and are adopted.
+    ``use_jailer``: Firecracker under its jailer (the default); False is ``--no-jailer``.
     """
 
     binary: Path | None = None
     control_socket: Path | None = None
     data_dir: Path | None = None
     die_with_parent: bool = True
+    use_jailer: bool = True
 
 
 Factory = Callable[[BackendOptions], VmmBackend]
@@ -46,7 +48,10 @@ def _firecracker(options: BackendOptions) -> VmmBackend:
     from clawpot.vmm.firecracker.backend import FirecrackerBackend
 
     return FirecrackerBackend(
-        options.binary, api_socket=options.control_socket, die_with_parent=options.die_with_parent
+        options.binary,
+        api_socket=options.control_socket,
+        die_with_parent=options.die_with_parent,
+        use_jailer=options.use_jailer,
     )
 
 

@@ -378,7 +378,11 @@ class SnapshotWriter:
         files: dict[str, FileEntry] = {}
         for path in sorted(self.temp.iterdir()):
             files[path.name] = FileEntry(size=path.stat().st_size, digest=file_digest(path))
-            path.chmod(0o400)
+            # Read-only, for the owner alone; group read stays where a backend gave the file a group
+            # of its own (a jailed firecracker's state and memory: the VMM account's group, so that a
+            # jailed restore can open them).
+            st = path.stat()
+            path.chmod(0o440 if st.st_gid != 0 and st.st_mode & 0o040 else 0o400)
             _fsync_path(path)
         manifest = Manifest(
             format=FORMAT,

@@ -9,8 +9,11 @@
                                      undo: stop reading the console, close the fds, remove sockets,
                                      console, chroot and logs
         build the command line       qemu-system-x86_64 -M microvm ... for the spec and the fds (pure)
-        spawn qemu                   the command line (unprivileged: exec'd as clawpot-vmm by setpriv),
-                                     output to qemu.log, watched by a pidfd
+        create the cgroup            the VM's own cgroup: CPU, memory, tasks (``clawpot.vmm.cgroups``)
+                                     undo: remove it
+        spawn qemu                   the command line, in the cgroup before QEMU's first instruction (a
+                                     shell joins it as root and execs setpriv, which execs QEMU as
+                                     clawpot-vmm), output to qemu.log, watched by a pidfd
                                      undo: SIGKILL, reap, remove the sockets
         wait until QMP says running  QMP answers and query-status is "running" (QEMU exiting first:
                                      it refused the configuration, VmmConfigError)
@@ -20,7 +23,8 @@
         copy the writable layer      the snapshot's writable drives into the VM directory (reflink or
                                      data extents; never the base image)   undo: remove the copies
         ... validate, choose the accelerator (the snapshot's), prepare files, build the command line
-        (guest RAM a private mapping of the snapshot's memory file, -incoming defer -S), spawn ...
+        (guest RAM a private mapping of the snapshot's memory file, -incoming defer -S), create the
+        cgroup, spawn ...
         load the snapshot            QMP: x-ignore-shared, getfd + migrate-incoming fd:, until paused
         resume the guest             QMP cont
         wait until QMP says running
@@ -43,6 +47,7 @@ VALIDATE = "validate"
 CHOOSE_ACCEL = "choose the accelerator"
 BUILD_COMMAND = "build the command line"
 PREPARE_FILES = "prepare files"
+CREATE_CGROUP = "create the cgroup"
 SPAWN = "spawn qemu"
 WAIT_RUNNING = "wait until QMP says running"
 VERIFY_SNAPSHOT = "verify the snapshot"
@@ -69,6 +74,14 @@ async def prepare_files(qemu: QemuProcess) -> None:
 
 async def remove_files(qemu: QemuProcess) -> None:
     qemu.remove_files()
+
+
+async def create_cgroup(qemu: QemuProcess) -> None:
+    qemu.create_cgroup()
+
+
+async def remove_cgroup(qemu: QemuProcess) -> None:
+    qemu.remove_cgroup()
 
 
 async def spawn(qemu: QemuProcess) -> None:
@@ -109,6 +122,7 @@ QEMU_BOOT: Recipe[QemuProcess] = Recipe(
         Step(CHOOSE_ACCEL, choose_accel),
         Step(PREPARE_FILES, prepare_files, undo=remove_files),
         Step(BUILD_COMMAND, build_command),
+        Step(CREATE_CGROUP, create_cgroup, undo=remove_cgroup),
         Step(SPAWN, spawn, undo=kill),
         Step(WAIT_RUNNING, wait_running),
     ]

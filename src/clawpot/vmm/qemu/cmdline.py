@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from clawpot import limits
 from clawpot.agent.protocol import SERIAL_PORT_NAME
 from clawpot.vmm.base import VmmConfigError
 from clawpot.vmm.spec import VmSpec
@@ -196,7 +197,9 @@ def build_command(
         "-name", name,
         "-M", f"microvm,memory-backend={RAM_BACKEND_ID}",
         "-object", ram.object_arg(spec.memory_mib, mem_path),
-        "-accel", accel.value,
+        # Under TCG the translation cache is capped (default 1 GiB): the VM's cgroup allows QEMU only
+        # the measured overhead beyond guest RAM (limits.QEMU_TCG_TB_SIZE_MIB says why the number).
+        "-accel", accel.value if accel is Accel.KVM else f"tcg,tb-size={limits.QEMU_TCG_TB_SIZE_MIB}",
         # KVM: expose the host CPU. TCG: "max" gives the guest the instructions TCG can emulate
         # (the default qemu64 model lacks ones glibc picks at runtime).
         "-cpu", "host" if accel is Accel.KVM else "max",

@@ -1,11 +1,11 @@
 """One QEMU process: spawn, wait until the guest CPU runs, notice the exit at once, reap, clean up.
 
 ``start()`` runs a boot recipe (``clawpot.vmm.qemu.boot.QEMU_BOOT`` by default: validate → choose the
-accelerator → build the command line → prepare files → spawn qemu → wait until QMP says running), each
-step a call on this object. The process is spawned and watched by ``clawpot.vmm.spawn``, as
-Firecracker's is: a pidfd turns readable the moment QEMU exits, whatever the reason (guest poweroff,
-crash, ``kill -9`` from outside), so ``wait()`` resolves within one loop iteration, and signals go to our
-QEMU and never to a recycled PID.
+accelerator → prepare files → build the command line → create the cgroup → spawn qemu → wait until QMP
+says running), each step a call on this object. The process is spawned and watched by
+``clawpot.vmm.spawn``, as Firecracker's is: a pidfd turns readable the moment QEMU exits, whatever the
+reason (guest poweroff, crash, ``kill -9`` from outside), so ``wait()`` resolves within one loop
+iteration, and signals go to our QEMU and never to a recycled PID.
 
 The serial console: before QEMU is spawned the VM's console FIFOs are made and a ``ConsoleWriter``
 reads ``console.out``, keeping ``console.log`` capped and rotated for the process's whole life
@@ -15,6 +15,10 @@ Unprivileged (``run_as``, the VMM account by default): "prepare files" also hand
 (``confine``: sockets, drives, TAPs, kernel and RAM file as fds, the VM directory searchable by the
 account, an empty chroot), the command line names those fds, and "spawn qemu" execs QEMU as the
 account through ``setpriv`` in the VM directory.
+
+Its own cgroup (``clawpot.vmm.cgroups``): "create the cgroup" makes it with the spec's limits, and
+"spawn qemu" starts a shell that joins it (as root: the cgroup is root's) and execs the rest of the
+chain (setpriv, then QEMU), so QEMU is charged there from its first instruction.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from clawpot import limits
 from clawpot.agent_client.endpoints import AgentEndpoint, SerialSocketEndpoint, VsockEndpoint
 from clawpot.vmm.account import VMM_USER, VmmAccount, vmm_account
 from clawpot.vmm.base import ExitInfo, VmmConfigError, VmmProcess, VmmStartError
+from clawpot.vmm.cgroups import CgroupLimits, VmCgroup
 from clawpot.vmm.console import CappedLog, ConsoleWriter, make_fifo
 from clawpot.vmm.logtail import tail_lines
 from clawpot.vmm.qemu import confine, snapshots
@@ -107,6 +112,8 @@ class QemuProcess(VmmProcess):
         self.account: VmmAccount | None = None
         self.groups: tuple[int, ...] = ()
         self.handover: confine.Handover | None = None
+        # The VM's own cgroup (``create_cgroup``), named by its directory's name: the VM's id.
+        self.cgroup: VmCgroup | None = None
 
     @property
     def command(self) -> list[str]:
@@ -212,8 +219,20 @@ class QemuProcess(VmmProcess):
             path.unlink(missing_ok=True)
         confine.remove_vm_dir_files(self.vm_dir)
 
+    def create_cgroup(self) -> None:
+        """The VM's cgroup with the limits of its spec (``clawpot.vmm.cgroups``)."""
+        cgroup = VmCgroup(self.vm_dir.name)
+        cgroup.create(CgroupLimits.for_vm(self.spec.vcpus, self.spec.memory_mib))
+        self.cgroup = cgroup
+
+    def remove_cgroup(self) -> None:
+        if self.cgroup is not None:
+            self.cgroup.remove(attempts=limits.CGROUP_REMOVE_ATTEMPTS)
+
     def launch(self, argv: Sequence[str] | None = None) -> None:
-        """Run ``argv`` (default: the built command line) with its output in QEMU's log file."""
+        """Run ``argv`` (default: the built command line) with its output in QEMU's log file, inside
+        the VM's cgroup when ``create_cgroup`` made one (joined before QEMU runs: its every allocation
+        is charged there; once QEMU is reaped the cgroup is removed and an OOM kill is named as such)."""
         if argv is None:
             if self.argv is None:
                 raise VmmStartError("the command line is built before QEMU is launched")
@@ -230,6 +249,11 @@ class QemuProcess(VmmProcess):
             ]
             die_with_parent = False  # setpriv sets it after the uid change, which clears an earlier one
             pass_fds = list(self.handover.keep) if self.handover is not None else []
+        cgroup = self.cgroup
+        if cgroup is not None:
+            # Outermost: the shell joins the cgroup as root, then execs setpriv (which drops to the
+            # account, then execs QEMU) or QEMU itself; the passed fds stay open across every exec.
+            argv = cgroup.wrap(list(argv))
         try:
             log = open(self.files.qemu_log, "wb")  # noqa: SIM115 - closed below, QEMU has a copy
         except OSError as exc:
@@ -240,7 +264,7 @@ class QemuProcess(VmmProcess):
                     argv,
                     stdout=log,
                     stderr=log,
-                    on_exit=self._on_exit,
+                    on_exit=cgroup.finish(self._on_exit) if cgroup is not None else self._on_exit,
                     die_with_parent=die_with_parent,
                     what="qemu",
                     pass_fds=pass_fds,
