@@ -28,6 +28,7 @@ from clawpot import limits
 from clawpot.v1 import vm_pb2
 from clawpot.vm.directory import SCRATCH_NAME
 from clawpot.vmm.account import vmm_account
+from clawpot.vmm.cgroups import VmCgroup
 from clawpot.vmm.qemu.confine import CHROOT_NAME
 
 DISK_MIB = 256
@@ -185,9 +186,11 @@ def test_an_unprivileged_qemu_still_dies_with_its_launcher(
     tmp_path: Path, installed_assets: InstalledAssets
 ) -> None:
     # The parent-death signal is cleared by a change of uid: setpriv must set it after its own.
+    # The VM directory's name is its cgroup's: unique, and removed here (nobody reaps this QEMU).
+    vm_dir = tmp_path / f"dies-with-launcher-{os.getpid()}"
     launcher = subprocess.Popen(
         [sys.executable, "-c", DIES_WITH_PARENT, str(installed_assets.kernel), str(installed_assets.rootfs),
-         str(tmp_path / "vm")],
+         str(vm_dir)],
         stdout=subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -199,6 +202,9 @@ def test_an_unprivileged_qemu_still_dies_with_its_launcher(
         launcher.wait(10)
     # Killed: gone, or a zombie until whoever inherited it reaps it.
     wait_until(lambda: _state(qemu) in ("Z", "gone"), 10, "QEMU to die with its launcher")
+    cgroup = VmCgroup(vm_dir.name)
+    wait_until(lambda: not cgroup.pids(), 10, "the dead QEMU to leave its cgroup")
+    assert cgroup.remove(attempts=limits.CGROUP_REMOVE_ATTEMPTS)
 
 
 def _state(pid: int) -> str:
