@@ -18,6 +18,8 @@ import pytest
 # tests/support (harnesses shared by unit and integration tests) imports as ``support``.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from support.vmm_audit import VmmAuditor
+
 from clawpot.assets.errors import AssetError
 from clawpot.assets.install import InstalledAssets, installed
 from clawpot.vmm.firecracker.backend import find_firecracker
@@ -47,7 +49,42 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _ran_integration.append(report.nodeid)
 
 
+# Every VMM this session starts is audited from /proc (tests/support/vmm_audit.py): QEMU not root,
+# seccomp filter, no new privileges, chrooted; a jailed firecracker's uid, root and PID namespace; every
+# VMM in its VM's cgroup. Started with the first integration test.
+_vmm_auditor: VmmAuditor | None = None
+
+
+@pytest.fixture(autouse=True)
+def _audit_vmms(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the integration test during which a VMM was found running outside its layers."""
+    global _vmm_auditor
+    if request.node.get_closest_marker("integration") is None:
+        yield
+        return
+    if _vmm_auditor is None:
+        _vmm_auditor = VmmAuditor().start()
+    yield
+    failures = _vmm_auditor.take_failures()
+    assert not failures, "unconfined VMM: " + "; ".join(failures)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _vmm_auditor is not None:
+        _vmm_auditor.stop()
+        late = _vmm_auditor.take_failures()
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            counts = _vmm_auditor.counts()
+            reporter.write_line(
+                f"VMM audit: {counts['qemu']} QEMU VM(s) (uid, Seccomp, NoNewPrivs, capabilities, root, "
+                f"cgroup) and {counts['firecracker']} firecracker(s) (cgroup; jailed: uid, root, PID "
+                "namespace) checked from /proc"
+            )
+            for line in late:
+                reporter.write_line(f"  unconfined VMM: {line}", red=True)
+        if late:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if os.environ.get(REQUIRE_INTEGRATION_ENV) != "1":
         return
     problems = []

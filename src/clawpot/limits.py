@@ -400,3 +400,50 @@ POOL_RETRY_DELAY = 10.0
 # The longest line the host reads from QEMU's QMP socket. Its replies to our commands and its events are
 # a few hundred bytes (query-migrate ~1 KiB); 1 MiB only bounds what a broken QEMU could make us buffer.
 QMP_MAX_LINE = 1024 * 1024
+# --- Per-VM writable layer: create --disk (issue 13) --------------------------------------------------
+
+# The guest's writes land on its own ext4 disk file (sparse: only what it writes takes space), so this
+# size is how much of the host's disk one guest may fill; past it the guest gets ENOSPC, inside.
+# 1 GiB is the size every VM had before it could be chosen.
+DEFAULT_DISK_MIB = 1024
+# Below 32 MiB ext4's own metadata and journal take a large share and the agent's temporary files may
+# not fit; the guest would fail in confusing ways instead of being refused.
+MIN_DISK_MIB = 32
+# 256 GiB: a bound against a typo (bytes given as MiB) more than a policy; an operator who wants
+# larger layers raises it. The file is sparse, so a large layer costs nothing until written.
+MAX_DISK_MIB = 256 * 1024
+
+# --- Defence in depth: per-VM cgroups and the Firecracker jailer (issue 13) ------------------------
+
+# Every VMM runs in its own cgroup <controller root>/clawpot/<vm id> (v2 where mounted with controllers,
+# v1 otherwise). A parent of our own keeps Clawpot's VMs together for an operator (`systemd-cgls`,
+# metrics) and away from whatever else the host puts in its cgroups; it is never removed (several
+# servers with different data directories share it).
+CGROUP_PARENT = "clawpot"
+# CPU: a VM may use `vcpus` whole CPUs for its vCPU threads plus one more for the VMM's own threads
+# (device emulation, I/O, QMP/API: under TCG they compete with a vCPU thread that is busy 100% of the
+# time, and a quota of exactly `vcpus` throttled them: 50 concurrent execs into one TCG VM timed out),
+# and never more, whatever the guest or a compromised VMM does. 100 ms is the kernel's default
+# period: it throttles a runaway VMM within a tenth of a second.
+CGROUP_CPU_PERIOD_US = 100_000
+CGROUP_VMM_EXTRA_CPUS = 1
+# Memory: guest RAM + VM_OVERHEAD_MIB (the measured VMM overhead above, the same number admission
+# counts), so a VMM that stays in its bounds is never limited, and one that goes beyond what
+# admission reserved for it is OOM-killed alone (memory.oom.group on v2; on v1 the cgroup holds only
+# the VMM). Under TCG QEMU's translation cache is capped (QEMU_TCG_TB_SIZE_MIB) so a busy guest's
+# cache cannot outgrow the overhead.
+# Tasks: QEMU runs its main thread, one per vCPU, RCU, a thread pool of up to 64 workers for block
+# I/O, and a few more; Firecracker fewer. 256 leaves room for all of them on 32 vCPUs and still
+# stops a fork bomb in a compromised VMM long before it hurts the host (pid_max is 32768 or more).
+CGROUP_PIDS_MAX = 256
+# QEMU's TCG translation cache (`-accel tcg,tb-size=`), default 1 GiB of which a booted idle guest
+# keeps ~116 MiB resident (bench/vm_overhead.py): 96 MiB plus QEMU's ~70 MiB of its own stays within
+# VM_OVERHEAD_MIB, with room for device buffers. A full cache is flushed and refilled, not an error.
+QEMU_TCG_TB_SIZE_MIB = 96
+# Removing a VM's cgroup right after its VMM was reaped can meet EBUSY for a moment while the kernel
+# finishes the exit; retried this often, this far apart (a few ms in all is what it ever took).
+CGROUP_REMOVE_ATTEMPTS = 50
+CGROUP_REMOVE_INTERVAL = 0.01
+# How long the jailer itself may take to set up a jail and hand over to firecracker (measured: 30-40
+# ms); beyond that it is stuck and the start fails.
+JAILER_TIMEOUT = 10.0

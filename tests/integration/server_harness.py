@@ -28,8 +28,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.netns import NetNamespace, netns_unavailable_reason
+from support.vmm_audit import audit_vm_dir
 
+from clawpot import limits
 from clawpot.v1 import vm_pb2, vm_pb2_grpc
+from clawpot.vmm.cgroups import VmCgroup
 
 BIN_DIR = Path(sys.executable).parent
 CLAWPOT = BIN_DIR / "clawpot"
@@ -102,8 +105,11 @@ class ServerProcess:
         with open(self.log_path, "ab") as log:
             log.write(f"--- start {self.starts}: {' '.join(argv)}\n".encode())
             log.flush()
-            # `ip netns exec` execs the server, so this PID is the server's own.
-            self.proc = subprocess.Popen(self.ns.argv(argv), stdout=log, stderr=subprocess.STDOUT)
+            # `ip netns exec` execs a shell that mounts the cgroup hierarchies again (the VMMs' limits
+            # live there; `ip netns exec` gives its command a fresh /sys without them) and execs the
+            # server, so this PID is the server's own.
+            shell = ["sh", "-c", f'set -e\n{cgroup_mounts()}exec "$@"', "sh", *argv]
+            self.proc = subprocess.Popen(self.ns.argv(shell), stdout=log, stderr=subprocess.STDOUT)
         self.starts += 1
         try:
             wait_until(self._serving, SERVER_START_TIMEOUT, "clawpot-server to serve")
@@ -212,9 +218,14 @@ class ServerProcess:
             yield vm_pb2_grpc.VmServiceStub(channel)
 
     def create(self, *args: str) -> str:
-        """``clawpot create ARGS``; returns the new VM's id."""
+        """``clawpot create ARGS``; returns the new VM's id, once its VMM passed ``audit_vm_dir``
+        (the session's ``VmmAuditor`` checks every other VMM too, however it was started)."""
         vm_id = self.cli_ok("create", *args).strip()
         assert re.fullmatch(r"[A-Za-z0-9_-]+", vm_id), vm_id
+        # Every VMM a server starts for a test is under its layers (QEMU confined; its cgroup; the
+        # jailer for firecracker): tests/support/vmm_audit.py.
+        audit = audit_vm_dir(self.data_dir / "vms" / vm_id, jailed="--no-jailer" not in self.args)
+        assert audit is not None, f"VM {vm_id} names no VMM process"
         return vm_id
 
     def vms(self) -> dict[str, vm_pb2.Vm]:
@@ -276,6 +287,30 @@ def injected_assets(installed: InstalledAssets, directory: Path) -> Assets:
     return Assets(directory / "vmlinux", rootfs)
 
 
+def cgroup_mounts() -> str:
+    """Shell lines mounting the host's cgroup hierarchies again, in the same places: run inside the
+    private mount namespace of `ip netns exec` (which mounts a fresh sysfs on /sys), they give the
+    server the same hierarchies as the host; nothing changes outside that namespace."""
+    lines = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _, where, fstype, options = line.split()[:4]
+        if not where.startswith("/sys/fs/cgroup"):
+            continue
+        if fstype == "tmpfs" and where == "/sys/fs/cgroup":
+            lines.append(f"mount -t tmpfs -o mode=755 cgroup_root {where}")
+        elif fstype == "cgroup2":
+            lines.append(f"mkdir -p {where} && mount -t cgroup2 cgroup2 {where}")
+        elif fstype == "cgroup":
+            controllers = [
+                o
+                for o in options.split(",")
+                if o not in ("rw", "ro", "relatime", "nosuid", "nodev", "noexec")
+            ]
+            if controllers and not any(c.startswith("name=") for c in controllers):
+                lines.append(f"mkdir -p {where} && mount -t cgroup -o {','.join(controllers)} cgroup {where}")
+    return "".join(f"{line}\n" for line in lines)
+
+
 @contextlib.contextmanager
 def server_in_namespace(
     workdir: Path, assets: InstalledAssets, *args: str, start: bool = True
@@ -295,8 +330,11 @@ def server_in_namespace(
         try:
             server.close()
         finally:
+            leftover = server.vm_dirs()
             ns.delete()  # kills the VMs still running inside; their TAPs and rules go with it
             shutil.rmtree(data / "vms", ignore_errors=True)
+            for vm_id in leftover:  # and the cgroups of the VMMs it killed
+                VmCgroup(vm_id).remove(attempts=limits.CGROUP_REMOVE_ATTEMPTS)
 
 
 def run_cli(

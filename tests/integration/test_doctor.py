@@ -29,6 +29,8 @@ def test_doctor_reports_a_healthy_host_and_the_backend_auto_picks(
     assert checks["asset vmlinux"]["ok"] and checks["asset rootfs.ext4"]["ok"]
     accel = checks["accelerator"]
     assert accel["ok"] and "--vmm auto uses" in accel["detail"]
+    account = checks["VMM account clawpot-vmm"]
+    assert account["ok"] and "QEMU runs as it" in account["detail"]
 
 
 def test_doctor_fails_without_assets_and_creates_nothing(tmp_path: Path) -> None:

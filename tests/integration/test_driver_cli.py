@@ -167,7 +167,7 @@ def test_start_status_refuse_second_then_ctrl_c(env: Env, drivers: list[Driver])
     assert [d.name for d in env.vm_dirs()] == [driver.vm_id]
 
     status = env.run("status", "--socket", str(env.socket))
-    assert status.returncode == 0, status.stderr
+    assert status.returncode == 0, status.stderr + status.stdout
     out = status.stdout
     assert re.search(r"^state:\s+Running \(firecracker: Running\)$", out, re.M), out
     assert re.search(r"^vcpus:\s+2$", out, re.M) and re.search(r"^memory:\s+64 MiB$", out, re.M), out

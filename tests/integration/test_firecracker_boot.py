@@ -22,11 +22,13 @@ import pytest
 import pytest_asyncio
 from firecracker_helpers import process_gone, require_available, wait_until
 
+from clawpot.node import orphans
 from clawpot.vm import procfs
 from clawpot.vm.config import VmConfig
 from clawpot.vm.errors import VmStartError
 from clawpot.vm.handle import Vm
 from clawpot.vm.state import VmState
+from clawpot.vmm.cgroups import VmCgroup
 from clawpot.vmm.firecracker import models
 from clawpot.vmm.firecracker.backend import FirecrackerBackend
 from clawpot.vmm.firecracker.handle import FirecrackerVmm
@@ -49,6 +51,7 @@ class Booted:
     machine: models.MachineConfigurationInfo
     config: models.VmConfigInfo
     gone_at: list[float]  # when /proc stopped showing the process (filled by a watcher thread)
+    adoption: dict[str, object]  # what adoption and orphan cleanup see of the process, read at start
 
 
 def watch_pid(pid: int, ticks: int | None, gone_at: list[float]) -> None:
@@ -83,7 +86,13 @@ async def booted(
         instance = await vmm.client.instance_info()
         machine = await vmm.client.machine_config()
         config = await vmm.client.vm_config()
-        yield Booted(vm, vmm, vmm.pid, ticks, instance, machine, config, gone_at)
+        adoption = {
+            "command": procfs.command_name(vmm.pid),
+            "cmdline_names_vm_dir": str(vmm.vm_dir).encode() in procfs_cmdline(vmm.pid),
+            "in_vm_cgroup": vmm.pid in VmCgroup(vmm.vm_dir.name).pids(),
+            "found_by_orphan_cleanup": vmm.pid in orphans._vmm_pids_using(vmm.vm_dir),
+        }
+        yield Booted(vm, vmm, vmm.pid, ticks, instance, machine, config, gone_at, adoption)
     finally:
         await vm.stop(grace=0)
 
@@ -97,19 +106,24 @@ async def test_configuration_accepted_and_instance_started(booted: Booted) -> No
     spec, config = booted.vm.spec, booted.config
     assert spec is not None
     assert config.boot_source is not None
-    assert (config.boot_source.kernel_image_path, config.boot_source.boot_args) == (
-        spec.kernel,
-        spec.boot_args,
-    )
-    # The VM's own files are named relative to its directory (firecracker runs there), so that a
-    # snapshot restored into another directory reopens that directory's copies.
-    vm_dir = booted.vmm.vm_dir
-    assert [(d.drive_id, vm_dir / d.path_on_host, d.is_read_only) for d in config.drives] == [
-        (d.drive_id, d.path, d.read_only) for d in spec.drives
+    # Jailed (the default) firecracker sees its chroot: every file is linked at its root under its name
+    # (the kernel and base image too: hard links, never copies). Without a jail the VM's own files are
+    # named relative to its directory, where firecracker runs. Either way a snapshot restored elsewhere
+    # reopens its own copies.
+    vmm = booted.vmm
+    assert vmm.jail is not None
+    root = vmm.jail.root
+    assert config.boot_source.boot_args == spec.boot_args
+    assert config.boot_source.kernel_image_path == Path(spec.kernel.name)
+    assert (root / config.boot_source.kernel_image_path).samefile(spec.kernel)
+    assert [(d.drive_id, d.path_on_host, d.is_read_only) for d in config.drives] == [
+        (d.drive_id, Path(d.path.name), d.read_only) for d in spec.drives
     ]
+    for on_host, drive in zip(config.drives, spec.drives, strict=True):
+        assert (root / on_host.path_on_host).samefile(drive.path)
     assert [d.drive_id for d in config.drives] == ["rootfs", "scratch"]
     assert config.vsock is not None and config.vsock.guest_cid == 3
-    assert vm_dir / config.vsock.uds_path == booted.vmm.vsock_path
+    assert (root / config.vsock.uds_path).samefile(booted.vmm.vsock_path)  # the VM directory's link
     log = booted.vmm.log_path.read_text()
     assert "Successfully started microvm that was configured from one single json" in log
     assert ":ERROR]" not in log.split("Successfully started microvm")[0]
@@ -138,6 +152,18 @@ async def test_serial_console_shows_the_kernel_and_the_exact_boot_args(booted: B
     assert "clawpot.overlay=/dev/vdb" in command_line and "virtio_mmio.device=" in command_line
 
 
+async def test_the_tracked_pid_is_the_jailed_firecrackers_own(booted: Booted) -> None:
+    # What a restarted server adopts (the PID recorded with its start time) is firecracker itself, not
+    # the jailer that started it; orphan cleanup finds it through its cgroup (its command line names
+    # only paths inside its chroot). Read right after the start (the guest may end the VM any time).
+    assert booted.adoption == {
+        "command": "firecracker",
+        "cmdline_names_vm_dir": False,
+        "in_vm_cgroup": True,
+        "found_by_orphan_cleanup": True,
+    }
+
+
 async def test_unexpected_exit_moves_the_vm_to_error_and_reaps(booted: Booted) -> None:
     vm = booted.vm
     caused = False
@@ -158,6 +184,13 @@ async def test_unexpected_exit_moves_the_vm_to_error_and_reaps(booted: Booted) -
     error = vm.lifecycle.history[-1]
     assert (error.source, error.target, error.reason) == (VmState.RUNNING, VmState.ERROR, reason)
     assert process_gone(booted.pid, booted.ticks), "firecracker must be reaped, not left a zombie"
+    # Under the jailer nothing of it is left once it is reaped: no chroot, no cgroup, no socket.
+    vmm = booted.vmm
+    assert vmm.jail is not None and not vmm.jail.base.exists()
+    assert not VmCgroup(vmm.vm_dir.name).exists()
+    assert not vmm.api_socket.exists() and not vmm.api_socket.is_symlink()
+    assert not vmm.vsock_path.exists() and not vmm.vsock_path.is_symlink()
+    assert "Received KVM_EXIT_INTERNAL_ERROR" in vmm.log_path.read_text() or caused
     await asyncio.to_thread(wait_until, lambda: bool(booted.gone_at), 5)
     delay = error.at - booted.gone_at[0] if booted.gone_at else float("nan")
     print(f"\nexit {'caused by the test' if caused else 'by the guest'}: {reason}")
@@ -198,3 +231,7 @@ async def test_waiting_for_the_agent_ends_either_ready_or_with_the_reason(
     finally:
         await vm.stop()
     assert vm.lifecycle.history[-1].target is VmState.STOPPED
+
+
+def procfs_cmdline(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()

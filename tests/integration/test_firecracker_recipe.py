@@ -1,5 +1,6 @@
 """A jailer-shaped edit of the Firecracker boot recipe, on the real firecracker: the launch step swapped
-for one that runs firecracker through a wrapper command, and a step added before it.
+for one that runs firecracker through a wrapper command, and a step added before it (the real jailer,
+``boot.JAILED_BOOT``, is the default and runs in every other Firecracker test).
 
 The guest is the halting kernel (firecracker_helpers): a real VM that stays in Running on any KVM host.
 """
@@ -90,12 +91,14 @@ async def test_real_firecracker_through_a_swapped_launch_step(
     assert logged == [
         "write the configuration",
         "prepare files",
+        "create the cgroup",
         PREPARE,
         SPAWN_WRAPPED,
         "wait for the microVM to start",
         "check, then fail",
         f"undo {SPAWN_WRAPPED}",
         f"undo {PREPARE}",
+        "undo create the cgroup",
         "undo prepare files",
     ]
     # The wrapper exec'd firecracker: the process we spawned and killed was firecracker itself.

@@ -9,11 +9,12 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from clawpot import limits
 from clawpot.assets.errors import AssetError
 from clawpot.assets.hashing import require_tool
 
 
-def make_scratch_disk(path: Path, size_mib: int = 1024) -> Path:
+def make_scratch_disk(path: Path, size_mib: int = limits.DEFAULT_DISK_MIB) -> Path:
     """Create ``path`` as an empty ext4 filesystem of ``size_mib`` MiB (sparse: uses almost no space)."""
     if size_mib < 8:
         raise AssetError(f"a writable layer needs at least 8 MiB, not {size_mib}")

@@ -19,7 +19,10 @@ from clawpot.assets.manifest import State
 from clawpot.cli import hostchecks
 from clawpot.cli.hostchecks import Check
 from clawpot.vmm import probe
-from clawpot.vmm.base import VmmError
+from clawpot.vmm.account import VMM_USER, vmm_account
+from clawpot.vmm.base import VmmConfigError, VmmError
+from clawpot.vmm.qemu.cmdline import Accel
+from clawpot.vmm.qemu.confine import kvm_groups
 
 # (tool, Debian package, what needs it)
 TOOLS = (
@@ -28,6 +31,7 @@ TOOLS = (
     ("mkfs.ext4", "e2fsprogs", "per-VM writable layers"),
     ("debugfs", "e2fsprogs", "clawpot assets inject"),
     ("mmdebstrap", "mmdebstrap", "building the root filesystem"),
+    ("setpriv", "util-linux", "QEMU as the VMM account"),
 )
 
 
@@ -56,16 +60,31 @@ def _asset_checks(data: Path) -> list[Check]:
     return checks
 
 
-def _accelerator_check(data: Path, refresh: bool) -> Check:
+def _accelerator_check(data: Path, refresh: bool) -> tuple[Check, Accel | None]:
+    """The probe's answer as a check, and the accelerator QEMU will use (None when unknown)."""
     assets = paths.assets_dir(data)
     try:
         answer = asyncio.run(
             probe.probe_accelerator(assets / "vmlinux", assets / "rootfs.ext4", data=data, force=refresh)
         )
     except (VmmError, OSError) as exc:
-        return Check("accelerator", False, str(exc))
+        return Check("accelerator", False, str(exc)), None
     backend = "firecracker" if answer.kvm_boots_guests else "qemu (TCG: guests 10-50x slower)"
-    return Check("accelerator", True, f"{answer.summary()}; --vmm auto uses {backend}")
+    return Check("accelerator", True, f"{answer.summary()}; --vmm auto uses {backend}"), answer.accel
+
+
+def _vmm_account_check(accel: Accel | None) -> Check:
+    """The account QEMU runs as exists; under KVM it may open /dev/kvm (``qemu.confine``)."""
+    try:
+        account = vmm_account()
+        if accel is not None:
+            kvm_groups(accel, account)
+    except VmmConfigError as exc:
+        return Check(f"VMM account {VMM_USER}", False, str(exc))
+    detail = f"uid {account.uid}, gid {account.gid}: QEMU runs as it, chrooted"
+    if accel is Accel.KVM:
+        detail += "; may open /dev/kvm"
+    return Check(f"VMM account {VMM_USER}", True, detail)
 
 
 @click.command()
@@ -101,8 +120,11 @@ def doctor(data_dir: Path | None, refresh: bool, bridge: str, subnet: str, outpu
         *_asset_checks(data),
     ]
     assets_ok = all(c.ok for c in checks if c.name.startswith("asset "))
+    accel = None
     if assets_ok and shutil.which("qemu-system-x86_64"):
-        checks.append(_accelerator_check(data, refresh))
+        check, accel = _accelerator_check(data, refresh)
+        checks.append(check)
+    checks.append(_vmm_account_check(accel))
     healthy = all(c.ok for c in checks if c.required)
     if output == "json":
         click.echo(json.dumps({"healthy": healthy, "checks": [asdict(c) for c in checks]}, indent=2))

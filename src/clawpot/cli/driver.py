@@ -39,6 +39,7 @@ from clawpot.vm.sockets import SocketStatus, probe_socket, socket_owners
 from clawpot.vm.state import VmState
 from clawpot.vm.validation import problems
 from clawpot.vmm.base import VmmError
+from clawpot.vmm.firecracker.jail import NO_JAILER_WARNING
 from clawpot.vmm.registry import BackendOptions, VmmChoice, get_backend, resolve
 from clawpot.vmm.spec import BackendKind
 
@@ -175,6 +176,14 @@ _socket_option = click.option(
     help="Keep the rootfs read-only and give the guest a per-VM disk for its writes.",
 )
 @click.option(
+    "--disk",
+    "disk_mib",
+    type=int,
+    default=limits.DEFAULT_DISK_MIB,
+    show_default=True,
+    help=f"Its size in MiB ({limits.MIN_DISK_MIB}-{limits.MAX_DISK_MIB}); past it the guest gets ENOSPC.",
+)
+@click.option(
     "--wait-ready/--no-wait-ready",
     default=False,
     show_default=True,
@@ -184,6 +193,8 @@ _socket_option = click.option(
 @click.option("--stop-grace", type=float, default=DEFAULT_STOP_GRACE, show_default=True,
               help="Seconds between the shutdown request and SIGTERM.")  # fmt: skip
 @click.option("--console", is_flag=True, help="Copy the guest's serial console to stdout.")
+@click.option("--no-jailer", is_flag=True,
+              help="Development only: Firecracker without its jailer (as root, not chrooted).")  # fmt: skip
 @click.pass_obj
 def start(
     ctx: _Context,
@@ -197,10 +208,12 @@ def start(
     qemu_bin: Path | None,
     boot_args: str | None,
     writable_layer: bool,
+    disk_mib: int,
     wait_ready: bool,
     ready_timeout: float,
     stop_grace: float,
     console: bool,
+    no_jailer: bool,
 ) -> None:
     """Start a VM and keep it running until Ctrl+C or SIGTERM; then stop it and clean up."""
     assets = paths.assets_dir(ctx.data_dir)
@@ -211,6 +224,7 @@ def start(
         memory_mib=memory_mib,
         boot_args=boot_args,
         writable_layer=writable_layer,
+        scratch_mib=disk_mib,
         wait_ready=wait_ready,
         ready_timeout=ready_timeout,
     )
@@ -218,8 +232,12 @@ def start(
     try:
         kind = resolve(vmm, ctx.data_dir)
         binary = firecracker_bin if kind is BackendKind.FIRECRACKER else qemu_bin
-        options = BackendOptions(binary=binary, control_socket=socket_path, data_dir=ctx.data_dir)
+        options = BackendOptions(
+            binary=binary, control_socket=socket_path, data_dir=ctx.data_dir, use_jailer=not no_jailer
+        )
         backend = get_backend(kind.value, options)
+        if no_jailer and kind is BackendKind.FIRECRACKER:
+            click.echo(NO_JAILER_WARNING.format(program="clawpot-driver"), err=True)
     except VmmError as exc:
         _finish(EXIT_USAGE, str(exc))
     found = problems(

@@ -19,6 +19,7 @@ from clawpot.server.apitoken import TokenError
 from clawpot.server.app import DEFAULT_LISTEN, ServerConfig, serve
 from clawpot.server.listeners import ListenError, TlsFiles
 from clawpot.service import poolspec
+from clawpot.vmm.firecracker.jail import NO_JAILER_WARNING
 from clawpot.vmm.spec import BackendKind
 
 
@@ -155,6 +156,12 @@ from clawpot.vmm.spec import BackendKind
     show_default=True,
     help="Keep the warm pool's VMs paused (no CPU while they wait; the faster hand-out measured) or running.",
 )
+# --- defence in depth (vmm/firecracker/jail.py) ---
+@click.option(
+    "--no-jailer",
+    is_flag=True,
+    help="Development only: run Firecracker without its jailer (as root, no chroot, no PID namespace).",
+)
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
 def main(
     listen: tuple[str, ...],
@@ -178,6 +185,7 @@ def main(
     log_format: str,
     pool_spec: str | None,
     pool_state: str,
+    no_jailer: bool,
     verbose: bool,
 ) -> None:
     """Serve the Clawpot API: create, list, delete VMs and exec/copy files in them."""
@@ -195,6 +203,8 @@ def main(
         pool = poolspec.parse(pool_spec) if pool_spec is not None else []
     except ValueError as exc:
         _fail(f"--pool: {exc}")
+    if no_jailer:
+        click.echo(NO_JAILER_WARNING.format(program="clawpot-server"), err=True)
     config = ServerConfig(
         listen=listen or (DEFAULT_LISTEN,),
         tls=tls,
@@ -214,6 +224,7 @@ def main(
             ready_timeout=ready_timeout,
             agent_timeout=agent_timeout,
             dns_upstreams=upstreams,
+            use_jailer=not no_jailer,
         ),
     )
     try:

@@ -53,6 +53,15 @@ def _parse_labels(values: tuple[str, ...]) -> dict[str, str]:
     help="Guest memory in MiB.",
 )
 @click.option(
+    "--disk",
+    "disk_mib",
+    type=click.IntRange(min=1),  # the server says what is too small or too big, with its numbers
+    default=limits.DEFAULT_DISK_MIB,
+    show_default=True,
+    metavar="MiB",
+    help="Size of the VM's writable layer in MiB: all the host disk its guest can fill (then ENOSPC).",
+)
+@click.option(
     "--vmm",
     type=click.Choice(list(BACKENDS)),
     default="auto",
@@ -69,7 +78,7 @@ def _parse_labels(values: tuple[str, ...]) -> dict[str, str]:
     "from_snapshot",
     default="",
     metavar="SNAPSHOT",
-    help="Restore this snapshot (`clawpot snapshots`) instead of booting; its vcpus, memory and VMM apply.",
+    help="Restore this snapshot (`clawpot snapshots`) instead of booting: its vcpus, memory, disk, VMM.",
 )
 @egress_options
 @click.option("--no-internet", is_flag=True, help="Forward nothing the VM sends (DNS refused too).")
@@ -93,6 +102,7 @@ def create(
     ctx: click.Context,
     vcpus: int,
     memory_mib: int,
+    disk_mib: int,
     vmm: str,
     ip_address: str,
     allow_peers: bool,
@@ -114,6 +124,7 @@ def create(
     request = vm_pb2.CreateVmRequest(
         vcpus=vcpus if given("vcpus") else 0,
         memory_mib=memory_mib if given("memory_mib") else 0,
+        disk_mib=disk_mib if given("disk_mib") else 0,
         backend=BACKENDS[vmm],
         ip_address=ip_address,
         allow_peer_traffic=allow_peers,

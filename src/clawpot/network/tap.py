@@ -1,13 +1,17 @@
 """Per-VM TAP devices: persistent, named after the VM, attached to the bridge, deleted by exact name.
 
 A TAP is created persistent (TUNSETPERSIST) so it exists before the VMM opens it and survives the
-VMM process; Firecracker and QEMU then open it by name. Its alias records the VM id, so an operator
+VMM process; Firecracker opens it by name, and an unprivileged QEMU gets an fd of it (``open_tap``,
+opened as root: ``/dev/net/tun`` may be 0600 root). Its alias records the VM id, so an operator
 (and reconcile) can tell whose it is.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
+import os
+import struct
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -19,6 +23,25 @@ from clawpot.network.naming import tap_name_pattern
 
 ALIAS_PREFIX = "clawpot:"
 IFALIASZ_MAX = 255
+TUN_DEVICE = "/dev/net/tun"
+# linux/if_tun.h
+_TUNSETIFF = 0x400454CA
+_IFF_TAP = 0x0002
+_IFF_NO_PI = 0x1000
+_IFF_VNET_HDR = 0x4000
+
+
+def open_tap(name: str) -> int:
+    """An fd of the existing TAP ``name``, as a VMM would open it (no packet info, with the virtio-net
+    header QEMU uses when it opens a TAP itself). Raises ``OSError``."""
+    fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        ifreq = struct.pack("16sH22x", name.encode(), _IFF_TAP | _IFF_NO_PI | _IFF_VNET_HDR)
+        fcntl.ioctl(fd, _TUNSETIFF, ifreq)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def ensure_tap(ipr: Any, config: NetworkConfig, name: str, bridge_index: int, vm_id: str) -> int:

@@ -23,8 +23,11 @@ log = logging.getLogger(__name__)
 
 
 class Backends:
-    def __init__(self, data_dir: Path, assets: Assets, default: BackendKind | None) -> None:
+    def __init__(
+        self, data_dir: Path, assets: Assets, default: BackendKind | None, *, use_jailer: bool = True
+    ) -> None:
         self.data_dir = data_dir
+        self.use_jailer = use_jailer
         self.assets = assets
         self.default = default
         self._built: dict[BackendKind, VmmBackend] = {}
@@ -61,6 +64,7 @@ class Backends:
                 die_with_parent=False,
                 # The server is their one controller: it keeps one control connection per VM open.
                 persistent_control=True,
+                use_jailer=self.use_jailer,
             )
             try:
                 backend = get_backend(kind.value, options)

@@ -66,6 +66,7 @@ async def launch(
         rootfs=params.assets.rootfs,
         vcpus=nvm.record.vcpus,
         memory_mib=nvm.record.memory_mib,
+        scratch_mib=nvm.record.disk_mib,
         boot_args=boot_args(vm_id, slot),
         network_interfaces=(slot.interface(),) if slot is not None else (),
         ready_timeout=params.ready_timeout,

@@ -61,9 +61,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE vms ADD COLUMN snapshot TEXT NOT NULL DEFAULT ''",
         ),
     ),
-    # RESERVED for another branch's step 3 (merged at the same time as step 4 below); the lead
-    # replaces this placeholder with it. Steps must be numbered without gaps.
-    Migration(3, "reserved (placeholder for a concurrent branch's step)", ()),
+    Migration(
+        3,
+        "per-VM writable layer size (create --disk): disk_mib, 1024 for VMs made before it could be chosen",
+        ("ALTER TABLE vms ADD COLUMN disk_mib INTEGER NOT NULL DEFAULT 1024",),
+    ),
     Migration(
         4,
         "VM lifetimes: vm_lifetimes (deadline in epoch seconds, and what happens then: delete | pause)",
@@ -87,6 +89,7 @@ VMS_COLUMNS = frozenset(
     (
         "id", "state", "backend", "vcpus", "memory_mib", "ip_address", "labels", "created_at", "error",
         "vm_dir", "pid", "allow_peers", "vmm_start_ticks", "agent_endpoint", "origin", "snapshot",
+        "disk_mib",
     )
 )  # fmt: skip
 

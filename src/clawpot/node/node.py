@@ -50,7 +50,8 @@ from clawpot.vm.directory import new_vm_id
 from clawpot.vm.errors import VmNotRunning
 from clawpot.vm.handle import Vm
 from clawpot.vm.state import Transition, VmState
-from clawpot.vmm.base import Feature, VmmBackend, VmmError, VmmProcess, VmmUnsupported
+from clawpot.vmm.account import VmmAccount, vmm_account
+from clawpot.vmm.base import Feature, VmmBackend, VmmConfigError, VmmError, VmmProcess, VmmUnsupported
 from clawpot.vmm.snapshot import Manifest, read_manifest
 from clawpot.vmm.spec import BackendKind
 
@@ -72,6 +73,8 @@ class NodeConfig:
     health_interval: float = limits.HEALTH_CHECK_INTERVAL
     # Where the gateway's DNS forwarder sends guests' queries; empty: the host's /etc/resolv.conf.
     dns_upstreams: tuple[Upstream, ...] = ()
+    # Firecracker under its jailer; False is `clawpot-server --no-jailer` (development only).
+    use_jailer: bool = True
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class VmRequest:
     backend: BackendKind
     vcpus: int
     memory_mib: int
+    disk_mib: int = limits.DEFAULT_DISK_MIB
     labels: dict[str, str] = field(default_factory=dict)
     ip_address: str | None = None
     allow_peers: bool = False
@@ -120,7 +124,9 @@ class Node:
         self.store = store
         self.network = network
         self.assets = Assets.of(config.data_dir)
-        self.backends = Backends(config.data_dir, self.assets, config.default_backend)
+        self.backends = Backends(
+            config.data_dir, self.assets, config.default_backend, use_jailer=config.use_jailer
+        )
         self.vms_root = paths.vms_dir(config.data_dir)
         self.snapshots = SnapshotCatalog(paths.snapshots_dir(config.data_dir))
         self._snapshots_in_progress: set[str] = set()
@@ -146,7 +152,13 @@ class Node:
             network = None
             if config.bridge is not None:
                 try:
-                    net_config = NetworkConfig.build(bridge=config.bridge, subnet=config.subnet)
+                    owner = _tap_owner()
+                    net_config = NetworkConfig.build(
+                        bridge=config.bridge,
+                        subnet=config.subnet,
+                        tap_uid=owner.uid if owner else None,
+                        tap_gid=owner.gid if owner else None,
+                    )
                     network = NetworkManager(store.path, net_config)
                 except NetworkError as exc:
                     raise NodeError(str(exc)) from exc
@@ -256,6 +268,7 @@ class Node:
             backend=request.backend,
             vcpus=request.vcpus,
             memory_mib=request.memory_mib,
+            disk_mib=request.disk_mib,
             vm_dir=self.vms_root / vm_id,
             labels=dict(request.labels),
             allow_peers=request.allow_peers,
@@ -759,3 +772,13 @@ def _snapshot_failed(vm_id: str, exc: VmmError) -> errors.ServerError:
     if (isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space" in str(exc):
         return errors.ResourceExhausted(f"snapshot of VM {vm_id} failed: {errors.one_line(str(exc))}")
     return errors.Unavailable(f"snapshot of VM {vm_id} failed: {errors.one_line(str(exc))}")
+
+
+def _tap_owner() -> VmmAccount | None:
+    """Who owns the VMs' TAPs: the unprivileged VMM account (a jailed firecracker opens its TAP as that
+    user; a VMM running as root opens any). None where the account does not exist: a backend that
+    needs it says so when it is asked for."""
+    try:
+        return vmm_account()
+    except VmmConfigError:
+        return None

@@ -62,6 +62,7 @@ async def reconcile(node: Node) -> None:
         # Starting when the last server died: the VMM may run, but its PID is recorded only once the
         # VM is Running.
         await orphans.kill_vmm_of(record.vm_dir)
+        await asyncio.to_thread(orphans.remove_cgroup_of, record.vm_dir)
         if record.state is not VmState.ERROR or record.ip_address:
             reason = record.error or f"VMM process gone when the server restarted (was {record.state})"
             # The address is released below: a VM that no longer holds it must not show it.

@@ -29,6 +29,7 @@ class SnapshotInfo:
     backend: BackendKind
     vcpus: int
     memory_mib: int
+    disk_mib: int  # its writable layer's size: a restore keeps it (0: it has none)
     created_at: float
     size_bytes: int  # allocated on disk (the memory file is sparse: holes cost nothing)
     manifest: Manifest
@@ -59,6 +60,7 @@ class SnapshotCatalog:
             backend=manifest.backend,
             vcpus=manifest.spec.vcpus,
             memory_mib=manifest.spec.memory_mib,
+            disk_mib=disk_mib(manifest),
             created_at=manifest.created_at,
             size_bytes=_allocated(directory),
             manifest=manifest,
@@ -105,3 +107,13 @@ def _allocated(directory: Path) -> int:
         except OSError:
             continue
     return total
+
+
+def disk_mib(manifest: Manifest) -> int:
+    """The size of the snapshot's writable layer in MiB (its copied drives; 0 when it has none)."""
+    sizes = [
+        manifest.files[drive.file].size
+        for drive in manifest.spec.drives
+        if not drive.read_only and drive.file is not None and drive.file in manifest.files
+    ]
+    return sum(sizes) // (1024 * 1024)

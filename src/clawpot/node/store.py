@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from clawpot import limits
 from clawpot.node.lifetimes import Expiry, Lifetime
 from clawpot.node.migrations import MigrationError, migrate
 from clawpot.vm.state import VmState
@@ -60,6 +61,7 @@ class VmRecord:
     # Where a copy came from: the snapshot's name (restore), the source VM's id (fork), the pool's
     # shape (pool, warm). One column for the three, so no schema change was needed for fork and pool.
     snapshot: str = ""
+    disk_mib: int = limits.DEFAULT_DISK_MIB  # its writable layer's size (a restore: the snapshot's)
 
     def with_(self, **changes: object) -> VmRecord:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -143,7 +145,7 @@ class Store:
                 db.execute(
                     "INSERT INTO vms (id, state, backend, vcpus, memory_mib, ip_address, labels,"
                     " created_at, error, vm_dir, pid, allow_peers, vmm_start_ticks, agent_endpoint,"
-                    " origin, snapshot) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " origin, snapshot, disk_mib) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     _row(rec),
                 )
                 if lifetime is not None:
@@ -156,7 +158,7 @@ class Store:
             db.execute(
                 "UPDATE vms SET state=?, backend=?, vcpus=?, memory_mib=?, ip_address=?, labels=?,"
                 " created_at=?, error=?, vm_dir=?, pid=?, allow_peers=?, vmm_start_ticks=?, agent_endpoint=?,"
-                " origin=?, snapshot=? WHERE id=?",
+                " origin=?, snapshot=?, disk_mib=? WHERE id=?",
                 (*_row(rec)[1:], rec.id),
             )
 
@@ -206,6 +208,7 @@ def _row(rec: VmRecord) -> tuple[object, ...]:
         rec.agent_endpoint,
         rec.origin.value,
         rec.snapshot,
+        rec.disk_mib,
     )
 
 
@@ -227,6 +230,7 @@ def _record(row: sqlite3.Row) -> VmRecord:
         agent_endpoint=row["agent_endpoint"],
         origin=Origin(row["origin"]),
         snapshot=row["snapshot"],
+        disk_mib=row["disk_mib"],
     )
 
 

@@ -114,6 +114,7 @@ def vm_to_pb(view: VmView) -> vm_pb2.Vm:
         snapshot=rec.snapshot if rec.origin is Origin.RESTORE else "",
         forked_from=rec.snapshot if rec.origin is Origin.FORK else "",
         pooled=rec.origin is Origin.WARM,
+        disk_mib=rec.disk_mib,
         egress=egress_to_pb(view.network.egress),
         published=[
             vm_pb2.PortForward(
@@ -189,6 +190,7 @@ class VmServicer(vm_pb2_grpc.VmServiceServicer):
             # A restore takes the snapshot's shape: 0 stays 0 ("the snapshot's").
             vcpus=request.vcpus or (0 if restoring else limits.DEFAULT_VCPUS),
             memory_mib=request.memory_mib or (0 if restoring else limits.DEFAULT_MEMORY_MIB),
+            disk_mib=request.disk_mib or (0 if restoring else limits.DEFAULT_DISK_MIB),
             backend=_BACKEND_FROM_PB.get(request.backend),
             labels=dict(request.labels),
             ip_address=request.ip_address or None,

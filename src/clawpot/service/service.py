@@ -35,12 +35,13 @@ log = logging.getLogger(__name__)
 class CreateParams:
     vcpus: int = limits.DEFAULT_VCPUS
     memory_mib: int = limits.DEFAULT_MEMORY_MIB
+    disk_mib: int = limits.DEFAULT_DISK_MIB
     backend: BackendKind | None = None
     labels: dict[str, str] = field(default_factory=dict)
     ip_address: str | None = None
     allow_peers: bool = False
-    # Restore this snapshot instead of a cold boot. vcpus, memory_mib and backend then come from the
-    # snapshot: 0 / None take them, any other value must match it.
+    # Restore this snapshot instead of a cold boot. vcpus, memory_mib, disk_mib and backend then come
+    # from the snapshot: 0 / None take them, any other value must match it.
     from_snapshot: str | None = None
     # Egress policy and published ports (network/policy.py): --allow-out, --deny-out, --no-internet,
     # --publish.
@@ -107,6 +108,7 @@ class Service:
             return await self._create_from_snapshot(params, params.from_snapshot)
         validate.vcpus(params.vcpus)
         validate.memory_mib(params.memory_mib)
+        validate.disk_mib(params.disk_mib)
         if params.ip_address:
             validate.ip_address(params.ip_address)
             if self.node.network is None:
@@ -123,6 +125,7 @@ class Service:
             backend=kind,
             vcpus=params.vcpus,
             memory_mib=params.memory_mib,
+            disk_mib=params.disk_mib,
             labels=dict(params.labels),
             ip_address=params.ip_address or None,
             allow_peers=params.allow_peers,
@@ -202,6 +205,7 @@ class Service:
         for what, asked, recorded in (
             ("vcpus", params.vcpus, info.vcpus),
             ("memory_mib", params.memory_mib, info.memory_mib),
+            ("disk_mib", params.disk_mib, info.disk_mib),
             ("backend", params.backend, info.backend),
         ):
             if asked and asked != recorded:
@@ -213,6 +217,7 @@ class Service:
             backend=info.backend,
             vcpus=info.vcpus,
             memory_mib=info.memory_mib,
+            disk_mib=info.disk_mib,
             labels=dict(params.labels),
             ip_address=params.ip_address or None,
             allow_peers=params.allow_peers,

@@ -55,6 +55,13 @@ def memory_mib(value: int) -> None:
         )
 
 
+def disk_mib(value: int) -> None:
+    if not limits.MIN_DISK_MIB <= value <= limits.MAX_DISK_MIB:
+        raise InvalidArgument(
+            f"disk_mib must be between {limits.MIN_DISK_MIB} and {limits.MAX_DISK_MIB}, got {value}"
+        )
+
+
 def ip_address(value: str) -> None:
     try:
         ipaddress.IPv4Address(value)

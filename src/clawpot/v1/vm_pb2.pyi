@@ -201,6 +201,7 @@ class Vm(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     FORKED_FROM_FIELD_NUMBER: _builtins.int
     POOLED_FIELD_NUMBER: _builtins.int
+    DISK_MIB_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___VmState.ValueType
     backend: Global___Backend.ValueType
@@ -220,6 +221,10 @@ class Vm(_message.Message):
     """the VM a fork was copied from"""
     pooled: _builtins.bool
     """a warm VM the server keeps for CreateVm (listed only with include_pool)"""
+    disk_mib: _builtins.int
+    """--- defence in depth (issue 13): 30-34 ---
+    size of its writable layer: the guest's writes past it fail with ENOSPC
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -265,10 +270,11 @@ class Vm(_message.Message):
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         forked_from: _builtins.str = ...,
         pooled: _builtins.bool = ...,
+        disk_mib: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "egress", b"egress", "expires_at", b"expires_at", "health_since", b"health_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "created_at", b"created_at", "egress", b"egress", "error", b"error", "expires_at", b"expires_at", "forked_from", b"forked_from", "health", b"health", "health_detail", b"health_detail", "health_since", b"health_since", "id", b"id", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "origin", b"origin", "pooled", b"pooled", "published", b"published", "snapshot", b"snapshot", "state", b"state", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "created_at", b"created_at", "disk_mib", b"disk_mib", "egress", b"egress", "error", b"error", "expires_at", b"expires_at", "forked_from", b"forked_from", "health", b"health", "health_detail", b"health_detail", "health_since", b"health_since", "id", b"id", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "origin", b"origin", "pooled", b"pooled", "published", b"published", "snapshot", b"snapshot", "state", b"state", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -308,6 +314,7 @@ class CreateVmRequest(_message.Message):
     EGRESS_FIELD_NUMBER: _builtins.int
     PUBLISH_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    DISK_MIB_FIELD_NUMBER: _builtins.int
     vcpus: _builtins.int
     """default 1; 1..32"""
     memory_mib: _builtins.int
@@ -324,6 +331,11 @@ class CreateVmRequest(_message.Message):
     timeout_seconds: _builtins.int
     """Delete the VM this many seconds after it runs (counted from when CreateVm returns). 0: the
     server's default (its --vm-timeout; none unless set). At most 30 days.
+    """
+    disk_mib: _builtins.int
+    """--- defence in depth (issue 13): 30-34 ---
+    Size of the VM's writable layer in MiB (default 1024; 32..262144): all the host disk its guest
+    can fill. A restore keeps the snapshot's: leave it unset, or give the same size.
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -350,10 +362,11 @@ class CreateVmRequest(_message.Message):
         egress: Global___EgressPolicy | None = ...,
         publish: _abc.Iterable[Global___PortForward] | None = ...,
         timeout_seconds: _builtins.int = ...,
+        disk_mib: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["egress", b"egress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "egress", b"egress", "from_snapshot", b"from_snapshot", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "publish", b"publish", "timeout_seconds", b"timeout_seconds", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_peer_traffic", b"allow_peer_traffic", "backend", b"backend", "disk_mib", b"disk_mib", "egress", b"egress", "from_snapshot", b"from_snapshot", "ip_address", b"ip_address", "labels", b"labels", "memory_mib", b"memory_mib", "publish", b"publish", "timeout_seconds", b"timeout_seconds", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

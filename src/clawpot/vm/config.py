@@ -9,7 +9,7 @@ from clawpot import limits
 from clawpot.vmm.spec import NetworkInterface
 
 DEFAULT_READY_TIMEOUT = limits.DEFAULT_READY_TIMEOUT
-DEFAULT_SCRATCH_MIB = 1024
+DEFAULT_SCRATCH_MIB = limits.DEFAULT_DISK_MIB
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,10 @@ def check_socket_path(path: Path, reserve: int = 0) -> None:
 
 
 def probe_socket(path: Path) -> SocketStatus:
+    """What is at ``path``; a symbolic link is followed (a jailed firecracker's socket is reached
+    through a link into its chroot)."""
     try:
-        mode = os.lstat(path).st_mode
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
         return SocketStatus.ABSENT
     if not stat.S_ISSOCK(mode):
@@ -61,8 +63,21 @@ def probe_socket(path: Path) -> SocketStatus:
 
 
 def socket_owners(path: Path) -> list[int]:
-    """PIDs holding the listening socket bound at ``path`` (empty if none can be seen)."""
-    inodes = _listening_inodes(path)
+    """PIDs holding the listening socket bound at ``path`` (empty if none can be seen).
+
+    /proc/net/unix names a socket by the path its owner bound. A link into a chroot (a jailed
+    firecracker's socket) names one bound as "/<name>" by a process whose root is that chroot."""
+    wanted = os.path.abspath(path)
+    real = os.path.realpath(path)
+    owners = _owners_of(_listening_inodes({wanted, real}))
+    if real != wanted:
+        jail_root = Path(real).parent
+        inside = _owners_of(_listening_inodes({"/" + Path(real).name}))
+        owners += [pid for pid in inside if _same_dir(Path(f"/proc/{pid}/root"), jail_root)]
+    return sorted(set(owners))
+
+
+def _owners_of(inodes: set[str]) -> list[int]:
     if not inodes:
         return []
     targets = {f"socket:[{inode}]" for inode in inodes}
@@ -81,11 +96,19 @@ def socket_owners(path: Path) -> list[int]:
                     break
             except OSError:
                 continue
-    return sorted(owners)
+    return owners
 
 
-def _listening_inodes(path: Path) -> set[str]:
-    wanted = os.fsdecode(os.path.abspath(path))
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        x, y = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino)
+
+
+def _listening_inodes(paths: set[str]) -> set[str]:
+    """Inodes of the sockets bound at any of ``paths`` (as their owners named them)."""
     inodes: set[str] = set()
     try:
         with open("/proc/net/unix") as table:
@@ -93,7 +116,7 @@ def _listening_inodes(path: Path) -> set[str]:
             for line in table:
                 # Num RefCount Protocol Flags Type St Inode [Path]
                 fields = line.split(maxsplit=7)
-                if len(fields) == 8 and fields[7].rstrip("\n") == wanted:
+                if len(fields) == 8 and fields[7].rstrip("\n") in paths:
                     inodes.add(fields[6])
     except OSError:
         pass

@@ -42,8 +42,11 @@ def problems(
     found += _check_vms_root(vms_root)
     if control_socket is not None:
         found += _check_socket(control_socket)
-    if config.writable_layer and config.scratch_mib < 16:
-        found.append(f"writable layer of {config.scratch_mib} MiB is too small (at least 16 MiB)")
+    if config.writable_layer and not limits.MIN_DISK_MIB <= config.scratch_mib <= limits.MAX_DISK_MIB:
+        found.append(
+            f"writable layer of {config.scratch_mib} MiB: it must be between {limits.MIN_DISK_MIB} "
+            f"and {limits.MAX_DISK_MIB} MiB"
+        )
     if config.wait_ready and config.ready_timeout <= 0:
         found.append(f"ready timeout must be positive, got {config.ready_timeout:g}s")
     return found

@@ -5,8 +5,9 @@ It is not our child, so there is no exit code to reap; a pidfd tells us the mome
 signals go through the pidfd so a recycled PID can never be hit. Identity is checked before attaching:
 the PID must still have the start time recorded when the VM was created.
 
-The backend also takes the VM's serial console back (``reattach_console``), so the console file stays
-capped and rotated across server restarts.
+When it exits, its cgroup (``clawpot.vmm.cgroups``, named by the VM's id) tells whether its memory
+limit killed it, and is removed. The backend also takes the VM's serial console back
+(``reattach_console``), so the console file stays capped and rotated across server restarts.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import signal
 import time
 from pathlib import Path
 
+from clawpot import limits
 from clawpot.agent_client.endpoints import AgentEndpoint
 from clawpot.vm import procfs
 from clawpot.vm.directory import read_metadata
@@ -31,6 +33,7 @@ from clawpot.vmm.base import (
     VmmProcess,
     VmmUnsupported,
 )
+from clawpot.vmm.cgroups import CgroupError, VmCgroup
 from clawpot.vmm.console import ConsoleWriter
 from clawpot.vmm.spec import BackendKind, VmSpec
 
@@ -85,9 +88,14 @@ class AttachedProcess(VmmProcess):
     def _on_exit(self) -> None:
         self._close_pidfd()
         self._close_console(drain=True)
-        self._exit_info = ExitInfo(
-            None, None, f"VMM process {self._pid} exited (adopted; exit status unknown)"
-        )
+        info = ExitInfo(None, None, f"VMM process {self._pid} exited (adopted; exit status unknown)")
+        # Its cgroup says whether its memory limit killed it; then it goes (the VMM is gone; its
+        # parent reaps it, so the removal retries a moment).
+        cgroup = VmCgroup(self.vm_dir.name)
+        with contextlib.suppress(CgroupError):
+            info = cgroup.explain(info)
+            cgroup.remove(attempts=limits.CGROUP_REMOVE_ATTEMPTS)
+        self._exit_info = info
         if not self._exited.done():
             self._exited.set_result(self._exit_info)
 

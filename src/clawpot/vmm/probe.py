@@ -197,7 +197,10 @@ async def boot_probe(
     )
     work = Path(tempfile.mkdtemp(prefix="clawpot-probe-"))
     try:
-        process = QemuProcess(spec, work, accel=accel, binary=binary, start_timeout=boot_timeout)
+        # As root (run_as=None): it boots only our own kernel and image into ``init=/bin/echo``, and
+        # answers whether the host's KVM boots guests; whether the VMM account may open /dev/kvm is
+        # checked when a VM starts (``qemu.confine.kvm_groups``).
+        process = QemuProcess(spec, work, accel=accel, binary=binary, start_timeout=boot_timeout, run_as=None)
         try:
             await process.start()
         except VmmError as exc:

@@ -34,6 +34,7 @@ class BackendOptions:
     ``persistent_control`` keeps one control connection per VM open (QEMU's QMP, which serves one
     client at a time): for the server, the VMs' one controller; not for the driver, whose ``status``
     runs in another process.
+    ``use_jailer``: Firecracker under its jailer (the default); False is ``--no-jailer``.
     """
 
     binary: Path | None = None
@@ -41,6 +42,7 @@ class BackendOptions:
     data_dir: Path | None = None
     die_with_parent: bool = True
     persistent_control: bool = False
+    use_jailer: bool = True
 
 
 Factory = Callable[[BackendOptions], VmmBackend]
@@ -50,7 +52,10 @@ def _firecracker(options: BackendOptions) -> VmmBackend:
     from clawpot.vmm.firecracker.backend import FirecrackerBackend
 
     return FirecrackerBackend(
-        options.binary, api_socket=options.control_socket, die_with_parent=options.die_with_parent
+        options.binary,
+        api_socket=options.control_socket,
+        die_with_parent=options.die_with_parent,
+        use_jailer=options.use_jailer,
     )
 
 

@@ -381,7 +381,11 @@ class SnapshotWriter:
         """Hash the files, write the manifest, make everything read-only, fsync, rename into place."""
         files: dict[str, FileEntry] = {}
         for path in sorted(self.temp.iterdir()):
-            path.chmod(0o400)
+            # Read-only, for the owner alone; group read stays where a backend gave the file a group
+            # of its own (a jailed firecracker's state and memory: the VMM account's group, so that a
+            # jailed restore can open them).
+            st = path.stat()
+            path.chmod(0o440 if st.st_gid != 0 and st.st_mode & 0o040 else 0o400)
             if self.durable:
                 digest = file_digest(path)
                 _fsync_path(path)

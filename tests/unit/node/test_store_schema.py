@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from clawpot import limits
 from clawpot.network.ipam import IpAllocator
 from clawpot.node import migrations
 from clawpot.node.migrations import Migration, migrate
@@ -247,8 +248,8 @@ def test_the_baseline_step_is_the_unversioned_schema(tmp_path: Path) -> None:
         migrate(db, tmp_path / "b.db", migrations.MIGRATIONS[:1], frozenset())
 
     assert columns(lambda db: db.executescript(UNVERSIONED_STORE_DDL)) == columns(baseline)
-    # Later steps only add columns (step 2: origin and snapshot, issue 12's restores).
-    assert {c[1] for c in columns(baseline)} == migrations.VMS_COLUMNS - {"origin", "snapshot"}
+    # Later steps only add columns (step 2: origin and snapshot, issue 12's restores; step 3: disk_mib).
+    assert {c[1] for c in columns(baseline)} == migrations.VMS_COLUMNS - {"origin", "snapshot", "disk_mib"}
 
 
 def test_step_2_records_existing_vms_as_cold_boots(tmp_path: Path) -> None:
@@ -259,3 +260,13 @@ def test_step_2_records_existing_vms_as_cold_boots(tmp_path: Path) -> None:
         assert (record.origin, record.snapshot) == (Origin.COLD, "")
         store.update(record.with_(origin=Origin.RESTORE, snapshot="base"))
         assert store.get(record.id) == record.with_(origin=Origin.RESTORE, snapshot="base")
+
+
+def test_step_3_records_existing_vms_with_the_1_gib_layer_they_were_made_with(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    write_unversioned_db(path)
+    with closing(Store(path)) as store:
+        (record,) = store.list()
+        assert record.disk_mib == 1024 == limits.DEFAULT_DISK_MIB
+        store.update(record.with_(disk_mib=256))
+        assert store.get(record.id) == record.with_(disk_mib=256)

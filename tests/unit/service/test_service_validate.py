@@ -44,6 +44,15 @@ def test_shape_bounds_come_from_limits() -> None:
     assert "memory_mib" in rejected(lambda: validate.memory_mib(limits.MAX_MEMORY_MIB + 1))
 
 
+def test_disk_bounds_come_from_limits() -> None:
+    for good in (limits.MIN_DISK_MIB, limits.DEFAULT_DISK_MIB, limits.MAX_DISK_MIB):
+        validate.disk_mib(good)
+    assert rejected(lambda: validate.disk_mib(limits.MIN_DISK_MIB - 1)) == (
+        f"disk_mib must be between 32 and 262144, got {limits.MIN_DISK_MIB - 1}"
+    )
+    assert "disk_mib" in rejected(lambda: validate.disk_mib(limits.MAX_DISK_MIB + 1))
+
+
 def test_labels_at_their_limits_pass() -> None:
     validate.labels({f"k{i}": "v" * 100 for i in range(limits.MAX_LABELS)})
     validate.labels({"app.example.com/name": "web-1", "k": ""})

@@ -4,8 +4,11 @@
 - ``client``   async API client over the unix socket (httpx); fault_message → ``FirecrackerApiError``
 - ``process``  the firecracker OS process: output files, launch (``clawpot.vmm.spawn``), API socket
                deadline, exit reason
-- ``boot``     ``FIRECRACKER_BOOT``: the default boot recipe, one named step per line (edit a copy for a
-               variant such as the jailer); ``FIRECRACKER_RESTORE``: a snapshot loaded instead
+- ``boot``     ``FIRECRACKER_BOOT``: the boot recipe, one named step per line (edit a copy for a
+               variant); ``FIRECRACKER_RESTORE``: a snapshot loaded instead; ``jailed(recipe)``: either
+               under the jailer (``JAILED_BOOT``, ``JAILED_RESTORE``: the defaults)
+- ``jail``     the jailer: a chroot in the VM directory (hard links, never copies), ``clawpot-vmm``, a
+               PID namespace, the VM's cgroup; the steps that prepare it, launch it and take it down
 - ``handle``   ``FirecrackerVmm`` (a ``VmmProcess``): runs its recipe (config file, API socket on),
                graceful stop
 - ``snapshots`` pause, ``/snapshot/create`` and ``/snapshot/load``: what a KVM host gets, and what

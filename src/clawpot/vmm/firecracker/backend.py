@@ -8,14 +8,17 @@ import subprocess
 from pathlib import Path
 
 from clawpot import paths
-from clawpot.vmm.base import Capabilities, Feature, VmmBackend, VmmUnsupported
-from clawpot.vmm.firecracker.boot import FIRECRACKER_BOOT, FIRECRACKER_RESTORE
+from clawpot.vmm.account import vmm_account
+from clawpot.vmm.base import Capabilities, Feature, VmmBackend, VmmConfigError, VmmUnsupported
+from clawpot.vmm.firecracker.boot import FIRECRACKER_BOOT, FIRECRACKER_RESTORE, JAILED_BOOT, JAILED_RESTORE
 from clawpot.vmm.firecracker.handle import FirecrackerVmm
+from clawpot.vmm.firecracker.jail import Jail
 from clawpot.vmm.snapshot import Snapshot, SnapshotIncompatible, read_manifest
 from clawpot.vmm.spec import BackendKind, NetworkInterface, VmSpec
 from clawpot.vmm.steps import Recipe
 
 BINARY_ENV = "CLAWPOT_FIRECRACKER_BIN"
+JAILER_ENV = "CLAWPOT_JAILER_BIN"
 KVM_DEVICE = Path("/dev/kvm")
 NOT_FOUND = f"firecracker not found (set {BINARY_ENV}, run `clawpot assets install`, or put it on PATH)"
 
@@ -34,6 +37,24 @@ def find_firecracker(explicit: Path | None = None) -> Path | None:
     return Path(on_path) if on_path else None
 
 
+def find_jailer(explicit: Path | None = None, firecracker: Path | None = None) -> Path | None:
+    """The jailer: explicit path, ``$CLAWPOT_JAILER_BIN``, beside the firecracker binary (they are
+    released together), installed assets, then PATH."""
+    if explicit is not None:
+        return explicit
+    env = os.environ.get(JAILER_ENV)
+    if env:
+        return Path(env)
+    for candidate in (
+        firecracker.parent / "jailer" if firecracker is not None else None,
+        paths.assets_dir() / "jailer",
+    ):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    on_path = shutil.which("jailer")
+    return Path(on_path) if on_path else None
+
+
 def firecracker_version(binary: Path) -> str:
     """``1.12.1`` for a firecracker binary (``--version`` prints ``Firecracker v1.12.1``)."""
     out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=10, check=True)
@@ -46,7 +67,9 @@ class FirecrackerBackend(VmmBackend):
 
     ``api_socket`` pins the API socket path (``clawpot-driver --socket``); it only makes sense for a
     backend that launches a single VM. Otherwise each VM's socket lives in its own directory.
-    ``recipe`` is how its VMs boot (``boot.FIRECRACKER_BOOT``, or a variant of it).
+    ``use_jailer`` (the default) runs every VM under Firecracker's jailer as ``clawpot-vmm``
+    (``jail``); False is ``--no-jailer``, for development. ``recipe`` is how its VMs boot (default:
+    ``boot.JAILED_BOOT``, or ``boot.FIRECRACKER_BOOT`` without the jailer).
     """
 
     kind = BackendKind.FIRECRACKER
@@ -58,10 +81,15 @@ class FirecrackerBackend(VmmBackend):
         api_socket: Path | None = None,
         api_timeout: float = 10.0,
         die_with_parent: bool = True,
-        recipe: Recipe[FirecrackerVmm] = FIRECRACKER_BOOT,
+        recipe: Recipe[FirecrackerVmm] | None = None,
+        use_jailer: bool = True,
+        jailer: Path | None = None,
     ) -> None:
         self._binary = find_firecracker(binary)
-        self.recipe = recipe
+        self.use_jailer = use_jailer
+        self._jailer = find_jailer(jailer, self._binary) if use_jailer else None
+        self.recipe = recipe or (JAILED_BOOT if use_jailer else FIRECRACKER_BOOT)
+        self.restore_recipe = JAILED_RESTORE if use_jailer else FIRECRACKER_RESTORE
         self.api_socket = api_socket
         self.api_timeout = api_timeout
         self.die_with_parent = die_with_parent
@@ -76,10 +104,11 @@ class FirecrackerBackend(VmmBackend):
         problem = self._problem()
         if problem:
             return Capabilities(self.kind, available=False, detail=problem)
+        jailer = f", jailed by {self._jailer}" if self._jailer is not None else ", not jailed (--no-jailer)"
         return Capabilities(
             self.kind,
             available=True,
-            detail=f"firecracker {self.binary}",
+            detail=f"firecracker {self.binary}{jailer}",
             features=Feature.PAUSE | Feature.SNAPSHOT | Feature.RESTORE,
         )
 
@@ -94,7 +123,21 @@ class FirecrackerBackend(VmmBackend):
             return f"{KVM_DEVICE} does not exist (firecracker needs KVM)"
         if not os.access(KVM_DEVICE, os.R_OK | os.W_OK):
             return f"{KVM_DEVICE} is not readable and writable by this user"
+        if self.use_jailer:
+            if self._jailer is None or not self._jailer.is_file():
+                return f"jailer not found (set {JAILER_ENV}, run `clawpot assets install`, or --no-jailer)"
+            try:
+                vmm_account()
+            except VmmConfigError as exc:
+                return str(exc)
         return None
+
+    def jail_for(self, vm_dir: Path) -> Jail | None:
+        """The jail of a VM in ``vm_dir`` (None without the jailer)."""
+        if not self.use_jailer:
+            return None
+        assert self._jailer is not None, "capabilities checked first"
+        return Jail.for_vm(self._jailer, self.binary, vm_dir, vmm_account())
 
     def prepare(self, spec: VmSpec, vm_dir: Path) -> FirecrackerVmm:
         problem = self._problem()
@@ -108,6 +151,7 @@ class FirecrackerBackend(VmmBackend):
             api_timeout=self.api_timeout,
             die_with_parent=self.die_with_parent,
             recipe=self.recipe,
+            jail=self.jail_for(vm_dir),
         )
 
     def restore(
@@ -116,7 +160,7 @@ class FirecrackerBackend(VmmBackend):
         vm_dir: Path,
         *,
         network_interfaces: tuple[NetworkInterface, ...] | None = None,
-        recipe: Recipe[FirecrackerVmm] = FIRECRACKER_RESTORE,
+        recipe: Recipe[FirecrackerVmm] | None = None,
     ) -> FirecrackerVmm:
         """A firecracker (not started) that loads the snapshot into ``vm_dir`` and resumes it.
         ``network_interfaces``: the clone's own TAPs (``network_overrides``)."""
@@ -135,6 +179,7 @@ class FirecrackerBackend(VmmBackend):
             vm_dir,
             api_timeout=self.api_timeout,
             die_with_parent=self.die_with_parent,
-            recipe=recipe,
+            recipe=recipe or self.restore_recipe,
             restore_from=snap,
+            jail=self.jail_for(vm_dir),
         )

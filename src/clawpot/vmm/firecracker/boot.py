@@ -4,15 +4,20 @@
         write the configuration        the whole VM as --config-file JSON (validated before writing)
         prepare files                  refuse a leftover API socket, create the log, read the console FIFO
                                        undo: stop reading the console
-        spawn firecracker              firecracker --api-sock ... --config-file ..., watched by a pidfd
+        create the cgroup              the VM's own cgroup: CPU, memory, tasks (``clawpot.vmm.cgroups``)
+                                       undo: remove it
+        spawn firecracker              firecracker --api-sock ... --config-file ..., in the cgroup before
+                                       its first instruction, watched by a pidfd
                                        undo: SIGKILL, reap, remove the sockets
         wait for the microVM to start  its log says the microVM from the file started (or it exited)
 
-``FirecrackerVmm.start()`` runs it (``clawpot.vmm.steps``). Variants edit a copy. The jailer, for
-instance, is a swap of the launch step and one more step before it::
+``FirecrackerVmm.start()`` runs it (``clawpot.vmm.steps``). Variants edit a copy. The jailer (the
+default: ``JAILED_BOOT``, ``clawpot.vmm.firecracker.jail``) is a swap of the launch step and one more
+step before the files, and the jailer makes the cgroup itself::
 
-    FIRECRACKER_BOOT.replace(SPAWN, Step("spawn under the jailer", jailed_launch, undo=kill))
-                    .insert_before(SPAWN_UNDER_JAILER, Step("prepare the jail", link_files, undo=unlink))
+    FIRECRACKER_BOOT.replace(SPAWN, Step("spawn firecracker under the jailer", launch, undo=kill))
+                    .remove(CREATE_CGROUP)
+                    .insert_before(PREPARE_FILES, Step("prepare the jail", prepare, undo=remove))
 
 A restore (``FirecrackerBackend.restore``) is the same list with the configuration swapped for the
 snapshot and the start for a load::
@@ -21,7 +26,7 @@ snapshot and the start for a load::
         verify the snapshot            manifest, firecracker version, kernel and rootfs, sizes, digests
         copy the writable layer        the snapshot's writable drives into the VM directory
                                        undo: remove the copies
-        prepare files, spawn firecracker (no --config-file, in the VM directory)
+        prepare files, create the cgroup, spawn firecracker (no --config-file, in the VM directory)
         wait for the API               the API socket answers
         load the snapshot              PUT /snapshot/load (File memory backend, network_overrides)
         resume the guest               PATCH /vm Resumed
@@ -34,7 +39,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from clawpot.vmm.firecracker import snapshots
+from clawpot.vmm.firecracker import jail, snapshots
 from clawpot.vmm.steps import Recipe, Step
 
 if TYPE_CHECKING:
@@ -42,6 +47,7 @@ if TYPE_CHECKING:
 
 WRITE_CONFIG = "write the configuration"
 PREPARE_FILES = "prepare files"
+CREATE_CGROUP = "create the cgroup"
 SPAWN = "spawn firecracker"
 WAIT_STARTED = "wait for the microVM to start"
 VERIFY_SNAPSHOT = "verify the snapshot"
@@ -49,6 +55,8 @@ COPY_DRIVES = "copy the writable layer"
 WAIT_API = "wait for the API"
 LOAD_SNAPSHOT = "load the snapshot"
 RESUME = "resume the guest"
+PREPARE_JAIL = "prepare the jail"
+SPAWN_JAILED = "spawn firecracker under the jailer"
 
 
 async def write_config(vmm: FirecrackerVmm) -> None:
@@ -61,6 +69,14 @@ async def prepare_files(vmm: FirecrackerVmm) -> None:
 
 async def close_files(vmm: FirecrackerVmm) -> None:
     vmm.process.close_output()
+
+
+async def create_cgroup(vmm: FirecrackerVmm) -> None:
+    vmm.create_cgroup()
+
+
+async def remove_cgroup(vmm: FirecrackerVmm) -> None:
+    vmm.remove_cgroup()
 
 
 async def spawn(vmm: FirecrackerVmm) -> None:
@@ -79,6 +95,7 @@ FIRECRACKER_BOOT: Recipe[FirecrackerVmm] = Recipe(
     [
         Step(WRITE_CONFIG, write_config),
         Step(PREPARE_FILES, prepare_files, undo=close_files),
+        Step(CREATE_CGROUP, create_cgroup, undo=remove_cgroup),
         Step(SPAWN, spawn, undo=kill),
         Step(WAIT_STARTED, wait_started),
     ]
@@ -115,3 +132,18 @@ FIRECRACKER_RESTORE: Recipe[FirecrackerVmm] = (
     .replace(WAIT_STARTED, Step(WAIT_API, wait_api))
     .insert_after(WAIT_API, Step(LOAD_SNAPSHOT, load_snapshot), Step(RESUME, resume))
 )
+
+
+def jailed(recipe: Recipe[FirecrackerVmm]) -> Recipe[FirecrackerVmm]:
+    """``recipe`` (boot or restore) with firecracker launched by the jailer (``jail``): the launch
+    swapped, the jail prepared before the output files, no cgroup step (the jailer makes it)."""
+    return (
+        recipe.replace(SPAWN, Step(SPAWN_JAILED, jail.launch, undo=kill))
+        .remove(CREATE_CGROUP)
+        .insert_before(PREPARE_FILES, Step(PREPARE_JAIL, jail.prepare, undo=jail.remove))
+    )
+
+
+# The defaults: what `clawpot-server` and `clawpot-driver` run unless given --no-jailer.
+JAILED_BOOT = jailed(FIRECRACKER_BOOT)
+JAILED_RESTORE = jailed(FIRECRACKER_RESTORE)

@@ -23,17 +23,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import re
+import shutil
 import time
 from pathlib import Path
 
+from clawpot import limits
 from clawpot.agent_client.endpoints import AgentEndpoint, HybridVsockEndpoint
 from clawpot.vmm.base import ExitInfo, VmmProcess, VmmStartError
+from clawpot.vmm.cgroups import CgroupLimits, VmCgroup
 from clawpot.vmm.firecracker import models, snapshots
 from clawpot.vmm.firecracker.boot import FIRECRACKER_BOOT
 from clawpot.vmm.firecracker.client import DEFAULT_TIMEOUT, FirecrackerClient
 from clawpot.vmm.firecracker.errors import FirecrackerConfigRejected, FirecrackerError
+from clawpot.vmm.firecracker.jail import Jail
 from clawpot.vmm.firecracker.logwatch import LogFollower
 from clawpot.vmm.firecracker.process import FirecrackerProcess, LaunchFiles, last_error_line
 from clawpot.vmm.snapshot import Snapshot, SnapshotWriter
@@ -55,6 +61,8 @@ _CONFIG_FAILURE = re.compile(
     r"Failed to build MicroVM from Json: (?:Could not Start MicroVM from one single json: )?"
 )
 
+# A snapshot file firecracker writes in its jail, before it is moved out.
+_SNAPSHOT_PARTIAL = "snapshot-partial."
 API_SOCKET_NAME = "firecracker.sock"
 VSOCK_SOCKET_NAME = "vsock.sock"
 CONFIG_NAME = "firecracker.json"
@@ -77,6 +85,7 @@ class FirecrackerVmm(VmmProcess):
         die_with_parent: bool = True,
         recipe: Recipe[FirecrackerVmm] = FIRECRACKER_BOOT,
         restore_from: Snapshot | None = None,
+        jail: Jail | None = None,
     ) -> None:
         self.spec = spec
         # A restore (``boot.FIRECRACKER_RESTORE``): no configuration file; the snapshot is loaded over
@@ -87,6 +96,11 @@ class FirecrackerVmm(VmmProcess):
         self.vm_dir = vm_dir
         self.api_timeout = api_timeout
         self.start_timeout = api_timeout + DEFAULT_TIMEOUT
+        # Under the jailer (``jail``) firecracker sees only its chroot: it binds its sockets there, and
+        # the VM directory keeps symbolic links to them at the usual names (a unix socket's path must
+        # fit 108 bytes: the chroot's is longer); its log and configuration stay in the VM directory,
+        # hard-linked into the chroot, and so does the console FIFO (a file descriptor it inherits).
+        self.jail = jail
         self.vsock_path = vm_dir / VSOCK_SOCKET_NAME
         self.files = LaunchFiles(
             api_socket=api_socket or vm_dir / API_SOCKET_NAME,
@@ -96,7 +110,7 @@ class FirecrackerVmm(VmmProcess):
             config=vm_dir / CONFIG_NAME if restore_from is None else None,
         )
         self.process = FirecrackerProcess(
-            binary, vm_dir.name, self.files, die_with_parent=die_with_parent, cwd=vm_dir
+            binary, vm_dir.name, self.files, die_with_parent=die_with_parent, cwd=None if jail else vm_dir
         )
         self._started = False
         self._client: FirecrackerClient | None = None
@@ -155,10 +169,16 @@ class FirecrackerVmm(VmmProcess):
             except FirecrackerError as exc:
                 log.debug("SendCtrlAltDel failed (%s); going on with SIGTERM", exc)
             await self.process.wait_at_most(grace)
-        return await self._terminate()
+        return await self._terminate(self.term_seconds)
 
     async def kill(self) -> ExitInfo:
         return await self._terminate(term_seconds=0)
+
+    @property
+    def term_seconds(self) -> float:
+        """How long SIGTERM is given. A jailed firecracker is the init of its PID namespace, and the
+        kernel drops signals from outside it that it has no handler for: SIGTERM never arrives."""
+        return 0.0 if self.jail is not None else TERM_SECONDS
 
     async def wait(self) -> ExitInfo:
         return await self.process.wait()
@@ -173,7 +193,7 @@ class FirecrackerVmm(VmmProcess):
         """
         spec = self.spec
         return models.ConfigFile(
-            boot_source=models.BootSource(kernel_image_path=spec.kernel, boot_args=spec.boot_args),
+            boot_source=models.BootSource(kernel_image_path=self._own(spec.kernel), boot_args=spec.boot_args),
             # No drive is flagged is_root_device: the spec's boot args already say root=/dev/vda, and
             # Firecracker would append a second "root=/dev/vda ro". Unflagged drives attach in order,
             # so drives[0] is still vda.
@@ -201,8 +221,28 @@ class FirecrackerVmm(VmmProcess):
     def _own(self, path: Path) -> Path:
         """A file of this VM's directory by its name alone (firecracker runs in the directory), so a
         snapshot records names a restore in another directory resolves to its own copies; shared files
-        (kernel, base image) keep their absolute path."""
+        (kernel, base image) keep their absolute path. In a jail every file is linked into its root
+        under its name (``jail.prepare``), and firecracker runs there."""
+        if self.jail is not None:
+            return Path(path.name)
         return Path(path.name) if path.parent == self.vm_dir else path
+
+    def seen(self, path: Path) -> Path:
+        """The path firecracker itself opens for a host path (the same without a jail)."""
+        return self.jail.inside(path) if self.jail is not None else path
+
+    def create_cgroup(self) -> None:
+        """The VM's cgroup with the limits of its spec (without the jailer, which makes it itself)."""
+        cgroup = VmCgroup(self.vm_dir.name)
+        cgroup.create(self.cgroup_limits())
+        self.process.cgroup = cgroup
+
+    def cgroup_limits(self) -> CgroupLimits:
+        return CgroupLimits.for_vm(self.spec.vcpus, self.spec.memory_mib)
+
+    def remove_cgroup(self) -> None:
+        if self.process.cgroup is not None:
+            self.process.cgroup.remove(attempts=limits.CGROUP_REMOVE_ATTEMPTS)
 
     def write_config(self) -> None:
         config = self.config()  # validated before anything is written
@@ -259,6 +299,29 @@ class FirecrackerVmm(VmmProcess):
 
     # -- what the restore steps add (boot.FIRECRACKER_RESTORE) ----------------------------------------
 
+    def snapshot_target(self, final: Path) -> Path:
+        """Where firecracker writes the snapshot file that ends up at ``final``: there, or in its jail
+        under a name of its own (``collect_snapshot_file`` moves it)."""
+        if self.jail is None:
+            return final.resolve()
+        partial = self.jail.root / f"{_SNAPSHOT_PARTIAL}{final.name}"
+        partial.unlink(missing_ok=True)  # never write through a link of some other file
+        return self.jail.inside(partial)
+
+    def collect_snapshot_file(self, final: Path) -> None:
+        """Move a snapshot file firecracker wrote in its jail to ``final`` (a no-op without a jail)."""
+        if self.jail is None:
+            return
+        partial = self.jail.root / f"{_SNAPSHOT_PARTIAL}{final.name}"
+        try:
+            partial.replace(final)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            shutil.move(partial, final)
+        os.chown(final, 0, self.jail.account.gid)
+        final.chmod(0o640)
+
     def snapshot_source(self) -> Snapshot:
         if self.restore_from is None:
             raise VmmStartError("this firecracker does not restore a snapshot")
@@ -283,7 +346,7 @@ class FirecrackerVmm(VmmProcess):
             return VmmStartError(f"{step}: {info.reason}")
         return VmmStartError(f"{step}: {exc}")
 
-    async def _terminate(self, term_seconds: float = TERM_SECONDS) -> ExitInfo:
+    async def _terminate(self, term_seconds: float) -> ExitInfo:
         self._started = False
         if self._client is not None:
             await self._client.aclose()
@@ -303,6 +366,18 @@ class FirecrackerVmm(VmmProcess):
     def _remove_sockets(self) -> None:
         # Firecracker leaves its sockets behind when it dies; guest-initiated vsock connections
         # would have created "<vsock>_<port>" listeners next to the vsock socket.
-        for path in (self.files.api_socket, self.vsock_path, *self.vm_dir.glob(f"{VSOCK_SOCKET_NAME}_*")):
+        listeners = self.vm_dir.glob(f"{VSOCK_SOCKET_NAME}_*")
+        for path in (self.files.api_socket, self.vsock_path, *listeners):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        self.remove_jail()
+
+    def remove_jail(self) -> None:
+        """The chroot and the links to its sockets (firecracker is gone: nothing there is needed any
+        more; its log and configuration are in the VM directory)."""
+        if self.jail is None:
+            return
+        for link in (self.files.api_socket, self.vsock_path):
+            if link.is_symlink():
+                link.unlink(missing_ok=True)
+        self.jail.remove()

@@ -17,15 +17,16 @@ import os
 import re
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from clawpot import limits
 from clawpot.vmm.base import ExitInfo, VmmStartError
+from clawpot.vmm.cgroups import VmCgroup
 from clawpot.vmm.console import CappedLog, ConsoleWriter, open_fifo
 from clawpot.vmm.logtail import tail_lines
-from clawpot.vmm.spawn import VmmChild, spawn
+from clawpot.vmm.spawn import OnExit, VmmChild, spawn
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class FirecrackerProcess:
         self.child: VmmChild | None = None
         self.console: ConsoleWriter | None = None
         self.spawned_at: float | None = None
+        # The VM's cgroup: made by a recipe step (``clawpot.vmm.cgroups``) or by the jailer.
+        self.cgroup: VmCgroup | None = None
 
     @property
     def pid(self) -> int | None:
@@ -107,15 +110,18 @@ class FirecrackerProcess:
     def argv(self) -> list[str]:
         # `env -C DIR` chdirs and execs firecracker: the same PID, no shell.
         chdir = ["env", "-C", str(self.cwd)] if self.cwd is not None else []
+        return [*chdir, str(self.binary), "--id", self.vm_id, *self.args()]
+
+    def args(self, seen: Callable[[Path], Path] = lambda path: path) -> list[str]:
+        """Firecracker's own options (without ``--id``, which the jailer adds itself); ``seen`` turns a
+        host path into the path firecracker sees (inside a jail: relative to its root)."""
+        files = self.files
         return [
-            *chdir,
-            str(self.binary),
-            "--api-sock", str(self.files.api_socket),
-            "--id", self.vm_id,
-            "--log-path", str(self.files.log),
+            "--api-sock", str(seen(files.api_socket)),
+            "--log-path", str(seen(files.log)),
             "--level", "Info",
             "--show-level",
-            *(["--config-file", str(self.files.config)] if self.files.config is not None else []),
+            *(["--config-file", str(seen(files.config))] if files.config is not None else []),
         ]  # fmt: skip
 
     async def spawn(self) -> None:
@@ -144,33 +150,64 @@ class FirecrackerProcess:
             raise VmmStartError(f"cannot set up firecracker's output files: {exc.strerror or exc}") from exc
 
     def launch(self, argv: Sequence[str] | None = None) -> None:
-        """Run ``argv`` (default: ``self.argv()``; a launcher such as the jailer passes its own, ending
-        in firecracker's) with the console FIFO as stdout. Needs ``prepare_output()`` first."""
+        """Run ``argv`` (default: ``self.argv()``; a wrapper passes its own, ending in firecracker's)
+        with the console FIFO as stdout, in ``self.cgroup`` when one was made (joined before it runs;
+        once firecracker is reaped it is removed, and an OOM kill is named as such). Needs
+        ``prepare_output()`` first."""
         if self.child is not None:
             raise RuntimeError("firecracker process already spawned")
+        argv = list(argv) if argv is not None else self.argv()
+        with self.output() as (stdout, stderr):
+            self.child = spawn(
+                self.cgroup.wrap(argv) if self.cgroup is not None else argv,
+                stdout=stdout,
+                stderr=stderr,
+                on_exit=self.on_exit,
+                die_with_parent=self.die_with_parent,
+                what="firecracker",
+            )
+        self.spawned_at = time.time()
+        log.debug("spawned firecracker pid %s for %s", self.pid, self.vm_id)
+
+    @contextlib.contextmanager
+    def output(self) -> Iterator[tuple[int, int]]:
+        """Firecracker's stdout (the console FIFO, read-write and blocking: it never sees EPIPE, and
+        waits when the FIFO is full) and stderr, open for the launch; closed after (it has copies)."""
         stdout = -1
         try:
-            # Read-write and blocking: firecracker never sees EPIPE, and waits when the FIFO is full.
             stdout = open_fifo(self.files.serial_fifo, blocking=True)
-            stderr = open(self.files.stderr, "wb")  # noqa: SIM115 - closed once firecracker has its copy
+            stderr = os.open(self.files.stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             if stdout >= 0:
                 os.close(stdout)
             raise VmmStartError(f"cannot set up firecracker's output files: {exc.strerror or exc}") from exc
         try:
-            self.child = spawn(
-                argv if argv is not None else self.argv(),
-                stdout=stdout,
-                stderr=stderr,
-                on_exit=self._on_exit,
-                die_with_parent=self.die_with_parent,
-                what="firecracker",
-            )
+            yield stdout, stderr
         finally:
-            os.close(stdout)  # firecracker has its copies
-            stderr.close()
+            os.close(stdout)
+            os.close(stderr)
+
+    def watch(self, pid: int, *, then: Callable[[], None] | None = None) -> None:
+        """Watch a firecracker a launcher started and handed over (the jailer): reparented to this
+        process (a child subreaper), reaped and explained like one ``launch`` started; ``then`` runs
+        once it is reaped (what the launcher made for it goes)."""
+        if self.child is not None:
+            raise RuntimeError("firecracker process already spawned")
+        on_exit = self.on_exit
+
+        def reaped(returncode: int) -> ExitInfo:
+            info = on_exit(returncode)
+            if then is not None:
+                then()
+            return info
+
+        self.child = VmmChild.of_pid(pid, reaped, "firecracker")
         self.spawned_at = time.time()
-        log.debug("spawned firecracker pid %s for %s", self.pid, self.vm_id)
+        log.debug("watching jailed firecracker pid %s for %s", pid, self.vm_id)
+
+    @property
+    def on_exit(self) -> OnExit:
+        return self.cgroup.finish(self._on_exit) if self.cgroup is not None else self._on_exit
 
     def close_output(self) -> None:
         """Copy what is left in the console FIFO into the file, then stop reading it."""

@@ -20,6 +20,12 @@ reset on load; the agent's handshake resynchronises), each clone on its own TAP 
 layer. On this host (kvm_pvm) the guest kernel dies within seconds whatever we do; the test proves the
 API sequence, a console that continues after the load, and crash detection of the restored process.
 
+Under the jailer (the default) firecracker sees only its chroot: it writes a snapshot's state and memory
+there, under names no restore link uses (a restored VM has its source snapshot's files linked in: never
+overwritten), and they are moved into the snapshot directory right after, owned by root and readable
+by the VMM account's group (0640: another jailed firecracker can restore them, no other user can read
+guest memory). A restore links the snapshot's state and memory into the new VM's chroot.
+
 With Firecracker >= 1.16, ``PUT /snapshot/load`` also takes ``vsock_override`` (a new ``uds_path``):
 the relative-path trick would no longer be needed for the vsock socket, and a restored VM could put its
 socket anywhere (a jail, a shorter path). Drives would still be reopened at their recorded paths
@@ -80,12 +86,14 @@ async def capture(vmm: FirecrackerVmm, directory: Path) -> SnapshotWriter:
         raise VmmError(f"cannot snapshot a VM that is {info.state}: pause it first")
     writer = await asyncio.to_thread(SnapshotWriter, directory)
     try:
+        state, memory = writer.path(STATE_NAME), writer.path(MEMORY_NAME)
         await vmm.client.create_snapshot(
             models.SnapshotCreate(
-                snapshot_path=writer.path(STATE_NAME).resolve(),
-                mem_file_path=writer.path(MEMORY_NAME).resolve(),
+                snapshot_path=vmm.snapshot_target(state), mem_file_path=vmm.snapshot_target(memory)
             )
         )
+        await asyncio.to_thread(vmm.collect_snapshot_file, state)
+        await asyncio.to_thread(vmm.collect_snapshot_file, memory)
         await asyncio.to_thread(_copy_drives, vmm, writer)
     except BaseException as exc:
         await asyncio.to_thread(writer.discard)
@@ -136,9 +144,10 @@ async def load(vmm: FirecrackerVmm) -> None:
         )
     await vmm.client.load_snapshot(
         models.SnapshotLoad(
-            snapshot_path=snap.state.resolve(),
+            # Jailed: both are linked into the chroot (``jail.prepare``).
+            snapshot_path=vmm.seen(snap.state.resolve()),
             mem_backend=models.MemBackend(
-                backend_type=models.MemBackendType.FILE, backend_path=snap.memory.resolve()
+                backend_type=models.MemBackendType.FILE, backend_path=vmm.seen(snap.memory.resolve())
             ),
             resume_vm=False,
             network_overrides=overrides,

@@ -8,6 +8,9 @@
                ``QEMU_RESTORE``: the same with verify, copy the writable layer, load the snapshot, cont.
 - ``snapshots`` pause/snapshot/restore with QEMU 7.2: migration to an fd with ``x-ignore-shared``, the
                RAM memfd and writable layer copied; what 7.2 allows and what it does not.
+- ``confine``  QEMU without root: exec'd as ``clawpot-vmm`` by ``setpriv`` (CAP_SYS_CHROOT only), its own
+               ``-chroot``, its sockets, drives, TAPs, kernel and RAM file handed over as fds
+               (``Handover``); why not ``-runas`` (7.2's seccomp kills it).
 - ``process``  ``QemuProcess``: runs its recipe (spawn through ``clawpot.vmm.spawn``, wait for the guest
                CPU to run), stop, reap.
 - ``backend``  ``QemuBackend``: binary lookup, accelerator and agent-transport choice, ``prepare``,

@@ -5,6 +5,9 @@ Accelerator: the constructor's ``accel``, else ``$CLAWPOT_QEMU_ACCEL`` (``kvm``/
 probe in ``clawpot.vmm.probe`` (cached per host kernel). Agent transport: vhost-vsock when
 /dev/vhost-vsock can be opened (each VM gets its own random CID), else a virtio-serial port.
 
+Every VM's QEMU runs as the VMM account (``run_as``, ``clawpot-vmm``), chrooted, with its files handed
+over as fds (``confine``).
+
 Pause, resume, snapshot and restore work on every QEMU VM (``Feature.PAUSE | SNAPSHOT | RESTORE``): guest
 RAM is always a shared memfd (``cmdline.RamBacking``); ``snapshots`` says how and what 7.2 allows.
 """
@@ -16,6 +19,7 @@ import secrets
 import shutil
 from pathlib import Path
 
+from clawpot.vmm.account import VMM_USER
 from clawpot.vmm.base import (
     AttachRecord,
     Capabilities,
@@ -62,6 +66,8 @@ class QemuBackend(VmmBackend):
     ``vsock``: True/False forces the agent transport; None picks vhost-vsock when the host has it.
     ``recipe`` is how its VMs boot (``boot.QEMU_BOOT``, or a variant of it).
     ``persistent_qmp``: each VM's QMP connection stays open between commands (``qmp.QmpControl``).
+    ``run_as``: the account QEMU runs as (``confine``); None runs it as root (nothing but tests of the
+    privileged path should want that).
     """
 
     kind = BackendKind.QEMU
@@ -78,9 +84,11 @@ class QemuBackend(VmmBackend):
         die_with_parent: bool = True,
         recipe: Recipe[QemuProcess] = QEMU_BOOT,
         persistent_qmp: bool = False,
+        run_as: str | None = VMM_USER,
     ) -> None:
         self._requested_binary = binary
         self.persistent_qmp = persistent_qmp
+        self.run_as = run_as
         self.recipe = recipe
         self._binary = find_qemu(binary)
         self.qmp_socket = qmp_socket
@@ -116,11 +124,12 @@ class QemuBackend(VmmBackend):
         else:
             accel = "accelerator chosen by a KVM probe at the first start"
         transport = "vhost-vsock" if self.vsock else "virtio-serial"
+        user = f"as {self.run_as}, chrooted" if self.run_as is not None else "as root"
         # TCG always works, so QEMU boots guests wherever it is installed.
         return Capabilities(
             self.kind,
             available=True,
-            detail=f"{self._binary}; {accel}; agent over {transport}",
+            detail=f"{self._binary}; {accel}; agent over {transport}; {user}",
             boots_guests=True,
             features=Feature.PAUSE | Feature.SNAPSHOT | Feature.RESTORE,
         )
@@ -149,6 +158,7 @@ class QemuBackend(VmmBackend):
             die_with_parent=self.die_with_parent,
             recipe=self.recipe,
             persistent_qmp=self.persistent_qmp,
+            run_as=self.run_as,
         )
 
     def attach(self, record: AttachRecord) -> AttachedQemu:
@@ -190,6 +200,7 @@ class QemuBackend(VmmBackend):
             recipe=recipe,
             restore_from=snap,
             persistent_qmp=self.persistent_qmp,
+            run_as=self.run_as,
         )
 
 

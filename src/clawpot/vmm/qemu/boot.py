@@ -3,11 +3,17 @@
     QEMU_BOOT:
         validate                     kernel, drives and sockets make sense (nothing created yet)
         choose the accelerator       the forced one, else the cached KVM probe (may boot a probe VM once)
-        build the command line       qemu-system-x86_64 -M microvm ... for the spec (pure)
         prepare files                the VM directory, stale sockets removed (live ones refused), console
-                                     FIFOs and their capped reader
-                                     undo: stop reading the console, remove sockets, console and logs
-        spawn qemu                   the command line, output to qemu.log, watched by a pidfd
+                                     FIFOs and their capped reader; unprivileged (the default), what
+                                     QEMU is handed: listening sockets, drive/TAP/kernel fds, the chroot
+                                     undo: stop reading the console, close the fds, remove sockets,
+                                     console, chroot and logs
+        build the command line       qemu-system-x86_64 -M microvm ... for the spec and the fds (pure)
+        create the cgroup            the VM's own cgroup: CPU, memory, tasks (``clawpot.vmm.cgroups``)
+                                     undo: remove it
+        spawn qemu                   the command line, in the cgroup before QEMU's first instruction (a
+                                     shell joins it as root and execs setpriv, which execs QEMU as
+                                     clawpot-vmm), output to qemu.log, watched by a pidfd
                                      undo: SIGKILL, reap, remove the sockets
         wait until QMP says running  QMP answers and query-status is "running" (QEMU exiting first:
                                      it refused the configuration, VmmConfigError)
@@ -16,8 +22,9 @@
         verify the snapshot          manifest, backend version, kernel and rootfs, sizes and digests
         copy the writable layer      the snapshot's writable drives into the VM directory (reflink or
                                      data extents; never the base image)   undo: remove the copies
-        ... validate, choose the accelerator (the snapshot's), build the command line (guest RAM a
-        private mapping of the snapshot's memory file, -incoming defer -S), prepare files, spawn ...
+        ... validate, choose the accelerator (the snapshot's), prepare files, build the command line
+        (guest RAM a private mapping of the snapshot's memory file, -incoming defer -S), create the
+        cgroup, spawn ...
         load the snapshot            QMP: x-ignore-shared, getfd + migrate-incoming fd:, until paused
         resume the guest             QMP cont
         wait until QMP says running
@@ -40,6 +47,7 @@ VALIDATE = "validate"
 CHOOSE_ACCEL = "choose the accelerator"
 BUILD_COMMAND = "build the command line"
 PREPARE_FILES = "prepare files"
+CREATE_CGROUP = "create the cgroup"
 SPAWN = "spawn qemu"
 WAIT_RUNNING = "wait until QMP says running"
 VERIFY_SNAPSHOT = "verify the snapshot"
@@ -66,6 +74,14 @@ async def prepare_files(qemu: QemuProcess) -> None:
 
 async def remove_files(qemu: QemuProcess) -> None:
     qemu.remove_files()
+
+
+async def create_cgroup(qemu: QemuProcess) -> None:
+    qemu.create_cgroup()
+
+
+async def remove_cgroup(qemu: QemuProcess) -> None:
+    qemu.remove_cgroup()
 
 
 async def spawn(qemu: QemuProcess) -> None:
@@ -104,8 +120,9 @@ QEMU_BOOT: Recipe[QemuProcess] = Recipe(
     [
         Step(VALIDATE, validate),
         Step(CHOOSE_ACCEL, choose_accel),
-        Step(BUILD_COMMAND, build_command),
         Step(PREPARE_FILES, prepare_files, undo=remove_files),
+        Step(BUILD_COMMAND, build_command),
+        Step(CREATE_CGROUP, create_cgroup, undo=remove_cgroup),
         Step(SPAWN, spawn, undo=kill),
         Step(WAIT_RUNNING, wait_running),
     ]

@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from clawpot import limits
 from clawpot.agent.protocol import SERIAL_PORT_NAME
 from clawpot.vmm.base import VmmConfigError
 from clawpot.vmm.spec import VmSpec
@@ -50,17 +51,38 @@ class RamBacking:
 
     snapshot_memory: Path | None = None
 
-    def object_arg(self, memory_mib: int) -> str:
+    def object_arg(self, memory_mib: int, mem_path: str | None = None) -> str:
+        """``mem_path`` names the snapshot's file another way (a passed fd: ``/proc/self/fd/N``)."""
         if self.snapshot_memory is None:
             return f"memory-backend-memfd,id={RAM_BACKEND_ID},size={memory_mib}M,share=on"
         return (
             f"memory-backend-file,id={RAM_BACKEND_ID},size={memory_mib}M,"
-            f"mem-path={self.snapshot_memory},share=off"
+            f"mem-path={mem_path or self.snapshot_memory},share=off"
         )
 
 
 RAM_BACKEND_ID = "mem"
 MEMFD_RAM = RamBacking()
+
+
+@dataclass(frozen=True)
+class PassedFds:
+    """What QEMU gets as open fds instead of paths (``confine.Handover`` opens them; QEMU runs in the VM
+    directory, so the console FIFOs and ``chroot`` are names relative to it)."""
+
+    qmp: int
+    agent: int | None
+    # drive id -> the fds of its fd set: (read-only,) or (read-only, read-write)
+    drives: dict[str, tuple[int, ...]]
+    taps: tuple[int, ...]
+    vhost_vsock: int | None
+    kernel: int
+    memory: int | None
+    chroot: str
+
+
+def _fd_path(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"
 
 
 class Accel(enum.StrEnum):
@@ -160,17 +182,24 @@ def build_command(
     name: str = "clawpot",
     ram: RamBacking = MEMFD_RAM,
     incoming: bool = False,
+    fds: PassedFds | None = None,
 ) -> list[str]:
     """The argv for ``spec``. With ``vsock_cid`` the agent channel is vhost-vsock, else virtio-serial.
-    ``incoming``: wait for a migration stream (``-incoming defer``, then QMP ``migrate-incoming``)."""
+    ``incoming``: wait for a migration stream (``-incoming defer``, then QMP ``migrate-incoming``).
+    ``fds``: QEMU gets its sockets, drives, TAPs, kernel and RAM file as open fds, runs in the VM
+    directory and chroots (``confine``: an unprivileged QEMU); without, it opens them by path."""
     if ram.snapshot_memory is not None and "," in str(ram.snapshot_memory):
         raise VmmConfigError(f"snapshot path must not contain ',': {ram.snapshot_memory}")
+    mem_path = _fd_path(fds.memory) if fds is not None and fds.memory is not None else None
+    console = files.console_pipe.name if fds is not None else str(files.console_pipe)
     cmd = [
         binary,
         "-name", name,
         "-M", f"microvm,memory-backend={RAM_BACKEND_ID}",
-        "-object", ram.object_arg(spec.memory_mib),
-        "-accel", accel.value,
+        "-object", ram.object_arg(spec.memory_mib, mem_path),
+        # Under TCG the translation cache is capped (default 1 GiB): the VM's cgroup allows QEMU only
+        # the measured overhead beyond guest RAM (limits.QEMU_TCG_TB_SIZE_MIB says why the number).
+        "-accel", accel.value if accel is Accel.KVM else f"tcg,tb-size={limits.QEMU_TCG_TB_SIZE_MIB}",
         # KVM: expose the host CPU. TCG: "max" gives the guest the instructions TCG can emulate
         # (the default qemu64 model lacks ones glibc picks at runtime).
         "-cpu", "host" if accel is Accel.KVM else "max",
@@ -180,33 +209,52 @@ def build_command(
         "-display", "none",
         # A guest that escapes into QEMU still may not exec, setuid or use obsolete syscalls.
         "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-        "-kernel", str(spec.kernel),
+        "-kernel", _fd_path(fds.kernel) if fds is not None else str(spec.kernel),
         "-append", kernel_cmdline(spec.boot_args, accel),
         # Console into a FIFO (QEMU opens it read-write, non-blocking): never a file QEMU writes itself.
-        "-chardev", f"pipe,id=console,path={files.console_pipe}",
+        "-chardev", f"pipe,id=console,path={console}",
         "-serial", "chardev:console",
-        "-qmp", f"unix:{files.qmp_socket},server=on,wait=off",
+        *_qmp_args(files, fds),
         "-object", "rng-random,id=rng0,filename=/dev/urandom",
         "-device", "virtio-rng-device,rng=rng0",
     ]  # fmt: skip
+    if fds is not None:
+        # After opening everything, QEMU chroots into an empty directory (relative to the VM directory).
+        cmd += ["-chroot", fds.chroot]
     # microvm gives virtio-mmio slots to devices in command-line order and the guest probes them in
     # that order, so drives come first to make drives[0] vda, drives[1] vdb, ...
-    for drive in spec.drives:
+    for set_id, drive in enumerate(spec.drives, start=1):
         opts = [f"if=none,id={drive.drive_id},file={drive.path},format=raw"]
+        if fds is not None:
+            # QEMU opens a drive read-only first, then read-write for a writable device: one fd of
+            # each mode in its fd set. Without image locking: QEMU's locks are OFD locks, and the
+            # fd set keeps the read-only description (with the shared lock QEMU took on it) open for
+            # QEMU's life, so re-taking the write lock after a snapshot (images inactivated, then
+            # activated) fails. Our drives are the VM's own (the base read-only): nobody else opens them.
+            for fd in fds.drives[drive.drive_id]:
+                cmd += ["-add-fd", f"fd={fd},set={set_id}"]
+            opts = [f"if=none,id={drive.drive_id},file=/dev/fdset/{set_id},format=raw,file.locking=off"]
         opts.append("readonly=on" if drive.read_only else "discard=unmap")
         cmd += ["-drive", ",".join(opts), "-device", f"virtio-blk-device,drive={drive.drive_id}"]
     for index, nic in enumerate(spec.network_interfaces):
         netdev = f"net{index}"
+        tap = f"fd={fds.taps[index]}" if fds is not None else f"ifname={nic.tap_name},script=no,downscript=no"
         cmd += [
-            "-netdev", f"tap,id={netdev},ifname={nic.tap_name},script=no,downscript=no",
+            "-netdev", f"tap,id={netdev},{tap}",
             "-device", f"virtio-net-device,netdev={netdev},mac={nic.mac}",
         ]  # fmt: skip
     if spec.agent_channel:
         if vsock_cid is not None:
-            cmd += ["-device", f"vhost-vsock-device,guest-cid={vsock_cid}"]
+            vhost = f",vhostfd={fds.vhost_vsock}" if fds is not None and fds.vhost_vsock is not None else ""
+            cmd += ["-device", f"vhost-vsock-device,guest-cid={vsock_cid}{vhost}"]
         else:
+            agent = (
+                f"fd={fds.agent}"
+                if fds is not None and fds.agent is not None
+                else f"path={files.agent_socket}"
+            )
             cmd += [
-                "-chardev", f"socket,id=agent,path={files.agent_socket},server=on,wait=off",
+                "-chardev", f"socket,id=agent,{agent},server=on,wait=off",
                 "-device", "virtio-serial-device",
                 "-device", f"virtserialport,chardev=agent,name={SERIAL_PORT_NAME}",
             ]  # fmt: skip
@@ -215,3 +263,9 @@ def build_command(
         # the guest stopped once it is loaded, until the restore recipe says cont.
         cmd += ["-incoming", "defer", "-S"]
     return cmd
+
+
+def _qmp_args(files: QemuFiles, fds: PassedFds | None) -> list[str]:
+    if fds is None:
+        return ["-qmp", f"unix:{files.qmp_socket},server=on,wait=off"]
+    return ["-chardev", f"socket,id=qmp,fd={fds.qmp},server=on,wait=off", "-mon", "chardev=qmp,mode=control"]

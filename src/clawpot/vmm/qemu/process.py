@@ -1,15 +1,24 @@
 """One QEMU process: spawn, wait until the guest CPU runs, notice the exit at once, reap, clean up.
 
 ``start()`` runs a boot recipe (``clawpot.vmm.qemu.boot.QEMU_BOOT`` by default: validate → choose the
-accelerator → build the command line → prepare files → spawn qemu → wait until QMP says running), each
-step a call on this object. The process is spawned and watched by ``clawpot.vmm.spawn``, as
-Firecracker's is: a pidfd turns readable the moment QEMU exits, whatever the reason (guest poweroff,
-crash, ``kill -9`` from outside), so ``wait()`` resolves within one loop iteration, and signals go to our
-QEMU and never to a recycled PID.
+accelerator → prepare files → build the command line → create the cgroup → spawn qemu → wait until QMP
+says running), each step a call on this object. The process is spawned and watched by
+``clawpot.vmm.spawn``, as Firecracker's is: a pidfd turns readable the moment QEMU exits, whatever the
+reason (guest poweroff, crash, ``kill -9`` from outside), so ``wait()`` resolves within one loop
+iteration, and signals go to our QEMU and never to a recycled PID.
 
 The serial console: before QEMU is spawned the VM's console FIFOs are made and a ``ConsoleWriter``
 reads ``console.out``, keeping ``console.log`` capped and rotated for the process's whole life
 (``clawpot.vmm.console``).
+
+Unprivileged (``run_as``, the VMM account by default): "prepare files" also hands QEMU's files over
+(``confine``: sockets, drives, TAPs, kernel and RAM file as fds, the VM directory searchable by the
+account, an empty chroot), the command line names those fds, and "spawn qemu" execs QEMU as the
+account through ``setpriv`` in the VM directory.
+
+Its own cgroup (``clawpot.vmm.cgroups``): "create the cgroup" makes it with the spec's limits, and
+"spawn qemu" starts a shell that joins it (as root: the cgroup is root's) and execs the rest of the
+chain (setpriv, then QEMU), so QEMU is charged there from its first instruction.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import socket
 import stat
@@ -26,10 +36,12 @@ from pathlib import Path
 
 from clawpot import limits
 from clawpot.agent_client.endpoints import AgentEndpoint, SerialSocketEndpoint, VsockEndpoint
+from clawpot.vmm.account import VMM_USER, VmmAccount, vmm_account
 from clawpot.vmm.base import ExitInfo, VmmConfigError, VmmProcess, VmmStartError
+from clawpot.vmm.cgroups import CgroupLimits, VmCgroup
 from clawpot.vmm.console import CappedLog, ConsoleWriter, make_fifo
 from clawpot.vmm.logtail import tail_lines
-from clawpot.vmm.qemu import snapshots
+from clawpot.vmm.qemu import confine, snapshots
 from clawpot.vmm.qemu.boot import QEMU_BOOT
 from clawpot.vmm.qemu.cmdline import (
     MEMFD_RAM,
@@ -41,7 +53,7 @@ from clawpot.vmm.qemu.cmdline import (
     validate,
 )
 from clawpot.vmm.qemu.qmp import QmpControl, QmpError
-from clawpot.vmm.snapshot import DRIVE_PREFIX, Snapshot, SnapshotWriter, spec_entry
+from clawpot.vmm.snapshot import DRIVE_PREFIX, MEMORY_NAME, Snapshot, SnapshotWriter, spec_entry
 from clawpot.vmm.spawn import VmmChild, spawn
 from clawpot.vmm.spec import BackendKind, VmSpec
 from clawpot.vmm.steps import Recipe
@@ -70,6 +82,7 @@ class QemuProcess(VmmProcess):
         recipe: Recipe[QemuProcess] = QEMU_BOOT,
         restore_from: Snapshot | None = None,
         persistent_qmp: bool = False,
+        run_as: str | None = VMM_USER,
     ) -> None:
         self.spec = spec
         self.vm_dir = vm_dir
@@ -94,6 +107,14 @@ class QemuProcess(VmmProcess):
         self.restore_from = restore_from
         self.ram: RamBacking = MEMFD_RAM if restore_from is None else RamBacking(restore_from.memory)
         self.restored_drives: list[Path] = []
+        # The account QEMU runs as (None: as we run, root; only the KVM probe, which boots nothing
+        # but our own kernel and image). Resolved, with the fds QEMU gets, by "prepare files".
+        self.run_as = run_as
+        self.account: VmmAccount | None = None
+        self.groups: tuple[int, ...] = ()
+        self.handover: confine.Handover | None = None
+        # The VM's own cgroup (``create_cgroup``), named by its directory's name: the VM's id.
+        self.cgroup: VmCgroup | None = None
 
     @property
     def command(self) -> list[str]:
@@ -109,6 +130,7 @@ class QemuProcess(VmmProcess):
             name=name,
             ram=self.ram,
             incoming=self.restore_from is not None,
+            fds=self.handover.fds if self.handover is not None else None,
         )
 
     @property
@@ -156,7 +178,11 @@ class QemuProcess(VmmProcess):
 
     def prepare_files(self) -> None:
         """The VM directory, its sockets' places (stale ones removed, live ones refused) and the console
-        FIFOs with their reader. On failure nothing of it is left."""
+        FIFOs with their reader; unprivileged, what QEMU gets handed (``confine``). On failure nothing
+        of it is left."""
+        if self.run_as is not None:
+            self.account = vmm_account(self.run_as)
+            self.groups = confine.kvm_groups(self.accel or Accel.TCG, self.account)
         self.vm_dir.mkdir(parents=True, exist_ok=True)
         for path in self.files.sockets:
             _clear_stale_socket(path)
@@ -167,34 +193,87 @@ class QemuProcess(VmmProcess):
         except OSError as exc:
             self.remove_files()
             raise VmmStartError(f"cannot set up the serial console: {exc.strerror or exc}") from exc
+        if self.account is not None:
+            try:
+                confine.prepare_vm_dir(self.vm_dir, self.files, self.account)
+                if self.ram.snapshot_memory is not None:
+                    confine.grant_snapshot_memory(self.ram.snapshot_memory, self.account)
+                self.handover = confine.Handover.open(
+                    self.spec,
+                    self.files,
+                    vsock=self.vsock_cid is not None,
+                    snapshot_memory=self.ram.snapshot_memory,
+                )
+            except (OSError, VmmStartError) as exc:
+                self.remove_files()
+                if isinstance(exc, VmmStartError):
+                    raise
+                raise VmmStartError(f"cannot hand QEMU its files: {exc.strerror or exc}") from exc
 
     def remove_files(self) -> None:
-        """Stop reading the console; remove the sockets, console files, FIFOs and QEMU's log."""
+        """Stop reading the console; remove the sockets, console files, FIFOs, chroot and QEMU's log."""
+        self._close_handover()
         self._close_console()
         self._remove_sockets()
         CappedLog.remove_files(self.files.serial_log)
         for path in (self.files.qemu_log, *self.files.console_fifos):
             path.unlink(missing_ok=True)
+        confine.remove_vm_dir_files(self.vm_dir)
+
+    def create_cgroup(self) -> None:
+        """The VM's cgroup with the limits of its spec (``clawpot.vmm.cgroups``)."""
+        cgroup = VmCgroup(self.vm_dir.name)
+        cgroup.create(CgroupLimits.for_vm(self.spec.vcpus, self.spec.memory_mib))
+        self.cgroup = cgroup
+
+    def remove_cgroup(self) -> None:
+        if self.cgroup is not None:
+            self.cgroup.remove(attempts=limits.CGROUP_REMOVE_ATTEMPTS)
 
     def launch(self, argv: Sequence[str] | None = None) -> None:
-        """Run ``argv`` (default: the built command line) with its output in QEMU's log file."""
+        """Run ``argv`` (default: the built command line) with its output in QEMU's log file, inside
+        the VM's cgroup when ``create_cgroup`` made one (joined before QEMU runs: its every allocation
+        is charged there; once QEMU is reaped the cgroup is removed and an OOM kill is named as such)."""
         if argv is None:
             if self.argv is None:
                 raise VmmStartError("the command line is built before QEMU is launched")
             argv = self.argv
+        die_with_parent = self.die_with_parent
+        pass_fds: list[int] = []
+        if self.account is not None:
+            # setpriv would report a missing binary only as its own exit code: say it here, as spawn does.
+            if shutil.which(argv[0]) is None:
+                raise VmmStartError(f"cannot run {argv[0]}: No such file or directory")
+            argv = [
+                *confine.launcher(self.account, groups=self.groups, die_with_parent=die_with_parent),
+                *argv,
+            ]
+            die_with_parent = False  # setpriv sets it after the uid change, which clears an earlier one
+            pass_fds = list(self.handover.keep) if self.handover is not None else []
+        cgroup = self.cgroup
+        if cgroup is not None:
+            # Outermost: the shell joins the cgroup as root, then execs setpriv (which drops to the
+            # account, then execs QEMU) or QEMU itself; the passed fds stay open across every exec.
+            argv = cgroup.wrap(list(argv))
         try:
             log = open(self.files.qemu_log, "wb")  # noqa: SIM115 - closed below, QEMU has a copy
         except OSError as exc:
             raise VmmStartError(f"cannot create {self.files.qemu_log}: {exc.strerror or exc}") from exc
-        with log:
-            self.child = spawn(
-                argv,
-                stdout=log,
-                stderr=log,
-                on_exit=self._on_exit,
-                die_with_parent=self.die_with_parent,
-                what="qemu",
-            )
+        try:
+            with log:
+                self.child = spawn(
+                    argv,
+                    stdout=log,
+                    stderr=log,
+                    on_exit=cgroup.finish(self._on_exit) if cgroup is not None else self._on_exit,
+                    die_with_parent=die_with_parent,
+                    what="qemu",
+                    pass_fds=pass_fds,
+                    # Unprivileged, QEMU names its console FIFOs and chroot relative to the VM directory.
+                    cwd=str(self.vm_dir) if self.account is not None else None,
+                )
+        finally:
+            self._close_handover()  # QEMU has its copies (or failed to start)
 
     async def wait_running(self) -> None:
         """Until QMP reports the guest CPU running; QEMU exiting first means it refused the config."""
@@ -208,9 +287,14 @@ class QemuProcess(VmmProcess):
                 raise VmmConfigError(f"QEMU did not start: {child.exit_info.reason}")
             if self.files.qmp_socket.exists():
                 try:
-                    status = await self.qmp.status()
+                    # Bounded by the deadline: a socket we bound for QEMU accepts the connection
+                    # before QEMU runs, and a QEMU that never gets there never greets.
+                    async with asyncio.timeout(max(deadline - time.monotonic(), _POLL)):
+                        status = await self.qmp.status()
                 except QmpError as exc:
                     last_error = str(exc)
+                except TimeoutError:
+                    last_error = "QMP did not answer"
                 else:
                     if status == "running":
                         return
@@ -272,7 +356,7 @@ class QemuProcess(VmmProcess):
         """Finish a ``capture`` (blocking: hashes the files); on failure the partial snapshot is gone."""
         with writer:
             drive_files = {d.drive_id: DRIVE_PREFIX + d.drive_id for d in self.spec.drives if not d.read_only}
-            return writer.seal(
+            snapshot = writer.seal(
                 backend=self.kind,
                 backend_version=snapshots.qemu_version(self.binary),
                 spec=spec_entry(self.spec, drive_files),
@@ -281,6 +365,10 @@ class QemuProcess(VmmProcess):
                     "ram": "stream" if snapshots.ram_in_stream(self) else "file",
                 },
             )
+        if self.account is not None:
+            # Now rather than at the first restore: the change would make that restore hash it again.
+            confine.grant_snapshot_memory(snapshot.directory / MEMORY_NAME, self.account)
+        return snapshot
 
     def _on_exit(self, returncode: int) -> ExitInfo:
         # The console's last words first: a readiness failure quotes them right after this.
@@ -332,6 +420,11 @@ class QemuProcess(VmmProcess):
         if self.child is None:
             raise VmmStartError("QEMU was never started")
         return self.child
+
+    def _close_handover(self) -> None:
+        if self.handover is not None:
+            self.handover.close()
+            self.handover = None
 
     def _close_console(self) -> None:
         if self.console is not None:

@@ -18,13 +18,13 @@ import pytest
 
 from clawpot.vm import procfs
 from clawpot.vmm.firecracker import boot
-from clawpot.vmm.firecracker.boot import FIRECRACKER_BOOT
+from clawpot.vmm.firecracker.boot import FIRECRACKER_BOOT, JAILED_BOOT, JAILED_RESTORE
 from clawpot.vmm.firecracker.handle import STARTED_LINE, FirecrackerVmm
 from clawpot.vmm.spec import Drive, VmSpec
 from clawpot.vmm.steps import Recipe, Step
 
 SPAWN_WRAPPED = "spawn firecracker through a wrapper"
-PREPARE_JAIL = "prepare the jail"
+PREPARE_JAIL = "prepare a stand-in jail"
 
 
 def jailed_recipe(wrapper: Path, jail: Path) -> Recipe[FirecrackerVmm]:
@@ -81,9 +81,29 @@ def test_the_default_recipe_reads_as_the_boot() -> None:
     assert FIRECRACKER_BOOT.names == (
         "write the configuration",
         "prepare files",
+        "create the cgroup",
         "spawn firecracker",
         "wait for the microVM to start",
     )
+    # The real jailer (the default of clawpot-server and clawpot-driver) is the same kind of edit.
+    assert JAILED_BOOT.names == (
+        "write the configuration",
+        "prepare the jail",
+        "prepare files",
+        "spawn firecracker under the jailer",
+        "wait for the microVM to start",
+    )
+    assert JAILED_RESTORE.names == (
+        "verify the snapshot",
+        "copy the writable layer",
+        "prepare the jail",
+        "prepare files",
+        "spawn firecracker under the jailer",
+        "wait for the API",
+        "load the snapshot",
+        "resume the guest",
+    )
+    assert JAILED_BOOT[boot.PREPARE_JAIL].undo is not None and JAILED_BOOT[boot.SPAWN_JAILED].undo is not None
 
 
 async def test_swapped_launch_and_added_step_boot_in_order(
@@ -93,6 +113,7 @@ async def test_swapped_launch_and_added_step_boot_in_order(
     assert recipe.names == (
         "write the configuration",
         "prepare files",
+        "create the cgroup",
         PREPARE_JAIL,
         SPAWN_WRAPPED,
         "wait for the microVM to start",
@@ -132,6 +153,7 @@ async def test_a_later_failure_undoes_the_variant_in_reverse(
         *recipe.names,  # the last one, "explode", logged as failed
         f"undo {SPAWN_WRAPPED}",
         f"undo {PREPARE_JAIL}",
+        "undo create the cgroup",
         "undo prepare files",
     ]
     pid = vmm.pid

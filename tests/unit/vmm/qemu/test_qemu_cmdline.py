@@ -62,7 +62,7 @@ def test_microvm_basics(spec: VmSpec, tmp_path: Path) -> None:
     assert _options(argv, "-M") == ["microvm,memory-backend=mem"]
     assert "memory-backend-memfd,id=mem,size=512M,share=on" in _options(argv, "-object")
     assert "-incoming" not in argv and "-S" not in argv
-    assert _options(argv, "-accel") == ["tcg"]
+    assert _options(argv, "-accel") == ["tcg,tb-size=96"]  # the cap the cgroup counts on
     assert _options(argv, "-smp") == ["2"]
     assert _options(argv, "-m") == ["512M"]
     for flag in ("-nodefaults", "-no-user-config", "-no-reboot"):

@@ -14,6 +14,7 @@ import pytest
 
 from clawpot.vm import procfs
 from clawpot.vmm.base import VmmConfigError, VmmStartError
+from clawpot.vmm.cgroups import VmCgroup
 from clawpot.vmm.qemu import boot
 from clawpot.vmm.qemu.backend import QemuBackend
 from clawpot.vmm.qemu.boot import QEMU_BOOT
@@ -38,8 +39,9 @@ def test_the_default_recipe_reads_as_the_boot() -> None:
     assert QEMU_BOOT.names == (
         "validate",
         "choose the accelerator",
-        "build the command line",
         "prepare files",
+        "build the command line",
+        "create the cgroup",
         "spawn qemu",
         "wait until QMP says running",
     )
@@ -55,8 +57,9 @@ async def test_a_binary_that_cannot_run_leaves_no_file(
         pytest.raises(VmmStartError, match=r"cannot run .*no-qemu: No such file or directory"),
     ):
         await process.start()
-    assert steps_logged(caplog) == [*QEMU_BOOT.names[:5], "undo prepare files"]
+    assert steps_logged(caplog) == [*QEMU_BOOT.names[:6], "undo create the cgroup", "undo prepare files"]
     assert list(vm_dir.iterdir()) == []
+    assert not VmCgroup(vm_dir.name).exists()
     assert process.pid is None
 
 
@@ -84,13 +87,19 @@ async def test_a_launch_that_never_runs_is_killed_and_its_files_removed(
     process = QemuProcess(spec(tmp_path), vm_dir, accel=Accel.TCG, start_timeout=0.3, recipe=recipe)
     with (
         caplog.at_level(logging.DEBUG, logger="clawpot.vmm.steps"),
-        pytest.raises(VmmStartError, match="QEMU not running after 0 s: QMP socket never appeared"),
+        pytest.raises(VmmStartError, match="QEMU not running after 0 s: QMP did not answer"),
     ):
         await process.start()
-    assert steps_logged(caplog) == [*recipe.names, "undo spawn a sleeper", "undo prepare files"]
+    assert steps_logged(caplog) == [
+        *recipe.names,
+        "undo spawn a sleeper",
+        "undo create the cgroup",
+        "undo prepare files",
+    ]
     assert process.pid is not None and procfs.start_ticks(process.pid) is None  # killed and reaped
     assert process.exit_info is not None and process.exit_info.reason == "qemu killed by SIGKILL"
     assert list(vm_dir.iterdir()) == []
+    assert not VmCgroup(vm_dir.name).exists()
     with pytest.raises(VmmStartError, match="already started"):
         await process.start()
 
