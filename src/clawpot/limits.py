@@ -400,3 +400,8 @@ POOL_RETRY_DELAY = 10.0
 # The longest line the host reads from QEMU's QMP socket. Its replies to our commands and its events are
 # a few hundred bytes (query-migrate ~1 KiB); 1 MiB only bounds what a broken QEMU could make us buffer.
 QMP_MAX_LINE = 1024 * 1024
+
+# --- E2B fork and snapshots (issue 14) ----------------------------------------------------------------
+
+# A fork's lifetime when the request names none: E2B's SandboxForkRequest default (seconds).
+E2B_FORK_DEFAULT_TIMEOUT = 15
