@@ -292,12 +292,13 @@ class Routes:
     # -- logs and metrics -----------------------------------------------------------------------------
 
     async def logs_v1(self, request: Request) -> Response:
-        sandbox, _ = self._sandbox(request)
+        sandbox = self.ctx.sandbox(request.path_params["sandbox_id"])  # an Error VM's console too
         start = _int_param(request, "start", None, 0, None)
         limit = _int_param(request, "limit", limits.E2B_DEFAULT_LOG_LINES, 0, limits.E2B_MAX_LOG_LINES)
         assert limit is not None
         record = sandbox.view.record
-        lines = logs.select(logs.console_lines(record.vm_dir, record.created_at), start, limit)
+        found = await logs.console_lines(self.ctx.service, record.id, record.created_at)
+        lines = logs.select(found, start, limit)
         return JSONResponse(
             {
                 "logs": [{"timestamp": shapes.iso(ln.timestamp), "line": ln.line} for ln in lines],
@@ -306,7 +307,7 @@ class Routes:
         )
 
     async def logs_v2(self, request: Request) -> Response:
-        sandbox, _ = self._sandbox(request)
+        sandbox = self.ctx.sandbox(request.path_params["sandbox_id"])  # an Error VM's console too
         cursor = _int_param(request, "cursor", None, 0, None)
         limit = _int_param(request, "limit", limits.E2B_DEFAULT_LOG_LINES, 0, limits.E2B_DEFAULT_LOG_LINES)
         assert limit is not None
@@ -315,7 +316,7 @@ class Routes:
             raise errors.InvalidArgument(f"invalid direction {errors.quote(direction)}: forward or backward")
         search = request.query_params.get("search")
         record = sandbox.view.record
-        lines = logs.console_lines(record.vm_dir, record.created_at)
+        lines = await logs.console_lines(self.ctx.service, record.id, record.created_at)
         if search:
             lines = [ln for ln in lines if search in ln.line]
         # Console lines are all "info": a minimum level above it excludes them.
