@@ -11,6 +11,7 @@ tests/integration/test_e2b_sdk.py.
 
 from __future__ import annotations
 
+import stat
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -143,6 +144,8 @@ async def test_snapshot_list_create_from_and_delete(
     reply = await api.post(f"/sandboxes/{sid}/snapshots", json={"name": "mine"})
     named = SnapshotInfo.from_dict(reply.json())
     assert named.snapshot_id == "mine:default"
+    source_file = node.snapshots.path("mine") / snapshots.SOURCE_FILE
+    assert stat.S_IMODE(source_file.stat().st_mode) == 0o600  # it holds the env vars
     take = f"/sandboxes/{sid}/snapshots"
     assert "already exists" in _error(await api.post(take, json={"name": "mine"}), 409)
     assert "invalid snapshot name" in _error(await api.post(take, json={"name": "a/b"}), 400)

@@ -7,7 +7,8 @@
 - What the snapshot holds of E2B's side is its sandbox's memory, so envd's default environment
   (``envVars``) comes with it; the E2B layer records it, with the source sandbox's id (the
   ``sandboxID`` filter of ``GET /snapshots``), in ``e2b-source.json`` inside the snapshot's
-  directory, which lives and dies with the snapshot. It is read bounded; a damaged one is ignored.
+  directory (0600), which lives and dies with the snapshot. It is read bounded; a damaged one is
+  ignored (a half-written one after a crash, too).
 - ``GET /snapshots`` pages oldest first with ``limit`` and ``nextToken`` (``X-Next-Token`` header),
   the token naming the last snapshot sent (creation time, name), as VM listings do.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,9 +78,11 @@ class Source:
 
 
 def save_source(directory: Path, source: Source) -> None:
-    (directory / SOURCE_FILE).write_text(
-        json.dumps({"sandbox_id": source.sandbox_id, "env_vars": source.env_vars}, sort_keys=True)
-    )
+    """Written once, beside the snapshot's files, 0600: the env vars may hold secrets."""
+    data = json.dumps({"sandbox_id": source.sandbox_id, "env_vars": source.env_vars}, sort_keys=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with os.fdopen(os.open(directory / SOURCE_FILE, flags, 0o600), "w") as f:
+        f.write(data)
 
 
 def load_source(directory: Path) -> Source | None:
