@@ -25,6 +25,7 @@ from support.fake_vmm import FakeVmmBackend
 
 from clawpot.e2b.app import create_app
 from clawpot.e2b.context import E2bContext
+from clawpot.e2b.rest import app as rest_app
 from clawpot.e2b.rest import snapshots
 from clawpot.e2b.sandboxes import load_attrs
 from clawpot.node.lifetimes import Expiry
@@ -130,6 +131,21 @@ async def test_fork_defaults_and_refusals(api: httpx.AsyncClient, node: Node) ->
     assert "not found" in _error(await api.post("/sandboxes/nope/fork", json={}), 404)
     assert (await api.post(f"/sandboxes/{source['sandboxID']}/pause")).status_code == 204
     assert "Paused" in _error(await api.post(f"/sandboxes/{source['sandboxID']}/fork", json={}), 409)
+
+
+async def test_a_fork_that_cannot_record_its_copies_leaves_none(
+    api: httpx.AsyncClient, node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = await _create(api)
+    before = set(node.vms)
+
+    def refuse(vm_dir: Path, attrs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rest_app, "save_attrs", refuse)
+    reply = await api.post(f"/sandboxes/{source['sandboxID']}/fork", json={"count": 2})
+    assert "No space left" in _error(reply, 503)
+    assert set(node.vms) == before  # both copies deleted
 
 
 async def test_snapshot_list_create_from_and_delete(

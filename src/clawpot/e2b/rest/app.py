@@ -243,16 +243,20 @@ class Routes:
         views = await self.ctx.service.fork(sandbox.id, body.count)  # all or nothing
         results = []
         try:
-            for view in views:
+            for copy in views:
                 token = new_access_token() if sandbox.attrs.secure else None
                 attrs = dataclasses.replace(sandbox.attrs, envd_access_token=token)
-                save_attrs(view.record.vm_dir, attrs)
-                view = await self.ctx.service.set_timeout(view.record.id, seconds, self._expiry(attrs))
-                results.append({"sandbox": shapes.sandbox_body(Sandbox(view.record.id, view, attrs))})
+                try:
+                    save_attrs(copy.record.vm_dir, attrs)
+                except OSError as exc:
+                    raise errors.Unavailable(f"cannot record the copy's attributes: {exc.strerror}") from None
+                timed = await self.ctx.service.set_timeout(copy.record.id, seconds, self._expiry(attrs))
+                results.append({"sandbox": shapes.sandbox_body(Sandbox(copy.record.id, timed, attrs))})
         except BaseException:
-            for view in views:
+            # All or nothing, as the fork itself: no copy the caller was not told about is left.
+            for copy in views:
                 with contextlib.suppress(errors.ServerError):
-                    await self.ctx.service.delete(view.record.id)
+                    await self.ctx.service.delete(copy.record.id)
             raise
         return JSONResponse(results, status_code=201)
 
