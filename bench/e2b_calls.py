@@ -1,7 +1,7 @@
 """What the E2B front door costs a call: the real ``e2b`` SDK against the same operation through Clawpot's
 gRPC API, on one real VM, in one run.
 
-    .venv/bin/python bench/e2b_calls.py [--runs 50] [--data-dir DIR]
+    .venv/bin/python bench/e2b_calls.py [--runs 50] [--fork-runs 5] [--data-dir DIR]
 
 Starts a real ``clawpot-server`` (QEMU, ``--no-network``: no bridge, TAP or NAT is made, so it runs
 outside a namespace), with gRPC on a unix socket (the CLI's path as root) and E2B on loopback TCP
@@ -13,7 +13,10 @@ same machine load:
 - ``set_timeout``: ``Sandbox.set_timeout`` against ``SetVmTimeout``;
 - ``exec_true``: ``sandbox.commands.run("true")`` against ``Exec`` of ``true``;
 - ``write_1mib`` / ``read_1mib``: ``sandbox.files.write/read`` of 1 MiB against ``UploadFile`` /
-  ``DownloadFile``.
+  ``DownloadFile``;
+- ``snapshot_and_delete`` (``--fork-runs``): ``create_snapshot`` + ``Sandbox.delete_snapshot`` against
+  ``SnapshotVm`` + ``DeleteSnapshot``. Fork and restores need a network (the copy gets its own
+  address): bench/e2b_fork.py.
 
 An SDK operation the server does not serve yet (envd still being built) is reported with its error
 instead of numbers. Prints one JSON document (median and p99 in milliseconds per call).
@@ -157,6 +160,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--fork-runs", type=int, default=5, help="runs of snapshot + delete (slower)")
     parser.add_argument("--data-dir", type=Path, default=None, help="default: a temporary directory")
     args = parser.parse_args()
 
@@ -200,6 +204,18 @@ def main() -> None:
                 "read_1mib": (sdk_read, lambda: grpc_download(api, vm_id, "/root/grpc.bin")),
             }
             results = measure(args.runs, pairs)
+
+            def sdk_snapshot() -> None:
+                assert Sandbox.delete_snapshot(sbx.create_snapshot().snapshot_id, **opts)
+
+            def grpc_snapshot() -> None:
+                api.SnapshotVm(vm_pb2.SnapshotVmRequest(vm_id=vm_id, name="bench-grpc"))
+                api.DeleteSnapshot(vm_pb2.DeleteSnapshotRequest(name="bench-grpc"))
+
+            slow = {
+                "snapshot_and_delete": (sdk_snapshot, grpc_snapshot),
+            }
+            results |= measure(args.fork_runs, slow)
             sbx.kill()
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -210,6 +226,7 @@ def main() -> None:
                 "host": platform.node(),
                 "cpus": os.cpu_count(),
                 "runs": args.runs,
+                "fork_runs": args.fork_runs,
                 "sandbox_create_s": round(create_s, 2),
                 "calls": results,
             },

@@ -279,11 +279,10 @@ E2B_MAX_REFRESH_SECONDS = 3600
 E2B_DEFAULT_REFRESH_SECONDS = 15
 # GET /v2/sandboxes page size: E2B's spec, 1-100 (default 100).
 E2B_MAX_PAGE_SIZE = 100
-# GET /sandboxes/{id}/logs: E2B's default number of lines, and how much of the console's end is read
-# (the console file is capped at 1 MiB anyway).
+# GET /sandboxes/{id}/logs: E2B's default number of lines, and the most asked (the console is read as
+# `clawpot logs` reads it: its last LOGS_TAIL_MAX_LINES lines, the same 10,000).
 E2B_DEFAULT_LOG_LINES = 1000
 E2B_MAX_LOG_LINES = 10000
-E2B_LOG_TAIL_BYTES = 1024 * 1024
 
 # --- E2B envd: managed processes (issue 14) --------------------------------------------------------
 
@@ -447,3 +446,8 @@ CGROUP_REMOVE_INTERVAL = 0.01
 # How long the jailer itself may take to set up a jail and hand over to firecracker (measured: 30-40
 # ms); beyond that it is stuck and the start fails.
 JAILER_TIMEOUT = 10.0
+
+# --- E2B fork and snapshots (issue 14) ----------------------------------------------------------------
+
+# A fork's lifetime when the request names none: E2B's SandboxForkRequest default (seconds).
+E2B_FORK_DEFAULT_TIMEOUT = 15

@@ -1,7 +1,8 @@
 """The real ``e2b`` SDK (sync and async) against a real clawpot-server with real QEMU/TCG VMs in a
 network namespace: the control plane (create, get_info, list with a metadata filter, connect,
-set_timeout, pause/resume, metrics, kill), a lifetime that ends and deletes the VM, a wrong key, a
-missing sandbox. Two sandboxes for the whole module (cold boots are the expensive part)."""
+set_timeout, pause/resume, metrics, fork, snapshots and a sandbox made from one, kill), a lifetime
+that ends and deletes the VM, a wrong key, a missing sandbox. Two sandboxes for the whole module (cold
+boots are the expensive part); forks and restores are the cheap kind of VM."""
 
 from __future__ import annotations
 
@@ -200,6 +201,77 @@ async def test_async_kill_and_wrong_key(e2b: tuple[ServerProcess, E2bEndpoint]) 
     with pytest.raises(NotFoundException):
         await AsyncSandbox.connect("deadbeef", **endpoint.opts(request_timeout=QUICK))
     assert await AsyncSandbox.kill("deadbeef", **endpoint.opts()) is False
+
+
+def test_fork_copies_the_sandbox_then_each_goes_its_own_way(
+    e2b: tuple[ServerProcess, E2bEndpoint], sandbox: Sandbox
+) -> None:
+    server, endpoint = e2b
+    sandbox.files.write("/tmp/fork-probe", "before")
+    results = sandbox.fork(timeout=120)
+    assert len(results) == 1 and isinstance(results[0], Sandbox), results
+    copy = results[0]
+    try:
+        assert copy.sandbox_id != sandbox.sandbox_id and copy.sandbox_id in server.vms()
+        assert server.vms()[copy.sandbox_id].forked_from == sandbox.sandbox_id
+        info = copy.get_info()
+        assert info.metadata == sandbox.get_info().metadata and info.state == SandboxState.RUNNING
+        assert 100 < (info.end_at - datetime.now(UTC)).total_seconds() <= 120
+        assert copy.files.read("/tmp/fork-probe") == "before"  # written before the fork: copied
+        sandbox.files.write("/tmp/fork-probe", "source after")  # after it: not shared, either way
+        copy.files.write("/tmp/fork-probe", "copy after")
+        assert copy.files.read("/tmp/fork-probe") == "copy after"
+        assert sandbox.files.read("/tmp/fork-probe") == "source after"
+        assert copy.commands.run("echo $$").exit_code == 0
+    finally:
+        Sandbox.kill(copy.sandbox_id, **endpoint.opts())
+    with pytest.raises(NotFoundException):
+        Sandbox.fork("deadbeef", **endpoint.opts(request_timeout=QUICK))
+
+
+def test_snapshot_list_create_from_it_and_delete(
+    e2b: tuple[ServerProcess, E2bEndpoint], sandbox: Sandbox
+) -> None:
+    server, endpoint = e2b
+    sandbox.files.write("/tmp/snapshot-probe", "in the snapshot")
+    snap = sandbox.create_snapshot()
+    assert sandbox.is_running()  # the source runs on
+    sandbox.files.write("/tmp/snapshot-probe", "after the snapshot")
+    mine = sandbox.list_snapshots().next_items()
+    assert [s.snapshot_id for s in mine] == [snap.snapshot_id]
+    assert snap.snapshot_id in [s.snapshot_id for s in Sandbox.list_snapshots(**endpoint.opts()).next_items()]
+    restored = Sandbox.create(snap.snapshot_id, timeout=120, **endpoint.opts())
+    try:
+        assert server.vms()[restored.sandbox_id].snapshot == snap.snapshot_id.partition(":")[0]
+        assert restored.files.read("/tmp/snapshot-probe") == "in the snapshot"
+    finally:
+        Sandbox.kill(restored.sandbox_id, **endpoint.opts())
+    assert Sandbox.delete_snapshot(snap.snapshot_id, **endpoint.opts()) is True
+    assert Sandbox.delete_snapshot(snap.snapshot_id, **endpoint.opts()) is False
+    assert sandbox.list_snapshots().next_items() == []
+
+
+async def test_async_fork_and_snapshots(e2b: tuple[ServerProcess, E2bEndpoint], sandbox: Sandbox) -> None:
+    server, endpoint = e2b
+    source = await AsyncSandbox.connect(sandbox.sandbox_id, **endpoint.opts())
+    (copy,) = await source.fork()
+    assert isinstance(copy, AsyncSandbox), copy
+    try:
+        assert server.vms()[copy.sandbox_id].forked_from == sandbox.sandbox_id
+        assert (await copy.commands.run("echo forked")).stdout == "forked\n"
+        end_at = (await copy.get_info()).end_at
+        assert (end_at - datetime.now(UTC)).total_seconds() <= 15  # E2B's default fork timeout
+    finally:
+        await AsyncSandbox.kill(copy.sandbox_id, **endpoint.opts())
+    name = f"named-{secrets.token_hex(3)}"
+    snap = await source.create_snapshot(name=name)
+    assert snap.snapshot_id == f"{name}:default" and snap.names == [snap.snapshot_id]
+    page = AsyncSandbox.list_snapshots(sandbox_id=sandbox.sandbox_id, **endpoint.opts())
+    assert [s.snapshot_id for s in await page.next_items()] == [snap.snapshot_id]
+    with pytest.raises(SandboxException, match="already exists"):
+        await source.create_snapshot(name=name)
+    assert await AsyncSandbox.delete_snapshot(snap.snapshot_id, **endpoint.opts()) is True
+    assert await AsyncSandbox.delete_snapshot(snap.snapshot_id, **endpoint.opts()) is False
 
 
 def test_kill(e2b: tuple[ServerProcess, E2bEndpoint], suite_tag: str) -> None:

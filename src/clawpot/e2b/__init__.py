@@ -12,7 +12,8 @@ about E2B; a sandbox IS a Clawpot VM (same id).
 - ``context``    ``E2bContext``: the service, node and token both apps reach; sandbox id → VM + attrs.
 - ``sandboxes``  ``SandboxAttrs`` (template, metadata, env vars, access token, autoPause) in
                  ``<vm_dir>/e2b.json``: lives and dies with the VM.
-- ``rest/``      E2B's control plane (``spec/openapi.yml``): sandboxes create/get/list/kill/timeout/...
+- ``rest/``      E2B's control plane (``spec/openapi.yml``): sandboxes create/get/list/kill/timeout/...,
+                 fork, snapshots (``rest/snapshots``: ids, ``e2b-source.json`` in the snapshot)
 - ``envd/``      the in-sandbox API (Connect-RPC process and filesystem services, ``/files``,
                  ``/health``, ``/envs``) translated to the agent protocol.
 """

@@ -63,7 +63,8 @@ AGENT_RECONNECTS = Counter(
     "Agent connections the server had to open again (the previous one broke or went silent).",
     registry=REGISTRY,
 )
-# For a pool of ready VMs: the pool sets it (``POOL_SIZE.labels(pool=name).set(n)``).
+# The warm pool's ready VMs per shape (``1x256``): the pool registers a callback read at scrape time
+# (``clawpot.service.pool``) and removes its series when it closes.
 POOL_SIZE = Gauge(
     "clawpot_pool_vms",
     "VMs waiting, ready, in a pool.",

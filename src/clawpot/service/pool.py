@@ -25,6 +25,9 @@ For each shape (``poolspec``), in the background once the server runs:
 Fallbacks when no pool VM is ready: a restore from the shape's template (origin restore), else a cold
 boot. Pool VMs are never listed (unless asked), never reachable by user calls (``Node.get``), and not
 left behind: the server deletes them when it stops, and reconcile removes any a killed server left.
+
+Metrics: ``clawpot_pool_vms{pool="<shape>"}`` (``instruments.POOL_SIZE``) is read from ``ready`` at
+scrape time (a callback, not a value kept in step by hand), for as long as the pool lives.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import shutil
 import time
@@ -39,6 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from clawpot import errors, limits
+from clawpot.metrics import instruments
 from clawpot.node.node import Node, RestoreSource, VmRequest
 from clawpot.node.store import Origin
 from clawpot.node.vms import VmView
@@ -71,6 +76,11 @@ class WarmPool:
         self.templates: dict[tuple[int, int], RestoreSource] = {}
         self._wake = {s.key: asyncio.Event() for s in shapes}
         self._tasks: list[asyncio.Task[None]] = []
+        for shape in shapes:
+            # Called by the scrape's thread: len() of a deque is one atomic read.
+            instruments.POOL_SIZE.labels(pool=shape.name).set_function(
+                functools.partial(self.ready_count, shape)
+            )
 
     # -- life ---------------------------------------------------------------------------------------
 
@@ -87,6 +97,9 @@ class WarmPool:
         await asyncio.gather(*(self.node.delete(vm_id, warm=True) for vm_id in warm), return_exceptions=True)
         for source in self.templates.values():
             await asyncio.to_thread(_remove_tree, source.directory)
+        for shape in self.shapes.values():
+            with contextlib.suppress(KeyError):  # a series no longer served: no pool behind it
+                instruments.POOL_SIZE.remove(shape.name)
 
     # -- hand-out -----------------------------------------------------------------------------------
 

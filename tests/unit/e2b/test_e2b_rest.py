@@ -5,6 +5,7 @@ The real-VM, real-SDK proof is tests/integration/test_e2b_sdk.py."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import stat
 import time
@@ -22,6 +23,7 @@ from e2b.api.client.models import (
     SandboxMetric,
 )
 from e2b.api.client.models import Sandbox as SandboxModel
+from support import fake_vmm
 from support.fake_vmm import FakeVmmBackend
 
 from clawpot.e2b.app import create_app
@@ -29,6 +31,7 @@ from clawpot.e2b.context import E2bContext
 from clawpot.e2b.rest import listing
 from clawpot.e2b.rest.bodies import Egress, NewSandbox
 from clawpot.e2b.sandboxes import FILE_NAME
+from clawpot.node import console
 from clawpot.node.lifetimes import Expiry
 from clawpot.node.node import Node
 from clawpot.service.service import CreateParams, Service
@@ -249,6 +252,27 @@ async def test_logs_and_metrics_shapes(api: httpx.AsyncClient) -> None:
     assert 0 < metrics[0].mem_used <= metrics[0].mem_total
     many = (await api.get("/sandboxes/metrics", params={"sandbox_ids": f"{sid},nosuch"})).json()
     assert set(many["sandboxes"]) == {sid}
+
+
+async def test_logs_read_the_rotated_console_and_outlive_the_vm(api: httpx.AsyncClient, node: Node) -> None:
+    """The console is read as `clawpot logs` reads it: the predecessor ``.1`` first, and still there
+    when the VM has gone to Error (its metadata.json is gone then; the console is kept)."""
+    sid = (await _create(api))["sandboxID"]
+    nvm = node.get(sid)
+    path = console.console_log(nvm.record.vm_dir, nvm.record.backend)
+    path.with_name(path.name + ".1").write_bytes(b"[    1.000000] older line\n")
+    with path.open("ab") as f:
+        f.write(b"[    2.500000] newer \x1b[31mline\n")
+    lines = [ln["line"] for ln in (await api.get(f"/sandboxes/{sid}/logs")).json()["logs"]]
+    assert lines[0] == "[    1.000000] older line" and "[    2.500000] newer [31mline" in lines
+    assert nvm.record.pid is not None
+    fake_vmm.crash(nvm.record.pid)
+    deadline = time.monotonic() + 30
+    while not (node.get(sid).record.state is VmState.ERROR and path.exists()):
+        assert time.monotonic() < deadline, "the crashed VM did not reach Error with its console kept"
+        await asyncio.sleep(0.05)
+    v2 = SandboxLogsV2Response.from_dict((await api.get(f"/v2/sandboxes/{sid}/logs")).json())
+    assert [e.message for e in v2.logs][:1] == ["[    1.000000] older line"]
 
 
 def test_metadata_query_round_trip() -> None:

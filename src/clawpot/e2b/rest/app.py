@@ -7,12 +7,17 @@ kept here, and only here:
   runs, so a slow boot does not eat it): ``timeout`` overwrites it, ``connect`` and ``refreshes`` only
   ever extend it, ``autoPause`` makes it pause instead of kill;
 - ``connect`` resumes a paused sandbox (201) or returns a running one (200);
-- ``pause`` of a paused sandbox is 409 (the SDK then returns False); kill of a missing one 404 (False).
-Fork and snapshots are not served yet (404 from the router, in E2B's shape).
+- ``pause`` of a paused sandbox is 409 (the SDK then returns False); kill of a missing one 404 (False);
+- ``fork`` copies a running sandbox (Clawpot's ForkVm): each copy keeps its source's metadata, envVars
+  and autoPause, gets its own access token (when the source is secure) and the fork's timeout;
+- snapshots (``rest.snapshots``): ``POST /sandboxes/{id}/snapshots`` takes a named snapshot,
+  ``GET /snapshots`` lists them, ``DELETE /templates/{snapshot id}`` deletes one, and ``POST
+  /sandboxes`` with a snapshot id as ``templateID`` restores it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -27,9 +32,9 @@ from starlette.routing import Route
 from clawpot import errors, limits
 from clawpot.e2b import errors as e2b_errors
 from clawpot.e2b.context import E2bContext, Sandbox
-from clawpot.e2b.rest import bodies, listing, logs, shapes
+from clawpot.e2b.rest import bodies, listing, logs, shapes, snapshots
 from clawpot.e2b.rest.usage import UsageReader
-from clawpot.e2b.sandboxes import SandboxAttrs, save_attrs
+from clawpot.e2b.sandboxes import SandboxAttrs, new_access_token, save_attrs
 from clawpot.node.lifetimes import Expiry
 from clawpot.node.vms import VmView
 from clawpot.service.service import CreateParams
@@ -88,19 +93,17 @@ class Routes:
 
     async def create(self, request: Request, *, v2: bool) -> Response:
         body = await bodies.read_body(request, bodies.NewSandbox)
-        if body.templateID != limits.E2B_DEFAULT_TEMPLATE:
-            raise errors.NotFound(
-                f"template {errors.quote(body.templateID)} not found: this server serves "
-                f"{limits.E2B_DEFAULT_TEMPLATE!r} (the default image) only"
-            )
+        snapshot = self._template_snapshot(body.templateID)
         body.refuse_unsupported()
+        source = None if snapshot is None else self._snapshot_source(snapshot)
+        env_vars = {**(source.env_vars if source is not None else {}), **(body.envVars or {})}
         default = limits.E2B_V2_DEFAULT_TIMEOUT if v2 else limits.E2B_V1_DEFAULT_TIMEOUT
         seconds = _seconds(body.timeout if body.timeout is not None else default)
         secure = True if v2 else body.secure is not False  # v2 has no choice: every sandbox is secure
         attrs = SandboxAttrs(
             template_id=body.templateID,
             metadata=dict(body.metadata or {}),
-            env_vars=dict(body.envVars or {}),
+            env_vars=env_vars,
             auto_pause=body.autoPause,
         )
         if not secure:
@@ -113,13 +116,35 @@ class Routes:
             deny_out=egress.deny_out,
             no_internet=egress.no_internet,
         )
+        if snapshot is not None:
+            # The snapshot says the size and backend: 0 / None take them.
+            params = dataclasses.replace(params, vcpus=0, memory_mib=0, from_snapshot=snapshot)
         view = await self.ctx.service.create(params)
+        await self._record(view, attrs)
+        return JSONResponse(shapes.sandbox_body(Sandbox(view.record.id, view, attrs)), status_code=201)
+
+    async def _record(self, view: VmView, attrs: SandboxAttrs) -> None:
+        """Store a new sandbox's attributes; when that fails its VM is deleted (nothing left behind)."""
         try:
             save_attrs(view.record.vm_dir, attrs)
         except OSError as exc:
             await self.ctx.service.delete(view.record.id)
             raise errors.Unavailable(f"cannot record the sandbox's attributes: {exc.strerror}") from None
-        return JSONResponse(shapes.sandbox_body(Sandbox(view.record.id, view, attrs)), status_code=201)
+
+    def _template_snapshot(self, template_id: str) -> str | None:
+        """None for the default image, the snapshot's name for a snapshot id; anything else: 404."""
+        if template_id == limits.E2B_DEFAULT_TEMPLATE:
+            return None
+        name = snapshots.name_of(template_id)
+        if name is None or not self.ctx.node.snapshots.exists(name):
+            raise errors.NotFound(
+                f"template {errors.quote(template_id)} not found: this server serves "
+                f"{limits.E2B_DEFAULT_TEMPLATE!r} (the default image) and its snapshots"
+            )
+        return name
+
+    def _snapshot_source(self, name: str) -> snapshots.Source | None:
+        return snapshots.load_source(self.ctx.node.snapshots.path(name))
 
     async def get(self, request: Request) -> Response:
         sandbox, state = self._sandbox(request)
@@ -209,15 +234,75 @@ class Routes:
         await self.ctx.service.resume(sandbox.id)
         await self.ctx.service.set_timeout(sandbox.id, seconds, self._expiry(sandbox.attrs))
 
+    # -- fork and snapshots ---------------------------------------------------------------------------
+
+    async def fork(self, request: Request) -> Response:
+        sandbox, _ = self._sandbox(request)
+        body = await bodies.read_body(request, bodies.ForkRequest, required=False)
+        seconds = _seconds(body.timeout)
+        views = await self.ctx.service.fork(sandbox.id, body.count)  # all or nothing
+        results = []
+        try:
+            for copy in views:
+                token = new_access_token() if sandbox.attrs.secure else None
+                attrs = dataclasses.replace(sandbox.attrs, envd_access_token=token)
+                try:
+                    save_attrs(copy.record.vm_dir, attrs)
+                except OSError as exc:
+                    raise errors.Unavailable(f"cannot record the copy's attributes: {exc.strerror}") from None
+                timed = await self.ctx.service.set_timeout(copy.record.id, seconds, self._expiry(attrs))
+                results.append({"sandbox": shapes.sandbox_body(Sandbox(copy.record.id, timed, attrs))})
+        except BaseException:
+            # All or nothing, as the fork itself: no copy the caller was not told about is left.
+            for copy in views:
+                with contextlib.suppress(errors.ServerError):
+                    await self.ctx.service.delete(copy.record.id)
+            raise
+        return JSONResponse(results, status_code=201)
+
+    async def create_snapshot(self, request: Request) -> Response:
+        sandbox, _ = self._sandbox(request)
+        body = await bodies.read_body(request, bodies.SnapshotRequest, required=False)
+        if body.memory is False:
+            raise errors.InvalidArgument(
+                "filesystem-only snapshots are not supported by this server: a snapshot keeps memory"
+            )
+        name = snapshots.new_name(body.name)
+        await self.ctx.service.snapshot(sandbox.id, name)  # 409 when the name is taken
+        source = snapshots.Source(sandbox.id, dict(sandbox.attrs.env_vars))
+        try:
+            snapshots.save_source(self.ctx.node.snapshots.path(name), source)
+        except OSError as exc:
+            await self.ctx.service.delete_snapshot(name)
+            raise errors.Unavailable(f"cannot record the snapshot's source: {exc.strerror}") from None
+        return JSONResponse(snapshots.info_body(name), status_code=201)
+
+    async def list_snapshots(self, request: Request) -> Response:
+        query = snapshots.parse_query(request.query_params)
+        listed = await self.ctx.service.list_snapshots()
+        found = [(info, self._snapshot_source(info.name)) for info, _ in listed]
+        page, token = snapshots.select(found, query)
+        headers = {"X-Next-Token": token} if token else {}
+        return JSONResponse([snapshots.info_body(info.name) for info in page], headers=headers)
+
+    async def delete_snapshot(self, request: Request) -> Response:
+        template_id = request.path_params["template_id"]
+        name = snapshots.name_of(template_id)
+        if name is None:
+            raise errors.NotFound(f"snapshot {errors.quote(template_id)} not found")
+        await self.ctx.service.delete_snapshot(name)  # 404 when missing, 409 while a sandbox uses it
+        return Response(status_code=204)
+
     # -- logs and metrics -----------------------------------------------------------------------------
 
     async def logs_v1(self, request: Request) -> Response:
-        sandbox, _ = self._sandbox(request)
+        sandbox = self.ctx.sandbox(request.path_params["sandbox_id"])  # an Error VM's console too
         start = _int_param(request, "start", None, 0, None)
         limit = _int_param(request, "limit", limits.E2B_DEFAULT_LOG_LINES, 0, limits.E2B_MAX_LOG_LINES)
         assert limit is not None
         record = sandbox.view.record
-        lines = logs.select(logs.console_lines(record.vm_dir, record.created_at), start, limit)
+        found = await logs.console_lines(self.ctx.service, record.id, record.created_at)
+        lines = logs.select(found, start, limit)
         return JSONResponse(
             {
                 "logs": [{"timestamp": shapes.iso(ln.timestamp), "line": ln.line} for ln in lines],
@@ -226,7 +311,7 @@ class Routes:
         )
 
     async def logs_v2(self, request: Request) -> Response:
-        sandbox, _ = self._sandbox(request)
+        sandbox = self.ctx.sandbox(request.path_params["sandbox_id"])  # an Error VM's console too
         cursor = _int_param(request, "cursor", None, 0, None)
         limit = _int_param(request, "limit", limits.E2B_DEFAULT_LOG_LINES, 0, limits.E2B_DEFAULT_LOG_LINES)
         assert limit is not None
@@ -235,7 +320,7 @@ class Routes:
             raise errors.InvalidArgument(f"invalid direction {errors.quote(direction)}: forward or backward")
         search = request.query_params.get("search")
         record = sandbox.view.record
-        lines = logs.console_lines(record.vm_dir, record.created_at)
+        lines = await logs.console_lines(self.ctx.service, record.id, record.created_at)
         if search:
             lines = [ln for ln in lines if search in ln.line]
         # Console lines are all "info": a minimum level above it excludes them.
@@ -328,5 +413,9 @@ def create_rest_app(ctx: E2bContext) -> Starlette:
         route(f"{sandbox}/logs", r.logs_v1, "GET"),
         route(f"/v2{sandbox}/logs", r.logs_v2, "GET"),
         route(f"{sandbox}/metrics", r.metrics, "GET"),
+        route(f"{sandbox}/fork", r.fork, "POST"),
+        route(f"{sandbox}/snapshots", r.create_snapshot, "POST"),
+        route("/snapshots", r.list_snapshots, "GET"),
+        route("/templates/{template_id}", r.delete_snapshot, "DELETE"),
     ]
     return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})

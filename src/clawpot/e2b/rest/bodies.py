@@ -126,6 +126,20 @@ class PauseRequest(_Body):
     requireHealthyGuest: bool | None = None
 
 
+class ForkRequest(_Body):
+    """POST /sandboxes/{id}/fork (``SandboxForkRequest``: both optional, E2B's defaults)."""
+
+    timeout: int = Field(default=limits.E2B_FORK_DEFAULT_TIMEOUT, ge=0)
+    count: int = Field(default=1, ge=1, le=limits.MAX_FORK_COUNT)
+
+
+class SnapshotRequest(_Body):
+    """POST /sandboxes/{id}/snapshots (``SandboxSnapshotRequest``)."""
+
+    name: str | None = Field(default=None, max_length=256)
+    memory: bool | None = None  # False: E2B's filesystem-only snapshot, which Clawpot does not take
+
+
 def _strings(value: Any, name: str) -> list[str]:
     if value is None:
         return []

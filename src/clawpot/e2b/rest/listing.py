@@ -67,7 +67,7 @@ def parse_query(params: Mapping[str, str], *, v2: bool) -> Query:
         descending=order == "desc",
         started_after=_time(params.get("startedAfter")),
         template=params.get("template") or None,
-        limit=_limit(params.get("limit")) if v2 else limits.MAX_PAGE_SIZE * 1000,
+        limit=page_limit(params.get("limit")) if v2 else limits.MAX_PAGE_SIZE * 1000,
         after=decode_token(params["nextToken"]) if v2 and params.get("nextToken") else None,
     )
 
@@ -86,7 +86,7 @@ def _time(value: str | None) -> float | None:
     return stamp.timestamp()
 
 
-def _limit(value: str | None) -> int:
+def page_limit(value: str | None) -> int:
     if value is None:
         return limits.E2B_MAX_PAGE_SIZE
     try:

@@ -1,20 +1,21 @@
 """A sandbox's logs for E2B's log endpoints: the guest's serial console, the one log Clawpot keeps.
 
-The console is guest-written (untrusted): it is read from its end, bounded, and made printable by
-``vmm.logtail``. Lines carry no wall-clock time; a kernel line's ``[ secs.usecs]`` prefix is placed at
-the VM's start time plus those seconds, and other lines take the time of the line before them, so
-times never go backwards and ``start`` filters work.
+Read through the same path as ``clawpot logs`` (``Service.logs`` → ``clawpot.node.console``): the
+backend's console file and its rotated predecessor, kept for a VM in Error until it is deleted. The
+console is guest-written (untrusted): its last ``limits.LOGS_TAIL_MAX_LINES`` lines, each made
+printable by ``vmm.logtail.printable``. Lines carry no wall-clock time; a kernel line's
+``[ secs.usecs]`` prefix is placed at the VM's start time plus those seconds, and other lines take
+the time of the line before them, so times never go backwards and ``start`` filters work.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from clawpot import limits
-from clawpot.vm.directory import read_metadata
-from clawpot.vmm.logtail import tail_lines
+from clawpot.service.service import Service
+from clawpot.vmm.logtail import printable
 
 _PRINTK = re.compile(r"\[\s*(\d+)\.(\d+)\]")
 
@@ -25,17 +26,16 @@ class LogLine:
     line: str
 
 
-def console_path(vm_dir: Path) -> Path:
-    metadata = read_metadata(vm_dir / "metadata.json")
-    if metadata is not None and metadata.serial_log:
-        return Path(metadata.serial_log)
-    return vm_dir / "console.log"
+async def console_lines(service: Service, vm_id: str, started_at: float) -> list[LogLine]:
+    stream = await service.logs(vm_id, limits.LOGS_TAIL_MAX_LINES, False)
+    return parse(b"".join([chunk async for chunk in stream]), started_at)
 
 
-def console_lines(vm_dir: Path, started_at: float) -> list[LogLine]:
+def parse(data: bytes, started_at: float) -> list[LogLine]:
     lines: list[LogLine] = []
     last = started_at
-    for text in tail_lines(console_path(vm_dir), limits.E2B_LOG_TAIL_BYTES):
+    for raw in data.decode(errors="replace").splitlines():
+        text = printable(raw)
         if not text.strip():
             continue
         found = _PRINTK.match(text)
