@@ -149,9 +149,13 @@ def apply(req: ConfigureRequest, machine: Machine) -> dict[str, Any]:
     started = time.monotonic()
     etc = machine.etc
     try:
-        index = socket.if_nametoindex(req.interface)
+        index: int | None = socket.if_nametoindex(req.interface)
     except OSError:
-        raise SessionError(ErrorCode.BAD_REQUEST, f"no network interface {req.interface!r}") from None
+        # A VM without a network (a server run with --no-network) has no interface: a configure that
+        # asks nothing of it (hostname, dns, clock, entropy) still applies.
+        if req.touches_network or req.gateway is not None:
+            raise SessionError(ErrorCode.BAD_REQUEST, f"no network interface {req.interface!r}") from None
+        index = None
     if (req.hostname is not None or req.dns is not None) and not os.access(etc, os.W_OK):
         raise SessionError(
             ErrorCode.NOT_SUPPORTED, f"{etc} is not writable (a VM booted without a writable layer?)"
@@ -168,41 +172,14 @@ def apply(req: ConfigureRequest, machine: Machine) -> dict[str, Any]:
             steps.begin("entropy")
             refreshed["entropy_credited"] = refresh.add_entropy(req.entropy)
             changed.append("entropy")
-        steps.begin("netlink")
-        nl = machine.netlink()
-        link = nl.link(index)
-        if req.mac is not None:
-            steps.begin("mac")
-            if link.mac != req.mac:
-                _set_mac(nl, link, req.mac)
-                changed.append("mac")
-        if req.touches_network:
-            steps.begin("link up")
-            if not link.up:  # (a MAC set the slow way left it up already: setting up again is harmless)
-                nl.set_up(index, True)
-        if req.address is not None:
-            steps.begin("address")
-            want = (req.address.ip, req.address.prefix)
-            have = nl.addresses(index)
-            if have != [want]:
-                for ip, prefix in have:
-                    nl.delete_address(index, ip, prefix)
-                nl.add_address(index, req.address.ip, req.address.prefix, req.address.broadcast)
-                changed.append("address")
-            steps.begin("gateway")
-            if _set_default_route(nl, index, req.gateway):
-                changed.append("gateway")
-        if req.hostname is not None:
-            steps.begin("hostname")
-            if _set_hostname(req.hostname, etc):
-                changed.append("hostname")
-        if req.dns is not None:
-            steps.begin("dns")
-            if etcfiles.replace_file(etc / "resolv.conf", etcfiles.resolv_text(req.dns)):
-                changed.append("dns")
+        nl = _link_steps(req, machine, index, steps, changed) if index is not None else None
+        _etc_steps(req, etc, steps, changed)
         steps.begin("reading back")
-        result = _in_effect(nl, index, etc)
-        announced = req.announce and req.touches_network and _announce(machine, req.interface, result)
+        if nl is None or index is None:
+            result, announced = _without_network(req.interface, etc), False
+        else:
+            result = _in_effect(nl, index, etc)
+            announced = req.announce and req.touches_network and _announce(machine, req.interface, result)
     except OSError as exc:
         machine.reset()
         done = ", ".join(changed) or "nothing"
@@ -219,6 +196,49 @@ def apply(req: ConfigureRequest, machine: Machine) -> dict[str, Any]:
     )
     log.info("configured %s: changed %s", req.interface, ", ".join(changed) or "nothing")
     return result
+
+
+def _link_steps(
+    req: ConfigureRequest, machine: Machine, index: int, steps: _Steps, changed: list[str]
+) -> RtNetlink:
+    """Steps 1-3 (MAC, link up, address, default route) on the interface ``index``."""
+    steps.begin("netlink")
+    nl = machine.netlink()
+    link = nl.link(index)
+    if req.mac is not None:
+        steps.begin("mac")
+        if link.mac != req.mac:
+            _set_mac(nl, link, req.mac)
+            changed.append("mac")
+    if req.touches_network:
+        steps.begin("link up")
+        if not link.up:  # (a MAC set the slow way left it up already: setting up again is harmless)
+            nl.set_up(index, True)
+    if req.address is not None:
+        steps.begin("address")
+        want = (req.address.ip, req.address.prefix)
+        have = nl.addresses(index)
+        if have != [want]:
+            for ip, prefix in have:
+                nl.delete_address(index, ip, prefix)
+            nl.add_address(index, req.address.ip, req.address.prefix, req.address.broadcast)
+            changed.append("address")
+        steps.begin("gateway")
+        if _set_default_route(nl, index, req.gateway):
+            changed.append("gateway")
+    return nl
+
+
+def _etc_steps(req: ConfigureRequest, etc: Path, steps: _Steps, changed: list[str]) -> None:
+    """Steps 4-5: the hostname and /etc/resolv.conf."""
+    if req.hostname is not None:
+        steps.begin("hostname")
+        if _set_hostname(req.hostname, etc):
+            changed.append("hostname")
+    if req.dns is not None:
+        steps.begin("dns")
+        if etcfiles.replace_file(etc / "resolv.conf", etcfiles.resolv_text(req.dns)):
+            changed.append("dns")
 
 
 class _Steps:
@@ -290,6 +310,20 @@ def _announce(machine: Machine, interface: str, in_effect: dict[str, Any]) -> bo
         log.warning("gratuitous ARP on %s not sent: %s", interface, exc.strerror or exc)
         return False
     return True
+
+
+def _without_network(interface: str, etc: Path) -> dict[str, Any]:
+    """What is in effect on a VM that has no network interface."""
+    return {
+        "interface": interface,
+        "hostname": socket.gethostname(),
+        "mac": "",
+        "link_up": False,
+        "address": None,
+        "addresses": [],
+        "gateway": None,
+        "dns": etcfiles.nameservers(etcfiles.read_text(etc / "resolv.conf")),
+    }
 
 
 def _in_effect(nl: RtNetlink, index: int, etc: Path) -> dict[str, Any]:

@@ -400,7 +400,7 @@ async def test_failures_are_found_before_anything_changes(
     sandboxed: AgentClient, sandbox: tuple[AgentProcess, Path]
 ) -> None:
     with pytest.raises(RemoteError) as info:
-        await sandboxed.configure(GuestIdentity(hostname="x", interface="eth9"))
+        await sandboxed.configure(GuestIdentity(hostname="x", mac="06:00:00:00:00:99", interface="eth9"))
     assert info.value.code == "bad_request" and "no network interface 'eth9'" in info.value.message
     etc = sandbox[1]
     os.chmod(etc, 0o555)
@@ -412,6 +412,17 @@ async def test_failures_are_found_before_anything_changes(
     assert info.value.code == "not_supported" and "is not writable" in info.value.message
     view = await _kernel_view(sandboxed)
     assert view["hostname"] == "boot-name" and view["mac"] == BOOT["mac"]
+
+
+async def test_a_vm_without_a_network_still_gets_its_hostname(
+    sandboxed: AgentClient, sandbox: tuple[AgentProcess, Path]
+) -> None:
+    # A server run with --no-network restores VMs that have no eth0: hostname and dns (and clock and
+    # entropy) still apply (a restore or fork there used to fail with "no network interface").
+    done = await sandboxed.configure(GuestIdentity(hostname="no-net", interface="eth9"))
+    assert done.hostname == "no-net" and done.mac == "" and done.addresses == () and not done.link_up
+    assert done.changed == {"hostname"}
+    assert (sandbox[1] / "hostname").read_text() == "no-net\n"
 
 
 async def test_raw_result_names_every_field(sandbox: tuple[AgentProcess, Path]) -> None:
