@@ -57,7 +57,7 @@ def test_firecracker_boots_the_kernel_with_our_boot_args(
         started = time.monotonic()
         proc = subprocess.Popen(
             [str(installed_assets.firecracker), "--no-api", "--config-file", str(config_file),
-             "--id", "boot-proof"],
+             "--id", "raw-boot-proof"],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
         )  # fmt: skip
     try:

@@ -34,7 +34,7 @@ def launch_files(tmp: Path) -> LaunchFiles:
 
 @pytest.fixture
 async def api(firecracker_bin: Path, tmp_path: Path) -> AsyncIterator[Api]:
-    process = FirecrackerProcess(firecracker_bin, "api-test", launch_files(tmp_path))
+    process = FirecrackerProcess(firecracker_bin, "raw-api-test", launch_files(tmp_path))
     await process.spawn()
     try:
         await process.wait_api_ready(time.monotonic() + 30)
@@ -60,7 +60,7 @@ async def test_version_and_instance_info(api: Api, firecracker_bin: Path) -> Non
     info = await api.client.instance_info()
     assert info.state is models.InstanceState.NOT_STARTED
     assert (info.id, info.app_name, info.vmm_version) == (
-        "api-test",
+        "raw-api-test",
         "Firecracker",
         version.firecracker_version,
     )

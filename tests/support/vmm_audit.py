@@ -42,6 +42,9 @@ QEMU_BINARY = b"qemu-system-x86_64"
 FIRECRACKER_BINARY = b"firecracker"
 VM_NAME_PREFIX = "clawpot-"
 PROBE_NAME_PREFIX = "clawpot-clawpot-probe-"
+# A bare firecracker a test starts on purpose, to prove the binary's own behaviour (its API, its boot of
+# our kernel): not a Clawpot VMM, so neither jailed nor in a VM cgroup. Its --id says so.
+RAW_FIRECRACKER_PREFIX = "raw-"
 # How long a QEMU may take from exec to its chroot (the end of its start) under a loaded TCG host.
 STARTED_WITHIN = 60.0
 # A jailed firecracker is audited once it runs; the jailer drops privileges and execs it a moment after
@@ -296,6 +299,8 @@ class VmmAuditor:
             name = qemu_vm_name(pid)
             fc_id = None if name is not None else firecracker_vm_id(pid)
             if (name is None or name.startswith(PROBE_NAME_PREFIX)) and fc_id is None:
+                continue
+            if fc_id is not None and fc_id.startswith(RAW_FIRECRACKER_PREFIX):
                 continue
             first_seen = self._seen.setdefault(pid, now)
             try:

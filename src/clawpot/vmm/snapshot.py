@@ -308,6 +308,19 @@ def _check_asset(where: str, what: str, identity: AssetIdentity) -> None:
 _verified: dict[tuple[int, int, int, int, int], str] = {}
 
 
+# Mixed into transient digests: another process (a restarted server) has another one.
+_PROCESS_SECRET = secrets.token_hex(16)
+
+
+def _transient_digest(st: os.stat_result) -> str:
+    """The "digest" of a transient template's file: it names that very inode (device, inode, size and
+    mtime) under this process's secret, not its content, so only the process that wrote it, reading it
+    back seconds later, accepts it. A chmod or chown after sealing (QEMU's account is granted the RAM
+    file) changes none of them."""
+    identity = f"transient {_PROCESS_SECRET} {st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns}"
+    return hashlib.sha256(identity.encode()).hexdigest()
+
+
 def _verify_file(directory: Path, name: str, entry: FileEntry) -> None:
     where = directory.name
     path = directory / name
@@ -322,7 +335,7 @@ def _verify_file(directory: Path, name: str, entry: FileEntry) -> None:
             f"snapshot {where}: {name} has {st.st_size} bytes, the manifest says {entry.size}"
         )
     key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    if _verified.get(key) == entry.digest:
+    if _verified.get(key) == entry.digest or _transient_digest(st) == entry.digest:
         return
     if file_digest(path) != entry.digest:
         raise SnapshotCorrupt(f"snapshot {where}: {name} does not match its digest (changed or damaged)")
@@ -394,8 +407,7 @@ class SnapshotWriter:
                 # A transient template is read back only by this process, seconds later: its content is
                 # not hashed (100s of ms for a guest's RAM, while the source VM waits paused). The
                 # "digest" names this very inode instead, so any other reader refuses the file.
-                identity = f"transient {st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns}"
-                digest = hashlib.sha256(identity.encode()).hexdigest()
+                digest = _transient_digest(st)
             files[path.name] = FileEntry(size=st.st_size, digest=digest)
             # Hashed just now from our own copy: a restore by this process need not hash it again (the
             # key is taken after the chmod; renaming the directory below changes no file's inode or ctime).

@@ -197,5 +197,21 @@ def test_a_hidden_template_is_not_hashed_and_opens_only_in_this_process(
     assert snap.manifest.files["state"].digest != file_digest(target / "state")  # not a content hash
     # Another process (an empty cache of verified files) refuses it: it is not a snapshot to share.
     monkeypatch.setattr(snapshot_module, "_verified", {})
+    monkeypatch.setattr(snapshot_module, "_PROCESS_SECRET", "another process")
     with pytest.raises(SnapshotCorrupt, match="does not match its digest"):
         open_snapshot(target, backend=BackendKind.QEMU, backend_version="7.2.22")
+
+
+def test_a_hidden_template_still_opens_after_its_files_are_granted_to_the_vmm_account(
+    tmp_path: Path, spec: VmSpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # QEMU's account is given the RAM file after sealing (a chmod: a new ctime). The writing process must
+    # still accept its template; a cache keyed by ctime alone refused every fork and pool restore.
+    from clawpot.vmm import snapshot as snapshot_module
+
+    target = tmp_path / "snaps" / ".pool-1x256"
+    write(target, spec, {"state": b"S" * 100, "memory": b"M", "drive-scratch": b"D"})
+    (target / "memory").chmod(0o460)
+    monkeypatch.setattr(snapshot_module, "_verified", {})
+    snap = open_snapshot(target, backend=BackendKind.QEMU, backend_version="7.2.22")
+    assert set(snap.manifest.files) == {"state", "memory", "drive-scratch"}
