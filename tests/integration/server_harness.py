@@ -108,8 +108,8 @@ class ServerProcess:
             # `ip netns exec` execs a shell that mounts the cgroup hierarchies again (the VMMs' limits
             # live there; `ip netns exec` gives its command a fresh /sys without them) and execs the
             # server, so this PID is the server's own.
-            shell = ["sh", "-c", f'set -e\n{cgroup_mounts()}exec "$@"', "sh", *argv]
-            self.proc = subprocess.Popen(self.ns.argv(shell), stdout=log, stderr=subprocess.STDOUT)
+            command = self.ns.argv(with_cgroups(argv))
+            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         self.starts += 1
         try:
             wait_until(self._serving, SERVER_START_TIMEOUT, "clawpot-server to serve")
@@ -285,6 +285,12 @@ def injected_assets(installed: InstalledAssets, directory: Path) -> Assets:
     subprocess.run(["cp", "--sparse=always", str(installed.rootfs), str(rootfs)], check=True)
     inject(rootfs)
     return Assets(directory / "vmlinux", rootfs)
+
+
+def with_cgroups(argv: list[str]) -> list[str]:
+    """``argv`` behind a shell that mounts the cgroup hierarchies again first (``cgroup_mounts``), then
+    execs it (so its PID is the command's own): for commands run through `ip netns exec`."""
+    return ["sh", "-c", f'set -e\n{cgroup_mounts()}exec "$@"', "sh", *argv]
 
 
 def cgroup_mounts() -> str:

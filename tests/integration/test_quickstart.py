@@ -7,6 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
+from server_harness import with_cgroups
 from support.netns import NetNamespace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -15,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_quickstart_runs_the_main_job(root_required: None, installed_assets: object, qemu_bin: Path) -> None:
     with NetNamespace.create("clawpot-qs") as ns:
         result = subprocess.run(
-            ns.argv([str(ROOT / "scripts" / "quickstart.sh")]),
+            # `ip netns exec` hides the host's cgroups, where the VMMs' limits live: mount them again.
+            ns.argv(with_cgroups([str(ROOT / "scripts" / "quickstart.sh")])),
             capture_output=True,
             text=True,
             timeout=300,
