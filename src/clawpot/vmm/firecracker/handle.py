@@ -109,8 +109,8 @@ class FirecrackerVmm(VmmProcess):
             serial=vm_dir / SERIAL_NAME,
             stderr=vm_dir / STDERR_NAME,
             config=vm_dir / CONFIG_NAME if restore_from is None else None,
-            # Firecracker's own metrics: a FIFO named in the configuration (a restore has none).
-            metrics=vm_dir / METRICS_FIFO_NAME if restore_from is None else None,
+            # Firecracker's own metrics: a FIFO named in the configuration (a restore: over the API).
+            metrics=vm_dir / METRICS_FIFO_NAME,
         )
         self.process = FirecrackerProcess(
             binary, vm_dir.name, self.files, die_with_parent=die_with_parent, cwd=None if jail else vm_dir
@@ -134,7 +134,7 @@ class FirecrackerVmm(VmmProcess):
 
     @property
     def metrics(self) -> MetricsReader | None:
-        """Firecracker's own metrics, as far as read (None for a restore, or before the start)."""
+        """Firecracker's own metrics, as far as read (None before the start)."""
         return self.process.metrics
 
     @property
