@@ -16,7 +16,7 @@ Timed, rounds interleaved so every variant sees the same machine load (median an
 - ``http_vms``: a GET of /metrics over loopback from the server's own HTTP listener with the ``--vms``
   VMs, the node sample taken on an event loop running in another thread (as in the server);
 - ``with_fc_vms``: the same VMs as Firecracker VMs whose own metrics were read (a ``FirecrackerVmm``
-  handle, never started, holding a ``MetricsState`` with every name of ``metrics.COUNTERS``): what
+  handle, never started, whose ``MetricsReader`` on a real FIFO holds every name of ``COUNTERS``): what
   the ``clawpot_firecracker_*`` series add to a scrape;
 - ``loop_sample_us``: the only part that runs on the server's event loop: taking the node sample
   (``loop_sample_fc_us``: of the Firecracker VMs, copying their totals).
@@ -54,26 +54,30 @@ from clawpot.node.vms import NodeVm
 from clawpot.vm import procfs
 from clawpot.vm.state import VmState
 from clawpot.vmm.firecracker.handle import FirecrackerVmm
-from clawpot.vmm.firecracker.metrics import COUNTERS, MetricsState
+from clawpot.vmm.firecracker.metrics import COUNTERS, METRICS_FIFO_NAME, MetricsReader
 from clawpot.vmm.spec import BackendKind, VmSpec
 
 
 class _StandInFirecracker(FirecrackerVmm):
-    """A Firecracker handle never started, whose VMM PID is a stand-in's and whose metrics were read."""
+    """A Firecracker handle never started, whose VMM PID is a stand-in's, with a real metrics reader on
+    a FIFO of its own (made on ``loop``) that has read one document naming every counter shown."""
 
-    def __init__(self, vm_dir: Path, pid: int) -> None:
+    def __init__(self, vm_dir: Path, pid: int, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(Path("firecracker"), VmSpec(kernel=Path("vmlinux"), boot_args="", drives=()), vm_dir)
         self._pid = pid
-        state = MetricsState()
-        state.accept({name: 1.0 for name in COUNTERS}, time.monotonic())
-        self.process.metrics = cast(Any, types.SimpleNamespace(state=state))
+        vm_dir.mkdir(exist_ok=True)
+        reader = on_loop(loop, lambda: MetricsReader.from_fifo(vm_dir / METRICS_FIFO_NAME), 5)
+        reader.state.accept({name: 1.0 for name in COUNTERS}, time.monotonic())
+        self.process.metrics = reader
 
     @property
     def pid(self) -> int | None:
         return self._pid
 
 
-def _fake_node(count: int, pids: list[int], db: Path, *, firecracker: bool = False) -> Any:
+def _fake_node(
+    count: int, pids: list[int], db: Path, *, firecracker: asyncio.AbstractEventLoop | None = None
+) -> Any:
     network = NetworkManager(db, NetworkConfig.build(bridge="cp-bench0", subnet="10.77.0.0/24"))
     vms = {}
     for n, pid in enumerate(pids[:count]):
@@ -82,7 +86,7 @@ def _fake_node(count: int, pids: list[int], db: Path, *, firecracker: bool = Fal
         record = VmRecord(
             id=vm_id,
             state=VmState.RUNNING,
-            backend=BackendKind.FIRECRACKER if firecracker else BackendKind.QEMU,
+            backend=BackendKind.FIRECRACKER if firecracker is not None else BackendKind.QEMU,
             vcpus=1,
             memory_mib=256,
             vm_dir=db.parent / vm_id,
@@ -90,8 +94,9 @@ def _fake_node(count: int, pids: list[int], db: Path, *, firecracker: bool = Fal
             vmm_start_ticks=procfs.start_ticks(pid),
         )
         vms[vm_id] = NodeVm(record, 10.0)
-        if firecracker:
-            vms[vm_id].vm = cast(Any, types.SimpleNamespace(vmm=_StandInFirecracker(record.vm_dir, pid)))
+        if firecracker is not None:
+            stand_in = _StandInFirecracker(record.vm_dir, pid, firecracker)
+            vms[vm_id].vm = cast(Any, types.SimpleNamespace(vmm=stand_in))
     return types.SimpleNamespace(vms=vms, network=network, events=EventLog())
 
 
@@ -125,7 +130,7 @@ def main() -> None:
             pids = [p.pid for p in sleepers]
             busy = _fake_node(args.vms, pids, Path(tmp) / "busy.db")
             idle = _fake_node(0, pids, Path(tmp) / "idle.db")
-            busy_fc = _fake_node(args.vms, pids, Path(tmp) / "fc.db", firecracker=True)
+            busy_fc = _fake_node(args.vms, pids, Path(tmp) / "fc.db", firecracker=loop)
 
             def registry_for(node: Any) -> CollectorRegistry:
                 # A registry is a collector too: ours (RPC, create, exec, process) plus the node's.

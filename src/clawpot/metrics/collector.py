@@ -32,8 +32,7 @@ from prometheus_client.registry import Collector
 from clawpot import limits
 from clawpot.node import usage
 from clawpot.vm.state import VmState
-from clawpot.vmm.firecracker.handle import FirecrackerVmm
-from clawpot.vmm.firecracker.metrics import MetricsSnapshot
+from clawpot.vmm.firecracker.metrics import MetricsReader, MetricsSnapshot
 from clawpot.vmm.spec import BackendKind
 
 if TYPE_CHECKING:
@@ -72,7 +71,9 @@ def sample_node(node: Node) -> NodeSample:
         state = VmState.STOPPING if nvm.deleting else rec.state
         vmm = nvm.vm.vmm if nvm.vm is not None else None
         pid = vmm.pid if vmm is not None else rec.pid
-        fc = vmm.metrics.state.snapshot() if isinstance(vmm, FirecrackerVmm) and vmm.metrics else None
+        # Firecracker's own metrics reader: a started ``FirecrackerVmm``'s, or an adopted one's.
+        reader = getattr(vmm, "metrics", None)
+        fc = reader.state.snapshot() if isinstance(reader, MetricsReader) else None
         vms.append(VmSample(rec.id, rec.backend, state, pid, rec.vmm_start_ticks, fc))
     events = node.events
     return NodeSample(

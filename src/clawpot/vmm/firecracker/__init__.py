@@ -17,6 +17,8 @@
                ``restore``
 - ``metrics``  Firecracker's own metrics: its FIFO, a bounded reader keeping the latest JSON document
                and running totals of ``COUNTERS`` (read by ``clawpot.metrics.collector``)
+- ``attached`` ``AttachedFirecracker``: a firecracker an earlier server started, its console and
+               metrics FIFO read again (``FirecrackerBackend.attach``)
 - ``logwatch`` ``LogFollower``: waits for a line in firecracker's log (polls its end)
 - ``errors``   ``FirecrackerError`` and its subclasses
 """

@@ -4,6 +4,7 @@ collector's series for it read back with prometheus_client's own parser."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -153,3 +154,36 @@ def test_collector_shows_running_firecracker_vms_only() -> None:
     assert age.labels == {"id": "fc-1", "backend": "firecracker"} and age.value > 0
     (documents,) = families["clawpot_firecracker_metrics_documents"].samples
     assert documents.value == 2
+
+
+async def test_an_adopted_firecracker_reads_its_metrics_fifo_again(tmp_path: Path) -> None:
+    """A stand-in for the adopted firecracker (a real ``sleep``: only its PID matters here) whose VM
+    directory holds the metrics FIFO a previous server made; the new server reads it again."""
+    import signal
+
+    from clawpot.vm import procfs
+    from clawpot.vmm.base import AttachRecord
+    from clawpot.vmm.firecracker.attached import AttachedFirecracker
+    from clawpot.vmm.firecracker.metrics import METRICS_FIFO_NAME
+
+    vm_dir = tmp_path / "vm"
+    vm_dir.mkdir()
+    os.mkfifo(vm_dir / METRICS_FIFO_NAME, 0o600)
+    writer = open_fifo(vm_dir / METRICS_FIFO_NAME, blocking=True)
+    os.write(writer, doc(4))  # flushed while no server ran: waiting in the FIFO
+    sleeper = await asyncio.create_subprocess_exec("sleep", "60")
+    try:
+        record = AttachRecord(sleeper.pid, procfs.start_ticks(sleeper.pid), vm_dir, None)
+        adopted = AttachedFirecracker(record, BackendKind.FIRECRACKER)
+        assert adopted.metrics is not None
+        await settle(adopted.metrics, 1)
+        assert adopted.metrics.state.totals["put_api_requests.actions_count"] == 4
+        sleeper.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(adopted.wait(), 10)
+        assert adopted.metrics._fd is None  # stopped reading when the VMM went
+    finally:
+        if sleeper.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                sleeper.kill()
+        await sleeper.wait()
+        os.close(writer)
