@@ -15,7 +15,11 @@ Timed, rounds interleaved so every variant sees the same machine load (median an
 - ``with_vms``: the same with the ``--vms`` VMs: what a scrape costs the server;
 - ``http_vms``: a GET of /metrics over loopback from the server's own HTTP listener with the ``--vms``
   VMs, the node sample taken on an event loop running in another thread (as in the server);
-- ``loop_sample_us``: the only part that runs on the server's event loop: taking the node sample.
+- ``with_fc_vms``: the same VMs as Firecracker VMs whose own metrics were read (a ``FirecrackerVmm``
+  handle, never started, whose ``MetricsReader`` on a real FIFO holds every name of ``COUNTERS``): what
+  the ``clawpot_firecracker_*`` series add to a scrape;
+- ``loop_sample_us``: the only part that runs on the server's event loop: taking the node sample
+  (``loop_sample_fc_us``: of the Firecracker VMs, copying their totals).
 
 Prints one JSON document.
 """
@@ -49,10 +53,31 @@ from clawpot.node.store import VmRecord
 from clawpot.node.vms import NodeVm
 from clawpot.vm import procfs
 from clawpot.vm.state import VmState
-from clawpot.vmm.spec import BackendKind
+from clawpot.vmm.firecracker.handle import FirecrackerVmm
+from clawpot.vmm.firecracker.metrics import COUNTERS, METRICS_FIFO_NAME, MetricsReader
+from clawpot.vmm.spec import BackendKind, VmSpec
 
 
-def _fake_node(count: int, pids: list[int], db: Path) -> Any:
+class _StandInFirecracker(FirecrackerVmm):
+    """A Firecracker handle never started, whose VMM PID is a stand-in's, with a real metrics reader on
+    a FIFO of its own (made on ``loop``) that has read one document naming every counter shown."""
+
+    def __init__(self, vm_dir: Path, pid: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(Path("firecracker"), VmSpec(kernel=Path("vmlinux"), boot_args="", drives=()), vm_dir)
+        self._pid = pid
+        vm_dir.mkdir(exist_ok=True)
+        reader = on_loop(loop, lambda: MetricsReader.from_fifo(vm_dir / METRICS_FIFO_NAME), 5)
+        reader.state.accept({name: 1.0 for name in COUNTERS}, time.monotonic())
+        self.process.metrics = reader
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+
+def _fake_node(
+    count: int, pids: list[int], db: Path, *, firecracker: asyncio.AbstractEventLoop | None = None
+) -> Any:
     network = NetworkManager(db, NetworkConfig.build(bridge="cp-bench0", subnet="10.77.0.0/24"))
     vms = {}
     for n, pid in enumerate(pids[:count]):
@@ -61,7 +86,7 @@ def _fake_node(count: int, pids: list[int], db: Path) -> Any:
         record = VmRecord(
             id=vm_id,
             state=VmState.RUNNING,
-            backend=BackendKind.QEMU,
+            backend=BackendKind.FIRECRACKER if firecracker is not None else BackendKind.QEMU,
             vcpus=1,
             memory_mib=256,
             vm_dir=db.parent / vm_id,
@@ -69,6 +94,9 @@ def _fake_node(count: int, pids: list[int], db: Path) -> Any:
             vmm_start_ticks=procfs.start_ticks(pid),
         )
         vms[vm_id] = NodeVm(record, 10.0)
+        if firecracker is not None:
+            stand_in = _StandInFirecracker(record.vm_dir, pid, firecracker)
+            vms[vm_id].vm = cast(Any, types.SimpleNamespace(vmm=stand_in))
     return types.SimpleNamespace(vms=vms, network=network, events=EventLog())
 
 
@@ -102,6 +130,7 @@ def main() -> None:
             pids = [p.pid for p in sleepers]
             busy = _fake_node(args.vms, pids, Path(tmp) / "busy.db")
             idle = _fake_node(0, pids, Path(tmp) / "idle.db")
+            busy_fc = _fake_node(args.vms, pids, Path(tmp) / "fc.db", firecracker=loop)
 
             def registry_for(node: Any) -> CollectorRegistry:
                 # A registry is a collector too: ours (RPC, create, exec, process) plus the node's.
@@ -111,6 +140,9 @@ def main() -> None:
                 return registry
 
             empty, no_vms, with_vms = CollectorRegistry(), registry_for(idle), registry_for(busy)
+            with_fc_vms = registry_for(busy_fc)
+            fc_body = generate_latest(with_fc_vms)
+            assert b"clawpot_firecracker_metric_total{" in fc_body or args.vms == 0
             http_registry = CollectorRegistry()
             http_registry.register(instruments.REGISTRY)
             http_registry.register(NodeCollector.of(cast(Any, busy), loop))
@@ -123,15 +155,18 @@ def main() -> None:
 
             body = http_get()  # warm up every path once
             assert f'id="bench{args.vms - 1:03d}"'.encode() in body or args.vms == 0
-            variants = ("empty_registry", "no_vms", "with_vms", "http_vms")
+            variants = ("empty_registry", "no_vms", "with_vms", "with_fc_vms", "http_vms")
             times: dict[str, list[float]] = {name: [] for name in variants}
             sample_us: list[float] = []
+            sample_fc_us: list[float] = []
             for _ in range(args.rounds):
                 times["empty_registry"].append(_time(lambda: generate_latest(empty)))
                 times["no_vms"].append(_time(lambda: generate_latest(no_vms)))
                 times["with_vms"].append(_time(lambda: generate_latest(with_vms)))
+                times["with_fc_vms"].append(_time(lambda: generate_latest(with_fc_vms)))
                 times["http_vms"].append(_time(http_get))
                 sample_us.append(_time(lambda: on_loop(loop, lambda: sample_node(busy), 5)) * 1000)
+                sample_fc_us.append(_time(lambda: on_loop(loop, lambda: sample_node(busy_fc), 5)) * 1000)
             server.close()
     finally:
         loop.call_soon_threadsafe(loop.stop)
@@ -148,11 +183,13 @@ def main() -> None:
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
         "scrape_bytes": len(body),
+        "scrape_bytes_fc": len(fc_body),
         **{name: _summary(values) for name, values in times.items()},
         "per_vm_ms": round(
             (statistics.median(times["with_vms"]) - statistics.median(times["no_vms"])) / max(args.vms, 1), 4
         ),
         "loop_sample_us_median": round(statistics.median(sample_us), 1),
+        "loop_sample_fc_us_median": round(statistics.median(sample_fc_us), 1),
     }
     print(json.dumps(result, indent=2))
 

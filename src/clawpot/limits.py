@@ -451,3 +451,15 @@ JAILER_TIMEOUT = 10.0
 
 # A fork's lifetime when the request names none: E2B's SandboxForkRequest default (seconds).
 E2B_FORK_DEFAULT_TIMEOUT = 15
+
+# --- Firecracker's own metrics (issue 15) -------------------------------------------------------------
+
+# One metrics document is one line of JSON: ~4.5 KB from Firecracker 1.12 with one drive and one NIC,
+# ~1 KB more per further device. 256 KiB is fifty times that; a longer line is dropped, never buffered,
+# so a hostile writer costs the server at most this much memory per VM.
+FC_METRICS_MAX_LINE = 256 * 1024
+# Numbers kept from one document: 1.12 writes a few hundred (more per device); beyond this the
+# document is not Firecracker's and is ignored.
+FC_METRICS_MAX_KEYS = 4096
+# One read of the metrics FIFO: a FIFO holds 64 KiB, so one read takes what is there.
+FC_METRICS_READ_CHUNK = 64 * 1024

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -69,6 +70,15 @@ def _open_file_ids(pid: int) -> set[tuple[int, int]]:
     return found
 
 
+async def _until(predicate: Callable[[], bool], within: float = DEADLINE_S) -> bool:
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
 async def test_snapshot_load_resume_with_the_real_binary(
     installed_assets: InstalledAssets, firecracker_bin: Path, tmp_path: Path, root_required: None
 ) -> None:
@@ -113,6 +123,12 @@ async def test_snapshot_load_resume_with_the_real_binary(
             assert _file_id(clone_dir / "scratch.ext4") in files
             assert not any(_file_id(f) in files for f in source_dir.rglob("*") if f.is_file())
             assert (clone_dir / "vsock.sock").is_socket()
+            # Firecracker's own metrics, set over the API before the load (not part of a snapshot).
+            assert clone.metrics is not None
+            before = clone.metrics.state.documents
+            await clone.client.flush_metrics()
+            assert await _until(lambda: clone.metrics is not None and clone.metrics.state.documents > before)
+            print(f"restored: {clone.metrics.state.documents} firecracker metrics documents read")
         # The console continues: the guest prints on after the restore, into the clone's fresh file.
         assert await _console_grows(clone, time.monotonic() + DEADLINE_S), "no console output after restore"
         exited = await clone.process.wait_at_most(DEADLINE_S)

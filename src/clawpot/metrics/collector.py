@@ -9,6 +9,10 @@ Series:
 - ``clawpot_vms{state,backend}``: every state and backend, zeros included (stable series).
 - ``clawpot_vm_cpu_seconds_total{id,backend}``, ``clawpot_vm_memory_bytes{id,backend}``: per VM whose
   VMM runs (cgroup or /proc, ``clawpot.node.usage``); a deleted VM's series simply stop.
+- ``clawpot_firecracker_metric_total{id,backend,name}``, ``clawpot_firecracker_metrics_age_seconds``,
+  ``clawpot_firecracker_metrics_documents_total``: per running Firecracker VM once Firecracker flushed
+  its own metrics (``clawpot.vmm.firecracker.metrics``: the running totals of ``COUNTERS``; the
+  sample copies them on the loop, no I/O).
 - ``clawpot_address_pool_addresses``, ``clawpot_address_pool_used``: the VM subnet's pool.
 - ``clawpot_event_watchers``, ``clawpot_event_watchers_dropped_total``, ``clawpot_events_total``.
 """
@@ -28,6 +32,7 @@ from prometheus_client.registry import Collector
 from clawpot import limits
 from clawpot.node import usage
 from clawpot.vm.state import VmState
+from clawpot.vmm.firecracker.metrics import MetricsReader, MetricsSnapshot
 from clawpot.vmm.spec import BackendKind
 
 if TYPE_CHECKING:
@@ -46,6 +51,7 @@ class VmSample:
     state: VmState
     pid: int | None  # the VMM's, while it runs
     start_ticks: int | None
+    firecracker: MetricsSnapshot | None = None  # Firecracker's own metrics, where it runs
 
 
 @dataclass(frozen=True)
@@ -63,8 +69,12 @@ def sample_node(node: Node) -> NodeSample:
     for nvm in node.vms.values():
         rec = nvm.record
         state = VmState.STOPPING if nvm.deleting else rec.state
-        pid = nvm.vm.vmm.pid if nvm.vm is not None and nvm.vm.vmm is not None else rec.pid
-        vms.append(VmSample(rec.id, rec.backend, state, pid, rec.vmm_start_ticks))
+        vmm = nvm.vm.vmm if nvm.vm is not None else None
+        pid = vmm.pid if vmm is not None else rec.pid
+        # Firecracker's own metrics reader: a started ``FirecrackerVmm``'s, or an adopted one's.
+        reader = getattr(vmm, "metrics", None)
+        fc = reader.state.snapshot() if isinstance(reader, MetricsReader) else None
+        vms.append(VmSample(rec.id, rec.backend, state, pid, rec.vmm_start_ticks, fc))
     events = node.events
     return NodeSample(
         vms=vms,
@@ -115,6 +125,7 @@ class NodeCollector(Collector):
             return
         yield from _vm_counts(sample.vms)
         yield from _vm_usage(sample.vms)
+        yield from _firecracker(sample.vms)
         yield from _address_pool(sample.network)
         yield GaugeMetricFamily("clawpot_event_watchers", "WatchVms streams open now.", value=sample.watchers)
         yield CounterMetricFamily(
@@ -165,6 +176,36 @@ def _vm_usage(vms: list[VmSample]) -> Iterator[Metric]:
         memory.add_metric((vm.id, vm.backend.value), found.memory_bytes)
     yield cpu
     yield memory
+
+
+def _firecracker(vms: list[VmSample]) -> Iterator[Metric]:
+    counters = CounterMetricFamily(
+        "clawpot_firecracker_metric",
+        "Firecracker's own counters (its metrics document, name = group.name), summed over its flushes.",
+        labels=("id", "backend", "name"),
+    )
+    age = GaugeMetricFamily(
+        "clawpot_firecracker_metrics_age_seconds",
+        "Seconds since Firecracker's latest metrics document was read (it flushes every 60 s).",
+        labels=("id", "backend"),
+    )
+    documents = CounterMetricFamily(
+        "clawpot_firecracker_metrics_documents",
+        "Firecracker metrics documents read for the VM.",
+        labels=("id", "backend"),
+    )
+    for vm in vms:
+        fc = vm.firecracker
+        if fc is None or fc.age is None or vm.state not in (VmState.RUNNING, VmState.PAUSED):
+            continue
+        labels = (vm.id, vm.backend.value)
+        age.add_metric(labels, fc.age)
+        documents.add_metric(labels, fc.documents)
+        for name, value in sorted(fc.totals.items()):
+            counters.add_metric((*labels, name), value)
+    yield counters
+    yield age
+    yield documents
 
 
 def _address_pool(network: NetworkManager | None) -> Iterator[Metric]:

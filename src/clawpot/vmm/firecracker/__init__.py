@@ -15,6 +15,10 @@
                Firecracker >= 1.16 (``vsock_override``) would change
 - ``backend``  ``FirecrackerBackend`` (a ``VmmBackend``): finds the binary, reports capabilities,
                ``restore``
+- ``metrics``  Firecracker's own metrics: its FIFO, a bounded reader keeping the latest JSON document
+               and running totals of ``COUNTERS`` (read by ``clawpot.metrics.collector``)
+- ``attached`` ``AttachedFirecracker``: a firecracker an earlier server started, its console and
+               metrics FIFO read again (``FirecrackerBackend.attach``)
 - ``logwatch`` ``LogFollower``: waits for a line in firecracker's log (polls its end)
 - ``errors``   ``FirecrackerError`` and its subclasses
 """

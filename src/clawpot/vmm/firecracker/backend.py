@@ -9,7 +9,15 @@ from pathlib import Path
 
 from clawpot import paths
 from clawpot.vmm.account import vmm_account
-from clawpot.vmm.base import Capabilities, Feature, VmmBackend, VmmConfigError, VmmUnsupported
+from clawpot.vmm.base import (
+    AttachRecord,
+    Capabilities,
+    Feature,
+    VmmBackend,
+    VmmConfigError,
+    VmmUnsupported,
+)
+from clawpot.vmm.firecracker.attached import AttachedFirecracker
 from clawpot.vmm.firecracker.boot import FIRECRACKER_BOOT, FIRECRACKER_RESTORE, JAILED_BOOT, JAILED_RESTORE
 from clawpot.vmm.firecracker.handle import FirecrackerVmm
 from clawpot.vmm.firecracker.jail import Jail
@@ -131,6 +139,10 @@ class FirecrackerBackend(VmmBackend):
             except VmmConfigError as exc:
                 return str(exc)
         return None
+
+    def attach(self, record: AttachRecord) -> AttachedFirecracker:
+        """A firecracker an earlier server started: its console and its metrics FIFO read again."""
+        return AttachedFirecracker(record, self.kind, console=self.reattach_console(record.vm_dir))
 
     def jail_for(self, vm_dir: Path) -> Jail | None:
         """The jail of a VM in ``vm_dir`` (None without the jailer)."""

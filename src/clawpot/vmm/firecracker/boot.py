@@ -28,7 +28,8 @@ snapshot and the start for a load::
                                        undo: remove the copies
         prepare files, create the cgroup, spawn firecracker (no --config-file, in the VM directory)
         wait for the API               the API socket answers
-        load the snapshot              PUT /snapshot/load (File memory backend, network_overrides)
+        load the snapshot              PUT /metrics (its FIFO), PUT /snapshot/load (File memory backend,
+                                       network_overrides)
         resume the guest               PATCH /vm Resumed
 
 Each step is one call on the handle, so a replacement uses the same public pieces

@@ -41,6 +41,7 @@ from clawpot.vmm.firecracker.client import DEFAULT_TIMEOUT, FirecrackerClient
 from clawpot.vmm.firecracker.errors import FirecrackerConfigRejected, FirecrackerError
 from clawpot.vmm.firecracker.jail import Jail
 from clawpot.vmm.firecracker.logwatch import LogFollower
+from clawpot.vmm.firecracker.metrics import METRICS_FIFO_NAME, MetricsReader
 from clawpot.vmm.firecracker.process import FirecrackerProcess, LaunchFiles, last_error_line
 from clawpot.vmm.snapshot import Snapshot, SnapshotWriter
 from clawpot.vmm.spec import BackendKind, VmSpec
@@ -108,6 +109,8 @@ class FirecrackerVmm(VmmProcess):
             serial=vm_dir / SERIAL_NAME,
             stderr=vm_dir / STDERR_NAME,
             config=vm_dir / CONFIG_NAME if restore_from is None else None,
+            # Firecracker's own metrics: a FIFO named in the configuration (a restore: over the API).
+            metrics=vm_dir / METRICS_FIFO_NAME,
         )
         self.process = FirecrackerProcess(
             binary, vm_dir.name, self.files, die_with_parent=die_with_parent, cwd=None if jail else vm_dir
@@ -128,6 +131,11 @@ class FirecrackerVmm(VmmProcess):
     @property
     def control_socket(self) -> Path:
         return self.files.api_socket
+
+    @property
+    def metrics(self) -> MetricsReader | None:
+        """Firecracker's own metrics, as far as read (None before the start)."""
+        return self.process.metrics
 
     @property
     def serial_log(self) -> Path:
@@ -188,8 +196,8 @@ class FirecrackerVmm(VmmProcess):
     def config(self) -> models.ConfigFile:
         """The whole VM as firecracker's configuration file describes it.
 
-        No metrics file: firecracker appends ~4.5 KB to it every minute (~6.5 MB a day per VM, never
-        trimmed) and nothing reads it. Metrics can come back with a reader that bounds them.
+        Metrics go to a FIFO the launcher reads and bounds (``metrics``), never to a file: firecracker
+        would append ~4.5 KB to it every minute (~6.5 MB a day per VM, never trimmed).
         """
         spec = self.spec
         return models.ConfigFile(
@@ -214,6 +222,11 @@ class FirecrackerVmm(VmmProcess):
             vsock=(
                 models.Vsock(guest_cid=GUEST_CID, uds_path=self._own(self.vsock_path))
                 if spec.agent_channel
+                else None
+            ),
+            metrics=(
+                models.Metrics(metrics_path=self._own(self.files.metrics))
+                if self.files.metrics is not None
                 else None
             ),
         )

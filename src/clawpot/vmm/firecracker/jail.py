@@ -13,6 +13,7 @@ like any other VM file::
         vmlinux, rootfs.ext4                   hard links of the shared assets (never copied; read-only)
         scratch.ext4                           hard link of the VM's writable layer (owned by clawpot-vmm)
         firecracker.json, firecracker.log      hard links of the VM directory's configuration and log
+        metrics.fifo                           hard link of the VM directory's metrics FIFO
         firecracker.sock, vsock.sock           bound by firecracker; the VM directory has symbolic links
                                                to them at their usual names (what the server connects to)
         firecracker (a copy the jailer makes), firecracker.pid, dev/kvm, dev/net/tun, ...
@@ -51,6 +52,7 @@ from clawpot import limits
 from clawpot.vmm.account import VmmAccount
 from clawpot.vmm.base import VmmStartError
 from clawpot.vmm.cgroups import VmCgroup
+from clawpot.vmm.console import make_fifo
 from clawpot.vmm.logtail import tail_lines
 from clawpot.vmm.spawn import become_subreaper, popen
 
@@ -141,6 +143,9 @@ def _prepare(vmm: FirecrackerVmm, jail: Jail) -> None:
         shared = [vmm.spec.kernel]  # files of the host it may only read
         if vmm.files.config is not None:
             own.append(vmm.files.config)
+        if vmm.files.metrics is not None:  # firecracker opens it by name: it must be in the jail
+            make_fifo(vmm.files.metrics)
+            own.append(vmm.files.metrics)
         for drive in vmm.spec.drives:
             (shared if drive.read_only else own).append(drive.path)
         if vmm.restore_from is not None:

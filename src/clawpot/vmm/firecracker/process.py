@@ -25,6 +25,7 @@ from clawpot import limits
 from clawpot.vmm.base import ExitInfo, VmmStartError
 from clawpot.vmm.cgroups import VmCgroup
 from clawpot.vmm.console import CappedLog, ConsoleWriter, open_fifo
+from clawpot.vmm.firecracker.metrics import MetricsReader
 from clawpot.vmm.logtail import tail_lines
 from clawpot.vmm.spawn import OnExit, VmmChild, spawn
 
@@ -53,6 +54,8 @@ class LaunchFiles:
     stderr: Path
     # A whole-VM configuration (``--config-file``): firecracker boots it at once, API socket still on.
     config: Path | None = None
+    # The FIFO the configuration names as firecracker's metrics_path (``metrics.MetricsReader``).
+    metrics: Path | None = None
 
     @property
     def serial_fifo(self) -> Path:
@@ -91,6 +94,7 @@ class FirecrackerProcess:
         self.die_with_parent = die_with_parent
         self.child: VmmChild | None = None
         self.console: ConsoleWriter | None = None
+        self.metrics: MetricsReader | None = None
         self.spawned_at: float | None = None
         # The VM's cgroup: made by a recipe step (``clawpot.vmm.cgroups``) or by the jailer.
         self.cgroup: VmCgroup | None = None
@@ -134,7 +138,8 @@ class FirecrackerProcess:
             raise
 
     def prepare_output(self) -> None:
-        """Check the API socket's place is free, create the log, start copying the console FIFO."""
+        """Check the API socket's place is free, create the log, start copying the console FIFO and
+        reading the metrics FIFO."""
         if self.child is not None:
             raise RuntimeError("firecracker process already spawned")
         # Firecracker refuses to bind over an existing file; callers decide whether a leftover is stale.
@@ -145,6 +150,8 @@ class FirecrackerProcess:
             self.console = ConsoleWriter.from_fifo(
                 self.files.serial_fifo, CappedLog(self.files.serial, fresh=True)
             )
+            if self.files.metrics is not None:
+                self.metrics = MetricsReader.from_fifo(self.files.metrics)
         except OSError as exc:
             self.close_output()
             raise VmmStartError(f"cannot set up firecracker's output files: {exc.strerror or exc}") from exc
@@ -210,10 +217,14 @@ class FirecrackerProcess:
         return self.cgroup.finish(self._on_exit) if self.cgroup is not None else self._on_exit
 
     def close_output(self) -> None:
-        """Copy what is left in the console FIFO into the file, then stop reading it."""
+        """Copy what is left in the console FIFO into the file, read the last metrics, then stop
+        reading both (the last metrics document stays in ``metrics.state``)."""
         if self.console is not None:
             self.console.drain()
             self.console.close()
+        if self.metrics is not None:
+            self.metrics.drain()
+            self.metrics.close()
 
     def _on_exit(self, returncode: int) -> ExitInfo:
         # What the guest printed last may still be in the FIFO: into the file before anyone quotes it.

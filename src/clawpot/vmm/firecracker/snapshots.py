@@ -142,6 +142,8 @@ async def load(vmm: FirecrackerVmm) -> None:
             models.NetworkOverride(iface_id=n.iface_id, host_dev_name=n.tap_name)
             for n in vmm.spec.network_interfaces
         )
+    if vmm.files.metrics is not None:  # not part of a snapshot; allowed before the load
+        await vmm.client.put_metrics(models.Metrics(metrics_path=vmm.seen(vmm.files.metrics)))
     await vmm.client.load_snapshot(
         models.SnapshotLoad(
             # Jailed: both are linked into the chroot (``jail.prepare``).

@@ -46,6 +46,8 @@ def test_the_file_describes_the_whole_vm(tmp_path: Path) -> None:
         # The VM's own files by name: firecracker runs in its directory, so a snapshot restored into
         # another directory reopens that directory's files, never these.
         "vsock": {"guest_cid": GUEST_CID, "uds_path": "vsock.sock"},
+        # Never a file: a FIFO the launcher reads, bounded (clawpot.vmm.firecracker.metrics).
+        "metrics": {"metrics_path": "metrics.fifo"},
     }  # fmt: skip
     assert vmm.process.argv()[:3] == ["env", "-C", str(vm_dir)]
     assert vmm.process.argv()[-2:] == ["--config-file", str(vm_dir / "firecracker.json")]
@@ -61,4 +63,4 @@ def test_written_file_is_that_json(tmp_path: Path) -> None:
     vmm = FirecrackerVmm(Path("/nonexistent/firecracker"), spec(tmp_path), tmp_path)
     vmm.write_config()
     assert json.loads((tmp_path / "firecracker.json").read_text()) == vmm.config().body()
-    assert "metrics" not in vmm.config().body()  # an unbounded file nothing reads
+    assert vmm.config().body()["metrics"] == {"metrics_path": "metrics.fifo"}  # the FIFO, by name

@@ -125,7 +125,7 @@ async def test_swapped_launch_and_added_step_boot_in_order(
     try:
         assert steps_logged(caplog) == list(recipe.names)
         assert sorted(open_files_in(vmm.vm_dir)) == [
-            str(vmm.vm_dir / n) for n in ("serial.fifo", "serial.log")
+            str(vmm.vm_dir / n) for n in ("metrics.fifo", "serial.fifo", "serial.log")
         ]
         # The wrapper got firecracker's whole command line, configuration file included.
         assert (tmp_path / "argv").read_text().splitlines() == vmm.process.argv()
