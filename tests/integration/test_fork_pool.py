@@ -47,7 +47,12 @@ from clawpot.v1 import vm_pb2
 
 POOL = "1x256:2"
 SOURCE_MEMORY = "288"  # not the pool's shape: a cold VM, whose RAM is a shared memfd
-COUNTER = "echo $$ > /tmp/c.pid; i=0; while :; do i=$((i+1)); echo $i > /tmp/c; sleep 0.1; done"
+# Written to a new file and renamed: `echo > /tmp/c` truncates first, and a reader between the
+# truncate and the write read an empty counter.
+COUNTER = (
+    "echo $$ > /tmp/c.pid; i=0; "
+    "while :; do i=$((i+1)); echo $i > /tmp/c.new; mv /tmp/c.new /tmp/c; sleep 0.1; done"
+)
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,12 @@ from clawpot.network.naming import mac_for_address, tap_name_for
 from clawpot.v1 import vm_pb2
 from clawpot.vmm.qemu.qmp import QmpControl
 
-COUNTER = "echo $$ > /tmp/c.pid; i=0; while :; do i=$((i+1)); echo $i > /tmp/c; sleep 0.1; done"
+# Written to a new file and renamed: `echo > /tmp/c` truncates first, and a reader between the
+# truncate and the write read an empty counter.
+COUNTER = (
+    "echo $$ > /tmp/c.pid; i=0; "
+    "while :; do i=$((i+1)); echo $i > /tmp/c.new; mv /tmp/c.new /tmp/c; sleep 0.1; done"
+)
 MARK = "written before the pause"
 ROUNDS = 50  # pause + resume round trips measured (each a few ms: the whole loop is well under a second)
 

@@ -44,7 +44,9 @@ from clawpot.vmm.spec import BackendKind
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 READY_TIMEOUT = 90.0
-COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/c; sleep 0.1; done"
+# Written to a new file and renamed: `echo > /tmp/c` truncates first, and a reader between the
+# truncate and the write read an empty counter.
+COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/c.new; mv /tmp/c.new /tmp/c; sleep 0.1; done"
 
 
 class InstalledAssets(Protocol):  # the part of tests/conftest.py's fixture value used here
