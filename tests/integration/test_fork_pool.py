@@ -44,6 +44,7 @@ from support.netns import icmp_echo
 from clawpot.network.config import DEFAULT_TAP_PREFIX
 from clawpot.network.naming import mac_for_address, tap_name_for
 from clawpot.v1 import vm_pb2
+from clawpot.vmm.cgroups import cgroup_paths
 
 POOL = "1x256:2"
 SOURCE_MEMORY = "288"  # not the pool's shape: a cold VM, whose RAM is a shared memfd
@@ -304,6 +305,7 @@ def test_a_killed_server_leaves_no_pool_vm_behind(server: ServerProcess, vm: str
     rows = server.db_rows("SELECT id FROM vms")
     assert not set(old) & {row[0] for row in rows}
     assert not {tap_name_for(vm_id, DEFAULT_TAP_PREFIX) for vm_id in old} & server.taps()
+    assert not [vm_id for vm_id in old if cgroup_paths(vm_id)], "a pool VM's cgroup was left behind"
     # The user VM was adopted. (The new server makes its own pool: not waited for here, the refill
     # test above shows a pool filling.)
     assert _get(server, vm).state == vm_pb2.VM_STATE_RUNNING

@@ -91,6 +91,7 @@ async def _remove_warm(node: Node, record: VmRecord) -> None:
         with contextlib.suppress(OSError):
             await kill_pid(record.pid)
     await orphans.kill_vmm_of(record.vm_dir)  # one still starting has no PID recorded yet
+    await asyncio.to_thread(orphans.remove_cgroup_of, record.vm_dir)
     await release(node.network, record)
     node.store.delete(record.id)
     log.info("removed warm pool VM %s left by the last server", record.id)
